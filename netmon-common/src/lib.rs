@@ -1,0 +1,265 @@
+//! Types shared by the eBPF program and the userspace agent: the ring-buffer event, the struct
+//! offsets userspace resolves from BTF for the program, counter slots, and TCP states.
+#![no_std]
+
+/// Name of the eBPF program that handles every `inet_sock_set_state` transition.
+pub const PROG_PRIMARY: &str = "netmon_set_state";
+/// Name of the second copy, which only emits when the primary was skipped by the kernel's
+/// per-program recursion guard (see the eBPF crate's docs).
+pub const PROG_FALLBACK: &str = "netmon_set_state_fallback";
+/// The BTF tracepoint both programs attach to.
+pub const TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Ring buffer map name.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU counter array name; indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Global holding [`SockOffsets`].
+pub const GLOBAL_OFFSETS: &str = "SOCK_OFFSETS";
+/// Global holding [`KernelFilter`].
+pub const GLOBAL_FILTER: &str = "FILTER";
+/// Global: wake the reader only once this many bytes wait in the ring (0: every event).
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+/// Default ring buffer size. Measured here: 1 MiB dropped nothing at ~450k transitions/s with
+/// a reader woken per event; batched wake-ups let more wait, so keep 4x that headroom.
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+/// Default wake-up threshold (see the eBPF program's `wakeup_flags`).
+pub const DEFAULT_WAKEUP_BYTES: u64 = 1 << 18;
+
+/// Slots of the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A ring-buffer reservation failed: the event was dropped.
+    RingFull = 0,
+    /// The fallback program emitted an event the primary was skipped for.
+    Recovered = 1,
+    /// Transitions that passed the in-kernel filter (reserve attempted).
+    Seen = 2,
+}
+/// Number of slots in [`MAP_COUNTERS`].
+pub const COUNTER_SLOTS: u32 = 3;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// One TCP state transition, as the eBPF program writes it into the ring buffer.
+///
+/// Ports are in host byte order; addresses are in network byte order, IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Socket cookie, the same value sock_diag reports as `idiag_cookie`.
+    pub cookie: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Task on the CPU when the transition happened (tgid, tid, uid): not always the owner.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 88);
+
+/// Byte offsets of the kernel struct fields the program reads, resolved from
+/// /sys/kernel/btf/vmlinux by userspace at load time: Rust eBPF has no CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `struct sock_common`, at offset 0 of `struct sock`.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_net` (a `possible_net_t` holding `struct net *`).
+    pub skc_net: u32,
+    /// `struct net` -> `ns.inum`.
+    pub net_ns_inum: u32,
+    /// `struct sock.sk_protocol` (u16 since Linux 5.6).
+    pub sk_protocol: u32,
+    /// `struct inet_sock.inet_sport`: `skc_num` is already 0 by the CLOSE event.
+    pub inet_sport: u32,
+}
+
+/// The part of a user's filter the eBPF program can decide cheaply; everything passes by default.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// Bit `1 << state` set: a transition passes if its old or new state is in the mask.
+    pub state_mask: u32,
+    /// Bit 0: IPv4, bit 1: IPv6.
+    pub family_mask: u32,
+    /// Network namespace inode to keep; 0 keeps every namespace.
+    pub netns: u32,
+    /// Inclusive host-order port ranges; a transition passes if its port is in range.
+    pub sport_min: u16,
+    pub sport_max: u16,
+    pub dport_min: u16,
+    pub dport_max: u16,
+}
+
+impl KernelFilter {
+    pub const ALL: Self = Self {
+        state_mask: u32::MAX,
+        family_mask: 0b11,
+        netns: 0,
+        sport_min: 0,
+        sport_max: u16::MAX,
+        dport_min: 0,
+        dport_max: u16::MAX,
+    };
+}
+
+impl Default for KernelFilter {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain integers and byte arrays, no padding (asserted by size above).
+    unsafe impl aya::Pod for super::SockEvent {}
+    // SAFETY: u32 fields only.
+    unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: u32/u16 fields, no padding.
+    unsafe impl aya::Pod for super::KernelFilter {}
+}
+
+/// TCP states with the kernel's numbering (include/net/tcp_states.h) and ss's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+    /// A value this build does not know: shown as a number, never guessed.
+    Unknown(u8),
+}
+
+impl TcpState {
+    /// Every known state, in kernel order.
+    pub const ALL: [TcpState; 13] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+        Self::BoundInactive,
+    ];
+
+    pub const fn from_kernel(v: u8) -> Self {
+        match v {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            13 => Self::BoundInactive,
+            n => Self::Unknown(n),
+        }
+    }
+
+    pub const fn to_kernel(self) -> u8 {
+        match self {
+            Self::Established => 1,
+            Self::SynSent => 2,
+            Self::SynRecv => 3,
+            Self::FinWait1 => 4,
+            Self::FinWait2 => 5,
+            Self::TimeWait => 6,
+            Self::Close => 7,
+            Self::CloseWait => 8,
+            Self::LastAck => 9,
+            Self::Listen => 10,
+            Self::Closing => 11,
+            Self::NewSynRecv => 12,
+            Self::BoundInactive => 13,
+            Self::Unknown(n) => n,
+        }
+    }
+
+    /// The name ss prints in its State column (misc/ss.c `sstate_name`), except that a closed
+    /// socket is `CLOSE` here (ss says `UNCONN`, which reads oddly in a transition).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTAB",
+            Self::SynSent => "SYN-SENT",
+            Self::SynRecv => "SYN-RECV",
+            Self::FinWait1 => "FIN-WAIT-1",
+            Self::FinWait2 => "FIN-WAIT-2",
+            Self::TimeWait => "TIME-WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE-WAIT",
+            Self::LastAck => "LAST-ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW-SYN-RECV",
+            Self::BoundInactive => "BOUND-INACTIVE",
+            Self::Unknown(_) => "UNKNOWN",
+        }
+    }
+
+    /// The name ss prints in a table (`UNCONN` for a closed socket; a request socket is
+    /// `SYN-RECV`, as ss shows it).
+    pub const fn ss_name(self) -> &'static str {
+        match self {
+            Self::Close => "UNCONN",
+            Self::NewSynRecv => "SYN-RECV",
+            s => s.name(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_numbering_round_trips_and_unknown_is_kept() {
+        for v in 0..=255u8 {
+            assert_eq!(TcpState::from_kernel(v).to_kernel(), v);
+        }
+        assert_eq!(TcpState::from_kernel(1), TcpState::Established);
+        assert_eq!(TcpState::from_kernel(10).name(), "LISTEN");
+        assert_eq!(TcpState::from_kernel(99), TcpState::Unknown(99));
+        assert_eq!(TcpState::Close.ss_name(), "UNCONN");
+    }
+}

@@ -1,0 +1,305 @@
+//! Loads the eBPF program into the kernel, attaches it to `inet_sock_set_state`, and reads the
+//! kernel-side loss counters. The only module that talks to the BPF syscall.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use netmon_common::{
+    Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, GLOBAL_FILTER, GLOBAL_OFFSETS,
+    GLOBAL_WAKEUP_BYTES, KernelFilter, MAP_COUNTERS, MAP_EVENTS, PROG_FALLBACK, PROG_PRIMARY,
+    SockOffsets, TRACEPOINT,
+};
+
+use crate::offsets;
+
+/// The compiled eBPF object, built by build.rs from the netmon-ebpf crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "loading eBPF programs needs privileges: run as root (sudo), or grant CAP_BPF and \
+         CAP_PERFMON (CAP_SYS_ADMIN on older kernels)"
+    )]
+    Privileges,
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error("reading kernel BTF for the tracepoint: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("the eBPF object has no {what} named {name} (build mismatch)")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("reading info of eBPF program {name}: {source}")]
+    ProgInfo {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes (a page)")]
+    RingSize { bytes: u32 },
+}
+
+/// How to load the program.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    /// Ring buffer size in bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
+    /// Wake the reader once this many bytes wait; 0 wakes it for every event.
+    pub wakeup_bytes: u64,
+    /// What the program may drop before it reaches the ring.
+    pub filter: KernelFilter,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ring_bytes: DEFAULT_RING_BYTES,
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES,
+            filter: KernelFilter::ALL,
+        }
+    }
+}
+
+/// Cumulative kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Transitions that passed the in-kernel filter.
+    pub seen: u64,
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Transitions the primary program was skipped for (nested on its CPU).
+    pub primary_misses: u64,
+    /// Of those, the ones the fallback program handled.
+    pub recovered: u64,
+}
+
+impl KernelCounters {
+    /// Transitions neither program saw: skipped by the kernel's recursion guard twice.
+    pub fn recursion_lost(&self) -> u64 {
+        self.primary_misses.saturating_sub(self.recovered)
+    }
+}
+
+/// The loaded and attached program; detaches when dropped.
+pub struct Probe {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probe {
+    /// Checks privileges, resolves offsets from BTF, loads and attaches both programs.
+    pub fn attach(config: &ProbeConfig) -> Result<Self, AttachError> {
+        if !has_bpf_privileges() {
+            return Err(AttachError::Privileges);
+        }
+        let bytes = config.ring_bytes;
+        if bytes < 4096 || !bytes.is_power_of_two() {
+            return Err(AttachError::RingSize { bytes });
+        }
+        let offsets: SockOffsets = offsets::from_kernel()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .override_global(GLOBAL_FILTER, &config.filter, true)
+            .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
+            .map_max_entries(MAP_EVENTS, bytes)
+            .load(EBPF_OBJECT)
+            .map_err(permission_or(AttachError::Load))?;
+        let btf = Btf::from_sys_fs()?;
+        // Order matters: the kernel runs a tracepoint's probes in attach order, and the
+        // fallback must run after the primary (see netmon-ebpf).
+        for name in [PROG_PRIMARY, PROG_FALLBACK] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(AttachError::Missing {
+                    what: "program",
+                    name,
+                })?
+                .try_into()
+                .map_err(|source| AttachError::Program { name, source })?;
+            prog.load(TRACEPOINT, &btf)
+                .and_then(|()| prog.attach().map(drop))
+                .map_err(|source| AttachError::Program { name, source })?;
+        }
+        let ring = take_map(&mut ebpf, MAP_EVENTS)?;
+        let ring = RingBuf::try_from(ring).map_err(|source| AttachError::Map {
+            name: MAP_EVENTS,
+            source,
+        })?;
+        let counters = take_map(&mut ebpf, MAP_COUNTERS)?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| AttachError::Map {
+            name: MAP_COUNTERS,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            ring,
+            counters,
+        })
+    }
+
+    /// Calls `f` with each waiting record, oldest first; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// The ring buffer's fd: readable when the program woke the reader.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event).
+    pub fn counters(&self) -> Result<KernelCounters, AttachError> {
+        let sum = |c: Counter| -> Result<u64, AttachError> {
+            let values = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(|source| AttachError::Map {
+                    name: MAP_COUNTERS,
+                    source,
+                })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            seen: sum(Counter::Seen)?,
+            ring_full: sum(Counter::RingFull)?,
+            recovered: sum(Counter::Recovered)?,
+            primary_misses: self.recursion_misses(PROG_PRIMARY)?,
+        })
+    }
+
+    fn recursion_misses(&self, name: &'static str) -> Result<u64, AttachError> {
+        let prog = self.ebpf.program(name).ok_or(AttachError::Missing {
+            what: "program",
+            name,
+        })?;
+        let fd = prog
+            .fd()
+            .map_err(|source| AttachError::Program { name, source })?;
+        prog_recursion_misses(fd.as_fd()).map_err(|source| AttachError::ProgInfo { name, source })
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, AttachError> {
+    ebpf.take_map(name)
+        .ok_or(AttachError::Missing { what: "map", name })
+}
+
+/// EPERM/EACCES while loading means missing capabilities whatever the capability check said
+/// (e.g. a LSM or a user namespace): report it the same way.
+fn permission_or(
+    wrap: fn(aya::EbpfError) -> AttachError,
+) -> impl Fn(aya::EbpfError) -> AttachError {
+    move |e| {
+        let text = e.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            AttachError::Privileges
+        } else {
+            wrap(e)
+        }
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` (Linux 5.12+): aya 0.14's `ProgramInfo` does not expose it.
+fn prog_recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    // SAFETY: an all-integer C struct; zero is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: &raw mut info as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr points at a live InfoAttr whose `info` points at a buffer of `info_len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            size_of::<InfoAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
+
+/// Root, or CAP_BPF + CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN, in the effective set.
+pub fn has_bpf_privileges() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    caps_allow_bpf(cap_eff)
+}
+
+fn caps_allow_bpf(cap_eff: u64) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |cap: u32| cap_eff & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_sets_that_allow_loading() {
+        assert!(!caps_allow_bpf(0));
+        assert!(caps_allow_bpf(1 << 21));
+        assert!(caps_allow_bpf((1 << 38) | (1 << 39)));
+        assert!(
+            !caps_allow_bpf(1 << 39),
+            "CAP_BPF alone cannot attach tracing programs"
+        );
+    }
+
+    #[test]
+    fn recursion_lost_never_underflows() {
+        let c = KernelCounters {
+            primary_misses: 3,
+            recovered: 5,
+            ..Default::default()
+        };
+        assert_eq!(c.recursion_lost(), 0);
+        let c = KernelCounters {
+            primary_misses: 7,
+            recovered: 5,
+            ..Default::default()
+        };
+        assert_eq!(c.recursion_lost(), 2);
+    }
+}

@@ -1,0 +1,14 @@
+//! netmon: an eBPF TCP connection tracer. The binary is a thin shell over these modules.
+//!
+//! Data flows kernel -> [`attach`] (the loaded program and its ring buffer) -> [`decode`]
+//! (typed transitions) -> [`table`] (per-socket state) -> [`output`] (text or JSON Lines);
+//! [`watch`] runs that loop; [`cli`] parses arguments; [`offsets`] resolves the kernel struct
+//! layout from BTF for the program.
+
+pub mod attach;
+pub mod cli;
+pub mod decode;
+pub mod offsets;
+pub mod output;
+pub mod table;
+pub mod watch;

@@ -1,0 +1,187 @@
+//! Resolves, from the running kernel's BTF, the struct field offsets the eBPF program reads.
+//!
+//! Rust eBPF has no CO-RE relocations, so the program cannot name `sk->__sk_common.skc_family`;
+//! userspace looks the offsets up in /sys/kernel/btf/vmlinux and hands them to the program as a
+//! global ([`netmon_common::SockOffsets`]) before it is loaded.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use netmon_common::SockOffsets;
+
+/// Where the kernel publishes its own BTF (CONFIG_DEBUG_INFO_BTF).
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error(
+        "cannot read kernel BTF from {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF)"
+    )]
+    Read { path: String, source: btf_rs::Error },
+    #[error("kernel BTF has no struct `{name}`")]
+    NoStruct { name: String },
+    #[error("kernel BTF: struct `{strukt}` has no field `{field}`")]
+    NoField { strukt: String, field: String },
+    #[error("kernel BTF: `{strukt}.{field}` is {found}, netmon expects {expected}")]
+    Shape {
+        strukt: String,
+        field: String,
+        found: String,
+        expected: String,
+    },
+    #[error("kernel BTF lookup failed: {0}")]
+    Btf(#[from] btf_rs::Error),
+}
+
+/// Reads the kernel's BTF and resolves every offset the program needs (~100 ms here).
+pub fn from_kernel() -> Result<SockOffsets, OffsetError> {
+    from_file(Path::new(VMLINUX_BTF))
+}
+
+pub fn from_file(path: &Path) -> Result<SockOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    resolve(&btf)
+}
+
+/// Resolves the offsets; each field's size is checked so that a kernel whose layout changed
+/// fails here with a message instead of producing wrong events.
+pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
+    let common = |field: &str, size: usize| field_offset(btf, "sock_common", &[field], size);
+    // `struct sock` and `struct inet_sock` start with `__sk_common` / `sk`.
+    let must_be_zero = [
+        field_offset(btf, "sock", &["__sk_common"], 0)?,
+        field_offset(btf, "inet_sock", &["sk"], 0)?,
+    ];
+    if must_be_zero != [0, 0] {
+        return Err(OffsetError::Shape {
+            strukt: "sock".into(),
+            field: "__sk_common".into(),
+            found: format!("at offsets {must_be_zero:?}"),
+            expected: "offset 0".into(),
+        });
+    }
+    Ok(SockOffsets {
+        skc_daddr: common("skc_daddr", 4)?,
+        skc_rcv_saddr: common("skc_rcv_saddr", 4)?,
+        skc_dport: common("skc_dport", 2)?,
+        skc_family: common("skc_family", 2)?,
+        skc_v6_daddr: common("skc_v6_daddr", 16)?,
+        skc_v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
+        skc_net: common("skc_net", 8)?,
+        net_ns_inum: field_offset(btf, "net", &["ns", "inum"], 4)?,
+        sk_protocol: field_offset(btf, "sock", &["sk_protocol"], 2)?,
+        inet_sport: field_offset(btf, "inet_sock", &["inet_sport"], 2)?,
+    })
+}
+
+/// Byte offset of `path` (a chain of member names, each looked up through anonymous structs
+/// and unions) inside struct `strukt`. `size` is the expected byte size of the last member
+/// (0: do not check).
+fn field_offset(btf: &Btf, strukt: &str, path: &[&str], size: usize) -> Result<u32, OffsetError> {
+    let mut ty = named_struct(btf, strukt)?;
+    let mut bits = 0u32;
+    for (i, field) in path.iter().enumerate() {
+        let Some((member_bits, member_ty)) = find_member(btf, &ty, field)? else {
+            return Err(OffsetError::NoField {
+                strukt: strukt.into(),
+                field: path[..=i].join("."),
+            });
+        };
+        bits += member_bits;
+        ty = resolve_alias(btf, member_ty)?;
+    }
+    let found = type_size(&ty);
+    if bits % 8 != 0 || (size != 0 && found != Some(size)) {
+        return Err(OffsetError::Shape {
+            strukt: strukt.into(),
+            field: path.join("."),
+            found: format!("{found:?} bytes at bit {bits}"),
+            expected: format!("{size} bytes, byte aligned"),
+        });
+    }
+    Ok(bits / 8)
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<Type, OffsetError> {
+    btf.resolve_types_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| OffsetError::NoStruct { name: name.into() })
+}
+
+/// Finds `name` among the members of `ty`, descending into anonymous members. Returns the
+/// member's bit offset relative to `ty` and its type.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
+    let (Type::Struct(s) | Type::Union(s)) = ty else {
+        return Ok(None);
+    };
+    for member in &s.members {
+        if member.bitfield_size().is_some_and(|b| b != 0) {
+            continue;
+        }
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let member_ty = btf.resolve_chained_type(member)?;
+        if member_name == name {
+            return Ok(Some((member.bit_offset(), member_ty)));
+        }
+        if member_name.is_empty() {
+            let inner = resolve_alias(btf, member_ty)?;
+            if let Some((bits, t)) = find_member(btf, &inner, name)? {
+                return Ok(Some((member.bit_offset() + bits, t)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn resolve_alias(btf: &Btf, mut ty: Type) -> Result<Type, OffsetError> {
+    // Bounded: a malformed BTF must not loop forever.
+    for _ in 0..32 {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t)?
+            }
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        };
+    }
+    Ok(ty)
+}
+
+fn type_size(ty: &Type) -> Option<usize> {
+    Some(match ty {
+        Type::Int(i) => i.size(),
+        Type::Ptr(_) => 8,
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        Type::Enum(e) => e.size(),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Reading the kernel's BTF needs no privileges, so this runs in every `cargo test`.
+    #[test]
+    fn resolves_offsets_from_this_kernel() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            panic!("{VMLINUX_BTF} is missing: netmon needs a kernel with CONFIG_DEBUG_INFO_BTF");
+        }
+        let off = from_kernel().expect("resolve offsets");
+        // Stable since Linux 4.x: the address pair and port pair open sock_common.
+        assert_eq!(off.skc_daddr, 0);
+        assert_eq!(off.skc_rcv_saddr, 4);
+        assert_eq!(off.skc_dport, 12);
+        assert_eq!(off.skc_family, 16);
+        assert!(off.skc_v6_daddr > off.skc_family);
+        assert!(off.sk_protocol > off.skc_v6_rcv_saddr);
+        assert!(off.inet_sport > off.sk_protocol);
+    }
+}

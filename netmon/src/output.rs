@@ -1,0 +1,338 @@
+//! Formats transitions and loss records as ss-like text or JSON Lines.
+//!
+//! # JSON Lines schema (`--format json`), one object per line, stable field names
+//!
+//! Every object has `"type"`:
+//!
+//! - `"transition"`: one TCP state change.
+//!   `time` (RFC 3339, UTC, microseconds), `mono_ns` (CLOCK_MONOTONIC ns from the kernel),
+//!   `cookie` (socket cookie, as `ss -e` shows it: stable for the socket's life), `netns`
+//!   (network namespace inode), `family` (`"inet"` or `"inet6"`), `local` and `peer`
+//!   (`"addr:port"`, IPv6 as `"[addr]:port"`), `local_addr`, `local_port`, `peer_addr`,
+//!   `peer_port`, `old_state` and `new_state` (ss names: `"SYN-SENT"`, `"ESTAB"`, `"CLOSE"`, ...,
+//!   or `"UNKNOWN(n)"`), `prev_state_ns` (time spent in `old_state`, `null` when netmon did not
+//!   see the socket enter it), and `task` (`pid`, `tid`, `uid`, `comm` of the task on the CPU when
+//!   the kernel made the change: for softirq and timer transitions that is not the owner).
+//! - `"loss"`: transitions the kernel could not deliver. `kind` is `"ring_full"` (the ring
+//!   buffer was full: raise `--ring-size`) or `"recursion"` (the kernel skipped the program
+//!   because it was already running on that CPU), `count` is the number since the previous loss
+//!   record of that kind, `total` since start.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime},
+};
+
+use netmon_common::TcpState;
+use serde::Serialize;
+
+use crate::decode::Transition;
+
+/// Output format of `watch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns like ss and tcpstates.
+    Text,
+    /// JSON Lines (schema in the `output` module docs).
+    Json,
+}
+
+/// Kinds of loss a loss record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    RingFull,
+    Recursion,
+}
+
+impl LossKind {
+    fn hint(self) -> &'static str {
+        match self {
+            Self::RingFull => "ring buffer full; raise --ring-size",
+            Self::Recursion => "skipped by the kernel's recursion guard",
+        }
+    }
+}
+
+/// Converts kernel CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    epoch: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        Self {
+            epoch: SystemTime::now() - mono,
+        }
+    }
+
+    /// A clock whose monotonic zero is `epoch`: for tests.
+    pub fn fixed(epoch: SystemTime) -> Self {
+        Self { epoch }
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        self.epoch + Duration::from_nanos(mono_ns)
+    }
+}
+
+/// Writes records in one format; `W` is stdout in the CLI and a `Vec<u8>` in tests.
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    clock: Clock,
+    header: bool,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format, clock: Clock, header: bool) -> Self {
+        Self {
+            out,
+            format,
+            clock,
+            header,
+        }
+    }
+
+    pub fn transition(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+        match self.format {
+            Format::Text => self.text(t, prev_state_ns),
+            Format::Json => self.json(t, prev_state_ns),
+        }
+    }
+
+    pub fn loss(&mut self, kind: LossKind, count: u64, total: u64) -> io::Result<()> {
+        match self.format {
+            Format::Text => writeln!(
+                self.out,
+                "-- lost {count} transitions ({}), {total} since start",
+                kind.hint()
+            ),
+            Format::Json => {
+                let rec = JsonLoss {
+                    r#type: "loss",
+                    kind,
+                    count,
+                    total,
+                };
+                serde_json::to_writer(&mut self.out, &rec)?;
+                self.out.write_all(b"\n")
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn text(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+        if std::mem::take(&mut self.header) {
+            writeln!(
+                self.out,
+                "{:<15} {:>7} {:<15} {:>22} {:<22} {:<26} {:>10}",
+                "TIME(UTC)", "PID", "COMM", "LOCAL", "PEER", "TRANSITION", "PREV_MS"
+            )?;
+        }
+        let time = humantime::format_rfc3339_micros(self.clock.wall(t.ts_ns)).to_string();
+        let transition = format!("{} -> {}", state_name(t.old), state_name(t.new));
+        write!(
+            self.out,
+            "{:<15} {:>7} {:<15} {:>22} {:<22} {:<26} ",
+            time.get(11..26).unwrap_or(&time),
+            t.task.pid,
+            t.task.comm(),
+            t.local,
+            t.remote,
+            transition,
+        )?;
+        match prev_state_ns {
+            Some(ns) => writeln!(self.out, "{:>10.3}", ns as f64 / 1e6),
+            None => writeln!(self.out, "{:>10}", "-"),
+        }
+    }
+
+    fn json(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+        let rec = JsonTransition {
+            r#type: "transition",
+            time: humantime::format_rfc3339_micros(self.clock.wall(t.ts_ns)),
+            mono_ns: t.ts_ns,
+            cookie: t.cookie,
+            netns: t.netns,
+            family: if t.local.is_ipv4() { "inet" } else { "inet6" },
+            local: t.local,
+            peer: t.remote,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.remote.ip(),
+            peer_port: t.remote.port(),
+            old_state: JsonState(t.old),
+            new_state: JsonState(t.new),
+            prev_state_ns,
+            task: JsonTask {
+                pid: t.task.pid,
+                tid: t.task.tid,
+                uid: t.task.uid,
+                comm: t.task.comm(),
+            },
+        };
+        serde_json::to_writer(&mut self.out, &rec)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+/// The state's ss name; an unknown value shows its number.
+pub fn state_name(s: TcpState) -> std::borrow::Cow<'static, str> {
+    match s {
+        TcpState::Unknown(n) => format!("UNKNOWN({n})").into(),
+        s => s.name().into(),
+    }
+}
+
+struct JsonState(TcpState);
+
+impl Serialize for JsonState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&state_name(self.0))
+    }
+}
+
+#[derive(Serialize)]
+struct JsonTransition<'a> {
+    r#type: &'static str,
+    #[serde(serialize_with = "display")]
+    time: humantime::Rfc3339Timestamp,
+    mono_ns: u64,
+    cookie: u64,
+    netns: u32,
+    family: &'static str,
+    #[serde(serialize_with = "display")]
+    local: std::net::SocketAddr,
+    #[serde(serialize_with = "display")]
+    peer: std::net::SocketAddr,
+    local_addr: std::net::IpAddr,
+    local_port: u16,
+    peer_addr: std::net::IpAddr,
+    peer_port: u16,
+    old_state: JsonState,
+    new_state: JsonState,
+    prev_state_ns: Option<u64>,
+    task: JsonTask<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonTask<'a> {
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonLoss {
+    r#type: &'static str,
+    kind: LossKind,
+    count: u64,
+    total: u64,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use netmon_common::{AF_INET, AF_INET6};
+
+    use super::*;
+    use crate::decode::{from_event, tests::event};
+
+    fn clock() -> Clock {
+        // 2026-11-30T00:00:00Z at monotonic zero.
+        Clock::fixed(UNIX_EPOCH + Duration::from_secs(1_795_996_800))
+    }
+
+    fn render(format: Format, f: impl FnOnce(&mut Printer<Vec<u8>>)) -> String {
+        let mut p = Printer::new(Vec::new(), format, clock(), true);
+        f(&mut p);
+        String::from_utf8(p.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn text_lines_look_like_tcpstates_with_ss_state_names() {
+        let v4 = from_event(&event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 2, 1)).unwrap();
+        let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
+        let v6 = from_event(&event(AF_INET6, &lo6, &lo6, 1, 200)).unwrap();
+        let out = render(Format::Text, |p| {
+            p.transition(&v4, Some(52_000)).unwrap();
+            p.transition(&v6, None).unwrap();
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TIME(UTC)"), "{out}");
+        assert!(
+            lines[1].starts_with("00:00:00.000001       7 curl"),
+            "{out}"
+        );
+        assert!(lines[1].contains("127.0.0.1:41000 127.0.0.1:8080"), "{out}");
+        assert!(lines[1].contains("SYN-SENT -> ESTAB"), "{out}");
+        assert!(lines[1].ends_with("0.052"), "{out}");
+        assert!(lines[2].contains("[::1]:41000 [::1]:8080"), "{out}");
+        assert!(lines[2].contains("ESTAB -> UNKNOWN(200)"), "{out}");
+        assert!(lines[2].ends_with('-'), "{out}");
+    }
+
+    #[test]
+    fn json_lines_follow_the_documented_schema() {
+        let t = from_event(&event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 10, 3)).unwrap();
+        let out = render(Format::Json, |p| {
+            p.transition(&t, None).unwrap();
+            p.loss(LossKind::RingFull, 5, 9).unwrap();
+        });
+        let recs: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let r = &recs[0];
+        assert_eq!(r["type"], "transition");
+        assert_eq!(r["time"], "2026-11-30T00:00:00.000001Z");
+        assert_eq!(r["mono_ns"], 1000);
+        assert_eq!(r["family"], "inet");
+        assert_eq!(r["local"], "127.0.0.1:41000");
+        assert_eq!(r["peer_addr"], "127.0.0.2");
+        assert_eq!(r["peer_port"], 8080);
+        assert_eq!(r["old_state"], "LISTEN");
+        assert_eq!(r["new_state"], "SYN-RECV");
+        assert_eq!(r["prev_state_ns"], serde_json::Value::Null);
+        assert_eq!(r["task"]["comm"], "curl");
+        assert_eq!(r["task"]["pid"], 7);
+        assert_eq!(r["cookie"], 42);
+        assert_eq!(
+            recs[1],
+            serde_json::json!({"type":"loss","kind":"ring_full","count":5,"total":9})
+        );
+    }
+
+    #[test]
+    fn text_loss_record_says_what_to_do() {
+        let out = render(Format::Text, |p| p.loss(LossKind::RingFull, 3, 3).unwrap());
+        assert_eq!(
+            out,
+            "-- lost 3 transitions (ring buffer full; raise --ring-size), 3 since start\n"
+        );
+    }
+}
