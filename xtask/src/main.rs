@@ -1,1 +1,291 @@
-fn main() {}
+//! Project tasks: set-up of a fresh machine, build, run, test (unit and root integration).
+//!
+//! `cargo xtask setup` installs what the eBPF build needs and is a no-op in well under a second
+//! when everything is there; `run` and `test` call it first.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Toolchain for the eBPF crate: must match `EBPF_TOOLCHAIN` in netmon/build.rs.
+const EBPF_TOOLCHAIN: &str = "1.95.0";
+/// bpf-linker must be built against the same LLVM major as that rustc (22).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const APT_BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// Tools the integration tests and benches compare against or use for fixtures.
+const APT_TEST_TOOLS: &[(&str, &str)] = &[
+    ("ss", "iproute2"),
+    ("ip", "iproute2"),
+    ("netstat", "net-tools"),
+    ("nft", "nftables"),
+    ("setpriv", "util-linux"),
+];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Set up, build, and run netmon as root: `cargo xtask run -- watch`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests, then the root integration tests that load
+    /// the real eBPF program (they fail, never skip, when they cannot run).
+    Test {
+        #[arg(long)]
+        release: bool,
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Run { release, args } => {
+            setup()?;
+            let bin = build(release)?;
+            run_netmon(&bin, &args)
+        }
+        Task::Test { release, filter } => {
+            setup()?;
+            test(release, filter.as_deref())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .into()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn setup() -> Result<()> {
+    let start = Instant::now();
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_test_tools()?;
+    eprintln!(
+        "xtask: set-up complete in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let sysroot = capture(
+        "rustup",
+        &["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"],
+    );
+    let sysroot = match sysroot {
+        Ok(s) => PathBuf::from(s.trim()),
+        Err(_) => {
+            // Pinned, never `rustup update`: a newer rustc brings LLVM 23, which the
+            // LLVM-22 bpf-linker cannot read ("Invalid record").
+            sh(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    EBPF_TOOLCHAIN,
+                    "--profile",
+                    "minimal",
+                ],
+            )?;
+            PathBuf::from(
+                capture(
+                    "rustup",
+                    &["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"],
+                )?
+                .trim(),
+            )
+        }
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        sh(
+            "rustup",
+            &[
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let installed = capture("bpf-linker", &["--version"]).unwrap_or_default();
+    if installed.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    apt_install(APT_BUILD_PACKAGES)?;
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        // Without it, llvm-sys finds the distribution's default LLVM (14) and fails to link.
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed ({status})");
+    }
+    Ok(())
+}
+
+fn ensure_test_tools() -> Result<()> {
+    let missing: Vec<&str> = APT_TEST_TOOLS
+        .iter()
+        .filter(|(tool, _)| capture("which", &[tool]).is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        apt_install(&missing)
+    }
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !capture("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "these packages are missing: {}; run as root or install them",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    sh("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    sh("apt-get", &args)
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "--package", "netmon"];
+    if release {
+        args.push("--release");
+    }
+    sh("cargo", &args)?;
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("netmon"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn run_netmon(bin: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = if is_root() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    };
+    let status = cmd.args(args).status().context("running netmon")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(release: bool, filter: Option<&str>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs into the kernel: run `sudo -E cargo xtask test`"
+        );
+    }
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    let bin = build(release)?;
+    // Unit tests first: no kernel, no root needed.
+    let mut unit = vec!["test", "--package", "netmon", "--package", "netmon-common"];
+    unit.extend(profile);
+    sh("cargo", &unit)?;
+    // Integration tests one at a time: each loads its own program, and the counters they
+    // check are per program.
+    let mut integ = vec!["test", "--package", "netmon-tests"];
+    integ.extend(profile);
+    integ.extend(["--", "--test-threads=1"]);
+    if let Some(f) = filter {
+        integ.push(f);
+    }
+    let status = Command::new("cargo")
+        .args(&integ)
+        .env("NETMON_BIN", &bin)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("integration tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn capture(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
