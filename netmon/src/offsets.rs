@@ -94,7 +94,7 @@ fn field_offset(btf: &Btf, strukt: &str, path: &[&str], size: usize) -> Result<u
         ty = resolve_alias(btf, member_ty)?;
     }
     let found = type_size(&ty);
-    if bits % 8 != 0 || (size != 0 && found != Some(size)) {
+    if !bits.is_multiple_of(8) || (size != 0 && found != Some(size)) {
         return Err(OffsetError::Shape {
             strukt: strukt.into(),
             field: path.join("."),

@@ -1,22 +1,7 @@
 //! Formats transitions and loss records as ss-like text or JSON Lines.
 //!
-//! # JSON Lines schema (`--format json`), one object per line, stable field names
-//!
-//! Every object has `"type"`:
-//!
-//! - `"transition"`: one TCP state change.
-//!   `time` (RFC 3339, UTC, microseconds), `mono_ns` (CLOCK_MONOTONIC ns from the kernel),
-//!   `cookie` (socket cookie, as `ss -e` shows it: stable for the socket's life), `netns`
-//!   (network namespace inode), `family` (`"inet"` or `"inet6"`), `local` and `peer`
-//!   (`"addr:port"`, IPv6 as `"[addr]:port"`), `local_addr`, `local_port`, `peer_addr`,
-//!   `peer_port`, `old_state` and `new_state` (ss names: `"SYN-SENT"`, `"ESTAB"`, `"CLOSE"`, ...,
-//!   or `"UNKNOWN(n)"`), `prev_state_ns` (time spent in `old_state`, `null` when netmon did not
-//!   see the socket enter it), and `task` (`pid`, `tid`, `uid`, `comm` of the task on the CPU when
-//!   the kernel made the change: for softirq and timer transitions that is not the owner).
-//! - `"loss"`: transitions the kernel could not deliver. `kind` is `"ring_full"` (the ring
-//!   buffer was full: raise `--ring-size`) or `"recursion"` (the kernel skipped the program
-//!   because it was already running on that CPU), `count` is the number since the previous loss
-//!   record of that kind, `total` since start.
+//! The JSON Lines schema is documented in docs/json.md; `json_lines_follow_the_documented_schema`
+//! below keeps the two in step.
 
 use std::{
     io::{self, Write},
@@ -33,7 +18,7 @@ use crate::decode::Transition;
 pub enum Format {
     /// Columns like ss and tcpstates.
     Text,
-    /// JSON Lines (schema in the `output` module docs).
+    /// JSON Lines, one object per transition (schema: docs/json.md).
     Json,
 }
 

@@ -10,16 +10,14 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use netlink_packet_sock_diag::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use netmon_common::TcpState;
 
-/// Every TCP state, including request sockets (`NEW_SYN_RECV`, 12) and, since Linux 6.8, bound
-/// but inactive sockets (13). `ss -tan` asks for all of these except 13.
+/// Every TCP state, including request sockets (`NEW_SYN_RECV`, 12) and, since Linux 6.8,
+/// sockets bound but neither listening nor connected (`BOUND_INACTIVE`, 13: the kernel reports
+/// them with state `CLOSE`).
 pub const ALL_STATES: u32 = (1 << 14) - 2;
 
 /// What `ss -tan` lists: [`ALL_STATES`] less `BOUND_INACTIVE` (which ss shows only when asked).
@@ -80,7 +78,9 @@ pub struct Timer {
 pub struct DiagSock {
     /// Socket cookie (`idiag_cookie`), the value `bpf_get_socket_cookie()` returns for it.
     pub cookie: u64,
-    /// `NewSynRecv` for a request socket (ss: `SYN-RECV`, see [`TcpState::ss_name`]).
+    /// The kernel's `idiag_state`. A request socket (a connection whose handshake the listener
+    /// has not completed, `NEW_SYN_RECV` inside the kernel) is reported as `SynRecv` (3):
+    /// `inet_req_diag_fill` says so, and ss prints `SYN-RECV` for both.
     pub state: TcpState,
     /// Local address and port. An IPv6 socket keeps `V6` even for a v4-mapped address, as ss
     /// prints it (`[::ffff:127.0.0.1]:80`). Scope ids are left 0: see [`DiagSock::ifindex`].
@@ -265,25 +265,57 @@ const RECV_BUF: usize = 64 << 10;
 /// `SO_RCVBUF` asked for (the kernel caps it at `net.core.rmem_max`).
 const SO_RCVBUF_BYTES: i32 = 1 << 20;
 const NLMSG_HDR_LEN: usize = 16;
+/// Legacy request type (include/uapi/linux/inet_diag.h) that dumps TCP sockets of every
+/// family at once; its replies have this type too.
+const TCPDIAG_GETSOCK: u16 = 18;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, `inet_diag_sockid` (48).
 const INET_DIAG_REQ_V2_LEN: usize = 56;
-const REQUEST_LEN: usize = NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN;
+/// Legacy `struct inet_diag_req`: family, src_len, dst_len, ext, `inet_diag_sockid` (48),
+/// states, dbs.
+const INET_DIAG_REQ_LEN: usize = 60;
+
+/// One dump request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dump {
+    /// `SOCK_DIAG_BY_FAMILY` for one family (`AF_INET` or `AF_INET6`).
+    Family(u8),
+    /// `TCPDIAG_GETSOCK`: the kernel dumps with `AF_UNSPEC`, so both families come from one
+    /// walk of the hash tables. Walking them costs about as much per socket skipped as the
+    /// IPv4 dump does per socket reported (measured: an IPv6 dump that finds nothing among
+    /// 84k IPv4 sockets takes 13 ms), so this saves a quarter of the time.
+    Both,
+}
+
+impl Dump {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Family(AF_INET) => "IPv4",
+            Self::Family(_) => "IPv6",
+            Self::Both => "IPv4 and IPv6",
+        }
+    }
+}
 
 /// Lists the TCP sockets of the caller's network namespace in the given families whose state
 /// bit (`1 << state`, kernel numbering, see [`TcpState::to_kernel`]) is set in `states`:
-/// [`SS_STATES`] for what `ss -tan` shows. Request sockets are reported only if bit 12
-/// (`NEW_SYN_RECV`) is set. IPv4 sockets come first, then IPv6, each in kernel hash order.
+/// [`SS_STATES`] for what `ss -tan` shows. Request sockets (`NEW_SYN_RECV`) are included if
+/// bit 3 (`SYN_RECV`) or 12 is set, and are reported as `SynRecv`. Order is the kernel's
+/// hash-table order (listeners first). TIME-WAIT and request sockets are included like any other.
+///
+/// Both families are read with one legacy `TCPDIAG_GETSOCK` dump (one walk of the kernel's
+/// hash tables instead of two), or with one `SOCK_DIAG_BY_FAMILY` dump per family if the
+/// kernel refuses it; a single family always uses `SOCK_DIAG_BY_FAMILY`.
 pub fn dump_tcp(families: Families, states: u32) -> Result<Vec<DiagSock>, DiagError> {
-    let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io_err("socket"))?;
-    sock.set_rx_buf_sz(SO_RCVBUF_BYTES)
-        .map_err(io_err("setsockopt(SO_RCVBUF)"))?;
-    let mut buf = vec![0u8; RECV_BUF];
-    let mut out = Vec::new();
-    let wanted = [(families.v4, AF_INET), (families.v6, AF_INET6)];
-    for (seq, (_, family)) in (1u32..).zip(wanted.into_iter().filter(|(on, _)| *on)) {
-        dump_family(&sock, &mut buf, family, states, seq, &mut out)?;
+    let mut d = Dumper::new()?;
+    if families == Families::ALL {
+        match d.dump(Dump::Both, states) {
+            // Refused before anything was sent: this kernel lacks the legacy interface.
+            Err(DiagError::Kernel { .. }) if d.out.is_empty() => {}
+            r => return r.map(|()| d.out),
+        }
     }
-    Ok(out)
+    d.dump_per_family(families, states)?;
+    Ok(d.out)
 }
 
 /// [`dump_tcp`] inside another network namespace, given an open handle on it
@@ -312,69 +344,107 @@ pub fn dump_tcp_in_netns(
     })
 }
 
-fn family_name(family: u8) -> &'static str {
-    if family == AF_INET { "IPv4" } else { "IPv6" }
-}
-
-fn request(family: u8, states: u32, seq: u32) -> [u8; REQUEST_LEN] {
-    let mut req = [0u8; REQUEST_LEN];
-    req[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0: the kernel fills in our port id.
-    let r = &mut req[NLMSG_HDR_LEN..];
-    r[0] = family;
-    r[1] = IPPROTO_TCP;
-    // r[2] idiag_ext = 0: no attributes; r[3] pad.
-    r[4..8].copy_from_slice(&states.to_ne_bytes());
-    // inet_diag_sockid all zero: ignored by a dump without a filter.
-    req
-}
-
-fn dump_family(
-    sock: &Socket,
-    buf: &mut [u8],
-    family: u8,
-    states: u32,
+/// A `NETLINK_SOCK_DIAG` socket, its receive buffer and the sockets dumped so far.
+struct Dumper {
+    sock: Socket,
+    buf: Vec<u8>,
     seq: u32,
-    out: &mut Vec<DiagSock>,
-) -> Result<(), DiagError> {
-    let req = request(family, states, seq);
-    loop {
-        match sock.send(&req, 0) {
-            Ok(n) if n == req.len() => break,
-            Ok(_) => {
-                return Err(DiagError::Io {
-                    call: "send",
-                    source: io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
+    out: Vec<DiagSock>,
+}
+
+impl Dumper {
+    fn new() -> Result<Self, DiagError> {
+        let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io_err("socket"))?;
+        sock.set_rx_buf_sz(SO_RCVBUF_BYTES)
+            .map_err(io_err("setsockopt(SO_RCVBUF)"))?;
+        Ok(Self {
+            sock,
+            buf: vec![0u8; RECV_BUF],
+            seq: 0,
+            out: Vec::new(),
+        })
+    }
+
+    fn dump_per_family(&mut self, families: Families, states: u32) -> Result<(), DiagError> {
+        for (on, family) in [(families.v4, AF_INET), (families.v6, AF_INET6)] {
+            if on {
+                self.dump(Dump::Family(family), states)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one dump request and appends its replies to `out`, up to `NLMSG_DONE`.
+    fn dump(&mut self, what: Dump, states: u32) -> Result<(), DiagError> {
+        self.seq += 1;
+        let mut req = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
+        let req = request(&mut req, what, states, self.seq);
+        loop {
+            match self.sock.send(req, 0) {
+                Ok(n) if n == req.len() => break,
+                Ok(_) => {
+                    return Err(DiagError::Io {
+                        call: "send",
+                        source: io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("send")(e)),
+            }
+        }
+        loop {
+            let cap = self.buf.len();
+            // MSG_TRUNC: the return value is the datagram's real length, to detect truncation.
+            let len = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("recv")(e)),
+            };
+            if len > cap {
+                return Err(DiagError::Truncated { len, cap });
+            }
+            if len == 0 {
+                return Err(DiagError::Malformed {
+                    what: "empty datagram before NLMSG_DONE",
+                    offset: 0,
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("send")(e)),
+            if parse_datagram(&self.buf[..len], what, self.seq, &mut self.out)? == Progress::Done {
+                return Ok(());
+            }
         }
     }
-    loop {
-        let cap = buf.len();
-        // MSG_TRUNC: the return value is the datagram's real length, to detect truncation.
-        let len = match sock.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("recv")(e)),
-        };
-        if len > cap {
-            return Err(DiagError::Truncated { len, cap });
+}
+
+/// Writes the request for `what` into `buf` and returns it.
+fn request(
+    buf: &mut [u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN],
+    what: Dump,
+    states: u32,
+    seq: u32,
+) -> &[u8] {
+    let (ty, len) = match what {
+        Dump::Family(_) => (SOCK_DIAG_BY_FAMILY, NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN),
+        Dump::Both => (TCPDIAG_GETSOCK, NLMSG_HDR_LEN + INET_DIAG_REQ_LEN),
+    };
+    buf.fill(0);
+    buf[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    buf[4..6].copy_from_slice(&ty.to_ne_bytes());
+    buf[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nlmsg_pid 0: the kernel fills in our port id. Extensions (idiag_ext) 0: no attributes
+    // asked for. inet_diag_sockid all zero: ignored by a dump.
+    let r = &mut buf[NLMSG_HDR_LEN..];
+    match what {
+        Dump::Family(family) => {
+            r[0] = family;
+            r[1] = IPPROTO_TCP;
+            r[4..8].copy_from_slice(&states.to_ne_bytes());
         }
-        if len == 0 {
-            return Err(DiagError::Malformed {
-                what: "empty datagram before NLMSG_DONE",
-                offset: 0,
-            });
-        }
-        if parse_datagram(&buf[..len], family, seq, out)? == Progress::Done {
-            return Ok(());
-        }
+        // The protocol comes from the message type, the family is ignored (AF_UNSPEC).
+        Dump::Both => r[52..56].copy_from_slice(&states.to_ne_bytes()),
     }
+    &buf[..len]
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -387,7 +457,7 @@ enum Progress {
 /// its sockets to `out`. Messages of other sequence numbers are skipped.
 fn parse_datagram(
     dgram: &[u8],
-    family: u8,
+    what: Dump,
     seq: u32,
     out: &mut Vec<DiagSock>,
 ) -> Result<Progress, DiagError> {
@@ -398,7 +468,6 @@ fn parse_datagram(
         let h = &dgram[off..off + NLMSG_HDR_LEN];
         let msg_len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let msg_type = u16::from_ne_bytes([h[4], h[5]]);
-        let flags = u16::from_ne_bytes([h[6], h[7]]);
         let msg_seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
         if msg_len < NLMSG_HDR_LEN || msg_len > dgram.len() - off {
             return Err(DiagError::Malformed {
@@ -409,16 +478,14 @@ fn parse_datagram(
         let payload = &dgram[off + NLMSG_HDR_LEN..off + msg_len];
         let at = off;
         // NLMSG_ALIGN: messages start on 4-byte boundaries.
-        off = (off + msg_len + 3) & !3;
-        off = off.min(dgram.len());
+        off = ((off + msg_len + 3) & !3).min(dgram.len());
         if msg_seq != seq {
             continue;
         }
-        // NLM_F_DUMP_INTR (hash tables changed mid-dump) is not set by inet_diag; a dump is a
-        // best-effort snapshot anyway, so it is not an error either.
-        let _ = flags & NLM_F_DUMP_INTR;
+        // NLM_F_DUMP_INTR (tables changed mid-dump) is never set by inet_diag, and a dump is
+        // a best-effort snapshot anyway: the flags are not looked at.
         match msg_type {
-            SOCK_DIAG_BY_FAMILY => match DiagSock::from_inet_diag_msg(payload) {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match DiagSock::from_inet_diag_msg(payload) {
                 Some(s) => out.push(s),
                 None => {
                     return Err(DiagError::Malformed {
@@ -432,7 +499,7 @@ fn parse_datagram(
                 if let Some(code) = payload.get(..4) {
                     let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
                     if code < 0 {
-                        return Err(kernel_error(family, code));
+                        return Err(kernel_error(what, code));
                     }
                 }
                 return Ok(Progress::Done);
@@ -447,11 +514,11 @@ fn parse_datagram(
                 };
                 let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
                 if code != 0 {
-                    return Err(kernel_error(family, code));
+                    return Err(kernel_error(what, code));
                 }
-                // error 0 is an ACK, which a dump without NLM_F_ACK does not get: ignore.
+                // Error 0 is an ACK, which a dump without NLM_F_ACK does not get: ignored.
             }
-            NLMSG_NOOP | NLMSG_OVERRUN => {}
+            // NLMSG_NOOP, NLMSG_OVERRUN and anything else: ignored.
             _ => {}
         }
     }
@@ -464,9 +531,9 @@ fn parse_datagram(
     Ok(Progress::More)
 }
 
-fn kernel_error(family: u8, code: i32) -> DiagError {
+fn kernel_error(what: Dump, code: i32) -> DiagError {
     DiagError::Kernel {
-        family: family_name(family),
+        family: what.name(),
         source: io::Error::from_raw_os_error(code.saturating_neg()),
     }
 }
@@ -474,6 +541,9 @@ fn kernel_error(family: u8, code: i32) -> DiagError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const V4: Dump = Dump::Family(AF_INET);
+    const V6: Dump = Dump::Family(AF_INET6);
 
     /// One netlink message of type `ty` with `payload`, padded to 4 bytes.
     fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -490,8 +560,10 @@ mod tests {
     }
 
     #[test]
-    fn request_is_inet_diag_req_v2_for_tcp() {
-        let r = request(AF_INET6, SS_STATES, 7);
+    fn requests_are_inet_diag_req_v2_or_legacy_inet_diag_req() {
+        let mut buf = [0xff; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
+        let r = request(&mut buf, V6, SS_STATES, 7);
+        assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
         assert_eq!(u16::from_ne_bytes(r[6..8].try_into().unwrap()), 0x301);
@@ -499,6 +571,15 @@ mod tests {
         assert_eq!(&r[16..20], &[10, 6, 0, 0]);
         assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 0x1ffe);
         assert!(r[24..].iter().all(|&b| b == 0));
+        let r = request(&mut buf, Dump::Both, ALL_STATES, 8);
+        assert_eq!(r.len(), 76);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 76);
+        assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 18);
+        assert_eq!(u16::from_ne_bytes(r[6..8].try_into().unwrap()), 0x301);
+        assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 8);
+        assert!(r[12..68].iter().all(|&b| b == 0));
+        assert_eq!(u32::from_ne_bytes(r[68..72].try_into().unwrap()), 0x3ffe);
+        assert_eq!(&r[72..76], &[0; 4]);
     }
 
     /// ss's first five columns for `s`, as `ss -tanH` prints them: a port 0 is `*`, and so is
@@ -619,7 +700,7 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn parses_recorded_dumps_like_ss() {
         let mut out = Vec::new();
-        let p = parse_datagram(RECORDED_V4, AF_INET, 1, &mut out).unwrap();
+        let p = parse_datagram(RECORDED_V4, V4, 1, &mut out).unwrap();
         assert_eq!(p, Progress::Done);
         let got: Vec<_> = out
             .iter()
@@ -650,7 +731,7 @@ mod tests {
         assert_eq!(out[0].timer, None);
 
         out.clear();
-        let p = parse_datagram(RECORDED_V6, AF_INET6, 1, &mut out).unwrap();
+        let p = parse_datagram(RECORDED_V6, V6, 1, &mut out).unwrap();
         assert_eq!(p, Progress::Done);
         let got: Vec<_> = out.iter().map(ss_line).collect();
         assert_eq!(
@@ -722,33 +803,64 @@ mod tests {
         d.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &with_attr));
         let mut out = Vec::new();
         assert_eq!(
-            parse_datagram(&d, AF_INET6, 5, &mut out).unwrap(),
+            parse_datagram(&d, V6, 5, &mut out).unwrap(),
             Progress::More
         );
         assert_eq!(out.len(), 2);
         let done = nlmsg(NLMSG_DONE, 2, 5, &0i32.to_ne_bytes());
         assert_eq!(
-            parse_datagram(&done, AF_INET6, 5, &mut out).unwrap(),
+            parse_datagram(&done, V6, 5, &mut out).unwrap(),
             Progress::Done
         );
         assert_eq!(out.len(), 2);
     }
 
     #[test]
+    #[cfg(target_endian = "little")]
+    fn legacy_replies_mix_families() {
+        // What TCPDIAG_GETSOCK answers: the same messages, typed 18, both families.
+        let retype = |rec: &[u8], keep_done: bool| {
+            let mut v = Vec::new();
+            let mut off = 0;
+            while off < rec.len() {
+                let len = u32::from_ne_bytes(rec[off..off + 4].try_into().unwrap()) as usize;
+                let mut m = rec[off..off + len.next_multiple_of(4)].to_vec();
+                if m[4] == 20 {
+                    m[4] = 18;
+                }
+                if m[4] != 3 || keep_done {
+                    v.extend(m);
+                }
+                off += len.next_multiple_of(4);
+            }
+            v
+        };
+        let mut d = retype(RECORDED_V6, false);
+        d.extend(retype(RECORDED_V4, true));
+        let mut out = Vec::new();
+        let p = parse_datagram(&d, Dump::Both, 1, &mut out).unwrap();
+        assert_eq!(p, Progress::Done);
+        assert_eq!(out.len(), 8);
+        assert_eq!(out.iter().filter(|s| s.local.is_ipv6()).count(), 2);
+        let err = kernel_error(Dump::Both, -libc::EOPNOTSUPP);
+        assert!(err.to_string().starts_with("sock_diag dump of IPv4 and IPv6 sockets failed: "));
+    }
+
+    #[test]
     fn errors_carry_the_errno() {
         let mut out = Vec::new();
         let mut e = (-libc::EINVAL).to_ne_bytes().to_vec();
-        e.extend_from_slice(&request(AF_INET, 1, 5)[..16]);
-        let err = parse_datagram(&nlmsg(NLMSG_ERROR, 0, 5, &e), AF_INET, 5, &mut out).unwrap_err();
+        e.extend_from_slice(&request(&mut [0; 76], V4, 1, 5)[..16]);
+        let err = parse_datagram(&nlmsg(NLMSG_ERROR, 0, 5, &e), V4, 5, &mut out).unwrap_err();
         assert_eq!(err.errno(), Some(libc::EINVAL));
         assert!(err.to_string().starts_with("sock_diag dump of IPv4 sockets failed: "));
         let done = nlmsg(NLMSG_DONE, 2, 5, &(-libc::ENOBUFS).to_ne_bytes());
-        let err = parse_datagram(&done, AF_INET, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&done, V4, 5, &mut out).unwrap_err();
         assert_eq!(err.errno(), Some(libc::ENOBUFS));
         // An ACK (error 0) is not an error.
         let ack = nlmsg(NLMSG_ERROR, 0, 5, &[0; 20]);
         assert_eq!(
-            parse_datagram(&ack, AF_INET, 5, &mut out).unwrap(),
+            parse_datagram(&ack, V4, 5, &mut out).unwrap(),
             Progress::More
         );
     }
@@ -758,20 +870,20 @@ mod tests {
         let mut out = Vec::new();
         let full = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &v6_msg());
         // Cut inside the message: length out of bounds.
-        let err = parse_datagram(&full[..50], AF_INET6, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&full[..50], V6, 5, &mut out).unwrap_err();
         assert!(matches!(err, DiagError::Malformed { offset: 0, .. }), "{err}");
         // Cut inside the header.
         let mut two = full.clone();
         two.extend_from_slice(&full[..8]);
-        let err = parse_datagram(&two, AF_INET6, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&two, V6, 5, &mut out).unwrap_err();
         assert!(matches!(err, DiagError::Malformed { offset: 88, .. }), "{err}");
         // A message too short for inet_diag_msg.
         let short = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &v6_msg()[..40]);
-        assert!(parse_datagram(&short, AF_INET6, 5, &mut out).is_err());
+        assert!(parse_datagram(&short, V6, 5, &mut out).is_err());
         // nlmsg_len smaller than the header.
         let mut tiny = full.clone();
         tiny[0..4].copy_from_slice(&8u32.to_ne_bytes());
-        assert!(parse_datagram(&tiny, AF_INET6, 5, &mut out).is_err());
+        assert!(parse_datagram(&tiny, V6, 5, &mut out).is_err());
         assert_eq!(out.len(), 1); // only the first, complete message of `two`
     }
 }
@@ -862,7 +974,7 @@ mod root_tests {
         // Dual-stack listener reached over IPv4: v4-mapped addresses, `*` in ss.
         let fm = fixture("[::]:0", "127.0.0.1".parse().unwrap());
         // A request socket: TCP_DEFER_ACCEPT makes the listener drop the bare final ACK, so the
-        // connection stays NEW_SYN_RECV (ss: SYN-RECV) until data comes.
+        // connection stays a NEW_SYN_RECV request socket (ss: SYN-RECV) until data comes.
         let ld = TcpListener::bind("127.0.0.1:0").unwrap();
         let secs: libc::c_int = 30;
         // SAFETY: valid fd, option value and length.
@@ -885,6 +997,10 @@ mod root_tests {
         let got = ours(&socks, &ports);
         assert_eq!(got, ss(&["env"], &ports));
         eprintln!("{}", got.join("\n"));
+        // The fallback, one SOCK_DIAG_BY_FAMILY dump per family, finds the same.
+        let mut d = Dumper::new().unwrap();
+        d.dump_per_family(Families::ALL, SS_STATES).unwrap();
+        assert_eq!(ours(&d.out, &ports), got);
 
         for (port, v6) in [(f4.port, false), (f6.port, true), (fm.port, true)] {
             let mine: Vec<_> = socks
@@ -896,18 +1012,28 @@ mod root_tests {
             assert_eq!((l.recv_q, l.send_q), (1, 128));
             assert!(mine.iter().any(|s| s.recv_q == 5));
             assert!(mine.iter().any(|s| s.state == TcpState::TimeWait));
-            // The server side has the listener's family (the dual-stack one's clients are v4).
-            let server = mine.iter().filter(|s| s.local.port() == port);
-            assert!(server.clone().count() == 4 && server.clone().all(|s| s.local.is_ipv6() == v6));
+            // The server side (listener, accepted, queued) has the listener's family; the
+            // dual-stack listener's clients are IPv4.
+            let server: Vec<_> = mine.iter().filter(|s| s.local.port() == port).collect();
+            assert_eq!(server.len(), 3);
+            assert!(server.iter().all(|s| s.local.is_ipv6() == v6));
             assert!(mine.iter().all(|s| s.cookie != 0));
             let tw = mine.iter().find(|s| s.state == TcpState::TimeWait).unwrap();
             assert_eq!(tw.timer.unwrap().kind, TimerKind::TimeWait);
             assert_eq!(tw.inode, 0);
         }
+        // The kernel reports a request socket as SYN_RECV (3), and includes it for bit 3 or 12.
         let req = socks
             .iter()
-            .find(|s| s.local.port() == pd && s.state == TcpState::NewSynRecv)
+            .find(|s| s.local.port() == pd && s.remote.port() != 0)
             .expect("request socket");
+        assert_eq!((req.state, req.inode), (TcpState::SynRecv, 0));
+        for mask in [1 << 3, 1 << 12] {
+            for f in [Families::V4, Families::ALL] {
+                let v = dump_tcp(f, mask).unwrap();
+                assert!(v.iter().any(|s| s.cookie == req.cookie), "{mask:#x} {f:?}");
+            }
+        }
         assert_eq!(req.timer.unwrap().kind, TimerKind::Retransmit);
 
         // Families and the state mask are honoured.
@@ -1043,6 +1169,17 @@ mod root_tests {
             ours_ms = ours_ms.min(t.elapsed().as_secs_f64() * 1e3);
             n = v.len();
         }
+        let per_family_ms = ns.run(|| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let mut d = Dumper::new().unwrap();
+                    d.dump_per_family(Families::ALL, SS_STATES).unwrap();
+                    assert_eq!(d.out.len(), n);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        });
         let nsenter = format!("--net=/run/netns/{}", ns.name);
         let time = |args: &[&str]| {
             (0..5)
@@ -1059,8 +1196,9 @@ mod root_tests {
         let (base_ms, _) = time(&[&nsenter, "true"]);
         let ss_lines = ss_out.iter().filter(|&&b| b == b'\n').count();
         eprintln!(
-            "{n} sockets (made in {made:?}): dump_tcp_in_netns {ours_ms:.1} ms; \
-             ss -tan {ss_ms:.1} ms ({ss_lines} lines; nsenter+exec alone {base_ms:.1} ms)"
+            "{n} sockets (made in {made:?}): dump_tcp_in_netns {ours_ms:.1} ms \
+             (per-family dumps {per_family_ms:.1} ms); ss -tan {ss_ms:.1} ms ({ss_lines} lines; \
+             nsenter+exec alone {base_ms:.1} ms)"
         );
         assert_eq!(n, ss_lines);
         assert!(n >= 2 * pairs + time_wait);

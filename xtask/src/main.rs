@@ -50,8 +50,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, then the root integration tests that load
-    /// the real eBPF program (they fail, never skip, when they cannot run).
+    /// Set up, then run every check and test: fmt, clippy, unit tests, then the root
+    /// integration tests that load the real eBPF program (they fail, never skip, when they
+    /// cannot run).
     Test {
         #[arg(long)]
         release: bool,
@@ -243,6 +244,11 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         );
     }
     let profile: &[&str] = if release { &["--release"] } else { &[] };
+    sh("cargo", &["fmt", "--all", "--", "--check"])?;
+    let mut clippy = vec!["clippy", "--all-targets"];
+    clippy.extend(profile);
+    clippy.extend(["--", "-D", "warnings"]);
+    sh("cargo", &clippy)?;
     let bin = build(release)?;
     // Unit tests first: no kernel, no root needed.
     let mut unit = vec!["test", "--package", "netmon", "--package", "netmon-common"];

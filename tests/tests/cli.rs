@@ -1,0 +1,241 @@
+//! `netmon watch` as a user runs it: the real binary, its output, its exit codes.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::{Duration, Instant},
+};
+
+use netmon_tests::{TestNetns, connect_and_close, netmon_bin, require_root};
+use serde_json::Value;
+
+fn spawn_watch(args: &[&str]) -> Child {
+    require_root();
+    Command::new(netmon_bin())
+        .arg("watch")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netmon watch")
+}
+
+/// Lines of the child's stdout, read on a thread.
+fn lines(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Makes connections on a canary listener until `netmon` shows one: then it is attached.
+fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<String>) -> u16 {
+    let canary = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        (port, l)
+    });
+    let (port, listener) = canary;
+    let needle = format!(":{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listener = std::sync::Arc::new(listener);
+    while Instant::now() < deadline {
+        let l = listener.clone();
+        ns.run(move || connect_and_close(&l));
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = line.contains(&needle);
+            seen.push(line);
+            if hit {
+                return port;
+            }
+        }
+    }
+    panic!("netmon watch showed no event within 20 s; output: {seen:#?}");
+}
+
+fn interrupt(child: &Child) {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("netmon did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut s).ok();
+    s
+}
+
+#[test]
+fn watch_json_shows_all_10000_transitions_of_1000_connections() {
+    let ns = TestNetns::new();
+    let mut child = spawn_watch(&["--format", "json"]);
+    let rx = lines(child.stdout.take().unwrap());
+    let mut out = Vec::new();
+    wait_attached(&ns, &rx, &mut out);
+
+    const CONNS: usize = 1000;
+    let port = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..CONNS {
+            connect_and_close(&listener);
+        }
+        listener.local_addr().unwrap().port()
+    });
+    // Listener close is the last transition; wait for it, then stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ours = |v: &Value| {
+        v["type"] == "transition"
+            && v["netns"] == ns.inum
+            && (v["local_port"] == port || v["peer_port"] == port)
+    };
+    let mut count = 0usize;
+    let mut losses = Vec::new();
+    let mut records = |line: &str, count: &mut usize| {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["type"] == "loss" {
+            losses.push(v.clone());
+        }
+        if ours(&v) {
+            *count += 1;
+        }
+        v
+    };
+    for line in &out {
+        records(line, &mut count);
+    }
+    while count < CONNS * 10 + 2 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            records(&line, &mut count);
+        }
+    }
+    interrupt(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        records(&line, &mut count);
+    }
+    assert!(losses.is_empty(), "losses reported: {losses:?}");
+    assert_eq!(
+        count,
+        CONNS * 10 + 2,
+        "1000 connections x 10 transitions + the listener's 2"
+    );
+    assert!(status.success(), "Ctrl-C must exit 0, got {status}");
+    let err = stderr_of(&mut child);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn watch_exits_quietly_when_the_reader_goes_away() {
+    let ns = TestNetns::new();
+    let mut child = spawn_watch(&[]);
+    let rx = lines(child.stdout.take().unwrap());
+    let mut out = Vec::new();
+    wait_attached(&ns, &rx, &mut out);
+    assert!(out[0].starts_with("TIME(UTC)"), "header first: {out:?}");
+    // Like `| head`: the reader closes the pipe; the next writes fail with EPIPE.
+    drop(rx);
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let listener = std::sync::Arc::new(listener);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netmon kept running after its reader left"
+        );
+        let l = listener.clone();
+        ns.run(move || connect_and_close(&l));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}");
+    let err = stderr_of(&mut child);
+    assert!(err.is_empty(), "nothing on stderr, got: {err}");
+}
+
+#[test]
+fn watch_reports_losses_in_the_stream_and_on_stderr() {
+    let ns = TestNetns::new();
+    let mut child = spawn_watch(&["--format", "json", "--ring-size", "4096"]);
+    let rx = lines(child.stdout.take().unwrap());
+    let mut out = Vec::new();
+    wait_attached(&ns, &rx, &mut out);
+    // Pause the reader so the one-page ring overflows.
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            connect_and_close(&listener);
+        }
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lost = 0u64;
+    while lost == 0 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["type"] == "loss" {
+                assert_eq!(v["kind"], "ring_full", "{v}");
+                lost += v["count"].as_u64().unwrap();
+            }
+        }
+    }
+    interrupt(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    assert!(lost > 0, "no loss record in the stream");
+    assert!(status.success());
+    let err = stderr_of(&mut child);
+    assert!(
+        err.contains("lost") && err.contains("transitions"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn watch_without_privileges_prints_one_line_and_fails() {
+    require_root();
+    // As nobody, with no capabilities.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(netmon_bin())
+        .arg("watch")
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("root") && err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
