@@ -1,4 +1,4 @@
-//! The ss filter language: `state`/`exclude` words and expressions, their evaluation, and the in-kernel pre-filter derived from them.
+//! The ss filter language: state words and expressions, their matching, and the kernel pre-filter.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -89,13 +89,18 @@ impl StateSet {
 
 /// TCP service names and aliases to ports, as `getservbyname(name, "tcp")` resolves them for ss.
 #[derive(Clone, Debug, Default)]
-pub struct Services(HashMap<String, u16>);
+pub struct Services {
+    by_name: HashMap<String, u16>,
+    /// Port to its first name, as getservbyport(port, "tcp") gives ss without `-n`.
+    by_port: HashMap<u16, String>,
+}
 
 impl Services {
     /// Parses services(5) text (`name port/proto [alias...] [# comment]`), keeping tcp entries;
     /// the first entry for a name wins, as with getservbyname.
     pub fn from_text(text: &str) -> Self {
         let mut ports = HashMap::new();
+        let mut by_port = HashMap::new();
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or_default();
             let mut fields = line.split_whitespace();
@@ -108,11 +113,20 @@ impl Services {
             let Ok(port) = port.parse::<u16>() else {
                 continue;
             };
+            by_port.entry(port).or_insert_with(|| name.to_owned());
             for alias in std::iter::once(name).chain(fields) {
                 ports.entry(alias.to_owned()).or_insert(port);
             }
         }
-        Self(ports)
+        Self {
+            by_name: ports,
+            by_port,
+        }
+    }
+
+    /// The service name of a TCP port, if /etc/services has one.
+    pub fn name(&self, port: u16) -> Option<&str> {
+        self.by_port.get(&port).map(String::as_str)
     }
 
     /// Reads /etc/services.
@@ -121,13 +135,13 @@ impl Services {
     }
 
     fn port(&self, name: &str) -> Option<u16> {
-        self.0.get(name).copied()
+        self.by_name.get(name).copied()
     }
 }
 
-/// One socket (or transition) as the filter sees it. `local`/`remote` keep the socket's own
-/// family: a v4-mapped IPv6 socket must stay a `SocketAddr::V6` (ss counts it as IPv6 for
-/// `-4`/`-6` while IPv4 host filters still match it). `None` owner fields are unknown.
+/// One socket (or transition) as the filter sees it. `local` and `remote` are in the socket's
+/// family: a v4-mapped IPv6 socket must stay `SocketAddr::V6` on both ends (ss counts it as
+/// IPv6 for `-4`/`-6`, while IPv4 host filters still match it). `None` owner fields are unknown.
 #[derive(Clone, Copy, Debug)]
 pub struct FilterInput<'a> {
     pub state: TcpState,
@@ -156,7 +170,11 @@ impl FilterInput<'_> {
     }
 
     fn family(&self) -> u32 {
-        if self.local.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+        if self.local.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        }
     }
 }
 
@@ -173,7 +191,8 @@ impl FilterInput<'_> {
 ///   v4-mapped address; ss compares raw bytes across families, so its `src 10.0.0.0/8` also
 ///   matches the IPv6 address `a00::1`.
 /// - Additions: `src`/`dst` take `!=`; `[v6]/len` is accepted next to ss's `[v6/len]`;
-///   operators and parentheses need no spaces around them; `pid`, `uid`, `netns` and `comm`.
+///   operators and parentheses need no spaces around them; `pid`, `uid`, `netns` (numbers, any
+///   operator) and `comm` (`=`/`!=`; a name cannot hold spaces or any of `=!<>&|()`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     states: StateSet,
@@ -226,7 +245,8 @@ impl Filter {
     /// Whether a transition from `old` to `input.state` passes: the expression matches and
     /// either state is selected, so `state established` shows both the way in and the way out.
     pub fn matches_transition(&self, old: TcpState, input: &FilterInput) -> bool {
-        (self.states.contains(old) || self.states.contains(input.state)) && self.matches_socket(input)
+        (self.states.contains(old) || self.states.contains(input.state))
+            && self.matches_socket(input)
     }
 
     /// The part of the filter the eBPF program can apply. It over-approximates: every transition
@@ -238,6 +258,11 @@ impl Filter {
         KernelFilter {
             state_mask: self.states.0,
             family_mask: self.families & families,
+            netns: self
+                .expr
+                .as_ref()
+                .and_then(|e| e.required_netns(false))
+                .unwrap_or(0),
             sport_min,
             sport_max,
             dport_min,
@@ -245,13 +270,18 @@ impl Filter {
         }
     }
 
-    fn matches_socket(&self, input: &FilterInput) -> bool {
+    /// Whether the expression and the family flags match, whatever the state: for connections
+    /// that already closed.
+    pub fn matches_socket(&self, input: &FilterInput) -> bool {
         self.families & input.family() != 0 && self.expr.as_ref().is_none_or(|e| e.eval(input))
     }
 
     /// An empty range (nothing can match) becomes min > max, which no port passes.
     fn port_bounds(&self, side: Side) -> (u16, u16) {
-        let range = self.expr.as_ref().map_or(FULL, |e| e.port_range(side, false));
+        let range = self
+            .expr
+            .as_ref()
+            .map_or(FULL, |e| e.port_range(side, false));
         range.unwrap_or((u16::MAX, 0))
     }
 }
@@ -274,8 +304,14 @@ impl FilterError {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let column = self.input.get(..self.span.start).map_or(0, |s| s.chars().count());
-        let width = self.input.get(self.span.clone()).map_or(0, |s| s.chars().count());
+        let column = self
+            .input
+            .get(..self.span.start)
+            .map_or(0, |s| s.chars().count());
+        let width = self
+            .input
+            .get(self.span.clone())
+            .map_or(0, |s| s.chars().count());
         format!(
             "netmon: filter: {}\n  {shown}\n  {}{}",
             self.message,
@@ -332,28 +368,29 @@ impl Prefix {
         match (self, ip) {
             // ss skips the address test when the prefix length is 0.
             (Self::V4(_, 0) | Self::V6(_, 0), _) => true,
-            (Self::V4(net, len), IpAddr::V4(a)) => same_bits(net.to_bits(), a.to_bits(), len),
+            (Self::V4(net, len), IpAddr::V4(a)) => same_prefix(v4_bits(net), v4_bits(a), len),
             // ss.c inet2_addr_match: "v4 mapped socket matches pure IPv4 rule, but v4-mapped
             // rule selects only v4-mapped sockets".
             (Self::V4(net, len), IpAddr::V6(a)) => a
                 .to_ipv4_mapped()
-                .is_some_and(|a| same_bits(net.to_bits(), a.to_bits(), len)),
-            (Self::V6(net, len), IpAddr::V6(a)) => same_bits(net.to_bits(), a.to_bits(), len),
+                .is_some_and(|a| same_prefix(v4_bits(net), v4_bits(a), len)),
+            (Self::V6(net, len), IpAddr::V6(a)) => same_prefix(net.to_bits(), a.to_bits(), len),
             (Self::V6(..), IpAddr::V4(_)) => false,
         }
     }
 }
 
-/// Whether the top `len` bits of `a` and `b` agree (`len` at most the width of `T`).
-fn same_bits<T>(a: T, b: T, len: u8) -> bool
-where
-    T: std::ops::BitXor<Output = T> + std::ops::Shr<u32, Output = T> + PartialEq + From<u8>,
-{
-    let width = u32::try_from(std::mem::size_of::<T>() * 8).unwrap_or(u32::MAX);
-    match width.checked_sub(u32::from(len)) {
-        Some(shift) if shift < width => (a ^ b) >> shift == T::from(0),
+/// Whether the top `len` bits of `a` and `b` agree.
+fn same_prefix(a: u128, b: u128, len: u8) -> bool {
+    match 128u32.checked_sub(u32::from(len)) {
+        Some(shift) if shift < 128 => (a ^ b) >> shift == 0,
         _ => true,
     }
+}
+
+/// An IPv4 address in the top bits, so IPv4 prefixes compare like IPv6 ones.
+fn v4_bits(addr: Ipv4Addr) -> u128 {
+    u128::from(addr.to_bits()) << 96
 }
 
 /// ss's `struct aafilter` for inet hosts: an optional prefix and an optional port.
@@ -424,7 +461,9 @@ impl Expr {
             Self::Host(side, cond) => cond.matches(input.addr(*side)),
             Self::PortAtLeast(side, p) => input.addr(*side).port() >= *p,
             Self::PortAtMost(side, p) => input.addr(*side).port() <= *p,
-            Self::Owner(field, op, value) => input.owner(*field).is_some_and(|v| op.holds(v, *value)),
+            Self::Owner(field, op, value) => {
+                input.owner(*field).is_some_and(|v| op.holds(v, *value))
+            }
             Self::Comm(name) => input.comm.is_some_and(|c| comm_key(c) == name.as_slice()),
         }
     }
@@ -433,23 +472,47 @@ impl Expr {
     /// all. Under negation De Morgan swaps `and` and `or`.
     fn port_range(&self, side: Side, negated: bool) -> PortRange {
         let fold = |terms: &[Expr], meet: bool| {
-            let join: fn(PortRange, PortRange) -> PortRange = if meet { intersect } else { hull };
-            terms.iter().map(|e| e.port_range(side, negated)).reduce(join).unwrap_or(FULL)
+            let each = terms.iter().map(|e| e.port_range(side, negated));
+            if meet {
+                each.reduce(intersect)
+            } else {
+                each.reduce(hull)
+            }
+            .unwrap_or(FULL)
         };
         match self {
             Self::All(terms) => fold(terms, !negated),
             Self::Any(terms) => fold(terms, negated),
             Self::Not(e) => e.port_range(side, !negated),
-            Self::Host(s, HostCond { port: Some(p), .. }) if *s == side && !negated => Some((*p, *p)),
-            Self::PortAtLeast(s, p) if *s == side => match negated {
-                false => Some((*p, u16::MAX)),
-                true => p.checked_sub(1).map(|q| (0, q)),
-            },
-            Self::PortAtMost(s, p) if *s == side => match negated {
-                false => Some((0, *p)),
-                true => p.checked_add(1).map(|q| (q, u16::MAX)),
-            },
+            Self::Host(s, HostCond { port: Some(p), .. }) if *s == side && !negated => {
+                Some((*p, *p))
+            }
+            Self::PortAtLeast(s, p) if *s == side && negated => p.checked_sub(1).map(|q| (0, q)),
+            Self::PortAtLeast(s, p) if *s == side => Some((*p, u16::MAX)),
+            Self::PortAtMost(s, p) if *s == side && negated => {
+                p.checked_add(1).map(|q| (q, u16::MAX))
+            }
+            Self::PortAtMost(s, p) if *s == side => Some((0, *p)),
             _ => FULL,
+        }
+    }
+
+    /// The namespace every match (of the expression or its negation) must be in, if there is one.
+    fn required_netns(&self, negated: bool) -> Option<u32> {
+        let all = |terms: &[Expr]| terms.iter().find_map(|e| e.required_netns(negated));
+        let any = |terms: &[Expr]| {
+            let mut each = terms.iter().map(|e| e.required_netns(negated));
+            let first = each.next()??;
+            each.all(|n| n == Some(first)).then_some(first)
+        };
+        match self {
+            Self::All(terms) if negated => any(terms),
+            Self::All(terms) => all(terms),
+            Self::Any(terms) if negated => all(terms),
+            Self::Any(terms) => any(terms),
+            Self::Not(e) => e.required_netns(!negated),
+            Self::Owner(Owner::Netns, CmpOp::Eq, n) if !negated => Some(*n),
+            _ => None,
         }
     }
 
@@ -457,22 +520,24 @@ impl Expr {
     /// narrows it: an IPv4 prefix also matches v4-mapped addresses, which are AF_INET6 sockets.
     fn families(&self, negated: bool) -> u32 {
         let fold = |terms: &[Expr], meet: bool| {
-            let (start, join): (u32, fn(u32, u32) -> u32) = if meet {
-                (FAMILY_ANY, |a, b| a & b)
+            let each = terms.iter().map(|e| e.families(negated));
+            if meet {
+                each.fold(FAMILY_ANY, |a, b| a & b)
             } else {
-                (0, |a, b| a | b)
-            };
-            terms.iter().map(|e| e.families(negated)).fold(start, join)
+                each.fold(0, |a, b| a | b)
+            }
         };
         match self {
             Self::All(terms) => fold(terms, !negated),
             Self::Any(terms) => fold(terms, negated),
             Self::Not(e) => e.families(!negated),
-            Self::Host(_, HostCond { prefix: Some(Prefix::V6(_, len)), .. })
-                if *len > 0 && !negated =>
-            {
-                FAMILY_V6
-            }
+            Self::Host(
+                _,
+                HostCond {
+                    prefix: Some(Prefix::V6(_, len)),
+                    ..
+                },
+            ) if *len > 0 && !negated => FAMILY_V6,
             _ => FAMILY_ANY,
         }
     }
@@ -602,7 +667,11 @@ impl<'a> Parser<'a> {
 
     /// The next word, or an error naming what was expected after the text from `from` on.
     fn value(&mut self, from: usize, what: &str) -> Result<(&'a str, Range<usize>), FilterError> {
-        if let Some(Token { tok: Tok::Word(word), span }) = self.tokens.get(self.pos).cloned() {
+        if let Some(Token {
+            tok: Tok::Word(word),
+            span,
+        }) = self.tokens.get(self.pos).cloned()
+        {
             self.pos += 1;
             return Ok((word, span));
         }
@@ -618,8 +687,10 @@ impl<'a> Parser<'a> {
     /// states and the first `exclude` from all of them, whatever the default was.
     fn state_words(&mut self, default: StateSet) -> Result<StateSet, FilterError> {
         let mut states = None;
-        while let Some(Token { tok: Tok::Word(key @ ("state" | "exclude" | "excl")), span }) =
-            self.tokens.get(self.pos).cloned()
+        while let Some(Token {
+            tok: Tok::Word(key @ ("state" | "exclude" | "excl")),
+            span,
+        }) = self.tokens.get(self.pos).cloned()
         {
             self.pos += 1;
             let (name, name_span) = self.value(span.start, "a state name")?;
@@ -635,8 +706,16 @@ impl<'a> Parser<'a> {
                 )
             })?;
             let including = key == "state";
-            let base = states.unwrap_or(if including { StateSet::NONE } else { StateSet::ALL });
-            states = Some(StateSet(if including { base.0 | set.0 } else { base.0 & !set.0 }));
+            let base = states.unwrap_or(if including {
+                StateSet::NONE
+            } else {
+                StateSet::ALL
+            });
+            states = Some(StateSet(if including {
+                base.0 | set.0
+            } else {
+                base.0 & !set.0
+            }));
         }
         Ok(states.unwrap_or(default))
     }
@@ -713,9 +792,10 @@ impl<'a> Parser<'a> {
 
     fn expected_expression(&self) -> FilterError {
         match self.pos.checked_sub(1).and_then(|i| self.tokens.get(i)) {
-            Some(prev) => {
-                self.expected(&format!("an expression after `{}`", self.text(prev.span.clone())))
-            }
+            Some(prev) => self.expected(&format!(
+                "an expression after `{}`",
+                self.text(prev.span.clone())
+            )),
             None => self.expected("an expression"),
         }
     }
@@ -749,11 +829,14 @@ impl<'a> Parser<'a> {
             "comm" => self.comm(span),
             "state" | "exclude" | "excl" => Err(self.error(
                 span,
-                format!("`{key}` must come before the expression, as in `state established dport = :22`"),
+                format!(
+                    "`{key}` must come before the expression, as in `state established dport = :22`"
+                ),
             )),
-            "dev" | "fwmark" | "cgroup" | "autobound" => {
-                Err(self.error(span, format!("ss's `{key}` filter is not supported by netmon")))
-            }
+            "dev" | "fwmark" | "cgroup" | "autobound" => Err(self.error(
+                span,
+                format!("ss's `{key}` filter is not supported by netmon"),
+            )),
             _ => Err(self.error(
                 span,
                 format!(
@@ -767,7 +850,10 @@ impl<'a> Parser<'a> {
     /// An optional comparison operator; none means `=` (ssfilter.y `eq: '=' | nothing`).
     fn operator(&mut self) -> (CmpOp, Range<usize>) {
         match self.tokens.get(self.pos).cloned() {
-            Some(Token { tok: Tok::Cmp(op), span }) => {
+            Some(Token {
+                tok: Tok::Cmp(op),
+                span,
+            }) => {
                 self.pos += 1;
                 (op, span)
             }
@@ -792,7 +878,10 @@ impl<'a> Parser<'a> {
 
     fn host(&mut self, side: Side, key: Range<usize>) -> Result<Expr, FilterError> {
         let equal = self.equality(key.clone(), "addresses")?;
-        let (text, span) = self.value(key.start, "an address such as `10.0.0.0/8`, `[::1]:22` or `*:80`")?;
+        let (text, span) = self.value(
+            key.start,
+            "an address such as `10.0.0.0/8`, `[::1]:22` or `*:80`",
+        )?;
         let cond = parse_host(text, self.services).map_err(|m| self.error(span, m))?;
         let expr = Expr::Host(side, cond);
         Ok(if equal { expr } else { not(expr) })
@@ -815,7 +904,10 @@ impl<'a> Parser<'a> {
             (CmpOp::Lt, Some(p)) => Ok(not(Expr::PortAtLeast(side, p))),
             (_, None) => Err(self.error(
                 span,
-                format!("`{}` needs a port number, not the wildcard `{text}`", self.text(op_span)),
+                format!(
+                    "`{}` needs a port number, not the wildcard `{text}`",
+                    self.text(op_span)
+                ),
             )),
         }
     }
@@ -826,7 +918,10 @@ impl<'a> Parser<'a> {
         let value = parse_decimal(text).ok_or_else(|| {
             self.error(
                 span,
-                format!("`{text}` is not a number: `{}` takes a decimal number", self.text(key)),
+                format!(
+                    "`{text}` is not a number: `{}` takes a decimal number",
+                    self.text(key)
+                ),
             )
         })?;
         Ok(match op {
@@ -898,10 +993,14 @@ fn parse_host(text: &str, services: &Services) -> Result<HostCond, String> {
         .iter()
         .find(|f| text.starts_with(*f))
     {
-        return Err(format!("family prefixes like `{family}` are not supported; use -4 or -6"));
+        return Err(format!(
+            "family prefixes like `{family}` are not supported; use -4 or -6"
+        ));
     }
     if text.matches(':').count() > 1 {
-        return Err(format!("IPv6 addresses need brackets, as in `[{text}]` or `[::1]:22`"));
+        return Err(format!(
+            "IPv6 addresses need brackets, as in `[{text}]` or `[::1]:22`"
+        ));
     }
     let (addr, port_text) = match text.split_once(':') {
         Some((addr, p)) => (addr, Some(p)),
@@ -958,10 +1057,14 @@ fn parse_ipv4(text: &str) -> Option<Ipv4Addr> {
 /// What the eBPF program does with a [`KernelFilter`]; the fuzz check holds
 /// [`Filter::kernel_filter`] to it.
 fn kernel_passes(k: &KernelFilter, old: TcpState, input: &FilterInput) -> bool {
-    let in_mask = |s: TcpState| 1u32.checked_shl(u32::from(s.to_kernel())).is_some_and(|b| k.state_mask & b != 0);
+    let in_mask = |s: TcpState| {
+        1u32.checked_shl(u32::from(s.to_kernel()))
+            .is_some_and(|b| k.state_mask & b != 0)
+    };
     let (sport, dport) = (input.local.port(), input.remote.port());
     (in_mask(old) || in_mask(input.state))
         && k.family_mask & input.family() != 0
+        && (k.netns == 0 || input.netns == Some(k.netns))
         && (k.sport_min..=k.sport_max).contains(&sport)
         && (k.dport_min..=k.dport_max).contains(&dport)
 }
@@ -970,15 +1073,41 @@ fn kernel_passes(k: &KernelFilter, old: TcpState, input: &FilterInput) -> bool {
 const FUZZ_SERVICES: &str = "ssh 22/tcp\nhttp 80/tcp www # WorldWideWeb\nhttps 443/tcp\n\
                              https 443/udp\ndomain 53/udp\ndomain 53/tcp\nsyslog 514/udp\n";
 
+/// The grammar's words, some of them broken, for the fuzz soups.
+#[rustfmt::skip]
 const FUZZ_WORDS: &[&str] = &[
     "src", "dst", "sport", "dport", "pid", "uid", "comm", "netns", "state", "exclude", "excl",
-    "and", "or", "not", "&&", "||", "&", "|", "!", "(", ")", "=", "==", "!=", "<", "<=", ">",
-    ">=", "eq", "ne", "neq", "lt", "le", "leq", "gt", "ge", "geq", ":22", ":ssh", ":www",
-    ":http", ":nope", "*", "*:80", ":*", ":", "127.0.0.1", "10.0.0.0/8", "127/8", "10.1.2.3:22",
-    "[::1]", "[::1]:22", "[2001:db8::/32]", "[2001:db8::]/32:80", "[::ffff:127.0.0.1]",
-    "[::]/0", "0.0.0.0/0", "::1", "[::1", "1.2.3.4/33", "established", "listening", "all",
-    "connected", "bucket", "big", "synchronized", "syn-recv", "time-wait", "closed", "fin-wait-1",
-    "0", "22", "80", "1024", "65535", "99999", "nginx", "sshd", "1000", "4026531840",
+    "and", "or", "not", "&&", "||", "&", "|", "!", "(", ")", "=", "==", "!=", "<", "<=", ">", ">=",
+    "eq", "ne", "neq", "lt", "le", "leq", "gt", "ge", "geq", ":22", ":ssh", ":www", ":http",
+    ":nope", "*", "*:80", ":*", ":", "127.0.0.1", "10.0.0.0/8", "127/8", "10.1.2.3:22", "[::1]",
+    "[::1]:22", "[2001:db8::/32]", "[2001:db8::]/32:80", "[::ffff:127.0.0.1]", "[::]/0",
+    "0.0.0.0/0", "::1", "[::1", "1.2.3.4/33", "established", "listening", "all", "connected",
+    "bucket", "big", "synchronized", "syn-recv", "time-wait", "closed", "fin-wait-1", "0", "22",
+    "80", "1024", "65535", "99999", "nginx", "sshd", "1000", "4026531840",
+];
+
+/// Well-formed predicates, so that half the fuzz inputs parse and get evaluated.
+const FUZZ_PREDICATES: &[&str] = &[
+    "src 127.0.0.1",
+    "src 10.0.0.0/8",
+    "dst [::1]:22",
+    "src [2001:db8::]/32",
+    "dst *:80",
+    "src [::ffff:127.0.0.0/104]",
+    "src 0.0.0.0/0",
+    "dst 1.2.3.4",
+    "sport = :22",
+    "dport != :http",
+    "sport > 1023",
+    "dport <= 80",
+    "sport geq 79",
+    "dport lt 443",
+    "pid = 22",
+    "uid < 1000",
+    "netns = 4026531840",
+    "netns != 0",
+    "comm = nginx",
+    "comm != sshd",
 ];
 
 /// splitmix64: a tiny deterministic generator, so fuzz runs are reproducible from their seed.
@@ -1000,7 +1129,10 @@ impl Rng {
     }
 
     fn pick<T: Copy>(&mut self, items: &[T], fallback: T) -> T {
-        items.get(self.below(items.len())).copied().unwrap_or(fallback)
+        items
+            .get(self.below(items.len()))
+            .copied()
+            .unwrap_or(fallback)
     }
 
     fn flip(&mut self) -> bool {
@@ -1017,7 +1149,32 @@ impl Rng {
             .collect()
     }
 
+    fn expression(&mut self, depth: usize) -> String {
+        match if depth == 0 { 0 } else { self.below(6) } {
+            0 | 1 => self.pick(FUZZ_PREDICATES, "").to_owned(),
+            2 => format!("not {}", self.expression(depth - 1)),
+            3 => format!("( {} )", self.expression(depth - 1)),
+            _ => {
+                let join = self.pick(&["and", "or", "&&", "||", ""], "");
+                format!(
+                    "{} {join} {}",
+                    self.expression(depth - 1),
+                    self.expression(depth - 1)
+                )
+            }
+        }
+    }
+
     fn words(&mut self) -> Vec<String> {
+        if self.flip() {
+            let states = [
+                "",
+                "state established",
+                "exclude listening",
+                "state bucket state closed",
+            ];
+            return vec![self.pick(&states, "").to_owned(), self.expression(4)];
+        }
         let mut words = Vec::new();
         if self.below(50) == 0 {
             words.push("( not ".repeat(self.below(2 * MAX_DEPTH)));
@@ -1026,7 +1183,11 @@ impl Rng {
             let word = match self.below(10) {
                 0 => self.chars(),
                 1 => format!("{}{}", self.pick(FUZZ_WORDS, ""), self.chars()),
-                2 => format!("{} {}", self.pick(FUZZ_WORDS, ""), self.pick(FUZZ_WORDS, "")),
+                2 => format!(
+                    "{} {}",
+                    self.pick(FUZZ_WORDS, ""),
+                    self.pick(FUZZ_WORDS, "")
+                ),
                 _ => self.pick(FUZZ_WORDS, "").to_owned(),
             };
             words.push(word);
@@ -1043,25 +1204,33 @@ impl Rng {
         SocketAddr::new(self.pick(ips, IpAddr::V4(Ipv4Addr::LOCALHOST)), port)
     }
 
+    /// A socket with both ends in one family, as every kernel event has.
     fn input(&mut self) -> FilterInput<'static> {
-        let ips = [
+        let v4 = [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
             IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)),
+        ];
+        let v6 = [
             IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5)),
             IpAddr::V6(Ipv6Addr::new(0xa00, 0, 0, 0, 0, 0, 0, 1)),
         ];
+        let ips: &[IpAddr] = if self.flip() { &v4 } else { &v6 };
         let ids = [None, Some(0), Some(22), Some(1000), Some(4_026_531_840)];
         FilterInput {
             state: TcpState::from_kernel(u8::try_from(self.below(16)).unwrap_or(0)),
-            local: self.socket(&ips),
-            remote: self.socket(&ips),
+            local: self.socket(ips),
+            remote: self.socket(ips),
             netns: self.pick(&ids, None),
             pid: self.pick(&ids, None),
-            comm: self.pick(&[None, Some("nginx"), Some("sshd"), Some("systemd-resolved")], None),
+            comm: self.pick(
+                &[None, Some("nginx"), Some("sshd"), Some("systemd-resolved")],
+                None,
+            ),
             uid: self.pick(&ids, None),
         }
     }
@@ -1085,10 +1254,12 @@ pub fn fuzz(iterations: u64, seed: u64) -> u64 {
                 for _ in 0..8 {
                     let input = rng.input();
                     let old = TcpState::from_kernel(u8::try_from(rng.below(16)).unwrap_or(0));
-                    let accepted = filter.matches_transition(old, &input)
-                        || (filter.matches(&input) && old == input.state);
+                    let transition_kept = !filter.matches_transition(old, &input)
+                        || kernel_passes(&kernel, old, &input);
+                    let socket_kept =
+                        !filter.matches(&input) || kernel_passes(&kernel, input.state, &input);
                     assert!(
-                        !accepted || kernel_passes(&kernel, old, &input),
+                        transition_kept && socket_kept,
                         "kernel filter {kernel:?} drops {old:?} -> {input:?}, which {words:?} accepts"
                     );
                 }
@@ -1155,7 +1326,10 @@ mod tests {
         // a or (b and c): ss(8)'s documented order, not ssfilter.y's left-to-right fold.
         assert!(sport_matches("sport = :1 or sport = :2 and sport = :3", 1));
         assert!(sport_matches("sport = :2 and sport = :3 or sport = :1", 1));
-        assert!(!sport_matches("( sport = :1 or sport = :2 ) and sport = :3", 1));
+        assert!(!sport_matches(
+            "( sport = :1 or sport = :2 ) and sport = :3",
+            1
+        ));
         // not binds to the next predicate only.
         assert!(sport_matches("not sport = :2 and sport = :1", 1));
         assert!(!sport_matches("not ( sport = :2 or sport = :1 )", 1));
@@ -1188,11 +1362,20 @@ mod tests {
             }
         }
         for and in ["and", "&&", "&", ""] {
-            assert!(sport_matches(&format!("sport > :1 {and} sport < :3"), 2), "{and}");
-            assert!(!sport_matches(&format!("sport > :1 {and} sport < :3"), 3), "{and}");
+            assert!(
+                sport_matches(&format!("sport > :1 {and} sport < :3"), 2),
+                "{and}"
+            );
+            assert!(
+                !sport_matches(&format!("sport > :1 {and} sport < :3"), 3),
+                "{and}"
+            );
         }
         for or in ["or", "||", "|"] {
-            assert!(sport_matches(&format!("sport = :1 {or} sport = :3"), 3), "{or}");
+            assert!(
+                sport_matches(&format!("sport = :1 {or} sport = :3"), 3),
+                "{or}"
+            );
         }
         for neg in ["not", "!"] {
             assert!(sport_matches(&format!("{neg} sport = :1"), 3), "{neg}");
@@ -1211,10 +1394,14 @@ mod tests {
         let words: Vec<String> = ["state", "established", "( dport = :ssh or sport = :ssh )"]
             .map(String::from)
             .into();
-        let filter = Filter::parse(&words, &services(), StateSet::ALL).unwrap_or_else(|e| panic!("{e}"));
+        let filter =
+            Filter::parse(&words, &services(), StateSet::ALL).unwrap_or_else(|e| panic!("{e}"));
         assert!(filter.matches(&conn("10.0.0.1:22", "10.0.0.2:5000")));
         assert!(!filter.matches(&conn("10.0.0.1:23", "10.0.0.2:5000")));
-        let listen = FilterInput { state: TcpState::Listen, ..conn("10.0.0.1:22", "0.0.0.0:0") };
+        let listen = FilterInput {
+            state: TcpState::Listen,
+            ..conn("10.0.0.1:22", "0.0.0.0:0")
+        };
         assert!(!filter.matches(&listen));
     }
 
@@ -1222,7 +1409,13 @@ mod tests {
     fn port_predicates_are_host_predicates_without_an_address() {
         // ss: `sport = :80` parses the word as a port only (SSF_SCOND with no address), the
         // same predicate as `src :80` and `src *:80`.
-        for filter in ["sport = :80", "sport 80", "src :80", "src *:80", "src = *:80"] {
+        for filter in [
+            "sport = :80",
+            "sport 80",
+            "src :80",
+            "src *:80",
+            "src = *:80",
+        ] {
             assert_eq!(parse(filter), parse("sport eq :80"), "{filter}");
         }
         assert_eq!(parse("sport = *"), parse("src *"));
@@ -1246,7 +1439,10 @@ mod tests {
         let e = error("sport = :syslog");
         assert_eq!(e.span, 8..15);
         assert!(e.message.contains("`syslog`"), "{}", e.message);
-        assert!(error("sport = :SSH").message.contains("`SSH`"), "case-sensitive like getservbyname");
+        assert!(
+            error("sport = :SSH").message.contains("`SSH`"),
+            "case-sensitive like getservbyname"
+        );
     }
 
     #[test]
@@ -1260,10 +1456,26 @@ mod tests {
         assert!(!matches("dst 193.233.7/24", "10.1.1.1:1", "193.233.8.9:2"));
         assert!(matches("src 10.0.0.1/8:1", "10.9.9.9:1", "1.1.1.1:2"));
         assert!(!matches("src 10.0.0.1/8:1", "10.9.9.9:3", "1.1.1.1:2"));
-        assert!(matches("src 0.0.0.0/0", "[2001:db8::1]:1", "[::1]:2"), "/0 skips the address");
-        assert!(matches("dst 1.1.1.1:", "10.1.1.1:1", "1.1.1.1:2"), "empty port is any");
-        assert!(matches("dst 1.1.1.1 dst != 1.1.1.2", "10.1.1.1:1", "1.1.1.1:2"));
-        for bad in ["src 1.2.3.4.5", "src 256.1.1.1", "src 1.2.3.4/33", "src 1.2.3.4/", "src localhost"] {
+        assert!(
+            matches("src 0.0.0.0/0", "[2001:db8::1]:1", "[::1]:2"),
+            "/0 skips the address"
+        );
+        assert!(
+            matches("dst 1.1.1.1:", "10.1.1.1:1", "1.1.1.1:2"),
+            "empty port is any"
+        );
+        assert!(matches(
+            "dst 1.1.1.1 dst != 1.1.1.2",
+            "10.1.1.1:1",
+            "1.1.1.1:2"
+        ));
+        for bad in [
+            "src 1.2.3.4.5",
+            "src 256.1.1.1",
+            "src 1.2.3.4/33",
+            "src 1.2.3.4/",
+            "src localhost",
+        ] {
             assert_eq!(error(bad).span, 4..bad.len(), "{bad}");
         }
     }
@@ -1273,15 +1485,30 @@ mod tests {
         assert!(matches("src [::1]", "[::1]:1", "[::1]:2"));
         assert!(matches("src [::1]:1", "[::1]:1", "[::1]:2"));
         assert!(!matches("src [::1]:2", "[::1]:1", "[::1]:2"));
-        for prefix in ["[2001:db8::/32]", "[2001:db8::]/32", "[2001:db8::/32]:1", "[2001:db8::]/32:1"] {
+        for prefix in [
+            "[2001:db8::/32]",
+            "[2001:db8::]/32",
+            "[2001:db8::/32]:1",
+            "[2001:db8::]/32:1",
+        ] {
             let filter = format!("src {prefix}");
             assert!(matches(&filter, "[2001:db8:5::1]:1", "[::1]:2"), "{filter}");
             assert!(!matches(&filter, "[2001:db9::1]:1", "[::1]:2"), "{filter}");
         }
-        assert!(!matches("src [::1]", "127.0.0.1:1", "[::1]:2"), "no IPv6 prefix matches IPv4");
+        assert!(
+            !matches("src [::1]", "127.0.0.1:1", "[::1]:2"),
+            "no IPv6 prefix matches IPv4"
+        );
         assert!(matches("dst *", "[::1]:1", "[::1]:2"));
         assert!(matches("dst *:2", "[::1]:1", "[::1]:2"));
-        for bad in ["src ::1", "src [::1", "src [::1]x", "src [::1]/129", "src [::1/64]/64", "src inet6:[::1]"] {
+        for bad in [
+            "src ::1",
+            "src [::1",
+            "src [::1]x",
+            "src [::1]/129",
+            "src [::1/64]/64",
+            "src inet6:[::1]",
+        ] {
             let e = error(bad);
             assert_eq!(e.span, 4..bad.len(), "{bad}: {}", e.message);
         }
@@ -1296,11 +1523,21 @@ mod tests {
         assert!(matches("src [::ffff:127.0.0.1]", mapped, "[::1]:2"));
         assert!(matches("src [::ffff:127.0.0.0/104]", mapped, "[::1]:2"));
         // "v4-mapped rule selects only v4-mapped sockets" (ss.c inet2_addr_match).
-        assert!(!matches("src [::ffff:127.0.0.1]", "127.0.0.1:80", "1.1.1.1:2"));
+        assert!(!matches(
+            "src [::ffff:127.0.0.1]",
+            "127.0.0.1:80",
+            "1.1.1.1:2"
+        ));
         // A v4-mapped socket is AF_INET6, so an IPv4 rule must keep IPv6 in the kernel filter.
-        assert_eq!(parse("src 127.0.0.1").kernel_filter().family_mask, FAMILY_ANY);
+        assert_eq!(
+            parse("src 127.0.0.1").kernel_filter().family_mask,
+            FAMILY_ANY
+        );
         let v4_only = parse("src 127.0.0.1").restrict_families(true, false);
-        assert!(!v4_only.matches(&conn(mapped, "[::1]:2")), "-4 drops v4-mapped sockets");
+        assert!(
+            !v4_only.matches(&conn(mapped, "[::1]:2")),
+            "-4 drops v4-mapped sockets"
+        );
     }
 
     #[test]
@@ -1308,7 +1545,10 @@ mod tests {
         use TcpState::*;
         let set = |name: &str| parse(&format!("state {name}")).states();
         let members = |name: &str| -> Vec<TcpState> {
-            TcpState::ALL.into_iter().filter(|s| set(name).contains(*s)).collect()
+            TcpState::ALL
+                .into_iter()
+                .filter(|s| set(name).contains(*s))
+                .collect()
         };
         assert_eq!(members("established"), [Established]);
         assert_eq!(members("SYN-RECV"), [SynRecv, NewSynRecv]);
@@ -1320,7 +1560,10 @@ mod tests {
         assert_eq!(members("bound-inactive"), [BoundInactive]);
         assert_eq!(members("all"), TcpState::ALL);
         let all_but = |out: &[TcpState]| -> Vec<TcpState> {
-            TcpState::ALL.into_iter().filter(|s| !out.contains(s)).collect()
+            TcpState::ALL
+                .into_iter()
+                .filter(|s| !out.contains(s))
+                .collect()
         };
         assert_eq!(members("connected"), all_but(&[Close, Listen]));
         assert_eq!(members("synchronized"), all_but(&[Close, Listen, SynSent]));
@@ -1333,7 +1576,10 @@ mod tests {
             assert_eq!(e.span, 6..6 + bad.len());
         }
         assert_eq!(error("state").span, 5..5);
-        assert_eq!(error("state established dport = :22 state closed").span, 30..35);
+        assert_eq!(
+            error("state established dport = :22 state closed").span,
+            30..35
+        );
     }
 
     #[test]
@@ -1342,12 +1588,17 @@ mod tests {
         let states = |text: &str, defaults| parse_with(text, defaults).map(|f| f.states());
         let listening = StateSet::default_for(false, true);
         assert_eq!(states("", listening), Ok(listening));
-        assert_eq!(states("state established", StateSet::ALL), states("state established", listening));
-        let f = parse_with("state established state time-wait", listening).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            states("state established", StateSet::ALL),
+            states("state established", listening)
+        );
+        let f = parse_with("state established state time-wait", listening)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(f.states().contains(Established) && f.states().contains(TimeWait));
         assert!(!f.states().contains(Listen));
         // The first `exclude` starts from every state, not from the default.
-        let f = parse_with("exclude listening excl time-wait", listening).unwrap_or_else(|e| panic!("{e}"));
+        let f = parse_with("exclude listening excl time-wait", listening)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(f.states().contains(Established) && !f.states().contains(Listen));
         assert!(!f.states().contains(TimeWait));
         let f = parse("state all exclude connected");
@@ -1359,11 +1610,23 @@ mod tests {
     fn default_states_follow_ss() {
         use TcpState::*;
         let default = StateSet::default_for(false, false);
-        let shown: Vec<TcpState> = TcpState::ALL.into_iter().filter(|s| default.contains(*s)).collect();
+        let shown: Vec<TcpState> = TcpState::ALL
+            .into_iter()
+            .filter(|s| default.contains(*s))
+            .collect();
         // SS_CONN: everything but LISTEN, CLOSE, TIME-WAIT and SYN-RECV.
         assert_eq!(
             shown,
-            [Established, SynSent, FinWait1, FinWait2, CloseWait, LastAck, Closing, BoundInactive]
+            [
+                Established,
+                SynSent,
+                FinWait1,
+                FinWait2,
+                CloseWait,
+                LastAck,
+                Closing,
+                BoundInactive
+            ]
         );
         assert_eq!(StateSet::default_for(true, false), StateSet::ALL);
         assert_eq!(StateSet::default_for(true, true), StateSet::ALL);
@@ -1375,11 +1638,17 @@ mod tests {
     fn transitions_match_on_either_state() {
         use TcpState::*;
         let f = parse("state established sport = :22");
-        let input = |state| FilterInput { state, ..conn("10.0.0.1:22", "10.0.0.2:5000") };
+        let input = |state| FilterInput {
+            state,
+            ..conn("10.0.0.1:22", "10.0.0.2:5000")
+        };
         assert!(f.matches_transition(SynRecv, &input(Established)));
         assert!(f.matches_transition(Established, &input(CloseWait)));
         assert!(!f.matches_transition(SynRecv, &input(FinWait1)));
-        let other_port = FilterInput { state: Established, ..conn("10.0.0.1:23", "10.0.0.2:5000") };
+        let other_port = FilterInput {
+            state: Established,
+            ..conn("10.0.0.1:23", "10.0.0.2:5000")
+        };
         assert!(!f.matches_transition(SynSent, &other_port));
     }
 
@@ -1411,7 +1680,11 @@ mod tests {
         ];
         for (filter, known, none) in cases {
             assert_eq!(parse(filter).matches(&input), known, "{filter}");
-            assert_eq!(parse(filter).matches(&unknown), none, "{filter} on unknown owner");
+            assert_eq!(
+                parse(filter).matches(&unknown),
+                none,
+                "{filter} on unknown owner"
+            );
         }
         assert_eq!(error("pid = -1").span, 6..8);
         assert_eq!(error("uid = 4294967296").span, 6..16);
@@ -1429,20 +1702,51 @@ mod tests {
             "netmon: filter: expected an expression after `or`\n  dport = :ssh or\n                 ^"
         );
         let e = error("sport = :99999");
-        assert_eq!((e.span.clone(), e.message.as_str()), (8..14, "port `99999` is out of range: ports are 0 to 65535"));
+        assert_eq!(
+            (e.span.clone(), e.message.as_str()),
+            (8..14, "port `99999` is out of range: ports are 0 to 65535")
+        );
         assert_eq!(e.render().lines().nth(2), Some("          ^^^^^^"));
         let cases: [(&str, Range<usize>, &str); 13] = [
             ("( sport = :22", 0..1, "this `(` is never closed"),
             ("sport = :22 )", 12..13, "unmatched `)`"),
             ("( )", 2..3, "expected an expression after `(`, found `)`"),
             ("and", 0..3, "expected an expression, found `and`"),
-            ("sport", 5..5, "expected a port such as `:22` or `:ssh` after `sport`"),
-            ("sport >=", 8..8, "expected a port such as `:22` or `:ssh` after `sport >=`"),
-            ("sport = or", 8..10, "expected a port such as `:22` or `:ssh` after `sport =`, found `or`"),
-            ("sport < *", 8..9, "`<` needs a port number, not the wildcard `*`"),
-            ("sport = :22 = 5", 12..13, "unexpected `=`: expected `and`, `or` or the end of the filter"),
-            ("bogus", 0..5, "unknown filter `bogus`: expected src, dst, sport, dport, pid, uid, comm, netns, `(` or `not`"),
-            ("dev = eth0", 0..3, "ss's `dev` filter is not supported by netmon"),
+            (
+                "sport",
+                5..5,
+                "expected a port such as `:22` or `:ssh` after `sport`",
+            ),
+            (
+                "sport >=",
+                8..8,
+                "expected a port such as `:22` or `:ssh` after `sport >=`",
+            ),
+            (
+                "sport = or",
+                8..10,
+                "expected a port such as `:22` or `:ssh` after `sport =`, found `or`",
+            ),
+            (
+                "sport < *",
+                8..9,
+                "`<` needs a port number, not the wildcard `*`",
+            ),
+            (
+                "sport = :22 = 5",
+                12..13,
+                "unexpected `=`: expected `and`, `or` or the end of the filter",
+            ),
+            (
+                "bogus",
+                0..5,
+                "unknown filter `bogus`: expected src, dst, sport, dport, pid, uid, comm, netns, `(` or `not`",
+            ),
+            (
+                "dev = eth0",
+                0..3,
+                "ss's `dev` filter is not supported by netmon",
+            ),
             ("( sport = :22 = )", 14..15, "expected `)`, found `=`"),
             ("not", 3..3, "expected an expression after `not`"),
         ];
@@ -1455,17 +1759,32 @@ mod tests {
     #[test]
     fn error_positions_count_characters_and_blank_control_characters() {
         let e = error("comm = é\tsport");
-        assert_eq!(e.render(), "netmon: filter: expected a port such as `:22` or `:ssh` after `sport`\n  comm = é sport\n               ^");
+        assert_eq!(
+            e.render(),
+            "netmon: filter: expected a port such as `:22` or `:ssh` after `sport`\n  comm = é sport\n                ^"
+        );
     }
 
     #[test]
     fn nesting_is_capped_and_long_chains_are_fine() {
-        let deep = format!("{}sport = :1{}", "( ".repeat(MAX_DEPTH), " )".repeat(MAX_DEPTH));
+        let deep = format!(
+            "{}sport = :1{}",
+            "( ".repeat(MAX_DEPTH),
+            " )".repeat(MAX_DEPTH)
+        );
         assert!(sport_matches(&deep, 1));
-        let too_deep = format!("{}sport = :1{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        let too_deep = format!(
+            "{}sport = :1{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
         assert_eq!(error(&too_deep).span, MAX_DEPTH..MAX_DEPTH + 1);
         let nots = "not ".repeat(100_000);
-        assert!(error(&format!("{nots}sport = :1")).message.contains("256 deep"));
+        assert!(
+            error(&format!("{nots}sport = :1"))
+                .message
+                .contains("256 deep")
+        );
         assert!(error(&"(".repeat(1_000_000)).message.contains("256 deep"));
         let chain = vec!["sport = :1"; 100_000].join(" or ");
         assert!(sport_matches(&chain, 1));
@@ -1475,7 +1794,7 @@ mod tests {
     #[test]
     fn kernel_filter_narrows_what_it_safely_can() {
         let k = |text: &str| parse(text).kernel_filter();
-        assert_eq!(k(""), KernelFilter { state_mask: u32::MAX, ..KernelFilter::ALL });
+        assert_eq!(k(""), KernelFilter::ALL);
         let ranges = |text: &str| {
             let f = k(text);
             ((f.sport_min, f.sport_max), (f.dport_min, f.dport_max))
@@ -1483,20 +1802,53 @@ mod tests {
         let full = (0, u16::MAX);
         assert_eq!(ranges("sport = :22"), ((22, 22), full));
         assert_eq!(ranges("dport > 1024"), (full, (1025, u16::MAX)));
-        assert_eq!(ranges("sport >= 10 and sport <= 20 dport < 3"), ((10, 20), (0, 2)));
+        assert_eq!(
+            ranges("sport >= 10 and sport <= 20 dport < 3"),
+            ((10, 20), (0, 2))
+        );
         assert_eq!(ranges("sport = :22 or sport = :80"), ((22, 80), full));
         assert_eq!(ranges("not ( sport < 10 or sport > 20 )"), ((10, 20), full));
         assert_eq!(ranges("sport = :22 or dport = :80"), (full, full));
         assert_eq!(ranges("sport != :22"), (full, full));
         assert_eq!(ranges("src 10.0.0.1:22"), ((22, 22), full));
-        assert_eq!(ranges("sport > 65535"), ((u16::MAX, 0), full), "cannot match");
+        assert_eq!(
+            ranges("sport > 65535"),
+            ((u16::MAX, 0), full),
+            "cannot match"
+        );
         assert_eq!(k("src [::1]").family_mask, FAMILY_V6);
         assert_eq!(k("src [::1] or src 10.0.0.1").family_mask, FAMILY_ANY);
         assert_eq!(k("not src [::1]").family_mask, FAMILY_ANY);
         assert_eq!(k("src [::]/0").family_mask, FAMILY_ANY);
-        assert_eq!(parse("src [::1]").restrict_families(true, false).kernel_filter().family_mask, 0);
-        assert_eq!(parse("").restrict_families(false, true).kernel_filter().family_mask, FAMILY_V6);
-        assert_eq!(parse("").restrict_families(true, true).kernel_filter().family_mask, FAMILY_ANY);
+        assert_eq!(
+            parse("src [::1]")
+                .restrict_families(true, false)
+                .kernel_filter()
+                .family_mask,
+            0
+        );
+        assert_eq!(
+            parse("")
+                .restrict_families(false, true)
+                .kernel_filter()
+                .family_mask,
+            FAMILY_V6
+        );
+        assert_eq!(
+            parse("")
+                .restrict_families(true, true)
+                .kernel_filter()
+                .family_mask,
+            FAMILY_ANY
+        );
+        let netns = |text: &str| k(text).netns;
+        assert_eq!(netns("netns = 7 sport = :22"), 7);
+        assert_eq!(netns("netns = 7 or netns = 7"), 7);
+        assert_eq!(netns("netns = 7 or netns = 8"), 0);
+        assert_eq!(netns("netns = 7 or sport = :22"), 0);
+        assert_eq!(netns("not ( netns != 7 or sport = :1 )"), 7);
+        assert_eq!(netns("netns != 7"), 0);
+        assert_eq!(netns("netns >= 7"), 0);
         let state_mask = k("state established").state_mask;
         assert_eq!(state_mask, 1 << TcpState::Established.to_kernel());
     }
@@ -1517,6 +1869,8 @@ mod tests {
             "( sport = :80 and src 10.0.0.0/8 ) or ( dport = :443 and not src [::1] )",
             "exclude time-wait uid = 1000 or pid > 20",
             "sport > 65535 or dport < 0",
+            "netns = 4026531840 and ( sport = :22 or netns = 1 )",
+            "not ( netns != 0 or comm = nginx )",
         ];
         let mut rng = Rng(7);
         for text in filters {
@@ -1527,7 +1881,10 @@ mod tests {
                     let input = rng.input();
                     let old = TcpState::from_kernel(u8::try_from(rng.below(16)).unwrap_or(0));
                     if filter.matches_transition(old, &input) {
-                        assert!(kernel_passes(&kernel, old, &input), "{text}: {old:?} -> {input:?}");
+                        assert!(
+                            kernel_passes(&kernel, old, &input),
+                            "{text}: {old:?} -> {input:?}"
+                        );
                     }
                 }
             }
@@ -1537,6 +1894,6 @@ mod tests {
     #[test]
     fn random_token_soups_never_panic() {
         let evaluated = fuzz(20_000, 1);
-        assert!(evaluated > 2_000, "only {evaluated} of 20000 parsed");
+        assert!(evaluated > 10_000, "only {evaluated} of 20000 parsed");
     }
 }

@@ -8,7 +8,10 @@
 pub mod attach;
 pub mod cli;
 pub mod decode;
+pub mod filter;
 pub mod offsets;
 pub mod output;
+pub mod snapshot;
+pub mod sock_diag;
 pub mod table;
 pub mod watch;
