@@ -4,13 +4,23 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, KernelFilter};
+use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES};
 
 use crate::{
+    agent::{self, AgentArgs, ClientError},
     attach::ProbeConfig,
+    filter::{Filter, Services, StateSet},
+    netns::{self, Netns},
     output::{Clock, Format, Printer},
+    snapshot::{self, Data, Row, SnapshotArgs},
     watch::{self, Watcher},
 };
+
+/// An error whose text is complete as it is (e.g. a filter error with its caret line): main
+/// prints it without a `netmon:` prefix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Rendered(pub String);
 
 /// Trace TCP connections with eBPF: every state transition as it happens, like `ss -E` for
 /// every change, plus live socket tables like `ss -tan`.
@@ -25,6 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions as they happen (needs root, or CAP_BPF + CAP_PERFMON).
     Watch(WatchArgs),
+    /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
+    /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
+    Snapshot(SnapshotArgs),
+    /// Keep the live connection table and serve `netmon snapshot` (needs root).
+    Agent(AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -44,22 +59,25 @@ pub struct WatchArgs {
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// An ss filter, e.g. `dst 127.0.0.0/8 and dport ge :1024` or `state established`; a
+    /// transition passes if its old or new state is selected (default: every state).
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 impl WatchArgs {
-    fn probe_config(&self) -> ProbeConfig {
-        let family_mask = match (self.ipv4, self.ipv6) {
-            (true, false) => 0b01,
-            (false, true) => 0b10,
-            _ => 0b11,
-        };
+    fn filter(&self, services: &Services) -> Result<Filter, Rendered> {
+        Filter::parse(&self.filter, services, StateSet::ALL)
+            .map(|f| f.restrict_families(self.ipv4, self.ipv6))
+            .map_err(|e| Rendered(e.render()))
+    }
+
+    /// The kernel applies what it can of the filter: families, ports, states, netns.
+    fn probe_config(&self, filter: &Filter) -> ProbeConfig {
         ProbeConfig {
             ring_bytes: self.ring_size,
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_size) / 4),
-            filter: KernelFilter {
-                family_mask,
-                ..KernelFilter::ALL
-            },
+            filter: filter.kernel_filter(),
         }
     }
 }
@@ -72,23 +90,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
     }
 }
 
 async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
+    let services = Services::system().unwrap_or_default();
+    let filter = args.filter(&services)?;
     let stdout = std::io::stdout();
     let interactive = stdout.is_terminal();
     let out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let printer = Printer::new(out, args.format, Clock::now(), !args.no_header);
-    let mut watcher = Watcher::new(printer);
+    let mut watcher = Watcher::new(printer, filter.clone());
     let ready = || {
         if interactive {
             eprintln!("netmon: watching TCP state transitions; Ctrl-C to stop");
         }
     };
-    watch::run(&args.probe_config(), &mut watcher, ready, stop_signal())
-        .await
-        .context("watch")?;
+    watch::run(
+        &args.probe_config(&filter),
+        &mut watcher,
+        ready,
+        stop_signal(),
+    )
+    .await
+    .context("watch")?;
     watcher.flush().ok();
     if watcher.malformed > 0 {
         eprintln!(
@@ -98,6 +125,60 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     }
     std::io::stderr().flush().ok();
     Ok(())
+}
+
+async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
+    let services = Services::system().unwrap_or_default();
+    // Parse here too, so a bad filter fails the same way with or without an agent.
+    let filter = args.filter(&services).map_err(|e| Rendered(e.render()))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let path = agent::socket_path();
+    let notes = match agent::request(&path, &args, &mut out).await {
+        Ok(notes) => notes,
+        Err(ClientError::Refused(msg)) => return Err(Rendered(msg).into()),
+        Err(e) if args.closed.is_some() => {
+            anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e}")
+        }
+        Err(e) => {
+            eprintln!("netmon: {e}; showing a one-shot sock_diag dump (no ages, no history)");
+            fallback_snapshot(&args, &filter, &services, &mut out)?
+        }
+    };
+    out.flush()?;
+    for note in notes {
+        eprintln!("netmon: {note}");
+    }
+    Ok(())
+}
+
+/// What ss does: dump the sockets now, with nothing the event stream would add.
+fn fallback_snapshot(
+    args: &SnapshotArgs,
+    filter: &Filter,
+    services: &Services,
+    out: &mut impl Write,
+) -> anyhow::Result<Vec<String>> {
+    let namespaces = if args.all_netns {
+        netns::all()
+    } else {
+        vec![Netns::current().context("opening this process's network namespace")?]
+    };
+    let mut rows = Vec::new();
+    for ns in &namespaces {
+        let dump = ns
+            .dump()
+            .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
+        rows.extend(dump.into_iter().map(|s| Row::new(s, ns.inum, None)));
+    }
+    let data = Data {
+        rows,
+        closed: Vec::new(),
+        evicted: 0,
+        now_ns: Clock::mono_now_ns(),
+        clock: Clock::now(),
+    };
+    Ok(snapshot::render(args, filter, services, &data, out)?)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
@@ -129,7 +210,11 @@ mod tests {
     #[test]
     fn family_flags_set_the_kernel_filter() {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
-            Command::Watch(w) => w.probe_config().filter.family_mask,
+            Command::Watch(w) => {
+                let f = w.filter(&Services::default()).unwrap();
+                w.probe_config(&f).filter.family_mask
+            }
+            _ => unreachable!(),
         };
         assert_eq!(parse(&["netmon", "watch"]), 0b11);
         assert_eq!(parse(&["netmon", "watch", "-4"]), 0b01);

@@ -5,10 +5,12 @@
 //! [`watch`] runs that loop; [`cli`] parses arguments; [`offsets`] resolves the kernel struct
 //! layout from BTF for the program.
 
+pub mod agent;
 pub mod attach;
 pub mod cli;
 pub mod decode;
 pub mod filter;
+pub mod netns;
 pub mod offsets;
 pub mod output;
 pub mod snapshot;

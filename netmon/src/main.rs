@@ -9,7 +9,10 @@ fn main() -> ExitCode {
         // `netmon watch | head`: the reader left; that is a normal end.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netmon: {e:#}");
+            match e.downcast_ref::<netmon::cli::Rendered>() {
+                Some(rendered) => eprintln!("{rendered}"),
+                None => eprintln!("netmon: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::decode::Transition;
 
 /// Output format of `watch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Columns like ss and tcpstates.
     Text,
@@ -48,16 +49,21 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
+        let mono = Duration::from_nanos(Self::mono_now_ns());
+        Self {
+            epoch: SystemTime::now() - mono,
+        }
+    }
+
+    /// CLOCK_MONOTONIC now, in the kernel timestamps' unit (`bpf_ktime_get_ns`).
+    pub fn mono_now_ns() -> u64 {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: valid pointer to a timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-        Self {
-            epoch: SystemTime::now() - mono,
-        }
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     /// A clock whose monotonic zero is `epoch`: for tests.

@@ -20,8 +20,11 @@ use crate::{
 };
 
 /// Options of `netmon snapshot`; the agent parses the same words.
-#[derive(Clone, Debug, Args)]
+#[derive(Clone, Debug, Args, Serialize, serde::Deserialize)]
 pub struct SnapshotArgs {
+    /// TCP sockets (accepted for ss compatibility: netmon shows only TCP).
+    #[arg(short = 't', long)]
+    pub tcp: bool,
     /// Show listening and non-listening sockets (ss -a).
     #[arg(short = 'a', long)]
     pub all: bool,
@@ -59,11 +62,7 @@ pub struct SnapshotArgs {
     pub format: Format,
     /// An ss filter: `state established '( dport = :ssh or sport = :ssh )'`,
     /// `dst 127.0.0.0/8 and dport ge :1024`, `exclude time-wait`...
-    #[arg(
-        value_name = "FILTER",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "FILTER")]
     pub filter: Vec<String>,
 }
 
@@ -530,6 +529,8 @@ struct JsonClosed {
     local: SocketAddr,
     #[serde(serialize_with = "display")]
     peer: SocketAddr,
+    local_port: u16,
+    peer_port: u16,
     netns: u32,
     cookie: u64,
     last_state: String,
@@ -557,6 +558,8 @@ fn render_closed(
                 lifespan_ns: c.lifespan_ns(),
                 local: c.local,
                 peer: c.remote,
+                local_port: c.local.port(),
+                peer_port: c.remote.port(),
                 netns: c.netns,
                 cookie: c.cookie,
                 last_state: state_name(c.last).into_owned(),
@@ -577,9 +580,10 @@ fn render_closed(
         }
         return Ok(());
     }
-    let addr = |a: &SocketAddr| match a {
-        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
-        v4 => v4.to_string(),
+    let addr = |a: &SocketAddr| {
+        let mut s = String::new();
+        addr_parts(a, true, true, &Services::default(), &mut s);
+        s
     };
     let lines: Vec<[String; 5]> = closed
         .iter()

@@ -149,8 +149,11 @@ impl Table {
             state: t.old,
             local: t.local,
             remote: t.remote,
-            // A socket first seen leaving CLOSE is being created now.
-            born_ns: (t.old == TcpState::Close).then_some(t.ts_ns),
+            // A socket first seen leaving CLOSE is being created now, and so is the child
+            // socket a LISTEN -> SYN-RECV event carries.
+            born_ns: (t.old == TcpState::Close
+                || (t.old == TcpState::Listen && t.new == TcpState::SynRecv))
+                .then_some(t.ts_ns),
             since_ns: t.ts_ns,
             since_exact: false,
             path: Path::default(),

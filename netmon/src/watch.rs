@@ -14,6 +14,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     attach::{KernelCounters, Probe, ProbeConfig},
     decode,
+    filter::{Filter, FilterInput},
     output::{LossKind, Printer},
     table::Table,
 };
@@ -21,6 +22,7 @@ use crate::{
 /// Turns ring records and counter readings into output.
 pub struct Watcher<W: Write> {
     printer: Printer<W>,
+    filter: Filter,
     table: Table,
     reported: KernelCounters,
     /// Records that did not decode (a build mismatch): counted, never silently dropped.
@@ -29,10 +31,12 @@ pub struct Watcher<W: Write> {
 }
 
 impl<W: Write> Watcher<W> {
-    pub fn new(printer: Printer<W>) -> Self {
+    pub fn new(printer: Printer<W>, filter: Filter) -> Self {
         Self {
             printer,
-            table: Table::new(),
+            filter,
+            // Only timing is needed here: no closed history.
+            table: Table::with_capacity(0),
             reported: KernelCounters::default(),
             malformed: 0,
             transitions: 0,
@@ -45,6 +49,19 @@ impl<W: Write> Watcher<W> {
             return Ok(());
         };
         let prev = self.table.apply(&t);
+        // The kernel already dropped what it could decide; this decides the rest.
+        let input = FilterInput {
+            state: t.new,
+            local: t.local,
+            remote: t.remote,
+            netns: Some(t.netns),
+            pid: Some(t.task.pid),
+            comm: Some(t.task.comm()),
+            uid: Some(t.task.uid),
+        };
+        if !self.filter.matches_transition(t.old, &input) {
+            return Ok(());
+        }
         self.transitions += 1;
         self.printer.transition(&t, prev)
     }
@@ -150,16 +167,19 @@ mod tests {
     use super::*;
     use crate::{
         decode::tests::event,
+        filter::StateSet,
         output::{Clock, Format},
     };
 
     fn watcher() -> Watcher<Vec<u8>> {
-        Watcher::new(Printer::new(
-            Vec::new(),
-            Format::Json,
-            Clock::fixed(UNIX_EPOCH),
-            false,
-        ))
+        watcher_with(&[])
+    }
+
+    fn watcher_with(filter: &[&str]) -> Watcher<Vec<u8>> {
+        let words: Vec<String> = filter.iter().map(|w| w.to_string()).collect();
+        let filter = Filter::parse(&words, &Default::default(), StateSet::ALL).unwrap();
+        let printer = Printer::new(Vec::new(), Format::Json, Clock::fixed(UNIX_EPOCH), false);
+        Watcher::new(printer, filter)
     }
 
     fn raw(ts: u64, old: u8, new: u8) -> Vec<u8> {
@@ -188,6 +208,18 @@ mod tests {
         assert_eq!(recs[0]["prev_state_ns"], serde_json::Value::Null);
         assert_eq!(recs[1]["prev_state_ns"], 2_000);
         assert_eq!(recs[1]["new_state"], "ESTAB");
+    }
+
+    #[test]
+    fn the_filter_selects_transitions_by_either_state_and_endpoints() {
+        let mut w = watcher_with(&["state", "established", "dport = :8080"]);
+        w.record(&raw(1_000, 7, 2)).unwrap(); // CLOSE -> SYN-SENT: neither state selected
+        w.record(&raw(2_000, 2, 1)).unwrap(); // into ESTAB
+        w.record(&raw(3_000, 1, 4)).unwrap(); // out of ESTAB
+        assert_eq!(w.transitions, 2);
+        let mut w = watcher_with(&["dport = :80"]);
+        w.record(&raw(1_000, 7, 2)).unwrap();
+        assert_eq!(w.transitions, 0);
     }
 
     #[test]

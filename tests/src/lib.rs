@@ -178,3 +178,279 @@ pub fn netmon_bin() -> PathBuf {
     );
     bin
 }
+
+/// Address families of a fixture: IPv4, IPv6, or an IPv6 dual-stack listener reached over
+/// IPv4 (its sockets have v4-mapped addresses).
+#[derive(Clone, Copy, Debug)]
+pub enum Stack {
+    V4,
+    V6,
+    Mapped,
+}
+
+impl Stack {
+    fn listen(self) -> TcpListener {
+        let addr = match self {
+            Stack::V4 => "127.0.0.1:0",
+            Stack::V6 => "[::1]:0",
+            Stack::Mapped => "[::]:0",
+        };
+        TcpListener::bind(addr).expect("bind listener")
+    }
+
+    fn peer(self, port: u16) -> SocketAddr {
+        match self {
+            Stack::V4 | Stack::Mapped => SocketAddr::from(([127, 0, 0, 1], port)),
+            Stack::V6 => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        }
+    }
+}
+
+/// Sockets held in every state reachable on loopback; they stay while this lives.
+pub struct StateFixture {
+    _keep: Vec<Box<dyn std::any::Any + Send>>,
+    pub ports: Vec<u16>,
+}
+
+/// Puts sockets into LISTEN, ESTAB (with unread bytes), SYN-SENT, SYN-RECV, FIN-WAIT-1,
+/// FIN-WAIT-2, TIME-WAIT, CLOSE-WAIT, LAST-ACK and CLOSING inside `ns`. nftables in the
+/// namespace drops the one packet that would move each held socket on: a SYN (SYN-SENT), the
+/// client's FIN (FIN-WAIT-1, and CLOSING once the server's FIN crosses it), the server's FIN
+/// (LAST-ACK); TCP_DEFER_ACCEPT keeps a request socket in SYN-RECV.
+pub fn hold_every_state(ns: &TestNetns, stack: Stack) -> StateFixture {
+    ns.run(move || {
+        let [est, fw1, last_ack, closing, syn_sent] = [(); 5].map(|()| stack.listen());
+        let syn_recv = stack.listen();
+        set_int_opt(&syn_recv, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 30);
+        let port = |l: &TcpListener| l.local_addr().expect("addr").port();
+        nft(&format!(
+            "add table inet netmon_test
+             add chain inet netmon_test out {{ type filter hook output priority 0; policy accept; }}
+             add rule inet netmon_test out tcp dport {ss} tcp flags & syn == syn drop
+             add rule inet netmon_test out tcp dport {fw1} tcp flags & fin == fin drop
+             add rule inet netmon_test out tcp sport {la} tcp flags & fin == fin drop
+             add rule inet netmon_test out tcp dport {cl} tcp flags & fin == fin drop",
+            ss = port(&syn_sent),
+            fw1 = port(&fw1),
+            la = port(&last_ack),
+            cl = port(&closing),
+        ));
+        let connect = |l: &TcpListener| {
+            let c = TcpStream::connect(stack.peer(port(l))).expect("connect");
+            let (s, _) = l.accept().expect("accept");
+            (c, s)
+        };
+        let shut = |s: &TcpStream| s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+
+        // ESTAB both ways, 5 bytes unread at the server (Recv-Q 5).
+        let (mut c, s) = connect(&est);
+        c.write_all(b"hello").expect("write");
+        keep.push(Box::new((c, s)));
+        // TIME-WAIT: the client closes first, the server follows.
+        let (c, mut s) = connect(&est);
+        drop(c);
+        s.read_to_end(&mut Vec::new()).expect("read EOF");
+        drop(s);
+        // FIN-WAIT-2 (client) and CLOSE-WAIT (server).
+        let (c, s) = connect(&est);
+        shut(&c);
+        keep.push(Box::new((c, s)));
+        // FIN-WAIT-1: the client's FIN is dropped; the server stays ESTAB.
+        let (c, s) = connect(&fw1);
+        shut(&c);
+        keep.push(Box::new((c, s)));
+        // LAST-ACK: the server's FIN is dropped; the client sits in FIN-WAIT-2.
+        let (c, mut s) = connect(&last_ack);
+        shut(&c);
+        s.read_to_end(&mut Vec::new()).expect("read EOF");
+        shut(&s);
+        keep.push(Box::new((c, s)));
+        // CLOSING: the client's FIN is dropped, then the server's FIN reaches the client while
+        // its own is unacknowledged; the server goes FIN-WAIT-2.
+        let (c, s) = connect(&closing);
+        shut(&c);
+        std::thread::sleep(Duration::from_millis(20));
+        shut(&s);
+        keep.push(Box::new((c, s)));
+        // SYN-SENT: the SYN is dropped; connect is non-blocking so the socket stays.
+        keep.push(Box::new(connect_nonblocking(stack.peer(port(&syn_sent)))));
+        // SYN-RECV: the client is ESTAB, the server keeps a request socket until data comes.
+        keep.push(Box::new(
+            TcpStream::connect(stack.peer(port(&syn_recv))).expect("connect"),
+        ));
+
+        let ports = [&est, &fw1, &last_ack, &closing, &syn_sent, &syn_recv]
+            .map(port)
+            .to_vec();
+        keep.push(Box::new((est, fw1, last_ack, closing, syn_sent, syn_recv)));
+        std::thread::sleep(Duration::from_millis(200));
+        StateFixture { _keep: keep, ports }
+    })
+}
+
+fn nft(script: &str) {
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft (cargo xtask setup installs nftables)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write nft script");
+    assert!(
+        child.wait().expect("nft").success(),
+        "nft rejected:\n{script}"
+    );
+}
+
+fn set_int_opt(l: &TcpListener, level: i32, name: i32, value: i32) {
+    // SAFETY: valid fd, option value and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// A socket whose connect is under way (SYN-SENT while its SYN is dropped).
+fn connect_nonblocking(to: SocketAddr) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls; the sockaddr built below matches `to`'s family and length.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match to {
+            SocketAddr::V4(a) => {
+                let sin = &mut *(&raw mut storage).cast::<libc::sockaddr_in>();
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = &mut *(&raw mut storage).cast::<libc::sockaddr_in6>();
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        let rc = libc::connect(fd, (&raw const storage).cast(), len as libc::socklen_t);
+        let err = std::io::Error::last_os_error();
+        assert!(
+            rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+            "connect: {err}"
+        );
+        owned
+    }
+}
+
+/// Runs a command inside `ns` and returns its stdout; panics with its stderr on failure.
+pub fn output_in(ns: &TestNetns, cmd: std::process::Command) -> String {
+    let mut cmd = cmd;
+    let out = ns.run(move || cmd.output().expect("run command"));
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Table lines with their columns joined by one space, sorted: what two ss-style tables must
+/// agree on, whatever their column widths.
+pub fn normalise(table: &str, columns: usize) -> Vec<String> {
+    let mut lines: Vec<String> = table
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .take(columns)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A `netmon agent` started by a test on a socket of its own; stopped (SIGTERM, by pid) on drop.
+pub struct AgentProcess {
+    child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start() -> Self {
+        require_root();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = PathBuf::from(format!("/run/netmon-test/{}-{n}.sock", std::process::id()));
+        let child = std::process::Command::new(netmon_bin())
+            .args(["agent", "--socket"])
+            .arg(&socket)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn netmon agent");
+        let agent = Self { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start serving within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// `netmon snapshot ARGS` through this agent, run inside `ns`.
+    pub fn snapshot(&self, ns: &TestNetns, args: &[&str]) -> String {
+        let mut cmd = std::process::Command::new(netmon_bin());
+        cmd.arg("snapshot")
+            .args(args)
+            .env("NETMON_AGENT_SOCKET", &self.socket);
+        output_in(ns, cmd)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `netmon snapshot ARGS` with no agent (a socket path nobody serves), inside `ns`.
+pub fn snapshot_without_agent(ns: &TestNetns, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(netmon_bin());
+    cmd.arg("snapshot")
+        .args(args)
+        .env("NETMON_AGENT_SOCKET", "/nonexistent/netmon.sock");
+    output_in(ns, cmd)
+}
+
+/// `ss ARGS` inside `ns`.
+pub fn ss_in(ns: &TestNetns, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("ss");
+    cmd.args(args);
+    output_in(ns, cmd)
+}

@@ -1,0 +1,90 @@
+//! Finds network namespaces (the caller's, a process's, every one on the machine) and dumps
+//! the TCP sockets of one.
+
+use std::{collections::BTreeMap, fs::File, io, os::unix::fs::MetadataExt, path::Path};
+
+use crate::sock_diag::{self, DiagError, DiagSock, Families};
+
+/// An open network namespace: the file keeps it alive while we use it.
+#[derive(Debug)]
+pub struct Netns {
+    pub inum: u32,
+    file: File,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let inum = file.metadata()?.ino() as u32;
+        Ok(Self { inum, file })
+    }
+
+    /// The calling thread's namespace.
+    pub fn current() -> io::Result<Self> {
+        Self::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    pub fn of_pid(pid: i32) -> io::Result<Self> {
+        Self::open(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
+    }
+
+    /// Every TCP socket in this namespace, in the states ss lists.
+    pub fn dump(&self) -> Result<Vec<DiagSock>, DiagError> {
+        let own = current_inum().ok() == Some(self.inum);
+        if own {
+            sock_diag::dump_tcp(Families::ALL, sock_diag::SS_STATES)
+        } else {
+            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES)
+        }
+    }
+}
+
+pub fn current_inum() -> io::Result<u32> {
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)
+}
+
+/// Every namespace a process lives in or `ip netns` keeps (/run/netns), once each. Processes
+/// that exit while we look are skipped.
+pub fn all() -> Vec<Netns> {
+    let mut found = BTreeMap::new();
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    let pinned = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
+    let paths = procs
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"))
+        .chain(pinned.map(|e| e.path()));
+    for path in paths {
+        // Stat first: cheaper than opening, and most processes share a namespace.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let inum = meta.ino() as u32;
+        if found.contains_key(&inum) {
+            continue;
+        }
+        if let Ok(ns) = Netns::open(&path) {
+            found.insert(ns.inum, ns);
+        }
+    }
+    found.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_is_among_all() {
+        let me = current_inum().unwrap();
+        assert!(all().iter().any(|ns| ns.inum == me));
+        assert_eq!(Netns::current().unwrap().inum, me);
+        assert_eq!(Netns::of_pid(std::process::id() as i32).unwrap().inum, me);
+    }
+}
