@@ -1896,4 +1896,25 @@ mod tests {
         let evaluated = fuzz(20_000, 1);
         assert!(evaluated > 10_000, "only {evaluated} of 20000 parsed");
     }
+
+    /// The long run: `cargo xtask fuzz [N]` (N inputs, default 1,000,000).
+    #[test]
+    #[ignore = "long; run by cargo xtask fuzz"]
+    fn fuzz_from_env() {
+        let n: u64 = std::env::var("NETMON_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let seed: u64 = std::env::var("NETMON_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x5eed);
+        let start = std::time::Instant::now();
+        let evaluated = fuzz(n, seed);
+        println!(
+            "fuzz: {n} inputs (seed {seed:#x}), {evaluated} parsed and evaluated, no panic, \
+             no kernel-filter violation, in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
 }

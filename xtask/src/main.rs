@@ -59,6 +59,14 @@ enum Task {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Feed the filter parser and evaluator N random inputs (default 1,000,000): no panic,
+    /// and the in-kernel part never drops what the full filter accepts.
+    Fuzz {
+        #[arg(default_value_t = 1_000_000)]
+        iterations: u64,
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +90,26 @@ fn run(task: Task) -> Result<()> {
         Task::Test { release, filter } => {
             setup()?;
             test(release, filter.as_deref())
+        }
+        Task::Fuzz { iterations, seed } => {
+            setup()?;
+            let status = Command::new("cargo")
+                .args(["test", "--release", "--package", "netmon", "--lib"])
+                .args([
+                    "filter::tests::fuzz_from_env",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("NETMON_FUZZ_ITERATIONS", iterations.to_string())
+                .env("NETMON_FUZZ_SEED", seed.to_string())
+                .current_dir(workspace_root())
+                .status()
+                .context("running the fuzz test")?;
+            if !status.success() {
+                bail!("fuzzing failed ({status})");
+            }
+            Ok(())
         }
     }
 }
