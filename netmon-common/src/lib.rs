@@ -9,6 +9,14 @@ pub const PROG_PRIMARY: &str = "netmon_set_state";
 pub const PROG_FALLBACK: &str = "netmon_set_state_fallback";
 /// The BTF tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "inet_sock_set_state";
+/// Owner and ending hints: (program, BTF tracepoint). `sock_send_length`/`sock_recv_length`
+/// fire in the process doing the I/O; the reset tracepoints tell how a connection ended.
+pub const HINT_PROGRAMS: [(&str, &str); 4] = [
+    ("netmon_send", "sock_send_length"),
+    ("netmon_recv", "sock_recv_length"),
+    ("netmon_reset_sent", "tcp_send_reset"),
+    ("netmon_reset_received", "tcp_receive_reset"),
+];
 
 /// Ring buffer map name.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -20,6 +28,8 @@ pub const GLOBAL_OFFSETS: &str = "SOCK_OFFSETS";
 pub const GLOBAL_FILTER: &str = "FILTER";
 /// Global: wake the reader only once this many bytes wait in the ring (0: every event).
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+/// LRU map: socket address -> tgid of the last process seen doing I/O on it.
+pub const MAP_IO_OWNERS: &str = "IO_OWNERS";
 
 /// Default ring buffer size. Measured here: 1 MiB dropped nothing at ~450k transitions/s with
 /// a reader woken per event; batched wake-ups let more wait, so keep 4x that headroom.
@@ -31,21 +41,50 @@ pub const DEFAULT_WAKEUP_BYTES: u64 = 1 << 18;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// A ring-buffer reservation failed: the event was dropped.
+    /// A ring-buffer reservation for a transition failed: the transition was dropped.
     RingFull = 0,
     /// The fallback program emitted an event the primary was skipped for.
     Recovered = 1,
     /// Transitions that passed the in-kernel filter (reserve attempted).
     Seen = 2,
+    /// A hint (owner or reset) was dropped because the ring was full.
+    HintRingFull = 3,
 }
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 4;
 
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-pub const IPPROTO_TCP: u16 = 6;
+/// What a [`SockEvent`] reports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP state transition (`oldstate` -> `newstate`).
+    State = 0,
+    /// A process other than the last one seen did I/O on the socket: it owns it now.
+    Io = 1,
+    /// The kernel sent a RST on this socket.
+    ResetSent = 2,
+    /// The socket received a RST.
+    ResetReceived = 3,
+}
 
-/// One TCP state transition, as the eBPF program writes it into the ring buffer.
+impl EventKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::State),
+            1 => Some(Self::Io),
+            2 => Some(Self::ResetSent),
+            3 => Some(Self::ResetReceived),
+            _ => None,
+        }
+    }
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+
+/// One event on a socket, as the eBPF programs write it into the ring buffer: mostly TCP state
+/// transitions ([`EventKind`]).
 ///
 /// Ports are in host byte order; addresses are in network byte order, IPv4 in the first 4 bytes.
 #[repr(C)]
@@ -55,15 +94,22 @@ pub struct SockEvent {
     pub ts_ns: u64,
     /// Socket cookie, the same value sock_diag reports as `idiag_cookie`.
     pub cookie: u64,
+    /// `tcp_sock.bytes_acked` / `bytes_received`, read when the socket moves to CLOSE (else 0).
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
     /// Inode number of the socket's network namespace.
     pub netns: u32,
-    /// Task on the CPU when the transition happened (tgid, tid, uid): not always the owner.
+    /// Task on the CPU when the event happened (tgid, tid, uid): not always the owner.
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
     pub sport: u16,
     pub dport: u16,
-    pub family: u16,
+    /// AF_INET or AF_INET6 (both fit a byte).
+    pub family: u8,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// For a transition, the states; for other kinds, both are the socket's current state.
     pub oldstate: u8,
     pub newstate: u8,
     pub saddr: [u8; 16],
@@ -71,7 +117,7 @@ pub struct SockEvent {
     pub comm: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
 
 /// Byte offsets of the kernel struct fields the program reads, resolved from
 /// /sys/kernel/btf/vmlinux by userspace at load time: Rust eBPF has no CO-RE relocations.
@@ -93,6 +139,11 @@ pub struct SockOffsets {
     pub sk_protocol: u32,
     /// `struct inet_sock.inet_sport`: `skc_num` is already 0 by the CLOSE event.
     pub inet_sport: u32,
+    /// `struct sock_common.skc_state`, for events that are not transitions.
+    pub skc_state: u32,
+    /// `struct tcp_sock.bytes_acked` and `.bytes_received` (u64 each).
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
 }
 
 /// The part of a user's filter the eBPF program can decide cheaply; everything passes by default.

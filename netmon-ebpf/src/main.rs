@@ -13,6 +13,11 @@
 //! program's `recursion_misses`. The guard is per program, so a second program attached after
 //! the first runs for exactly those nested transitions: it emits only when the primary is
 //! marked active on this CPU, i.e. when the primary was interrupted and skipped this event.
+//!
+//! Hints (not transitions): the owner of a socket is known only from events that run in its
+//! process. `sock_send_length`/`sock_recv_length` fire in the process doing I/O; an LRU map
+//! remembers the last tgid per socket so that an event is sent only when it changes, not per
+//! send. `tcp_send_reset`/`tcp_receive_reset` tell how a connection ended.
 #![no_std]
 #![no_main]
 
@@ -25,13 +30,16 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
     },
     macros::{btf_tracepoint, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use netmon_common::{
-    AF_INET, AF_INET6, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, IPPROTO_TCP, KernelFilter,
-    SockEvent, SockOffsets,
+    AF_INET, AF_INET6, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, IPPROTO_TCP,
+    KernelFilter, SockEvent, SockOffsets,
 };
+
+/// TCP_CLOSE (include/net/tcp_states.h).
+const TCP_CLOSE: i32 = 7;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -42,6 +50,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// Per CPU: 1 while the primary program runs there.
 #[map]
 static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket address -> tgid of the last process seen doing I/O on it. LRU: a socket evicted
+/// here only costs one more hint event.
+#[map]
+static IO_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1 << 18, 0);
 
 // Set by userspace at load time (`EbpfLoader::override_global`); read with `read_volatile` so
 // the compiler does not fold the zero initialisers into the code.
@@ -57,6 +70,9 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     net_ns_inum: 0,
     sk_protocol: 0,
     inet_sport: 0,
+    skc_state: 0,
+    tcp_bytes_acked: 0,
+    tcp_bytes_received: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -72,7 +88,7 @@ pub fn netmon_set_state(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: per-CPU slot; nothing else on this CPU writes it while we run.
         unsafe { *active = 1 };
     }
-    handle(&ctx);
+    transition(&ctx);
     if let Some(active) = active {
         // SAFETY: as above.
         unsafe { *active = 0 };
@@ -84,9 +100,78 @@ pub fn netmon_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn netmon_set_state_fallback(ctx: BtfTracePointContext) -> i32 {
     if ACTIVE.get(0).copied() == Some(1) {
         count(Counter::Recovered);
-        handle(&ctx);
+        transition(&ctx);
     }
     0
+}
+
+// TP_PROTO(struct sock *sk, int ret, int flags), in the process doing the I/O.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn netmon_send(ctx: BtfTracePointContext) -> i32 {
+    io(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn netmon_recv(ctx: BtfTracePointContext) -> i32 {
+    io(&ctx);
+    0
+}
+
+// TP_PROTO(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason); `sk`
+// is NULL for a reset answering a packet no socket owns.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn netmon_reset_sent(ctx: BtfTracePointContext) -> i32 {
+    hint(&ctx, EventKind::ResetSent);
+    0
+}
+
+// TP_PROTO(struct sock *sk)
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn netmon_reset_received(ctx: BtfTracePointContext) -> i32 {
+    hint(&ctx, EventKind::ResetReceived);
+    0
+}
+
+fn io(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk: *const u8 = ctx.arg(0);
+    let key = sk as u64;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The common case, a socket doing I/O in the process already seen, costs one lookup.
+    // SAFETY: the value is a plain u32 copied out at once.
+    if unsafe { IO_OWNERS.get(&key) }.copied() == Some(tgid) {
+        return None;
+    }
+    IO_OWNERS.insert(&key, &tgid, 0).ok()?;
+    hint(ctx, EventKind::Io)
+}
+
+fn hint(ctx: &BtfTracePointContext, kind: EventKind) -> Option<()> {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: plain read of a global userspace fills before load.
+    let off = unsafe { read_volatile(&SOCK_OFFSETS) };
+    let state = i32::from(read::<u8>(sk, off.skc_state)?);
+    emit(sk, kind, state, state)
+}
+
+fn transition(ctx: &BtfTracePointContext) -> Option<()> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    if newstate == TCP_CLOSE {
+        // The socket address may be reused by a new socket: forget its I/O owner.
+        let _ = IO_OWNERS.remove(&(sk as u64));
+    }
+    // SAFETY: plain read of a global userspace fills before load.
+    let filter = unsafe { read_volatile(&FILTER) };
+    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
+        return None;
+    }
+    emit(sk, EventKind::State, oldstate, newstate)
 }
 
 fn count(counter: Counter) {
@@ -108,24 +193,20 @@ fn state_bit(state: i32) -> u32 {
     1u32.wrapping_shl(state as u32 & 31)
 }
 
-fn handle(ctx: &BtfTracePointContext) -> Option<()> {
-    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-    let sk: *const u8 = ctx.arg(0);
-    let oldstate: i32 = ctx.arg(1);
-    let newstate: i32 = ctx.arg(2);
+/// Filters on what the socket says (protocol, family, netns, ports), then fills and submits one
+/// event; every transition that gets this far is counted, and so is a full ring.
+fn emit(sk: *const u8, kind: EventKind, oldstate: i32, newstate: i32) -> Option<()> {
+    let is_transition = kind as u8 == EventKind::State as u8;
     // SAFETY: plain reads of globals that userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
     let filter = unsafe { read_volatile(&FILTER) };
 
     // Cheapest tests first: the tracepoint also fires for other inet protocols (MPTCP's
     // subflows are TCP, so they pass).
-    if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
+    if read::<u16>(sk, off.sk_protocol)? != u16::from(IPPROTO_TCP) {
         return None;
     }
-    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
-        return None;
-    }
-    let family = read::<u16>(sk, off.skc_family)?;
+    let family = read::<u16>(sk, off.skc_family)? as u8;
     let family_bit = match family {
         AF_INET => 1,
         AF_INET6 => 2,
@@ -149,9 +230,15 @@ fn handle(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
 
-    count(Counter::Seen);
+    if is_transition {
+        count(Counter::Seen);
+    }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count(Counter::RingFull);
+        count(if is_transition {
+            Counter::RingFull
+        } else {
+            Counter::HintRingFull
+        });
         return None;
     };
     let ev = entry.as_mut_ptr();
@@ -168,6 +255,7 @@ fn handle(ctx: &BtfTracePointContext) -> Option<()> {
         (*ev).sport = sport;
         (*ev).dport = dport;
         (*ev).family = family;
+        (*ev).kind = kind as u8;
         (*ev).oldstate = oldstate as u8;
         (*ev).newstate = newstate as u8;
         (*ev).saddr = [0; 16];
@@ -192,6 +280,16 @@ fn handle(ctx: &BtfTracePointContext) -> Option<()> {
             );
         }
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let (acked, received) = if newstate == TCP_CLOSE && is_transition {
+            (
+                read(sk, off.tcp_bytes_acked).unwrap_or(0),
+                read(sk, off.tcp_bytes_received).unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
+        (*ev).bytes_acked = acked;
+        (*ev).bytes_received = received;
     }
     entry.submit(wakeup_flags());
     Some(())

@@ -33,6 +33,7 @@ use crate::{
     filter::Services,
     netns::{self, Netns},
     output::Clock,
+    procfs,
     snapshot::{self, Data, Row, SnapshotArgs},
     table::Table,
 };
@@ -87,33 +88,15 @@ impl Agent {
     fn drain(&mut self) -> usize {
         let table = &mut self.table;
         self.probe.drain(|bytes| {
-            if let Ok(t) = decode::decode(bytes) {
-                table.apply(&t);
+            if let Ok(e) = decode::decode(bytes) {
+                table.event(&e);
             }
         })
     }
 
-    /// Dumps `ns` and makes the table agree with it; returns the dump.
-    fn reconcile(&mut self, ns: &Netns) -> Vec<crate::sock_diag::DiagSock> {
-        let t0 = Clock::mono_now_ns();
-        match ns.dump() {
-            Ok(dump) => {
-                self.table.reconcile(ns.inum, &dump, t0);
-                dump
-            }
-            Err(e) => {
-                eprintln!("netmon agent: dumping netns {}: {e}", ns.inum);
-                Vec::new()
-            }
-        }
-    }
-
     fn reconcile_all(&mut self) {
         self.drain();
-        for ns in netns::all() {
-            self.reconcile(&ns);
-        }
-        self.table.expire(Clock::mono_now_ns());
+        netns::resync_all(&mut self.table, None);
     }
 
     /// True when the kernel counted a loss since the last look: the table may be wrong.
@@ -150,7 +133,12 @@ pub async fn run(
         clock: Clock::now(),
         reported: KernelCounters::default(),
     }));
-    agent.borrow_mut().reconcile_all();
+    {
+        // Seed: every namespace, and the owners of sockets that predate us, once.
+        let mut a = agent.borrow_mut();
+        a.drain();
+        netns::resync_all(&mut a.table, Some(&procfs::socket_owners()));
+    }
     let listener = bind(&args.socket)?;
     eprintln!("netmon agent: serving {}", args.socket.display());
     let local = tokio::task::LocalSet::new();
@@ -284,7 +272,8 @@ async fn answer(
     let mut rows = Vec::new();
     if args.closed.is_none() {
         for ns in &namespaces {
-            let dump = a.reconcile(ns);
+            let dump = netns::resync(&mut a.table, ns)
+                .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
             rows.extend(
                 dump.into_iter()
                     .map(|s| Row::new(s, ns.inum, Some(&a.table))),

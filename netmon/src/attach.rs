@@ -10,8 +10,8 @@ use aya::{
 };
 use netmon_common::{
     Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, GLOBAL_FILTER, GLOBAL_OFFSETS,
-    GLOBAL_WAKEUP_BYTES, KernelFilter, MAP_COUNTERS, MAP_EVENTS, PROG_FALLBACK, PROG_PRIMARY,
-    SockOffsets, TRACEPOINT,
+    GLOBAL_WAKEUP_BYTES, HINT_PROGRAMS, KernelFilter, MAP_COUNTERS, MAP_EVENTS, PROG_FALLBACK,
+    PROG_PRIMARY, SockOffsets, TRACEPOINT,
 };
 
 use crate::offsets;
@@ -65,6 +65,8 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u64,
     /// What the program may drop before it reaches the ring.
     pub filter: KernelFilter,
+    /// Also attach the owner and reset hint programs (see netmon-ebpf).
+    pub hints: bool,
 }
 
 impl Default for ProbeConfig {
@@ -73,6 +75,7 @@ impl Default for ProbeConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: DEFAULT_WAKEUP_BYTES,
             filter: KernelFilter::ALL,
+            hints: true,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct KernelCounters {
     pub primary_misses: u64,
     /// Of those, the ones the fallback program handled.
     pub recovered: u64,
+    /// Owner and reset hints dropped because the ring was full.
+    pub hints_ring_full: u64,
 }
 
 impl KernelCounters {
@@ -105,7 +110,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks privileges, resolves offsets from BTF, loads and attaches both programs.
+    /// Checks privileges, resolves offsets from BTF, loads and attaches the programs.
     pub fn attach(config: &ProbeConfig) -> Result<Self, AttachError> {
         if !has_bpf_privileges() {
             return Err(AttachError::Privileges);
@@ -125,7 +130,11 @@ impl Probe {
         let btf = Btf::from_sys_fs()?;
         // Order matters: the kernel runs a tracepoint's probes in attach order, and the
         // fallback must run after the primary (see netmon-ebpf).
-        for name in [PROG_PRIMARY, PROG_FALLBACK] {
+        let mut programs = vec![(PROG_PRIMARY, TRACEPOINT), (PROG_FALLBACK, TRACEPOINT)];
+        if config.hints {
+            programs.extend(HINT_PROGRAMS);
+        }
+        for (name, tracepoint) in programs {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(AttachError::Missing {
@@ -134,7 +143,7 @@ impl Probe {
                 })?
                 .try_into()
                 .map_err(|source| AttachError::Program { name, source })?;
-            prog.load(TRACEPOINT, &btf)
+            prog.load(tracepoint, &btf)
                 .and_then(|()| prog.attach().map(drop))
                 .map_err(|source| AttachError::Program { name, source })?;
         }
@@ -186,6 +195,7 @@ impl Probe {
             seen: sum(Counter::Seen)?,
             ring_full: sum(Counter::RingFull)?,
             recovered: sum(Counter::Recovered)?,
+            hints_ring_full: sum(Counter::HintRingFull)?,
             primary_misses: self.recursion_misses(PROG_PRIMARY)?,
         })
     }

@@ -12,6 +12,7 @@ use crate::{
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
     output::{Clock, Format, Printer},
+    procfs,
     snapshot::{self, Data, Row, SnapshotArgs},
     watch::{self, Watcher},
 };
@@ -56,6 +57,10 @@ pub struct WatchArgs {
     /// Do not print the header line.
     #[arg(short = 'H', long = "no-header")]
     pub no_header: bool,
+    /// One record per connection when it ends (like tcplife): owner, lifespan, time in each
+    /// state, how it ended, bytes; instead of one line per transition.
+    #[arg(long)]
+    pub lifecycle: bool,
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
@@ -78,6 +83,7 @@ impl WatchArgs {
             ring_bytes: self.ring_size,
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_size) / 4),
             filter: filter.kernel_filter(),
+            hints: true,
         }
     }
 }
@@ -102,7 +108,7 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     let interactive = stdout.is_terminal();
     let out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let printer = Printer::new(out, args.format, Clock::now(), !args.no_header);
-    let mut watcher = Watcher::new(printer, filter.clone());
+    let mut watcher = Watcher::new(printer, filter.clone(), args.lifecycle);
     let ready = || {
         if interactive {
             eprintln!("netmon: watching TCP state transitions; Ctrl-C to stop");
@@ -164,12 +170,17 @@ fn fallback_snapshot(
     } else {
         vec![Netns::current().context("opening this process's network namespace")?]
     };
+    // Like ss -p: walk /proc on every run (the agent does not).
+    let owners = args.processes.then(procfs::socket_owners);
     let mut rows = Vec::new();
     for ns in &namespaces {
         let dump = ns
             .dump()
             .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
-        rows.extend(dump.into_iter().map(|s| Row::new(s, ns.inum, None)));
+        rows.extend(dump.into_iter().map(|s| Row {
+            owner: owners.as_ref().and_then(|o| o.get(&s.inode)).copied(),
+            ..Row::new(s, ns.inum, None)
+        }));
     }
     let data = Data {
         rows,

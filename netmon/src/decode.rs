@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use netmon_common::{AF_INET, AF_INET6, SockEvent, TcpState};
+use netmon_common::{AF_INET, AF_INET6, EventKind, SockEvent, TcpState};
 
 /// The task that was on the CPU when the kernel fired the transition. For transitions run from
 /// softirq or timers this is not the socket's owner (often the peer, or pid 0).
@@ -55,6 +55,36 @@ pub struct Transition {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub task: Task,
+    /// Bytes the peer acknowledged and bytes received, read as the socket moves to CLOSE.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+/// Something the kernel said about a socket that is not a transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HintKind {
+    /// `task` did I/O on the socket, so it belongs to `task`'s process.
+    Io,
+    ResetSent,
+    ResetReceived,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint {
+    pub kind: HintKind,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub netns: u32,
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub task: Task,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Transition(Transition),
+    Hint(Hint),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,11 +92,13 @@ pub enum DecodeError {
     #[error("ring record of {len} bytes, expected {expected}")]
     Size { len: usize, expected: usize },
     #[error("unknown address family {family}")]
-    Family { family: u16 },
+    Family { family: u8 },
+    #[error("unknown event kind {kind}")]
+    Kind { kind: u8 },
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let expected = size_of::<SockEvent>();
     if bytes.len() < expected {
         return Err(DecodeError::Size {
@@ -77,9 +109,27 @@ pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
     // SAFETY: the length is checked, SockEvent is plain integers and byte arrays, and
     // read_unaligned makes no alignment assumption about the ring's memory.
     let ev: SockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    from_event(&ev)
+    let kind = match EventKind::from_u8(ev.kind) {
+        Some(EventKind::State) => return from_event(&ev).map(Event::Transition),
+        Some(EventKind::Io) => HintKind::Io,
+        Some(EventKind::ResetSent) => HintKind::ResetSent,
+        Some(EventKind::ResetReceived) => HintKind::ResetReceived,
+        None => return Err(DecodeError::Kind { kind: ev.kind }),
+    };
+    let t = from_event(&ev)?;
+    Ok(Event::Hint(Hint {
+        kind,
+        ts_ns: t.ts_ns,
+        cookie: t.cookie,
+        netns: t.netns,
+        state: t.new,
+        local: t.local,
+        remote: t.remote,
+        task: t.task,
+    }))
 }
 
+/// Decodes a record known to be a transition.
 pub fn from_event(ev: &SockEvent) -> Result<Transition, DecodeError> {
     let (local, remote) = match ev.family {
         AF_INET => (IpAddr::V4(v4(&ev.saddr)), IpAddr::V4(v4(&ev.daddr))),
@@ -103,6 +153,8 @@ pub fn from_event(ev: &SockEvent) -> Result<Transition, DecodeError> {
             uid: ev.uid,
             comm: ev.comm,
         },
+        bytes_acked: ev.bytes_acked,
+        bytes_received: ev.bytes_received,
     })
 }
 
@@ -115,7 +167,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// A record as the eBPF program writes it.
-    pub(crate) fn event(family: u16, saddr: &[u8], daddr: &[u8], old: u8, new: u8) -> SockEvent {
+    pub(crate) fn event(family: u8, saddr: &[u8], daddr: &[u8], old: u8, new: u8) -> SockEvent {
         let mut ev = SockEvent {
             ts_ns: 1_000,
             cookie: 42,
@@ -126,6 +178,9 @@ pub(crate) mod tests {
             sport: 41000,
             dport: 8080,
             family,
+            kind: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
             oldstate: old,
             newstate: new,
             saddr: [0; 16],
@@ -139,13 +194,35 @@ pub(crate) mod tests {
 
     fn bytes(ev: &SockEvent) -> Vec<u8> {
         // SAFETY: SockEvent is plain data without padding.
-        unsafe { std::slice::from_raw_parts((ev as *const SockEvent).cast::<u8>(), 88) }.to_vec()
+        unsafe { std::slice::from_raw_parts((ev as *const SockEvent).cast::<u8>(), 104) }.to_vec()
+    }
+
+    fn transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
+        match decode(bytes)? {
+            Event::Transition(t) => Ok(t),
+            Event::Hint(h) => panic!("expected a transition, got {h:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_hints_with_the_current_state() {
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 1, 1);
+        ev.kind = EventKind::ResetReceived as u8;
+        let Ok(Event::Hint(h)) = decode(&bytes(&ev)) else {
+            panic!("not a hint")
+        };
+        assert_eq!(
+            (h.kind, h.state, h.cookie),
+            (HintKind::ResetReceived, TcpState::Established, 42)
+        );
+        ev.kind = 9;
+        assert_eq!(decode(&bytes(&ev)), Err(DecodeError::Kind { kind: 9 }));
     }
 
     #[test]
     fn decodes_ipv4() {
         let ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 2, 1);
-        let t = decode(&bytes(&ev)).unwrap();
+        let t = transition(&bytes(&ev)).unwrap();
         assert_eq!(t.local, "127.0.0.1:41000".parse().unwrap());
         assert_eq!(t.remote, "127.0.0.2:8080".parse().unwrap());
         assert_eq!((t.old, t.new), (TcpState::SynSent, TcpState::Established));
@@ -156,18 +233,18 @@ pub(crate) mod tests {
     #[test]
     fn decodes_ipv6_and_keeps_v4_mapped_as_v6() {
         let lo6 = Ipv6Addr::LOCALHOST.octets();
-        let t = decode(&bytes(&event(AF_INET6, &lo6, &lo6, 10, 3))).unwrap();
+        let t = transition(&bytes(&event(AF_INET6, &lo6, &lo6, 10, 3))).unwrap();
         assert_eq!(t.local, "[::1]:41000".parse().unwrap());
         assert_eq!((t.old, t.new), (TcpState::Listen, TcpState::SynRecv));
 
         let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
-        let t = decode(&bytes(&event(AF_INET6, &mapped, &mapped, 1, 4))).unwrap();
+        let t = transition(&bytes(&event(AF_INET6, &mapped, &mapped, 1, 4))).unwrap();
         assert_eq!(t.remote, "[::ffff:127.0.0.1]:8080".parse().unwrap());
     }
 
     #[test]
     fn unknown_states_are_kept_not_guessed() {
-        let t = decode(&bytes(&event(
+        let t = transition(&bytes(&event(
             AF_INET,
             &[1, 2, 3, 4],
             &[4, 3, 2, 1],
@@ -185,7 +262,7 @@ pub(crate) mod tests {
             decode(&[0u8; 10]),
             Err(DecodeError::Size {
                 len: 10,
-                expected: 88
+                expected: 104
             })
         );
         let ev = event(1, &[], &[], 1, 2);

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod netns;
 pub mod offsets;
 pub mod output;
+pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod table;

@@ -1,9 +1,19 @@
 //! Finds network namespaces (the caller's, a process's, every one on the machine) and dumps
 //! the TCP sockets of one.
 
-use std::{collections::BTreeMap, fs::File, io, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
-use crate::sock_diag::{self, DiagError, DiagSock, Families};
+use crate::{
+    output::Clock,
+    sock_diag::{self, DiagError, DiagSock, Families},
+    table::{Owner, Table},
+};
 
 /// An open network namespace: the file keeps it alive while we use it.
 #[derive(Debug)]
@@ -37,6 +47,30 @@ impl Netns {
             sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES)
         }
     }
+}
+
+/// Dumps `ns` and makes `table` agree with it; returns the dump.
+pub fn resync(table: &mut Table, ns: &Netns) -> Result<Vec<DiagSock>, DiagError> {
+    let t0 = Clock::mono_now_ns();
+    let dump = ns.dump()?;
+    table.reconcile(ns.inum, &dump, t0);
+    Ok(dump)
+}
+
+/// Resyncs every namespace; with `owners` (a /proc scan), also names the sockets' owners.
+/// A namespace that cannot be dumped is reported on stderr and left as it was.
+pub fn resync_all(table: &mut Table, owners: Option<&HashMap<u32, Owner>>) {
+    for ns in all() {
+        match resync(table, &ns) {
+            Ok(dump) => {
+                if let Some(owners) = owners {
+                    table.set_owners(&dump, owners);
+                }
+            }
+            Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", ns.inum),
+        }
+    }
+    table.expire(Clock::mono_now_ns());
 }
 
 pub fn current_inum() -> io::Result<u32> {

@@ -74,6 +74,9 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         net_ns_inum: field_offset(btf, "net", &["ns", "inum"], 4)?,
         sk_protocol: field_offset(btf, "sock", &["sk_protocol"], 2)?,
         inet_sport: field_offset(btf, "inet_sock", &["inet_sport"], 2)?,
+        skc_state: common("skc_state", 1)?,
+        tcp_bytes_acked: field_offset(btf, "tcp_sock", &["bytes_acked"], 8)?,
+        tcp_bytes_received: field_offset(btf, "tcp_sock", &["bytes_received"], 8)?,
     })
 }
 
@@ -183,5 +186,7 @@ mod tests {
         assert!(off.skc_v6_daddr > off.skc_family);
         assert!(off.sk_protocol > off.skc_v6_rcv_saddr);
         assert!(off.inet_sport > off.sk_protocol);
+        assert_eq!(off.skc_state, 18);
+        assert!(off.tcp_bytes_acked > off.inet_sport && off.tcp_bytes_received > off.inet_sport);
     }
 }

@@ -1,4 +1,4 @@
-//! Formats transitions and loss records as ss-like text or JSON Lines.
+//! Formats transitions, connection lifecycles and loss records as ss-like text or JSON Lines.
 //!
 //! The JSON Lines schema is documented in docs/json.md; `json_lines_follow_the_documented_schema`
 //! below keeps the two in step.
@@ -11,7 +11,10 @@ use std::{
 use netmon_common::TcpState;
 use serde::Serialize;
 
-use crate::decode::Transition;
+use crate::{
+    decode::{Task, Transition},
+    table::{Closed, Owner},
+};
 
 /// Output format of `watch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
@@ -94,10 +97,63 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    pub fn transition(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+    /// One transition; `owner` is who owns the socket, when known (text shows it, falling
+    /// back to the task on the CPU; JSON gives both).
+    pub fn transition(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
         match self.format {
-            Format::Text => self.text(t, prev_state_ns),
-            Format::Json => self.json(t, prev_state_ns),
+            Format::Text => self.text(t, owner, prev_state_ns),
+            Format::Json => self.json(t, owner, prev_state_ns),
+        }
+    }
+
+    /// One record for a connection that ended (`watch --lifecycle`).
+    pub fn lifecycle(&mut self, c: &Closed) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(
+                    &mut self.out,
+                    &JsonClosed::new(c, &self.clock, "lifecycle"),
+                )?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                if std::mem::take(&mut self.header) {
+                    writeln!(
+                        self.out,
+                        "{:<15} {:>7} {:<15} {:>22} {:<22} {:<15} {:>9} {:>10} {:>10} STATES",
+                        "TIME(UTC)",
+                        "PID",
+                        "COMM",
+                        "LOCAL",
+                        "PEER",
+                        "END",
+                        "LIFESPAN",
+                        "TX_BYTES",
+                        "RX_BYTES"
+                    )?;
+                }
+                let time = time_of_day(&self.clock, c.closed_ns);
+                let (pid, comm) = c
+                    .owner
+                    .as_ref()
+                    .map_or((0, "?"), |o| (o.task.pid, o.task.comm()));
+                let lifespan = c.lifespan_ns().map_or_else(|| "-".into(), duration);
+                writeln!(
+                    self.out,
+                    "{time:<15} {pid:>7} {comm:<15} {:>22} {:<22} {:<15} {lifespan:>9} {:>10} {:>10} {}",
+                    c.local,
+                    c.remote,
+                    c.end.name(),
+                    c.bytes_acked,
+                    c.bytes_received,
+                    states_text(c),
+                )
+            }
         }
     }
 
@@ -129,7 +185,12 @@ impl<W: Write> Printer<W> {
         self.out
     }
 
-    fn text(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+    fn text(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
         if std::mem::take(&mut self.header) {
             writeln!(
                 self.out,
@@ -137,14 +198,15 @@ impl<W: Write> Printer<W> {
                 "TIME(UTC)", "PID", "COMM", "LOCAL", "PEER", "TRANSITION", "PREV_MS"
             )?;
         }
-        let time = humantime::format_rfc3339_micros(self.clock.wall(t.ts_ns)).to_string();
+        let time = time_of_day(&self.clock, t.ts_ns);
         let transition = format!("{} -> {}", state_name(t.old), state_name(t.new));
+        let who = owner.map_or(&t.task, |o| &o.task);
         write!(
             self.out,
             "{:<15} {:>7} {:<15} {:>22} {:<22} {:<26} ",
-            time.get(11..26).unwrap_or(&time),
-            t.task.pid,
-            t.task.comm(),
+            time,
+            who.pid,
+            who.comm(),
             t.local,
             t.remote,
             transition,
@@ -155,7 +217,12 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    fn json(&mut self, t: &Transition, prev_state_ns: Option<u64>) -> io::Result<()> {
+    fn json(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
         let rec = JsonTransition {
             r#type: "transition",
             time: humantime::format_rfc3339_micros(self.clock.wall(t.ts_ns)),
@@ -172,12 +239,8 @@ impl<W: Write> Printer<W> {
             old_state: JsonState(t.old),
             new_state: JsonState(t.new),
             prev_state_ns,
-            task: JsonTask {
-                pid: t.task.pid,
-                tid: t.task.tid,
-                uid: t.task.uid,
-                comm: t.task.comm(),
-            },
+            task: JsonTask::new(&t.task),
+            owner: owner.map(|o| JsonTask::new(&o.task)),
         };
         serde_json::to_writer(&mut self.out, &rec)?;
         self.out.write_all(b"\n")
@@ -221,6 +284,7 @@ struct JsonTransition<'a> {
     new_state: JsonState,
     prev_state_ns: Option<u64>,
     task: JsonTask<'a>,
+    owner: Option<JsonTask<'a>>,
 }
 
 #[derive(Serialize)]
@@ -229,6 +293,120 @@ struct JsonTask<'a> {
     tid: u32,
     uid: u32,
     comm: &'a str,
+}
+
+impl<'a> JsonTask<'a> {
+    fn new(t: &'a Task) -> Self {
+        Self {
+            pid: t.pid,
+            tid: t.tid,
+            uid: t.uid,
+            comm: t.comm(),
+        }
+    }
+}
+
+/// A connection that ended: `watch --lifecycle` and `snapshot --closed` records.
+#[derive(Serialize)]
+pub struct JsonClosed<'a> {
+    r#type: &'static str,
+    #[serde(serialize_with = "display")]
+    closed: humantime::Rfc3339Timestamp,
+    closed_mono_ns: u64,
+    lifespan_ns: Option<u64>,
+    #[serde(serialize_with = "display")]
+    local: std::net::SocketAddr,
+    #[serde(serialize_with = "display")]
+    peer: std::net::SocketAddr,
+    local_port: u16,
+    peer_port: u16,
+    netns: u32,
+    cookie: u64,
+    owner: Option<JsonOwner<'a>>,
+    end: &'static str,
+    last_state: JsonState,
+    states: Vec<JsonStep>,
+    bytes_acked: u64,
+    bytes_received: u64,
+}
+
+#[derive(Serialize)]
+struct JsonOwner<'a> {
+    pid: u32,
+    uid: u32,
+    comm: &'a str,
+    fd: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct JsonStep {
+    state: JsonState,
+    ns: u64,
+}
+
+impl<'a> JsonClosed<'a> {
+    pub fn new(c: &'a Closed, clock: &Clock, r#type: &'static str) -> Self {
+        Self {
+            r#type,
+            closed: humantime::format_rfc3339_micros(clock.wall(c.closed_ns)),
+            closed_mono_ns: c.closed_ns,
+            lifespan_ns: c.lifespan_ns(),
+            local: c.local,
+            peer: c.remote,
+            local_port: c.local.port(),
+            peer_port: c.remote.port(),
+            netns: c.netns,
+            cookie: c.cookie,
+            owner: c.owner.as_ref().map(|o| JsonOwner {
+                pid: o.task.pid,
+                uid: o.task.uid,
+                comm: o.task.comm(),
+                fd: o.fd,
+            }),
+            end: c.end.name(),
+            last_state: JsonState(c.last),
+            states: c
+                .path
+                .durations(c.closed_ns)
+                .map(|(s, ns)| JsonStep {
+                    state: JsonState(s),
+                    ns,
+                })
+                .collect(),
+            bytes_acked: c.bytes_acked,
+            bytes_received: c.bytes_received,
+        }
+    }
+}
+
+/// `HH:MM:SS.micros` (UTC) of a kernel timestamp.
+pub fn time_of_day(clock: &Clock, mono_ns: u64) -> String {
+    let full = humantime::format_rfc3339_micros(clock.wall(mono_ns)).to_string();
+    full.get(11..26).map_or_else(|| full.clone(), str::to_owned)
+}
+
+/// `SYN-SENT(40us) ESTAB(1.2ms) ...`: the states a closed connection passed, and how long.
+pub fn states_text(c: &Closed) -> String {
+    let mut out = String::new();
+    for (s, ns) in c.path.durations(c.closed_ns) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!("{}({})", state_name(s), duration(ns)));
+    }
+    if out.is_empty() { "-".into() } else { out }
+}
+
+/// `850us`, `12.3ms`, `4.52s`, `3m07s`, `2h05m`.
+pub fn duration(ns: u64) -> String {
+    let us = ns / 1_000;
+    match us {
+        0..1_000 => format!("{us}us"),
+        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
+        1_000_000..60_000_000 => format!("{:.2}s", us as f64 / 1e6),
+        60_000_000..3_600_000_000 => format!("{}m{:02}s", us / 60_000_000, us / 1_000_000 % 60),
+        _ => format!("{}h{:02}m", us / 3_600_000_000, us / 60_000_000 % 60),
+    }
 }
 
 #[derive(Serialize)]
@@ -269,8 +447,8 @@ mod tests {
         let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
         let v6 = from_event(&event(AF_INET6, &lo6, &lo6, 1, 200)).unwrap();
         let out = render(Format::Text, |p| {
-            p.transition(&v4, Some(52_000)).unwrap();
-            p.transition(&v6, None).unwrap();
+            p.transition(&v4, None, Some(52_000)).unwrap();
+            p.transition(&v6, None, None).unwrap();
         });
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
@@ -291,7 +469,7 @@ mod tests {
     fn json_lines_follow_the_documented_schema() {
         let t = from_event(&event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 10, 3)).unwrap();
         let out = render(Format::Json, |p| {
-            p.transition(&t, None).unwrap();
+            p.transition(&t, None, None).unwrap();
             p.loss(LossKind::RingFull, 5, 9).unwrap();
         });
         let recs: Vec<serde_json::Value> = out

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::{
     filter::{Filter, FilterInput, Services, StateSet},
-    output::{Clock, Format, state_name},
+    output::{Clock, Format, JsonClosed, duration, states_text, time_of_day},
     sock_diag::DiagSock,
-    table::{Closed, Table},
+    table::{Closed, Owner, Table},
 };
 
 /// Options of `netmon snapshot`; the agent parses the same words.
@@ -46,6 +46,10 @@ pub struct SnapshotArgs {
     /// Print a summary: totals and per-state counts (ss -s).
     #[arg(short = 's', long)]
     pub summary: bool,
+    /// Show the process owning each socket (ss -p), from the agent's table; without the
+    /// agent, from a walk of /proc like ss.
+    #[arg(short = 'p', long)]
+    pub processes: bool,
     /// Beyond ss: socket details, age and time in the current state (from the agent).
     #[arg(short = 'e', long)]
     pub extended: bool,
@@ -86,6 +90,7 @@ pub struct Row {
     pub born_ns: Option<u64>,
     /// When it entered its current state, if netmon saw it happen.
     pub since_ns: Option<u64>,
+    pub owner: Option<Owner>,
 }
 
 impl Row {
@@ -99,6 +104,7 @@ impl Row {
             netns,
             born_ns: known.and_then(|s| s.born_ns),
             since_ns: known.filter(|s| s.since_exact).map(|s| s.since_ns),
+            owner: table.and_then(|t| t.get(sock.cookie)).and_then(|s| s.owner),
         }
     }
 
@@ -108,8 +114,8 @@ impl Row {
             local: self.sock.local,
             remote: self.sock.remote,
             netns: Some(self.netns),
-            pid: None,
-            comm: None,
+            pid: self.owner.map(|o| o.task.pid),
+            comm: self.owner.as_ref().map(|o| o.task.comm()),
             uid: Some(self.sock.uid),
         }
     }
@@ -173,9 +179,9 @@ fn closed_input(c: &Closed) -> FilterInput<'_> {
         local: c.local,
         remote: c.remote,
         netns: Some(c.netns),
-        pid: None,
-        comm: None,
-        uid: None,
+        pid: c.owner.map(|o| o.task.pid),
+        comm: c.owner.as_ref().map(|o| o.task.comm()),
+        uid: c.owner.map(|o| o.task.uid),
     }
 }
 
@@ -274,7 +280,15 @@ fn render_table(
             write!(arena, "{}", r.netns).ok();
         }
         end(&arena, 5);
+        if args.processes
+            && let Some(o) = &r.owner
+        {
+            arena.push_str(&users(o));
+        }
         if args.extended {
+            if args.processes {
+                arena.push(' ');
+            }
             extended_details(r, data, &mut arena);
         }
         end(&arena, 6);
@@ -316,7 +330,7 @@ fn render_table(
         width[i] = width[i].max(h.len());
     }
     let show_netns = args.all_netns;
-    let show_details = args.extended;
+    let show_details = args.extended || args.processes;
     if !show_netns && !show_details {
         // Last column: no trailing padding.
         pport_w = 0;
@@ -350,7 +364,12 @@ fn render_table(
             )?;
         }
         if show_details {
-            write!(out, " {}", HEADERS[6])?;
+            let title = if args.processes {
+                "Process"
+            } else {
+                HEADERS[6]
+            };
+            write!(out, " {title}")?;
         }
         out.write_all(b"\n")?;
     }
@@ -402,27 +421,15 @@ fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
     .ok();
     let ago = |ns: Option<u64>| ns.map(|t| Duration::from_nanos(data.now_ns.saturating_sub(t)));
     match ago(r.born_ns) {
-        Some(d) => write!(buf, " age:{}", short_duration(d)),
+        Some(d) => write!(buf, " age:{}", duration(d.as_nanos() as u64)),
         None => buf.write_str(" age:-"),
     }
     .ok();
     match ago(r.since_ns) {
-        Some(d) => write!(buf, " in-state:{}", short_duration(d)),
+        Some(d) => write!(buf, " in-state:{}", duration(d.as_nanos() as u64)),
         None => buf.write_str(" in-state:-"),
     }
     .ok();
-}
-
-/// `850us`, `12.3ms`, `4.52s`, `3m07s`, `2h05m`.
-pub fn short_duration(d: Duration) -> String {
-    let us = d.as_micros();
-    match us {
-        0..1_000 => format!("{us}us"),
-        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
-        1_000_000..60_000_000 => format!("{:.2}s", us as f64 / 1e6),
-        60_000_000..3_600_000_000 => format!("{}m{:02}s", us / 60_000_000, us / 1_000_000 % 60),
-        _ => format!("{}h{:02}m", us / 3_600_000_000, us / 60_000_000 % 60),
-    }
 }
 
 fn render_summary(rows: &[&Row], out: &mut impl Write) -> io::Result<()> {
@@ -518,31 +525,6 @@ fn render_json(rows: &[&Row], data: &Data<'_>, out: &mut impl Write) -> io::Resu
     Ok(())
 }
 
-#[derive(Serialize)]
-struct JsonClosed {
-    r#type: &'static str,
-    #[serde(serialize_with = "display")]
-    closed: humantime::Rfc3339Timestamp,
-    closed_mono_ns: u64,
-    lifespan_ns: Option<u64>,
-    #[serde(serialize_with = "display")]
-    local: SocketAddr,
-    #[serde(serialize_with = "display")]
-    peer: SocketAddr,
-    local_port: u16,
-    peer_port: u16,
-    netns: u32,
-    cookie: u64,
-    last_state: String,
-    states: Vec<JsonStep>,
-}
-
-#[derive(Serialize)]
-struct JsonStep {
-    state: String,
-    ns: u64,
-}
-
 fn render_closed(
     args: &SnapshotArgs,
     closed: &[&Closed],
@@ -551,28 +533,7 @@ fn render_closed(
 ) -> io::Result<()> {
     if args.format == Format::Json {
         for c in closed {
-            let rec = JsonClosed {
-                r#type: "closed",
-                closed: humantime::format_rfc3339_micros(data.clock.wall(c.closed_ns)),
-                closed_mono_ns: c.closed_ns,
-                lifespan_ns: c.lifespan_ns(),
-                local: c.local,
-                peer: c.remote,
-                local_port: c.local.port(),
-                peer_port: c.remote.port(),
-                netns: c.netns,
-                cookie: c.cookie,
-                last_state: state_name(c.last).into_owned(),
-                states: c
-                    .path
-                    .durations(c.closed_ns)
-                    .map(|(s, ns)| JsonStep {
-                        state: state_name(s).into_owned(),
-                        ns,
-                    })
-                    .collect(),
-            };
-            serde_json::to_writer(&mut *out, &rec)?;
+            serde_json::to_writer(&mut *out, &JsonClosed::new(c, &data.clock, "closed"))?;
             out.write_all(b"\n")?;
         }
         if data.evicted > 0 {
@@ -585,34 +546,17 @@ fn render_closed(
         addr_parts(a, true, true, &Services::default(), &mut s);
         s
     };
-    let lines: Vec<[String; 5]> = closed
+    let lines: Vec<[String; 7]> = closed
         .iter()
         .map(|c| {
-            let time = humantime::format_rfc3339_micros(data.clock.wall(c.closed_ns)).to_string();
-            let mut states = String::new();
-            for (s, ns) in c.path.durations(c.closed_ns) {
-                if !states.is_empty() {
-                    states.push(' ');
-                }
-                write!(
-                    states,
-                    "{}({})",
-                    state_name(s),
-                    short_duration(Duration::from_nanos(ns))
-                )
-                .ok();
-            }
             [
-                time.get(11..26).unwrap_or(&time).to_owned(),
-                c.lifespan_ns()
-                    .map_or_else(|| "-".into(), |ns| short_duration(Duration::from_nanos(ns))),
+                time_of_day(&data.clock, c.closed_ns),
+                c.lifespan_ns().map_or_else(|| "-".into(), duration),
                 addr(&c.local),
                 addr(&c.remote),
-                if states.is_empty() {
-                    "-".into()
-                } else {
-                    states
-                },
+                c.end.name().to_owned(),
+                c.owner.map_or_else(|| "-".into(), |o| users(&o)),
+                states_text(c),
             ]
         })
         .collect();
@@ -621,6 +565,8 @@ fn render_closed(
         "Lifespan",
         "Local Address:Port",
         "Peer Address:Port",
+        "End",
+        "Process",
         "States",
     ];
     let mut w = headers.map(str::len);
@@ -629,37 +575,40 @@ fn render_closed(
             w[i] = w[i].max(cell.len());
         }
     }
-    if !args.no_header {
+    let mut row = |cells: [&str; 7]| {
         writeln!(
             out,
-            "{:<a$} {:>b$} {:>c$} {:<d$} {}",
-            headers[0],
-            headers[1],
-            headers[2],
-            headers[3],
-            headers[4],
+            "{:<a$} {:>b$} {:>c$} {:<d$} {:<e$} {:<f$} {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
             a = w[0],
             b = w[1],
             c = w[2],
-            d = w[3]
-        )?;
+            d = w[3],
+            e = w[4],
+            f = w[5],
+        )
+    };
+    if !args.no_header {
+        row(headers)?;
     }
     for l in &lines {
-        writeln!(
-            out,
-            "{:<a$} {:>b$} {:>c$} {:<d$} {}",
-            l[0],
-            l[1],
-            l[2],
-            l[3],
-            l[4],
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3]
-        )?;
+        row(l.each_ref().map(String::as_str))?;
     }
     Ok(())
+}
+
+/// ss -p's process column: `users:(("comm",pid=N,fd=F))`, the fd only when known.
+fn users(o: &Owner) -> String {
+    match o.fd {
+        Some(fd) => format!("users:((\"{}\",pid={},fd={fd}))", o.task.comm(), o.task.pid),
+        None => format!("users:((\"{}\",pid={}))", o.task.comm(), o.task.pid),
+    }
 }
 
 #[cfg(test)]
@@ -716,6 +665,7 @@ mod tests {
             netns: 7,
             born_ns: None,
             since_ns: None,
+            owner: None,
         };
         vec![
             row(sock(TcpState::Listen, "127.0.0.1:22", "0.0.0.0:0", 1, 128)),
@@ -812,14 +762,5 @@ ESTAB     0      0      [::ffff:127.0.0.1]:8080  [::ffff:127.0.0.1]:41000
         assert_eq!(recs[1]["local"], "[::ffff:127.0.0.1]:8080");
         assert_eq!(recs[1]["age_ns"], 4_000_000_000u64);
         assert_eq!(recs[1]["state_ns"], 500_000_000u64);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(short_duration(Duration::from_micros(850)), "850us");
-        assert_eq!(short_duration(Duration::from_micros(12_345)), "12.3ms");
-        assert_eq!(short_duration(Duration::from_millis(4_520)), "4.52s");
-        assert_eq!(short_duration(Duration::from_secs(187)), "3m07s");
-        assert_eq!(short_duration(Duration::from_secs(7_500)), "2h05m");
     }
 }

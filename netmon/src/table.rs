@@ -3,6 +3,15 @@
 //!
 //! Sockets are keyed by cookie, the identity both the eBPF events and sock_diag report (a
 //! TIME-WAIT socket keeps the cookie of the full socket it replaces: `inet_twsk_alloc()`).
+//!
+//! Owners. The kernel runs most transitions outside the owning process (softirq: on loopback
+//! the peer's task; timers: pid 0), so the task of an event is trusted only for the
+//! transitions a process makes itself: connect (CLOSE -> SYN-SENT), listen (CLOSE -> LISTEN),
+//! close or shutdown (ESTAB -> FIN-WAIT-1, CLOSE-WAIT -> LAST-ACK). An accepted socket takes
+//! its listener's owner until its own process does I/O on it (the `Io` hint from
+//! `sock_send_length`/`sock_recv_length`, which run in the process). Sockets that predate
+//! netmon get their owner, with the fd, from one /proc scan at start. The owner is unknown for
+//! a socket netmon saw neither created nor used, and found by no scan.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,7 +20,10 @@ use std::{
 
 use netmon_common::TcpState;
 
-use crate::{decode::Transition, sock_diag::DiagSock};
+use crate::{
+    decode::{Event, Hint, HintKind, Task, Transition},
+    sock_diag::DiagSock,
+};
 
 /// TIME-WAIT lasts TCP_TIMEWAIT_LEN (60 s, include/net/tcp.h); the kernel reports nothing when
 /// the timewait socket is created or expires.
@@ -66,7 +78,61 @@ impl Path {
     }
 }
 
-/// Where a socket's knowledge came from: seen from its start, or found by a dump.
+/// The process that owns a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub task: Task,
+    /// The descriptor, when a /proc scan found it.
+    pub fd: Option<u32>,
+}
+
+impl Owner {
+    pub fn new(task: Task) -> Self {
+        Self { task, fd: None }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum End {
+    /// FIN handshake, or a listener closed.
+    Normal,
+    /// This side sent a RST (e.g. closed with unread data, or SO_LINGER 0).
+    ResetSent,
+    /// The peer reset an established connection.
+    ResetReceived,
+    /// A connect answered with RST: nothing listened there.
+    Refused,
+    /// A connect that gave up: no answer before the SYN retries ran out.
+    ConnectTimeout,
+    /// The owner closed a socket whose connect was still under way.
+    ConnectAborted,
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Normal => "normal",
+            End::ResetSent => "reset-sent",
+            End::ResetReceived => "reset-received",
+            End::Refused => "refused",
+            End::ConnectTimeout => "connect-timeout",
+            End::ConnectAborted => "connect-aborted",
+        }
+    }
+}
+
+/// Whether the kernel makes this transition in the process that owns the socket (a syscall).
+fn in_owner_context(old: TcpState, new: TcpState) -> bool {
+    use TcpState::*;
+    matches!(
+        (old, new),
+        (Close, SynSent) | (Close, Listen) | (Established, FinWait1) | (CloseWait, LastAck)
+    )
+}
+
+/// What the table knows of one live socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sock {
     pub netns: u32,
@@ -80,6 +146,27 @@ pub struct Sock {
     /// Whether `since_ns` is the real time of the transition (not a dump's).
     pub since_exact: bool,
     pub path: Path,
+    pub owner: Option<Owner>,
+    pub reset_sent: bool,
+    pub reset_received: bool,
+}
+
+impl Sock {
+    fn new(netns: u32, state: TcpState, local: SocketAddr, remote: SocketAddr, ts: u64) -> Self {
+        Self {
+            netns,
+            state,
+            local,
+            remote,
+            born_ns: None,
+            since_ns: ts,
+            since_exact: false,
+            path: Path::default(),
+            owner: None,
+            reset_sent: false,
+            reset_received: false,
+        }
+    }
 }
 
 /// A connection that ended.
@@ -94,6 +181,10 @@ pub struct Closed {
     /// The state it left for CLOSE.
     pub last: TcpState,
     pub path: Path,
+    pub owner: Option<Owner>,
+    pub end: End,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
 }
 
 impl Closed {
@@ -102,9 +193,20 @@ impl Closed {
     }
 }
 
+/// What applying a transition found out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Time spent in the state the socket left, when the table saw it enter that state.
+    pub prev_state_ns: Option<u64>,
+    /// The record of the connection, when this transition ended it.
+    pub closed: Option<Closed>,
+}
+
 #[derive(Debug)]
 pub struct Table {
     live: HashMap<u64, Sock>,
+    /// (netns, port) of each listener, to give accepted sockets their listener's owner.
+    listeners: HashMap<(u32, u16), u64>,
     closed: VecDeque<Closed>,
     closed_capacity: usize,
     /// Closed records evicted to respect the capacity.
@@ -125,61 +227,144 @@ impl Table {
     pub fn with_capacity(closed_capacity: usize) -> Self {
         Self {
             live: HashMap::new(),
+            listeners: HashMap::new(),
             closed: VecDeque::new(),
             closed_capacity,
             evicted: 0,
         }
     }
 
-    /// Applies a transition; returns how long the socket spent in its previous state, when the
-    /// table saw it enter that state.
-    pub fn apply(&mut self, t: &Transition) -> Option<u64> {
+    /// Applies a transition.
+    pub fn apply(&mut self, t: &Transition) -> Applied {
         let prev = self.live.get(&t.cookie).copied();
         if let Some(p) = prev
             && t.ts_ns < p.since_ns
         {
             // Older than what a dump already showed: the dump wins.
-            return None;
+            return Applied::default();
         }
-        let prev_ns = prev
+        let prev_state_ns = prev
             .filter(|p| p.state == t.old && p.since_exact)
             .map(|p| t.ts_ns.saturating_sub(p.since_ns));
-        let mut sock = prev.unwrap_or(Sock {
-            netns: t.netns,
-            state: t.old,
-            local: t.local,
-            remote: t.remote,
-            // A socket first seen leaving CLOSE is being created now, and so is the child
-            // socket a LISTEN -> SYN-RECV event carries.
-            born_ns: (t.old == TcpState::Close
-                || (t.old == TcpState::Listen && t.new == TcpState::SynRecv))
-                .then_some(t.ts_ns),
-            since_ns: t.ts_ns,
-            since_exact: false,
-            path: Path::default(),
-        });
+        let mut sock = prev.unwrap_or_else(|| self.first_sight(t));
         // The connect event fires before the local port is chosen; later events have it.
         if t.local.port() != 0 || sock.local.port() == 0 {
             sock.local = t.local;
         }
         sock.remote = t.remote;
+        if in_owner_context(t.old, t.new) && t.task.pid != 0 {
+            sock.owner = Some(match sock.owner {
+                Some(o) if o.task.pid == t.task.pid => Owner { task: t.task, ..o },
+                _ => Owner::new(t.task),
+            });
+        }
+        self.index_listener(t, t.cookie);
         if t.new == TcpState::Close {
             self.live.remove(&t.cookie);
-            if t.old != TcpState::Close {
-                self.close(t, sock);
-            }
-            return prev_ns;
+            let closed = (t.old != TcpState::Close).then(|| self.close(t, sock));
+            return Applied {
+                prev_state_ns,
+                closed,
+            };
         }
         sock.path.push(t.new, t.ts_ns);
         sock.state = t.new;
         sock.since_ns = t.ts_ns;
         sock.since_exact = true;
         self.live.insert(t.cookie, sock);
-        prev_ns
+        Applied {
+            prev_state_ns,
+            closed: None,
+        }
     }
 
-    fn close(&mut self, t: &Transition, sock: Sock) {
-        self.push_closed(Closed {
+    /// A socket the table has not seen: is it being created?
+    fn first_sight(&self, t: &Transition) -> Sock {
+        let mut sock = Sock::new(t.netns, t.old, t.local, t.remote, t.ts_ns);
+        if t.old == TcpState::Close {
+            sock.born_ns = Some(t.ts_ns);
+        }
+        // The child socket a LISTEN -> SYN-RECV event carries is new, and belongs to whoever
+        // owns the listener (the event itself runs in the client's softirq).
+        if t.old == TcpState::Listen && t.new == TcpState::SynRecv {
+            sock.born_ns = Some(t.ts_ns);
+            sock.owner = self
+                .listeners
+                .get(&(t.netns, t.local.port()))
+                .and_then(|l| self.live.get(l))
+                .and_then(|l| l.owner)
+                .map(|o| Owner { fd: None, ..o });
+        }
+        sock
+    }
+
+    fn index_listener(&mut self, t: &Transition, cookie: u64) {
+        let key = (t.netns, t.local.port());
+        if t.new == TcpState::Listen {
+            self.listeners.insert(key, cookie);
+        } else if t.old == TcpState::Listen && self.listeners.get(&key) == Some(&cookie) {
+            self.listeners.remove(&key);
+        }
+    }
+
+    /// Applies any decoded event.
+    pub fn event(&mut self, e: &Event) -> Applied {
+        match e {
+            Event::Transition(t) => self.apply(t),
+            Event::Hint(h) => {
+                self.hint(h);
+                Applied::default()
+            }
+        }
+    }
+
+    /// Applies an owner or reset hint.
+    pub fn hint(&mut self, h: &Hint) {
+        let sock = self
+            .live
+            .entry(h.cookie)
+            .or_insert_with(|| Sock::new(h.netns, h.state, h.local, h.remote, h.ts_ns));
+        match h.kind {
+            HintKind::Io if h.task.pid != 0 => {
+                if sock.owner.is_none_or(|o| o.task.pid != h.task.pid) {
+                    sock.owner = Some(Owner::new(h.task));
+                }
+            }
+            HintKind::Io => {}
+            HintKind::ResetSent => sock.reset_sent = true,
+            HintKind::ResetReceived => sock.reset_received = true,
+        }
+    }
+
+    /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump.
+    pub fn set_owners(&mut self, dump: &[DiagSock], owners: &HashMap<u32, Owner>) {
+        for d in dump.iter().filter(|d| d.inode != 0) {
+            if let (Some(sock), Some(owner)) = (self.live.get_mut(&d.cookie), owners.get(&d.inode))
+            {
+                sock.owner = Some(*owner);
+            }
+        }
+    }
+
+    fn close(&mut self, t: &Transition, sock: Sock) -> Closed {
+        let end = if sock.reset_received {
+            if t.old == TcpState::SynSent {
+                End::Refused
+            } else {
+                End::ResetReceived
+            }
+        } else if sock.reset_sent {
+            End::ResetSent
+        } else if t.old == TcpState::SynSent {
+            // close() runs in the owner; the SYN retry timer runs in whatever task is on the CPU.
+            match sock.owner {
+                Some(o) if o.task.pid == t.task.pid => End::ConnectAborted,
+                _ => End::ConnectTimeout,
+            }
+        } else {
+            End::Normal
+        };
+        let closed = Closed {
             cookie: t.cookie,
             netns: sock.netns,
             local: sock.local,
@@ -188,7 +373,12 @@ impl Table {
             closed_ns: t.ts_ns,
             last: t.old,
             path: sock.path,
-        });
+            owner: sock.owner,
+            end,
+            bytes_acked: t.bytes_acked,
+            bytes_received: t.bytes_received,
+        };
+        self.push_closed(closed);
         // The kernel replaces a full socket that leaves FIN-WAIT-2 or CLOSING with a timewait
         // socket of the same cookie (tcp_time_wait()) and fires no event for it.
         if matches!(t.old, TcpState::FinWait2 | TcpState::Closing) {
@@ -205,6 +395,7 @@ impl Table {
                 },
             );
         }
+        closed
     }
 
     fn push_closed(&mut self, c: Closed) {
@@ -229,16 +420,10 @@ impl Table {
         self.live
             .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
         for d in dump {
-            let entry = self.live.entry(d.cookie).or_insert_with(|| Sock {
-                netns,
-                state: d.state,
-                local: d.local,
-                remote: d.remote,
-                born_ns: None,
-                since_ns: t0_ns,
-                since_exact: false,
-                path: Path::default(),
-            });
+            let entry = self
+                .live
+                .entry(d.cookie)
+                .or_insert_with(|| Sock::new(netns, d.state, d.local, d.remote, t0_ns));
             if entry.state != d.state && entry.since_ns <= t0_ns {
                 entry.state = d.state;
                 entry.since_ns = t0_ns;
@@ -289,6 +474,118 @@ mod tests {
         from_event(&ev).unwrap()
     }
 
+    /// A transition of socket `cookie` run by task `pid`.
+    fn by(cookie: u64, pid: u32, ts: u64, old: TcpState, new: TcpState) -> Transition {
+        let mut t = at(ts, old.to_kernel(), new.to_kernel());
+        t.cookie = cookie;
+        t.task = Task::new(pid, pid, 1000, &format!("p{pid}"));
+        t
+    }
+
+    fn hint(cookie: u64, pid: u32, kind: HintKind) -> Hint {
+        let t = by(cookie, pid, 0, TcpState::Established, TcpState::Established);
+        Hint {
+            kind,
+            ts_ns: 5,
+            cookie,
+            netns: t.netns,
+            state: TcpState::Established,
+            local: t.local,
+            remote: t.remote,
+            task: t.task,
+        }
+    }
+
+    fn owner_pid(table: &Table, cookie: u64) -> Option<u32> {
+        table.get(cookie).and_then(|s| s.owner).map(|o| o.task.pid)
+    }
+
+    #[test]
+    fn owners_come_from_owner_context_and_accepted_sockets_inherit_the_listener() {
+        use TcpState::*;
+        let mut table = Table::new();
+        // Server 100 listens on :41000 (the fixture's local port).
+        table.apply(&by(1, 100, 10, Close, Listen));
+        // Client 200 connects; the handshake runs in softirq with the peer's task.
+        table.apply(&by(2, 200, 20, Close, SynSent));
+        table.apply(&by(3, 200, 21, Listen, SynRecv));
+        table.apply(&by(2, 100, 22, SynSent, Established));
+        table.apply(&by(3, 200, 23, SynRecv, Established));
+        assert_eq!(
+            owner_pid(&table, 2),
+            Some(200),
+            "softirq event did not change it"
+        );
+        assert_eq!(
+            owner_pid(&table, 3),
+            Some(100),
+            "accepted: the listener's owner"
+        );
+        // The server hands the connection to worker 300, which reads from it.
+        table.hint(&hint(3, 300, HintKind::Io));
+        assert_eq!(owner_pid(&table, 3), Some(300));
+        // A timer-driven transition (pid 0) changes nothing; the close runs in the owner.
+        table.apply(&by(3, 0, 30, Established, CloseWait));
+        table.apply(&by(3, 300, 31, CloseWait, LastAck));
+        let closed = table.apply(&by(3, 0, 32, LastAck, Close)).closed.unwrap();
+        assert_eq!(closed.owner.map(|o| o.task.pid), Some(300));
+        assert_eq!(closed.end, End::Normal);
+    }
+
+    #[test]
+    fn how_connections_end() {
+        use TcpState::*;
+        // The hints arrive after the connect, before the rest.
+        let end = |events: &[Transition], hints: &[Hint]| {
+            let mut table = Table::new();
+            table.apply(&events[0]);
+            for h in hints {
+                table.hint(h);
+            }
+            events[1..]
+                .iter()
+                .filter_map(|t| table.apply(t).closed)
+                .last()
+                .map(|c| c.end)
+        };
+        let connect = by(7, 200, 1, Close, SynSent);
+        let refused = [connect, by(7, 0, 2, SynSent, Close)];
+        assert_eq!(
+            end(&refused, &[hint(7, 0, HintKind::ResetReceived)]),
+            Some(End::Refused)
+        );
+        assert_eq!(end(&refused, &[]), Some(End::ConnectTimeout));
+        let aborted = [connect, by(7, 200, 2, SynSent, Close)];
+        assert_eq!(end(&aborted, &[]), Some(End::ConnectAborted));
+        let reset = [
+            connect,
+            by(7, 0, 2, SynSent, Established),
+            by(7, 0, 3, Established, Close),
+        ];
+        assert_eq!(
+            end(&reset, &[hint(7, 0, HintKind::ResetReceived)]),
+            Some(End::ResetReceived)
+        );
+        assert_eq!(
+            end(&reset, &[hint(7, 200, HintKind::ResetSent)]),
+            Some(End::ResetSent)
+        );
+    }
+
+    #[test]
+    fn a_proc_scan_names_owners_with_their_fd() {
+        let mut table = Table::new();
+        let mut d = diag(9, TcpState::Listen);
+        d.inode = 4242;
+        table.reconcile(7, &[d], 0);
+        let owner = Owner {
+            task: Task::new(55, 55, 0, "sshd"),
+            fd: Some(3),
+        };
+        table.set_owners(&[d], &HashMap::from([(4242, owner)]));
+        assert_eq!(table.get(9).and_then(|s| s.owner), Some(owner));
+    }
+
     fn diag(cookie: u64, state: TcpState) -> DiagSock {
         DiagSock {
             cookie,
@@ -308,12 +605,16 @@ mod tests {
     #[test]
     fn time_in_previous_state_and_close_into_time_wait() {
         let mut table = Table::new();
-        assert_eq!(table.apply(&at(100, 7, 2)), None, "first sight: unknown");
-        assert_eq!(table.apply(&at(250, 2, 1)), Some(150));
+        assert_eq!(
+            table.apply(&at(100, 7, 2)).prev_state_ns,
+            None,
+            "first sight: unknown"
+        );
+        assert_eq!(table.apply(&at(250, 2, 1)).prev_state_ns, Some(150));
         assert_eq!(table.get(42).map(|e| e.state), Some(TcpState::Established));
-        assert_eq!(table.apply(&at(1250, 1, 4)), Some(1000));
-        assert_eq!(table.apply(&at(1300, 4, 5)), Some(50));
-        assert_eq!(table.apply(&at(1400, 5, 7)), Some(100));
+        assert_eq!(table.apply(&at(1250, 1, 4)).prev_state_ns, Some(1000));
+        assert_eq!(table.apply(&at(1300, 4, 5)).prev_state_ns, Some(50));
+        assert_eq!(table.apply(&at(1400, 5, 7)).prev_state_ns, Some(100));
         // The full socket closed; its timewait successor stays for 60 s.
         assert_eq!(table.get(42).map(|e| e.state), Some(TcpState::TimeWait));
         table.expire(1400 + TIME_WAIT_NS - 1);
@@ -342,7 +643,7 @@ mod tests {
         let mut table = Table::new();
         table.apply(&at(100, 7, 2));
         // SYN-SENT -> ESTAB was lost: the table says SYN-SENT, the event says ESTAB -> FIN-WAIT-1.
-        assert_eq!(table.apply(&at(900, 1, 4)), None);
+        assert_eq!(table.apply(&at(900, 1, 4)).prev_state_ns, None);
         assert_eq!(table.get(42).map(|e| e.state), Some(TcpState::FinWait1));
     }
 
@@ -383,7 +684,7 @@ mod tests {
         // An event older than the dump does not override it.
         let mut old = at(400, 10, 7);
         old.cookie = 3;
-        assert_eq!(table.apply(&old), None);
+        assert_eq!(table.apply(&old), Applied::default());
         assert_eq!(table.get(3).map(|s| s.state), Some(TcpState::Listen));
     }
 }

@@ -13,9 +13,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     attach::{KernelCounters, Probe, ProbeConfig},
-    decode,
+    decode::{self, Event},
     filter::{Filter, FilterInput},
+    netns,
     output::{LossKind, Printer},
+    procfs,
     table::Table,
 };
 
@@ -23,47 +25,67 @@ use crate::{
 pub struct Watcher<W: Write> {
     printer: Printer<W>,
     filter: Filter,
-    table: Table,
+    /// Print one record per ended connection instead of one per transition.
+    lifecycle: bool,
+    pub(crate) table: Table,
     reported: KernelCounters,
     /// Records that did not decode (a build mismatch): counted, never silently dropped.
     pub malformed: u64,
-    pub transitions: u64,
+    /// Records printed.
+    pub printed: u64,
 }
 
 impl<W: Write> Watcher<W> {
-    pub fn new(printer: Printer<W>, filter: Filter) -> Self {
+    pub fn new(printer: Printer<W>, filter: Filter, lifecycle: bool) -> Self {
         Self {
             printer,
             filter,
-            // Only timing is needed here: no closed history.
+            lifecycle,
+            // Live state, timing and owners only: no closed history.
             table: Table::with_capacity(0),
             reported: KernelCounters::default(),
             malformed: 0,
-            transitions: 0,
+            printed: 0,
         }
     }
 
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Ok(t) = decode::decode(bytes) else {
+        let Ok(event) = decode::decode(bytes) else {
             self.malformed += 1;
             return Ok(());
         };
-        let prev = self.table.apply(&t);
-        // The kernel already dropped what it could decide; this decides the rest.
+        let applied = self.table.event(&event);
+        let Event::Transition(t) = event else {
+            return Ok(());
+        };
+        let owner = applied
+            .closed
+            .and_then(|c| c.owner)
+            .or_else(|| self.table.get(t.cookie).and_then(|s| s.owner));
+        // The kernel already dropped what it could decide; this decides the rest. Owner
+        // predicates (pid, comm, uid) are about the owner, not the task on the CPU.
         let input = FilterInput {
             state: t.new,
             local: t.local,
             remote: t.remote,
             netns: Some(t.netns),
-            pid: Some(t.task.pid),
-            comm: Some(t.task.comm()),
-            uid: Some(t.task.uid),
+            pid: owner.map(|o| o.task.pid),
+            comm: owner.as_ref().map(|o| o.task.comm()),
+            uid: owner.map(|o| o.task.uid),
         };
         if !self.filter.matches_transition(t.old, &input) {
             return Ok(());
         }
-        self.transitions += 1;
-        self.printer.transition(&t, prev)
+        if self.lifecycle {
+            let Some(closed) = applied.closed else {
+                return Ok(());
+            };
+            self.printed += 1;
+            return self.printer.lifecycle(&closed);
+        }
+        self.printed += 1;
+        self.printer
+            .transition(&t, owner.as_ref(), applied.prev_state_ns)
     }
 
     /// Reports new losses in the stream; returns them (kind, new, total) for stderr.
@@ -118,6 +140,8 @@ pub async fn run<W: Write>(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut probe = Probe::attach(config)?;
+    // Sockets that predate us: their state and owners, so that their transitions name them.
+    netns::resync_all(&mut watcher.table, Some(&procfs::socket_owners()));
     ready();
     let fd = Fd(probe.ring_fd().as_raw_fd());
     // SAFETY: the fd is owned by `probe`, which is neither closed nor replaced while `ring`
@@ -179,7 +203,7 @@ mod tests {
         let words: Vec<String> = filter.iter().map(|w| w.to_string()).collect();
         let filter = Filter::parse(&words, &Default::default(), StateSet::ALL).unwrap();
         let printer = Printer::new(Vec::new(), Format::Json, Clock::fixed(UNIX_EPOCH), false);
-        Watcher::new(printer, filter)
+        Watcher::new(printer, filter, false)
     }
 
     fn raw(ts: u64, old: u8, new: u8) -> Vec<u8> {
@@ -203,7 +227,7 @@ mod tests {
         w.record(&raw(1_000, 7, 2)).unwrap();
         w.record(&raw(3_000, 2, 1)).unwrap();
         w.record(&[1, 2, 3]).unwrap();
-        assert_eq!((w.transitions, w.malformed), (2, 1));
+        assert_eq!((w.printed, w.malformed), (2, 1));
         let recs = lines(w);
         assert_eq!(recs[0]["prev_state_ns"], serde_json::Value::Null);
         assert_eq!(recs[1]["prev_state_ns"], 2_000);
@@ -216,10 +240,10 @@ mod tests {
         w.record(&raw(1_000, 7, 2)).unwrap(); // CLOSE -> SYN-SENT: neither state selected
         w.record(&raw(2_000, 2, 1)).unwrap(); // into ESTAB
         w.record(&raw(3_000, 1, 4)).unwrap(); // out of ESTAB
-        assert_eq!(w.transitions, 2);
+        assert_eq!(w.printed, 2);
         let mut w = watcher_with(&["dport = :80"]);
         w.record(&raw(1_000, 7, 2)).unwrap();
-        assert_eq!(w.transitions, 0);
+        assert_eq!(w.printed, 0);
     }
 
     #[test]
@@ -230,6 +254,7 @@ mod tests {
             primary_misses: 3,
             recovered: 1,
             seen: 10,
+            hints_ring_full: 0,
         };
         assert_eq!(
             w.counters(&c1).unwrap(),
@@ -245,6 +270,7 @@ mod tests {
             primary_misses: 5,
             recovered: 3,
             seen: 20,
+            hints_ring_full: 0,
         };
         assert_eq!(w.counters(&c2).unwrap(), vec![(LossKind::RingFull, 2, 6)]);
         let recs = lines(w);

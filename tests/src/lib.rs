@@ -15,7 +15,7 @@ use std::{
 
 use netmon::{
     attach::{Probe, ProbeConfig},
-    decode::{Transition, decode},
+    decode::{Event, Hint, Transition, decode},
 };
 use netmon_common::KernelFilter;
 
@@ -77,6 +77,7 @@ impl TestNetns {
                 netns: self.inum,
                 ..KernelFilter::ALL
             },
+            hints: true,
         };
         Probe::attach(&config).unwrap_or_else(|e| panic!("attaching the eBPF program: {e}"))
     }
@@ -143,19 +144,41 @@ pub fn connect_and_close(listener: &TcpListener) -> Conn {
     conn
 }
 
+/// Everything a probe delivered: transitions, and the owner/reset hints.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub transitions: Vec<Transition>,
+    pub hints: Vec<Hint>,
+}
+
 /// Drains `probe` until `want` transitions arrived or `timeout` passed.
-pub fn collect(probe: &mut Probe, want: usize, timeout: Duration) -> Vec<Transition> {
-    let mut out = Vec::new();
+pub fn collect(probe: &mut Probe, want: usize, timeout: Duration) -> Collected {
+    let mut events = Vec::new();
+    let drain = |probe: &mut Probe, events: &mut Vec<Event>| {
+        probe.drain(|bytes| events.push(decode(bytes).expect("decode ring record")))
+    };
+    let transitions = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Transition(_)))
+            .count()
+    };
     let deadline = Instant::now() + timeout;
-    while out.len() < want && Instant::now() < deadline {
-        let n = probe.drain(|bytes| out.push(decode(bytes).expect("decode ring record")));
-        if n == 0 {
+    while transitions(&events) < want && Instant::now() < deadline {
+        if drain(probe, &mut events) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     // Anything more that was already on its way would be a bug the caller should see.
     std::thread::sleep(Duration::from_millis(50));
-    probe.drain(|bytes| out.push(decode(bytes).expect("decode ring record")));
+    drain(probe, &mut events);
+    let mut out = Collected::default();
+    for e in events {
+        match e {
+            Event::Transition(t) => out.transitions.push(t),
+            Event::Hint(h) => out.hints.push(h),
+        }
+    }
     out
 }
 

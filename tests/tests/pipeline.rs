@@ -44,7 +44,7 @@ fn exact_sequences(bind: &'static str) {
         let listener = TcpListener::bind(bind).expect("bind");
         connect_and_close(&listener)
     });
-    let events = collect(&mut probe, 12, Duration::from_secs(5));
+    let events = collect(&mut probe, 12, Duration::from_secs(5)).transitions;
     assert_eq!(events.len(), 12, "expected 12 transitions, got {events:#?}");
     assert!(events.iter().all(|t| t.netns == ns.inum));
 
@@ -108,7 +108,9 @@ fn forced_loss_is_counted_exactly() {
         }
     });
     let generated = (CONNS * 10 + LISTENER.len()) as u64;
-    let received = collect(&mut probe, 0, Duration::from_millis(10)).len() as u64;
+    let received = collect(&mut probe, 0, Duration::from_millis(10))
+        .transitions
+        .len() as u64;
     let c = probe.counters().expect("read counters");
     assert!(c.ring_full > 0, "a one-page ring must overflow: {c:?}");
     assert_eq!(
