@@ -196,6 +196,8 @@ impl FilterInput<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     states: StateSet,
+    /// Whether `state`/`exclude` words chose [`Self::states`] (rather than the default).
+    state_words: bool,
     families: u32,
     expr: Option<Expr>,
 }
@@ -217,9 +219,11 @@ impl Filter {
             services,
         };
         let states = parser.state_words(default_states)?;
+        let state_words = parser.pos > 0;
         let expr = parser.expression()?;
         Ok(Self {
             states,
+            state_words,
             families: FAMILY_ANY,
             expr,
         })
@@ -235,6 +239,16 @@ impl Filter {
 
     pub fn states(&self) -> StateSet {
         self.states
+    }
+
+    /// Whether `state`/`exclude` words left exactly one of ss's states, so that ss drops its
+    /// State column (ss.c main: `if (!(states & (states - 1)))`). SYN-RECV counts once, as ss
+    /// has one bit for it; the defaults never count (ss's `-l` is LISTEN and CLOSE, two states).
+    pub fn one_state_selected(&self) -> bool {
+        let mut chosen = TcpState::ALL
+            .into_iter()
+            .filter(|s| *s != TcpState::NewSynRecv && self.states.contains(*s));
+        self.state_words && chosen.next().is_some() && chosen.next().is_none()
     }
 
     /// Whether a socket in `input.state` passes, as `ss` would list it.
@@ -1580,6 +1594,40 @@ mod tests {
             error("state established dport = :22 state closed").span,
             30..35
         );
+    }
+
+    #[test]
+    fn one_state_selected_only_by_state_words_naming_one_ss_state() {
+        let one = |text: &str, defaults| {
+            parse_with(text, defaults)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .one_state_selected()
+        };
+        let all = StateSet::ALL;
+        for text in [
+            "state established",
+            "state listening sport = :22",
+            // Two kernel states, one ss state.
+            "state syn-recv",
+            "state bucket exclude time-wait",
+            // Down to LISTEN; netmon's `exclude` keeps unnamed high bits, ss has none.
+            "exclude connected exclude closed",
+            "state time-wait state time-wait",
+        ] {
+            assert!(one(text, all), "{text}");
+        }
+        for text in [
+            "",
+            "sport = :22",
+            "state all",
+            "state established state time-wait",
+            "state bucket",
+            "exclude established",
+        ] {
+            assert!(!one(text, all), "{text}");
+        }
+        // `-l` (LISTEN here, LISTEN and CLOSE in ss) keeps ss's State column.
+        assert!(!one("", StateSet::default_for(false, true)));
     }
 
     #[test]

@@ -168,7 +168,10 @@ pub fn render(
     }
     match args.format {
         Format::Json => render_json(&rows, data, out)?,
-        Format::Text => render_table(args, services, &rows, data, out)?,
+        Format::Text => {
+            let show_state = !filter.one_state_selected();
+            render_table(args, services, show_state, &rows, data, out)?
+        }
     }
     Ok(notes)
 }
@@ -235,9 +238,11 @@ const HEADERS: [&str; COLS] = [
     "Details",
 ];
 
+/// `show_state` false drops the State column, as ss does when one state is selected.
 fn render_table(
     args: &SnapshotArgs,
     services: &Services,
+    show_state: bool,
     rows: &[&Row],
     data: &Data<'_>,
     out: &mut impl Write,
@@ -337,17 +342,18 @@ fn render_table(
     }
 
     if !args.no_header {
+        if show_state {
+            write!(out, "{:<w0$} ", HEADERS[0], w0 = width[0])?;
+        }
         write!(
             out,
-            "{:<w0$} {:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
-            HEADERS[0],
+            "{:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
             HEADERS[1],
             HEADERS[2],
             "Local Address",
             ":Port",
             "Peer Address",
             ":Port",
-            w0 = width[0],
             w1 = width[1],
             w2 = width[2],
             la = laddr_w,
@@ -382,17 +388,18 @@ fn render_table(
         let (from3, to3) = cell(c, 3);
         let (from4, to4) = cell(c, 4);
         let (ls, ps) = (c.local_split as usize, c.peer_split as usize);
+        if show_state {
+            write!(out, "{:<w0$} ", text(0), w0 = width[0])?;
+        }
         write!(
             out,
-            "{:<w0$} {:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
-            text(0),
+            "{:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
             text(1),
             text(2),
             &row[from3..ls],
             &row[ls..to3],
             &row[from4..ps],
             &row[ps..to4],
-            w0 = width[0],
             w1 = width[1],
             w2 = width[2],
             la = laddr_w,
@@ -724,6 +731,29 @@ ESTAB     0      0      [::ffff:127.0.0.1]:8080  [::ffff:127.0.0.1]:41000
         assert_eq!(out.lines().count(), 1, "{out}");
         let out = show(&["-H", "-n", "-4"], fixture());
         assert_eq!(out.lines().count(), 1, "-4 excludes mapped sockets: {out}");
+    }
+
+    #[test]
+    fn one_selected_state_drops_the_state_column_as_in_ss() {
+        let out = show(&["-n", "state", "listening"], fixture());
+        let expected = "\
+Recv-Q Send-Q Local Address:Port Peer Address:Port
+1      128        127.0.0.1:22        0.0.0.0:*
+0      4096               *:8080            *:*
+";
+        assert_eq!(out, expected);
+        // Two states, or -l (LISTEN and CLOSE in ss): the column stays.
+        for words in [
+            &["-n", "-H", "state", "listening", "state", "time-wait"][..],
+            &["-n", "-H", "-l"],
+        ] {
+            let out = show(words, fixture());
+            assert!(
+                out.lines()
+                    .all(|l| l.starts_with("LISTEN") || l.starts_with("TIME-WAIT")),
+                "{words:?}: {out}"
+            );
+        }
     }
 
     #[test]

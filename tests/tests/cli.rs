@@ -1,4 +1,4 @@
-//! `netmon watch` as a user runs it: the real binary, its output, its exit codes.
+//! netmon as a user runs it: the real binary, its output, its exit codes.
 
 use std::{
     io::{BufRead, BufReader},
@@ -238,4 +238,30 @@ fn watch_without_privileges_prints_one_line_and_fails() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn snapshot_with_a_broken_filter_points_at_its_end_and_fails() {
+    // Parsing comes before anything else: no agent, no root, no namespace needed.
+    let filter = "dport = :ssh or";
+    let out = Command::new(netmon_bin())
+        .args(["snapshot", filter])
+        .env("NETMON_AGENT_SOCKET", "/nonexistent/netmon.sock")
+        .output()
+        .expect("run netmon snapshot");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "message, filter, carets: {err}");
+    assert!(lines[0].starts_with("netmon: filter: "), "{err}");
+    assert!(lines[0].contains("after `or`"), "{err}");
+    let column = lines[1].find(filter).expect("the filter is echoed");
+    // One caret, just past the last character: something is missing there.
+    assert_eq!(
+        lines[2],
+        format!("{}^", " ".repeat(column + filter.len())),
+        "{err}"
+    );
 }
