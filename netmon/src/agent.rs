@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use crate::{
-    attach::{KernelCounters, Probe, ProbeConfig},
+    attach::{KernelCounters, Probe, ProbeConfig, RingWaiter},
     decode,
     filter::Services,
     netns::{self, Netns},
@@ -45,6 +45,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(50);
+const COUNTERS_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,14 +85,16 @@ struct Agent {
 }
 
 impl Agent {
-    /// Applies every waiting event to the table.
-    fn drain(&mut self) -> usize {
+    /// Applies waiting events to the table, a ring's worth at most; true if more may wait.
+    fn drain(&mut self) -> bool {
         let table = &mut self.table;
-        self.probe.drain(|bytes| {
-            if let Ok(e) = decode::decode(bytes) {
-                table.event(&e);
-            }
-        })
+        self.probe
+            .drain(|bytes| {
+                if let Ok(e) = decode::decode(bytes) {
+                    table.event(&e);
+                }
+            })
+            .more
     }
 
     fn reconcile_all(&mut self) {
@@ -152,21 +155,25 @@ async fn serve(
     listener: UnixListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiter = RingWaiter::new(&agent.borrow().probe, TICK)?;
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.tick().await;
     tokio::pin!(stop);
-    let mut ticks = 0u32;
+    let mut more = false;
+    let mut counters_read = std::time::Instant::now();
     loop {
         tokio::select! {
+            biased;
             () = &mut stop => return Ok(()),
-            _ = tick.tick() => {
+            waited = waiter.wait(more) => {
+                waited?;
                 let mut a = agent.borrow_mut();
-                a.drain();
-                ticks += 1;
-                if ticks.is_multiple_of(10) && a.losses_grew()? {
-                    a.reconcile_all();
+                more = a.drain();
+                if counters_read.elapsed() >= COUNTERS_EVERY {
+                    counters_read = std::time::Instant::now();
+                    if a.losses_grew()? {
+                        a.reconcile_all();
+                    }
                 }
             }
             _ = reconcile.tick() => agent.borrow_mut().reconcile_all(),

@@ -107,6 +107,9 @@ pub struct Probe {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// Most records one [`Probe::drain`] takes: a full ring's worth, so that a reader facing a
+    /// producer as fast as itself still returns to check for Ctrl-C.
+    batch: usize,
 }
 
 impl Probe {
@@ -161,22 +164,28 @@ impl Probe {
             ebpf,
             ring,
             counters,
+            batch: bytes as usize / (size_of::<netmon_common::SockEvent>() + 8),
         })
     }
 
-    /// Calls `f` with each waiting record, oldest first; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Calls `f` with each waiting record, oldest first, up to a ring's worth; returns how
+    /// many there were and whether more may be waiting.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> Drained {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        while n < self.batch {
+            let Some(item) = self.ring.next() else {
+                return Drained {
+                    records: n,
+                    more: false,
+                };
+            };
             f(&item);
             n += 1;
         }
-        n
-    }
-
-    /// The ring buffer's fd: readable when the program woke the reader.
-    pub fn ring_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+        Drained {
+            records: n,
+            more: true,
+        }
     }
 
     /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event).
@@ -209,6 +218,57 @@ impl Probe {
             .fd()
             .map_err(|source| AttachError::Program { name, source })?;
         prog_recursion_misses(fd.as_fd()).map_err(|source| AttachError::ProgInfo { name, source })
+    }
+}
+
+/// What one [`Probe::drain`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub records: usize,
+    /// The batch limit was reached: drain again without waiting.
+    pub more: bool,
+}
+
+/// Waits until the ring has something to read: the program woke us, or the tick passed (the
+/// program wakes the reader only once `wakeup_bytes` wait), or at once after a cut-short drain.
+pub struct RingWaiter {
+    fd: tokio::io::unix::AsyncFd<RawRingFd>,
+    tick: tokio::time::Interval,
+}
+
+struct RawRingFd(std::os::fd::RawFd);
+
+impl AsRawFd for RawRingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+impl RingWaiter {
+    /// `probe` must outlive the waiter (it owns the fd).
+    pub fn new(probe: &Probe, tick: std::time::Duration) -> std::io::Result<Self> {
+        let fd = RawRingFd(probe.ring.as_raw_fd());
+        // SAFETY: the fd is owned by the probe, which the caller keeps alive and unchanged
+        // while the waiter is registered.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)?
+        };
+        let mut tick = tokio::time::interval(tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self { fd, tick })
+    }
+
+    pub async fn wait(&mut self, more: bool) -> std::io::Result<()> {
+        if more {
+            // Yield rather than loop: the runtime then polls its drivers (signals, sockets).
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        tokio::select! {
+            guard = self.fd.readable() => guard?.clear_ready(),
+            _ = self.tick.tick() => {}
+        }
+        Ok(())
     }
 }
 

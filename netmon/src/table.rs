@@ -191,6 +191,17 @@ impl Closed {
     pub fn lifespan_ns(&self) -> Option<u64> {
         self.born_ns.map(|b| self.closed_ns.saturating_sub(b))
     }
+
+    /// A reset reported after the socket reached CLOSE (see [`Table::hint`]).
+    pub fn late_hint(&mut self, kind: HintKind) {
+        if self.end == End::Normal {
+            match kind {
+                HintKind::ResetSent => self.end = End::ResetSent,
+                HintKind::ResetReceived => self.end = End::ResetReceived,
+                HintKind::Io => {}
+            }
+        }
+    }
 }
 
 /// What applying a transition found out.
@@ -320,6 +331,20 @@ impl Table {
 
     /// Applies an owner or reset hint.
     pub fn hint(&mut self, h: &Hint) {
+        if !self.live.contains_key(&h.cookie) && h.state == TcpState::Close {
+            // tcp_close() moves a socket with unread data to CLOSE and then sends its RST, so
+            // that hint comes after the connection's record: amend the record.
+            if let Some(c) = self
+                .closed
+                .iter_mut()
+                .rev()
+                .take(64)
+                .find(|c| c.cookie == h.cookie)
+            {
+                c.late_hint(h.kind);
+            }
+            return;
+        }
         let sock = self
             .live
             .entry(h.cookie)
@@ -424,6 +449,9 @@ impl Table {
                 .live
                 .entry(d.cookie)
                 .or_insert_with(|| Sock::new(netns, d.state, d.local, d.remote, t0_ns));
+            if d.state == TcpState::Listen {
+                self.listeners.insert((netns, d.local.port()), d.cookie);
+            }
             if entry.state != d.state && entry.since_ns <= t0_ns {
                 entry.state = d.state;
                 entry.since_ns = t0_ns;
@@ -569,6 +597,24 @@ mod tests {
         assert_eq!(
             end(&reset, &[hint(7, 200, HintKind::ResetSent)]),
             Some(End::ResetSent)
+        );
+    }
+
+    #[test]
+    fn a_reset_sent_after_close_amends_the_record() {
+        use TcpState::*;
+        let mut table = Table::new();
+        table.apply(&by(4, 100, 1, Close, SynSent));
+        table.apply(&by(4, 0, 2, SynSent, Established));
+        // close() with unread data: CLOSE first, then the RST.
+        table.apply(&by(4, 100, 3, Established, Close));
+        let mut rst = hint(4, 100, HintKind::ResetSent);
+        rst.state = Close;
+        table.hint(&rst);
+        assert_eq!(table.closed().last().map(|c| c.end), Some(End::ResetSent));
+        assert!(
+            table.get(4).is_none(),
+            "no live entry is made for a closed socket"
         );
     }
 

@@ -5,20 +5,17 @@
 
 use std::{
     io::{self, Write},
-    os::fd::{AsRawFd, RawFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use tokio::io::unix::AsyncFd;
-
 use crate::{
-    attach::{KernelCounters, Probe, ProbeConfig},
+    attach::{KernelCounters, Probe, ProbeConfig, RingWaiter},
     decode::{self, Event},
     filter::{Filter, FilterInput},
     netns,
     output::{LossKind, Printer},
     procfs,
-    table::Table,
+    table::{Closed, Table},
 };
 
 /// Turns ring records and counter readings into output.
@@ -33,6 +30,9 @@ pub struct Watcher<W: Write> {
     pub malformed: u64,
     /// Records printed.
     pub printed: u64,
+    /// Lifecycle records held until the end of the batch: a reset sent on close is reported
+    /// just after the socket's CLOSE (see `Table::hint`).
+    pending: Vec<Closed>,
 }
 
 impl<W: Write> Watcher<W> {
@@ -46,6 +46,7 @@ impl<W: Write> Watcher<W> {
             reported: KernelCounters::default(),
             malformed: 0,
             printed: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -55,8 +56,14 @@ impl<W: Write> Watcher<W> {
             return Ok(());
         };
         let applied = self.table.event(&event);
-        let Event::Transition(t) = event else {
-            return Ok(());
+        let t = match event {
+            Event::Transition(t) => t,
+            Event::Hint(h) => {
+                for c in self.pending.iter_mut().filter(|c| c.cookie == h.cookie) {
+                    c.late_hint(h.kind);
+                }
+                return Ok(());
+            }
         };
         let owner = applied
             .closed
@@ -77,11 +84,8 @@ impl<W: Write> Watcher<W> {
             return Ok(());
         }
         if self.lifecycle {
-            let Some(closed) = applied.closed else {
-                return Ok(());
-            };
-            self.printed += 1;
-            return self.printer.lifecycle(&closed);
+            self.pending.extend(applied.closed);
+            return Ok(());
         }
         self.printed += 1;
         self.printer
@@ -114,23 +118,20 @@ impl<W: Write> Watcher<W> {
         Ok(out)
     }
 
+    /// Prints what was held for the batch, and flushes.
     pub fn flush(&mut self) -> io::Result<()> {
+        for c in std::mem::take(&mut self.pending) {
+            self.printed += 1;
+            self.printer.lifecycle(&c)?;
+        }
         self.printer.flush()
     }
 }
 
-/// How often the reader drains the ring when the program has not woken it (the program wakes
-/// it only once `wakeup_bytes` wait), and how often loss counters are read.
+/// How often the reader drains the ring when the program has not woken it, and how often
+/// loss counters are read.
 const TICK: Duration = Duration::from_millis(50);
-const COUNTER_EVERY_TICKS: u32 = 5;
-
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
+const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 
 /// Attaches and streams until `stop` resolves (Ctrl-C) or the output closes.
 pub async fn run<W: Write>(
@@ -143,23 +144,19 @@ pub async fn run<W: Write>(
     // Sockets that predate us: their state and owners, so that their transitions name them.
     netns::resync_all(&mut watcher.table, Some(&procfs::socket_owners()));
     ready();
-    let fd = Fd(probe.ring_fd().as_raw_fd());
-    // SAFETY: the fd is owned by `probe`, which is neither closed nor replaced while `ring`
-    // (dropped first, at the end of this function) is registered.
-    let ring = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiter = RingWaiter::new(&probe, TICK)?;
     tokio::pin!(stop);
-    let mut ticks = 0u32;
+    let mut more = false;
+    let mut counters_read = Instant::now();
     loop {
         let stopping = tokio::select! {
-            guard = ring.readable() => { guard?.clear_ready(); false }
-            _ = tick.tick() => { ticks += 1; false }
+            biased;
             () = &mut stop => true,
+            waited = waiter.wait(more) => { waited?; false }
         };
-        drain(&mut probe, watcher)?;
-        if stopping || ticks >= COUNTER_EVERY_TICKS {
-            ticks = 0;
+        more = drain(&mut probe, watcher)?;
+        if stopping || counters_read.elapsed() >= COUNTERS_EVERY {
+            counters_read = Instant::now();
             for (kind, count, total) in watcher.counters(&probe.counters()?)? {
                 eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
             }
@@ -171,15 +168,17 @@ pub async fn run<W: Write>(
     }
 }
 
-fn drain<W: Write>(probe: &mut Probe, watcher: &mut Watcher<W>) -> io::Result<()> {
+/// One batch from the ring into the watcher; true if more may be waiting.
+fn drain<W: Write>(probe: &mut Probe, watcher: &mut Watcher<W>) -> io::Result<bool> {
     let mut result = Ok(());
-    probe.drain(|bytes| {
+    let drained = probe.drain(|bytes| {
         if result.is_ok() {
             result = watcher.record(bytes);
         }
     });
     result?;
-    watcher.flush()
+    watcher.flush()?;
+    Ok(drained.more)
 }
 
 #[cfg(test)]
@@ -244,6 +243,27 @@ mod tests {
         let mut w = watcher_with(&["dport = :80"]);
         w.record(&raw(1_000, 7, 2)).unwrap();
         assert_eq!(w.printed, 0);
+    }
+
+    #[test]
+    fn lifecycle_records_wait_for_the_batch_and_take_late_resets() {
+        let mut w = watcher();
+        w.lifecycle = true;
+        w.record(&raw(1_000, 7, 2)).unwrap();
+        w.record(&raw(2_000, 2, 1)).unwrap();
+        w.record(&raw(3_000, 1, 7)).unwrap();
+        let mut rst = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7, 7);
+        rst.kind = netmon_common::EventKind::ResetSent as u8;
+        // SAFETY: plain data without padding.
+        let rst = unsafe { std::slice::from_raw_parts((&raw const rst).cast::<u8>(), 104) };
+        w.record(rst).unwrap();
+        assert_eq!(w.printed, 0, "held until the batch ends");
+        w.flush().unwrap();
+        let recs = lines(w);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0]["type"], "lifecycle");
+        assert_eq!(recs[0]["end"], "reset-sent");
+        assert_eq!(recs[0]["lifespan_ns"], 2_000);
     }
 
     #[test]

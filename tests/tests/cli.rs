@@ -1,90 +1,16 @@
 //! netmon as a user runs it: the real binary, its output, its exit codes.
 
 use std::{
-    io::{BufRead, BufReader},
     net::TcpListener,
-    process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc::{self, Receiver},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use netmon_tests::{TestNetns, connect_and_close, netmon_bin, require_root};
+use netmon_tests::{
+    TestNetns, connect_and_close, interrupt, lines, netmon_bin, require_root, spawn_watch,
+    stderr_of, wait_attached, wait_with_timeout,
+};
 use serde_json::Value;
-
-fn spawn_watch(args: &[&str]) -> Child {
-    require_root();
-    Command::new(netmon_bin())
-        .arg("watch")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn netmon watch")
-}
-
-/// Lines of the child's stdout, read on a thread.
-fn lines(stdout: ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Makes connections on a canary listener until `netmon` shows one: then it is attached.
-fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<String>) -> u16 {
-    let canary = ns.run(|| {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        (port, l)
-    });
-    let (port, listener) = canary;
-    let needle = format!(":{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let listener = std::sync::Arc::new(listener);
-    while Instant::now() < deadline {
-        let l = listener.clone();
-        ns.run(move || connect_and_close(&l));
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            let hit = line.contains(&needle);
-            seen.push(line);
-            if hit {
-                return port;
-            }
-        }
-    }
-    panic!("netmon watch showed no event within 20 s; output: {seen:#?}");
-}
-
-fn interrupt(child: &Child) {
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-}
-
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            panic!("netmon did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut s).ok();
-    s
-}
 
 #[test]
 fn watch_json_shows_all_10000_transitions_of_1000_connections() {
