@@ -331,11 +331,22 @@ pub struct JsonClosed<'a> {
 }
 
 #[derive(Serialize)]
-struct JsonOwner<'a> {
+pub struct JsonOwner<'a> {
     pid: u32,
     uid: u32,
     comm: &'a str,
     fd: Option<u32>,
+}
+
+impl<'a> JsonOwner<'a> {
+    pub fn new(o: &'a Owner) -> Self {
+        Self {
+            pid: o.task.pid,
+            uid: o.task.uid,
+            comm: o.task.comm(),
+            fd: o.fd,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -357,12 +368,7 @@ impl<'a> JsonClosed<'a> {
             peer_port: c.remote.port(),
             netns: c.netns,
             cookie: c.cookie,
-            owner: c.owner.as_ref().map(|o| JsonOwner {
-                pid: o.task.pid,
-                uid: o.task.uid,
-                comm: o.task.comm(),
-                fd: o.fd,
-            }),
+            owner: c.owner.as_ref().map(JsonOwner::new),
             end: c.end.name(),
             last_state: JsonState(c.last),
             states: c

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     filter::{Filter, FilterInput, Services, StateSet},
-    output::{Clock, Format, JsonClosed, duration, states_text, time_of_day},
+    output::{Clock, Format, JsonClosed, JsonOwner, duration, states_text, time_of_day},
     sock_diag::DiagSock,
     table::{Closed, Owner, Table},
 };
@@ -499,6 +499,7 @@ struct JsonSocket<'a> {
     inode: u32,
     age_ns: Option<u64>,
     state_ns: Option<u64>,
+    owner: Option<JsonOwner<'a>>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -525,6 +526,7 @@ fn render_json(rows: &[&Row], data: &Data<'_>, out: &mut impl Write) -> io::Resu
             inode: r.sock.inode,
             age_ns: ago(r.born_ns),
             state_ns: ago(r.since_ns),
+            owner: r.owner.as_ref().map(JsonOwner::new),
         };
         serde_json::to_writer(&mut *out, &rec)?;
         out.write_all(b"\n")?;
