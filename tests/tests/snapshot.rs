@@ -63,6 +63,40 @@ fn snapshot_equals_ss_tan_for_every_state_through_the_agent_and_without_it() {
 }
 
 #[test]
+fn all_netns_shows_every_namespace_with_its_inode() {
+    let a = TestNetns::new();
+    let b = TestNetns::new();
+    let _fa = hold_every_state(&a, Stack::V4);
+    let _fb = hold_every_state(&b, Stack::V6);
+    let agent = AgentProcess::start();
+    // Asked from namespace `a`, with --all-netns: `b`'s sockets too, each row naming its netns.
+    let out = agent.snapshot(&a, &["-tanH", "--all-netns"]);
+    let netns_of = |needle: &str| {
+        out.lines()
+            .filter(|l| l.contains(needle))
+            .map(|l| l.split_whitespace().nth(5).unwrap().parse::<u32>().unwrap())
+            .collect::<BTreeSet<u32>>()
+    };
+    assert!(netns_of("127.0.0.1:").contains(&a.inum), "{out}");
+    assert!(netns_of("[::1]:").contains(&b.inum), "{out}");
+    // Without it, only the caller's namespace, as ss.
+    let own = agent.snapshot(&a, &["-tanH"]);
+    assert!(!own.contains("[::1]:"), "{own}");
+    assert_eq!(normalise(&own, 5), normalise(&ss_in(&a, &["-tanH"]), 5));
+}
+
+#[test]
+fn agent_socket_is_not_open_to_everyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = AgentProcess::start();
+    let mode = std::fs::metadata(&agent.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o007, 0, "others must not connect: {mode:o}");
+}
+
+#[test]
 fn agent_knows_ages_of_sockets_it_saw_created() {
     let ns = TestNetns::new();
     let agent = AgentProcess::start();
