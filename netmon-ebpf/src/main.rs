@@ -51,8 +51,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 #[map]
 static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket address -> tgid of the last process seen doing I/O on it. LRU: a socket evicted
-/// here only costs one more hint event.
+/// Socket cookie -> tgid of the last process seen doing I/O on it. Keyed by cookie, not by
+/// address (addresses are reused), so closed sockets need no delete on the hot path: the LRU
+/// ages them out, and a live socket evicted here only costs one more hint event.
 #[map]
 static IO_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1 << 18, 0);
 
@@ -135,7 +136,8 @@ pub fn netmon_reset_received(ctx: BtfTracePointContext) -> i32 {
 
 fn io(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
-    let key = sk as u64;
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
+    let key = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The common case, a socket doing I/O in the process already seen, costs one lookup.
     // SAFETY: the value is a plain u32 copied out at once.
@@ -162,10 +164,6 @@ fn transition(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    if newstate == TCP_CLOSE {
-        // The socket address may be reused by a new socket: forget its I/O owner.
-        let _ = IO_OWNERS.remove(&(sk as u64));
-    }
     // SAFETY: plain read of a global userspace fills before load.
     let filter = unsafe { read_volatile(&FILTER) };
     if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
