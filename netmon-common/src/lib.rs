@@ -2,11 +2,15 @@
 //! offsets userspace resolves from BTF for the program, counter slots, and TCP states.
 #![no_std]
 
-/// Name of the eBPF program that handles every `inet_sock_set_state` transition.
-pub const PROG_PRIMARY: &str = "netmon_set_state";
-/// Name of the second copy, which only emits when the primary was skipped by the kernel's
-/// per-program recursion guard (see the eBPF crate's docs).
-pub const PROG_FALLBACK: &str = "netmon_set_state_fallback";
+/// The copies of the transition program, in attach order: the first handles every
+/// `inet_sock_set_state` transition; each next one only those every earlier copy was skipped
+/// for by the kernel's per-program recursion guard (see the eBPF crate's docs).
+pub const TRANSITION_PROGRAMS: [&str; TRANSITION_COPIES as usize] = [
+    "netmon_set_state",
+    "netmon_set_state_fallback",
+    "netmon_set_state_fallback2",
+];
+pub const TRANSITION_COPIES: u32 = 3;
 /// The BTF tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "inet_sock_set_state";
 /// Owner and ending hints: (program, BTF tracepoint). `sock_send_length`/`sock_recv_length`
@@ -43,7 +47,7 @@ pub const DEFAULT_WAKEUP_BYTES: u64 = 1 << 18;
 pub enum Counter {
     /// A ring-buffer reservation for a transition failed: the transition was dropped.
     RingFull = 0,
-    /// The fallback program emitted an event the primary was skipped for.
+    /// A fallback copy handled a transition the first copy was skipped for.
     Recovered = 1,
     /// Transitions that passed the in-kernel filter (reserve attempted).
     Seen = 2,

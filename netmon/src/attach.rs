@@ -10,8 +10,8 @@ use aya::{
 };
 use netmon_common::{
     Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, GLOBAL_FILTER, GLOBAL_OFFSETS,
-    GLOBAL_WAKEUP_BYTES, HINT_PROGRAMS, KernelFilter, MAP_COUNTERS, MAP_EVENTS, PROG_FALLBACK,
-    PROG_PRIMARY, SockOffsets, TRACEPOINT,
+    GLOBAL_WAKEUP_BYTES, HINT_PROGRAMS, KernelFilter, MAP_COUNTERS, MAP_EVENTS, SockOffsets,
+    TRACEPOINT, TRANSITION_PROGRAMS,
 };
 
 use crate::offsets;
@@ -89,7 +89,7 @@ pub struct KernelCounters {
     pub ring_full: u64,
     /// Transitions the primary program was skipped for (nested on its CPU).
     pub primary_misses: u64,
-    /// Of those, the ones the fallback program handled.
+    /// Of those, the ones a fallback copy handled.
     pub recovered: u64,
     /// Owner and reset hints dropped because the ring was full.
     pub hints_ring_full: u64,
@@ -132,8 +132,11 @@ impl Probe {
             .map_err(permission_or(AttachError::Load))?;
         let btf = Btf::from_sys_fs()?;
         // Order matters: the kernel runs a tracepoint's probes in attach order, and the
-        // fallback must run after the primary (see netmon-ebpf).
-        let mut programs = vec![(PROG_PRIMARY, TRACEPOINT), (PROG_FALLBACK, TRACEPOINT)];
+        // fallbacks must run after the first copy (see netmon-ebpf).
+        let mut programs: Vec<_> = TRANSITION_PROGRAMS
+            .iter()
+            .map(|p| (*p, TRACEPOINT))
+            .collect();
         if config.hints {
             programs.extend(HINT_PROGRAMS);
         }
@@ -205,7 +208,7 @@ impl Probe {
             ring_full: sum(Counter::RingFull)?,
             recovered: sum(Counter::Recovered)?,
             hints_ring_full: sum(Counter::HintRingFull)?,
-            primary_misses: self.recursion_misses(PROG_PRIMARY)?,
+            primary_misses: self.recursion_misses(TRANSITION_PROGRAMS[0])?,
         })
     }
 

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io,
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use crate::{
@@ -77,23 +77,42 @@ pub fn current_inum() -> io::Result<u32> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)
 }
 
-/// Every namespace a process lives in or `ip netns` keeps (/run/netns), once each. Processes
-/// that exit while we look are skipped.
+/// Every namespace on the machine that can be reached: those processes live in, those
+/// `ip netns` pins (/run/netns), and those held open by a process's fd (`net:[inode]`), once
+/// each. Processes that exit while we look are skipped.
 pub fn all() -> Vec<Netns> {
     let mut found = BTreeMap::new();
-    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    let pinned = std::fs::read_dir("/run/netns")
+    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
-        .flatten();
-    let paths = procs
+        .flatten()
         .filter(|e| {
             e.file_name()
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
-        .map(|e| e.path().join("ns/net"))
-        .chain(pinned.map(|e| e.path()));
+        .map(|e| e.path())
+        .collect();
+    let pinned = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
+    let held = pids.iter().flat_map(|p| {
+        std::fs::read_dir(p.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"net:["))
+            })
+            .map(|fd| fd.path())
+    });
+    let paths = pids
+        .iter()
+        .map(|p| p.join("ns/net"))
+        .chain(pinned.map(|e| e.path()))
+        .chain(held);
     for path in paths {
         // Stat first: cheaper than opening, and most processes share a namespace.
         let Ok(meta) = std::fs::metadata(&path) else {
