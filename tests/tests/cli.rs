@@ -74,7 +74,9 @@ fn watch_json_shows_all_10000_transitions_of_1000_connections() {
 #[test]
 fn watch_exits_quietly_when_the_reader_goes_away() {
     let ns = TestNetns::new();
-    let mut child = spawn_watch(&[]);
+    // Only this test's namespace: other activity on the machine must not write to the pipe.
+    let only_ours = format!("netns = {}", ns.inum);
+    let mut child = spawn_watch(&[&only_ours]);
     let rx = lines(child.stdout.take().unwrap());
     let mut out = Vec::new();
     wait_attached(&ns, &rx, &mut out);
@@ -104,7 +106,8 @@ fn watch_exits_quietly_when_the_reader_goes_away() {
 #[test]
 fn watch_reports_losses_in_the_stream_and_on_stderr() {
     let ns = TestNetns::new();
-    let mut child = spawn_watch(&["--format", "json", "--ring-size", "4096"]);
+    let only_ours = format!("netns = {}", ns.inum);
+    let mut child = spawn_watch(&["--format", "json", "--ring-size", "4096", &only_ours]);
     let rx = lines(child.stdout.take().unwrap());
     let mut out = Vec::new();
     wait_attached(&ns, &rx, &mut out);

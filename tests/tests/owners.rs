@@ -58,7 +58,8 @@ fn host(bind: &str) -> &str {
 fn owners_of_every_event(bind: &'static str) {
     let ns = TestNetns::new();
     let (server, port) = server(&ns, bind, "normal");
-    let mut watch = spawn_watch(&["--format", "json"]);
+    let only_ours = format!("netns = {}", ns.inum);
+    let mut watch = spawn_watch(&["--format", "json", &only_ours]);
     let rx = lines(watch.stdout.take().unwrap());
     let mut seen = Vec::new();
     wait_attached(&ns, &rx, &mut seen);
