@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// adds two clock reads per program run to the traced runs.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Keep the last JSON run's output as target/bench/watch.json (hundreds of MB) to look
+    /// into missing transitions.
+    #[arg(long)]
+    pub keep_json: bool,
     /// Skip the storm (parts 1 and 2 and the agent CPU).
     #[arg(long)]
     pub no_storm: bool,
@@ -85,6 +89,7 @@ pub struct BenchArgs {
 /// The bench's parameters once the defaults and `--quick` are applied.
 struct Plan {
     modes: Vec<Mode>,
+    keep_json: bool,
     storm_secs: f64,
     rounds: usize,
     threads: usize,
@@ -96,6 +101,7 @@ impl Plan {
     fn new(a: &BenchArgs) -> Result<Self> {
         let plan = Self {
             modes: a.modes.clone(),
+            keep_json: a.keep_json,
             storm_secs: a.storm_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 }),
             rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }),
             threads: a.storm_threads,
@@ -261,6 +267,8 @@ impl StormOut {
 struct Capture {
     /// Transitions in the storm's namespace, by `old -> new`.
     by_kind: BTreeMap<String, u64>,
+    /// Transitions of every namespace in the file.
+    all_transitions: u64,
     transitions: u64,
     /// Loss totals from the stream's `loss` records and from stderr, by kind.
     stream_ring_full: u64,
@@ -277,9 +285,17 @@ struct StormRun {
     tracer_cpu: Option<sys::CpuTime>,
     /// IRQ-work interrupts (ring buffer wake-ups) during the storm, all CPUs.
     irq_work: u64,
+    /// Sockets other than TIME-WAIT in the namespace right after the storm, and after waiting
+    /// for them to close.
+    unfinished: (usize, usize),
     capture: Option<Capture>,
     /// The kernel's counters of netmon's two programs, primary first.
     progs: Vec<sys::ProgInfo>,
+    /// netmon's own in-kernel count of transitions that reached the ring reservation (its
+    /// COUNTERS map, slot `Seen`), all namespaces.
+    seen: Option<u64>,
+    /// Its `Recovered` slot: events the fallback program took because the primary was busy.
+    recovered: Option<u64>,
 }
 
 /// Runs B T B T ... B with the traced modes in turn, `rounds` times each.
@@ -321,14 +337,23 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
     let iwi0 = sys::irq_work_interrupts();
     let out = run_storm(ctx, &ns, plan.threads, plan.storm_secs, plan.storm_max())?;
     let irq_work = sys::irq_work_interrupts() - iwi0;
+    // Every connection must have finished its 10 transitions before the capture stops, or
+    // the count would miss them for a reason that is not netmon's.
+    let unfinished = wait_closed(&ns, Duration::from_secs(10))?;
     let mut tracer_cpu = None;
     let mut progs = Vec::new();
+    let mut seen = None;
+    let mut recovered = None;
     let mut capture = None;
     if let Some(t) = &mut tracer {
         // The tracer reads the ring at least every 50 ms; give it time to write the rest.
         std::thread::sleep(Duration::from_millis(500));
         tracer_cpu = Some(sys::cpu_time(t.pid())?.since(cpu0));
         progs = netmon_progs(t.pid());
+        // Slot 2 is `Counter::Seen` in netmon-common.
+        let maps = sys::bpf_fds(t.pid()).map_ids;
+        seen = sys::percpu_map_sum(&maps, "COUNTERS", 2).ok();
+        recovered = sys::percpu_map_sum(&maps, "COUNTERS", 1).ok();
         // SIGINT is Ctrl-C for watch: it drains, reports losses and flushes; the agent stops
         // on SIGTERM.
         let signal = if mode == Mode::Agent {
@@ -347,8 +372,11 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
             capture = Some(read_capture(&json, &errors, ns.inum)?);
         }
     }
-    // Hundreds of MB per run: keep none of it.
-    std::fs::remove_file(&json).ok();
+    // Hundreds of MB per run: keep none of it unless asked to.
+    let keep = mode == Mode::Baseline || (plan.keep_json && mode == Mode::Json);
+    if !keep {
+        std::fs::remove_file(&json).ok();
+    }
     drop(ns);
     // Deleting the namespace purges its TIME-WAIT sockets in a kernel worker: let that finish
     // before the next run measures.
@@ -358,9 +386,26 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         out,
         tracer_cpu,
         irq_work,
+        unfinished,
         capture,
         progs,
+        seen,
+        recovered,
     })
+}
+
+/// Waits until the namespace holds nothing but TIME-WAIT sockets (which fire no transition);
+/// returns how many others there were at first and at the end.
+fn wait_closed(ns: &Netns, max: Duration) -> Result<(usize, usize)> {
+    let deadline = Instant::now() + max;
+    let count = || count_rows(ns.command("ss").args(["-Htan", "exclude", "time-wait"]));
+    let first = count()?;
+    let mut now = first;
+    while now > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        now = count()?;
+    }
+    Ok((first, now))
 }
 
 /// Starts netmon for `mode` and waits until both programs are attached (agent: serving).
@@ -472,6 +517,7 @@ fn read_capture(json: &Path, errors: &Path, netns: u64) -> Result<Capture> {
     let mut line = String::new();
     while reader.read_line(&mut line)? > 0 {
         if line.starts_with("{\"type\":\"transition\"") {
+            cap.all_transitions += 1;
             if line.contains(&needle) {
                 cap.transitions += 1;
                 let kind = format!(
@@ -645,12 +691,17 @@ fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
     }
     let odd: Vec<String> = runs
         .iter()
-        .filter(|r| r.out.errors > 0 || r.out.unaccepted > 0)
-        .map(|r| format!("{} errors, {} unaccepted", r.out.errors, r.out.unaccepted))
+        .filter(|r| r.out.errors > 0 || r.out.unaccepted > 0 || r.unfinished.1 > 0)
+        .map(|r| {
+            format!(
+                "{} errors, {} unaccepted, {} never closed",
+                r.out.errors, r.out.unaccepted, r.unfinished.1
+            )
+        })
         .collect();
     if !odd.is_empty() {
         rows.push(Row::new(
-            "storm connect errors / connections never accepted",
+            "storm connect errors / connections never accepted / sockets never closed",
             odd.join("; "),
             "none",
             Some(false),
@@ -721,13 +772,30 @@ fn storm_details(runs: &[StormRun]) -> String {
             );
         }
         let _ = write!(s, ", {} IRQ-work interrupts", r.irq_work);
+        if r.unfinished != (0, 0) {
+            let _ = write!(
+                s,
+                ", {} sockets still open after the storm ({} after waiting)",
+                r.unfinished.0, r.unfinished.1
+            );
+        }
         if let Some(cap) = &r.capture {
             let _ = write!(
                 s,
-                ", captured {} of {}",
+                ", captured {} of {}, netmon reported {} ring-full and {} recursion losses",
                 cap.transitions,
-                r.out.expected_transitions()
+                r.out.expected_transitions(),
+                cap.stream_ring_full.max(cap.stderr_ring_full),
+                cap.stream_recursion.max(cap.stderr_recursion),
             );
+            if let Some(seen) = r.seen {
+                let _ = write!(
+                    s,
+                    "; all namespaces: {} transitions in the file, {seen} counted `Seen` in \
+                     the kernel",
+                    cap.all_transitions
+                );
+            }
         }
         if !r.progs.is_empty() {
             let misses: Vec<String> = r
@@ -736,11 +804,19 @@ fn storm_details(runs: &[StormRun]) -> String {
                 .map(|p| p.recursion_misses.to_string())
                 .collect();
             let _ = write!(s, ", recursion_misses {}", misses.join("/"));
+            if let Some(n) = r.recovered {
+                let _ = write!(s, ", recovered by the fallback {n}");
+            }
         }
         s.push('\n');
     }
-    if let Some(cap) = runs.iter().find_map(|r| r.capture.as_ref()) {
-        s.push_str("\nTransitions of the first JSON run, by kind:\n\n");
+    for (i, r) in runs.iter().enumerate() {
+        let Some(cap) = &r.capture else { continue };
+        let _ = writeln!(
+            s,
+            "\nTransitions of run {} in the storm's namespace, by kind:\n",
+            i + 1
+        );
         for (kind, n) in &cap.by_kind {
             let _ = writeln!(s, "    {kind:<28} {n}");
         }
@@ -803,6 +879,10 @@ struct SizeResult {
     netmon_rows: usize,
     /// Median wall time per tool, `None` when the tool failed (e.g. an option it lacks).
     times: Vec<Option<Duration>>,
+    /// Agent CPU per request while its snapshots were timed (it dumps, reconciles, renders).
+    agent_cpu_per_request: Option<Duration>,
+    /// Agent VmRSS once the sockets were there, before any snapshot at this count.
+    agent_rss_before_kib: u64,
 }
 
 struct AgentMemory {
@@ -810,6 +890,10 @@ struct AgentMemory {
     closed_rows: usize,
     rss_kib: u64,
     hwm_kib: u64,
+    /// Where the resident memory is: heap and stacks, file mappings, shared memory (the ring).
+    anon_kib: u64,
+    file_kib: u64,
+    shmem_kib: u64,
 }
 
 struct SnapshotResults {
@@ -861,9 +945,18 @@ fn snapshot_times(ctx: &Ctx, plan: &Plan) -> Result<SnapshotResults> {
                 .args(["snapshot", "-tanH"])
                 .env("NETMON_AGENT_SOCKET", &socket),
         )?;
+        let agent_rss_before_kib = sys::vm_kib(agent.pid(), "VmRSS")?;
+        let mut agent_cpu_per_request = None;
         let mut times = Vec::new();
         for tool in &tools {
+            let cpu0 = sys::cpu_time(agent.pid())?;
             let t = time_tool(&ns, tool, plan.runs)?;
+            if tool.socket.as_deref() == Some(socket.as_path()) && t.is_ok() {
+                // The warm-up run asked the agent too.
+                let cpu = sys::cpu_time(agent.pid())?.since(cpu0).total();
+                agent_cpu_per_request
+                    .get_or_insert(Duration::from_secs_f64(cpu / (plan.runs + 1) as f64));
+            }
             if let Err(why) = &t
                 && !results.failures.iter().any(|f| f.starts_with(&tool.label))
             {
@@ -881,6 +974,8 @@ fn snapshot_times(ctx: &Ctx, plan: &Plan) -> Result<SnapshotResults> {
             sockets,
             netmon_rows,
             times,
+            agent_cpu_per_request,
+            agent_rss_before_kib,
         });
     }
     results.memory = Some(agent_memory(ctx, plan, &ns, &agent, &socket)?);
@@ -1005,6 +1100,9 @@ fn agent_memory(
         closed_rows,
         rss_kib: sys::vm_kib(agent.pid(), "VmRSS")?,
         hwm_kib: sys::vm_kib(agent.pid(), "VmHWM")?,
+        anon_kib: sys::vm_kib(agent.pid(), "RssAnon")?,
+        file_kib: sys::vm_kib(agent.pid(), "RssFile")?,
+        shmem_kib: sys::vm_kib(agent.pid(), "RssShmem")?,
     })
 }
 
@@ -1064,9 +1162,12 @@ fn snapshot_rows(s: &SnapshotResults) -> Vec<Row> {
         rows.push(Row::new(
             "agent VmRSS, live sockets + closed history",
             format!(
-                "{mb:.1} MB (peak {:.1} MB) with {} live sockets in the namespace and {} \
-                 closed-history rows",
+                "{mb:.1} MB (peak {:.1}; anon {:.1}, file {:.1}, shmem {:.1}) with {} live \
+                 sockets in the namespace and {} closed-history rows",
                 m.hwm_kib as f64 * 1024.0 / 1e6,
+                m.anon_kib as f64 * 1024.0 / 1e6,
+                m.file_kib as f64 * 1024.0 / 1e6,
+                m.shmem_kib as f64 * 1024.0 / 1e6,
                 m.live_sockets,
                 m.closed_rows
             ),
@@ -1078,7 +1179,18 @@ fn snapshot_rows(s: &SnapshotResults) -> Vec<Row> {
 }
 
 fn snapshot_details(s: &SnapshotResults) -> String {
-    let mut out = String::new();
+    let mut out = String::from("\n## Agent during the snapshot timings\n\n");
+    for z in &s.sizes {
+        let _ = writeln!(
+            out,
+            "- {} sockets: agent VmRSS {:.1} MB before its first snapshot; agent CPU per \
+             `snapshot -tan` request {}",
+            z.sockets,
+            z.agent_rss_before_kib as f64 * 1024.0 / 1e6,
+            z.agent_cpu_per_request
+                .map_or("n/a".into(), |d| format!("{:.1} ms", ms(d)))
+        );
+    }
     if !s.failures.is_empty() {
         out.push_str("\n## Tools that could not run (n/a)\n\n");
         for f in &s.failures {
@@ -1222,8 +1334,11 @@ mod tests {
             },
             tracer_cpu: None,
             irq_work: 0,
+            unfinished: (0, 0),
             capture: None,
             progs: Vec::new(),
+            seen: None,
+            recovered: None,
         };
         let runs = [
             run(Mode::Baseline, 100),

@@ -261,6 +261,7 @@ pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
 #[derive(Debug, Default)]
 pub struct BpfFds {
     pub prog_ids: Vec<u32>,
+    pub map_ids: Vec<u32>,
     pub links: usize,
 }
 
@@ -281,6 +282,11 @@ pub fn bpf_fds(pid: u32) -> BpfFds {
                 && !found.prog_ids.contains(&id)
             {
                 found.prog_ids.push(id);
+            } else if let Some(id) = line.strip_prefix("map_id:")
+                && let Ok(id) = id.trim().parse()
+                && !found.map_ids.contains(&id)
+            {
+                found.map_ids.push(id);
             }
         }
     }
@@ -372,6 +378,58 @@ pub fn prog_info(id: u32) -> Result<ProgInfo> {
         run_time_ns: u64_at(RUN_TIME_NS),
         run_cnt: u64_at(RUN_CNT),
     })
+}
+
+fn bpf(cmd: libc::c_long, attr: &[u64]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a live bpf_attr prefix whose pointers the caller made valid.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of_val(attr) as u32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The per-CPU values, summed, of `key` in the map called `name` among `map_ids` (a
+/// `BPF_MAP_TYPE_PERCPU_ARRAY` of u64, like netmon's COUNTERS).
+pub fn percpu_map_sum(map_ids: &[u32], name: &str, key: u32) -> Result<u64> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // struct bpf_map_info: name at byte 24, 16 bytes.
+    const INFO_LEN: usize = 88;
+    for &id in map_ids {
+        let fd = bpf(BPF_MAP_GET_FD_BY_ID, &[u64::from(id), 0])?;
+        // SAFETY: a fresh fd from the kernel.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut info = [0u64; INFO_LEN / 8];
+        let attr = [
+            fd.as_raw_fd() as u64 | ((INFO_LEN as u64) << 32),
+            info.as_mut_ptr() as u64,
+        ];
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+        let bytes: Vec<u8> = info.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let raw = &bytes[24..40];
+        let found = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(16)];
+        if found != name.as_bytes() {
+            continue;
+        }
+        // One u64 per possible CPU.
+        let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|p| p.trim().rsplit(['-', ',']).next()?.parse::<usize>().ok())
+            .map_or(256, |last| last + 1);
+        let mut values = vec![0u64; cpus];
+        let attr = [
+            fd.as_raw_fd() as u64,
+            (&raw const key) as u64,
+            values.as_mut_ptr() as u64,
+            0,
+        ];
+        bpf(BPF_MAP_LOOKUP_ELEM, &attr)?;
+        return Ok(values.iter().sum());
+    }
+    bail!("no map named {name}")
 }
 
 /// While this lives, the kernel times every BPF program run (`BPF_ENABLE_STATS`, the fd-scoped
