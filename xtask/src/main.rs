@@ -1,7 +1,11 @@
 //! Project tasks: set-up of a fresh machine, build, run, test (unit and root integration).
 //!
+//! `cargo xtask bench` measures what netmon costs and catches (see bench.rs).
+//!
 //! `cargo xtask setup` installs what the eBPF build needs and is a no-op in well under a second
 //! when everything is there; `run` and `test` call it first.
+
+mod bench;
 
 use std::{
     path::{Path, PathBuf},
@@ -67,6 +71,28 @@ enum Task {
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
     },
+    /// Set up, build netmon in release, and measure it as root: storm rate with and without
+    /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
+    /// CPU. Prints one table and writes it to target/bench/report.md.
+    Bench(bench::BenchArgs),
+    /// (bench internal) The connect+close storm, run inside the bench's namespace.
+    #[command(hide = true)]
+    BenchStorm {
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long)]
+        max: u64,
+    },
+    /// (bench internal) Holds connections open until stdin closes.
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        conns: u32,
+        #[arg(long)]
+        id: u8,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +117,13 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             test(release, filter.as_deref())
         }
+        Task::Bench(args) => {
+            setup()?;
+            let bin = build(true)?;
+            bench::bench(&args, &bin, &target_dir())
+        }
+        Task::BenchStorm { threads, secs, max } => bench::storm(threads, secs, max),
+        Task::BenchHold { conns, id } => bench::hold(conns, id),
         Task::Fuzz { iterations, seed } => {
             setup()?;
             let status = Command::new("cargo")

@@ -1,0 +1,1361 @@
+//! `cargo xtask bench`: what netmon costs and what it catches, measured on this machine, in one
+//! table (also written to target/bench/report.md).
+//!
+//! 1. Storm rate: a loopback connect+close storm ([`load::storm`]) in a fresh namespace, without
+//!    netmon and under `watch --format json > file`, `watch > file` and `agent`. Baseline and
+//!    traced runs alternate (B T B T ... B) so drift on a shared machine hits both; each traced
+//!    run is divided by the mean of its two neighbouring baselines and the median is reported.
+//! 2. Capture: the JSON runs' transitions in the storm's namespace against 10 per connection
+//!    plus 2 per listener, with the losses netmon reported and the kernel's own counters.
+//! 3. Snapshot wall times at growing socket counts, netmon against ss and netstat.
+//! 4. Agent memory with the largest socket count live and a full closed history, and agent CPU
+//!    during the storm.
+//!
+//! Everything runs on loopback in namespaces the bench creates and deletes (also on error:
+//! [`sys::Netns`] and [`sys::Proc`] clean up on drop), and every loop is bounded in count and
+//! time.
+
+mod load;
+mod sys;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub use load::{hold, storm};
+use sys::{Netns, Proc};
+
+const NETNS_PREFIX: &str = "netmon-bench-";
+/// Most connections a holder process keeps: both ends are fds, and the limit is 20000.
+const CONNS_PER_HOLDER: u32 = 9000;
+/// The agent's closed history holds 100k sockets (netmon/src/table.rs); each connection closes
+/// two, so this many connections fill it with room to spare.
+const HISTORY_FILL_CONNS: u64 = 60_000;
+/// Count bound of a storm run, per second of it: well above what 2 cores reach (~45k/s).
+const STORM_MAX_PER_SEC: f64 = 150_000.0;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A short run (about a minute): 1 s storms, one round, up to 10k sockets, 3 runs each.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seconds per storm run [default: 3, --quick: 1].
+    #[arg(long, value_name = "SECS")]
+    pub storm_secs: Option<f64>,
+    /// Traced runs per mode, each between two baseline runs [default: 3, --quick: 1].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<usize>,
+    /// Client threads of the storm, each with an accepting thread of its own.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub storm_threads: usize,
+    /// Socket counts for the snapshot timings [default: 1000,10000,100000, --quick: 1000,10000].
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub sizes: Option<Vec<u32>>,
+    /// Timed runs per command and size, median reported [default: 5, --quick: 3].
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+    /// Traced modes of the storm, each run `--rounds` times.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "json,text,agent"
+    )]
+    pub modes: Vec<Mode>,
+    /// Also time netmon's BPF programs during the storm (BPF_ENABLE_STATS): a diagnostic, it
+    /// adds two clock reads per program run to the traced runs.
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// Keep the last JSON run's output as target/bench/watch.json (hundreds of MB) to look
+    /// into missing transitions.
+    #[arg(long)]
+    pub keep_json: bool,
+    /// Skip the storm (parts 1 and 2 and the agent CPU).
+    #[arg(long)]
+    pub no_storm: bool,
+    /// Skip the snapshot timings and the agent memory (parts 3 and 4).
+    #[arg(long)]
+    pub no_snapshot: bool,
+}
+
+/// The bench's parameters once the defaults and `--quick` are applied.
+struct Plan {
+    modes: Vec<Mode>,
+    keep_json: bool,
+    storm_secs: f64,
+    rounds: usize,
+    threads: usize,
+    sizes: Vec<u32>,
+    runs: usize,
+}
+
+impl Plan {
+    fn new(a: &BenchArgs) -> Result<Self> {
+        let plan = Self {
+            modes: a.modes.clone(),
+            keep_json: a.keep_json,
+            storm_secs: a.storm_secs.unwrap_or(if a.quick { 1.0 } else { 3.0 }),
+            rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }),
+            threads: a.storm_threads,
+            sizes: a.sizes.clone().unwrap_or_else(|| {
+                if a.quick {
+                    vec![1_000, 10_000]
+                } else {
+                    vec![1_000, 10_000, 100_000]
+                }
+            }),
+            runs: a.runs.unwrap_or(if a.quick { 3 } else { 5 }),
+        };
+        if !(0.1..=60.0).contains(&plan.storm_secs) {
+            bail!("--storm-secs must be between 0.1 and 60");
+        }
+        if !(1..=20).contains(&plan.rounds) || !(1..=50).contains(&plan.runs) {
+            bail!("--rounds must be 1..=20 and --runs 1..=50");
+        }
+        if plan.sizes.iter().any(|&s| !(1..=500_000).contains(&s)) {
+            bail!("--sizes must be between 1 and 500000");
+        }
+        Ok(plan)
+    }
+
+    fn storm_max(&self) -> u64 {
+        (STORM_MAX_PER_SEC * self.storm_secs) as u64
+    }
+}
+
+/// What every measurement needs: the binaries, the output directory, unique names.
+struct Ctx {
+    netmon: PathBuf,
+    /// This xtask binary: runs the load generators inside the namespaces.
+    xtask: PathBuf,
+    dir: PathBuf,
+    netns_seq: AtomicU32,
+}
+
+impl Ctx {
+    fn netns(&self, what: &str) -> Result<Netns> {
+        let n = self.netns_seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{}-{what}{n}", std::process::id());
+        Netns::create(name)
+    }
+}
+
+pub fn bench(args: &BenchArgs, netmon: &Path, target: &Path) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
+    }
+    let plan = Plan::new(args)?;
+    let started = Instant::now();
+    let ctx = Ctx {
+        netmon: netmon.into(),
+        xtask: std::env::current_exe().context("locating the xtask binary")?,
+        dir: target.join("bench"),
+        netns_seq: AtomicU32::new(0),
+    };
+    std::fs::create_dir_all(&ctx.dir)?;
+    sys::remove_stale_netns(NETNS_PREFIX);
+
+    let mut rows = Vec::new();
+    let mut details = String::new();
+    if !args.no_storm {
+        let _stats = args.bpf_stats.then(sys::BpfStats::enable).transpose()?;
+        let runs = storm_rates(&ctx, &plan)?;
+        rows.extend(storm_rows(&runs, &plan.modes));
+        rows.extend(capture_rows(&runs));
+        details.push_str(&storm_details(&runs));
+    }
+    if !args.no_snapshot {
+        let snap = snapshot_times(&ctx, &plan)?;
+        rows.extend(snapshot_rows(&snap));
+        details.push_str(&snapshot_details(&snap));
+    }
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let header = format!(
+        "# netmon bench\n\nMachine: {}. Storm: {} client + {} accepting threads, {} s per run, {} \
+         round(s). Snapshots: median of {} runs. Bench time: {:.0} s.\n",
+        sys::machine(),
+        plan.threads,
+        plan.threads,
+        plan.storm_secs,
+        plan.rounds,
+        plan.runs,
+        elapsed,
+    );
+    let table = render_table(&rows);
+    println!("\n{header}\n{table}");
+    let report = ctx.dir.join("report.md");
+    std::fs::write(&report, format!("{header}\n{table}\n{details}"))
+        .with_context(|| format!("writing {}", report.display()))?;
+    eprintln!("bench: report written to {}", report.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 and 2: the storm, with and without netmon
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    #[value(skip)]
+    Baseline,
+    Json,
+    Text,
+    Agent,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Baseline => "no tracer",
+            Mode::Json => "`netmon watch --format json > file`",
+            Mode::Text => "`netmon watch > file`",
+            Mode::Agent => "`netmon agent`",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Mode::Baseline => "none",
+            Mode::Json => "watch json",
+            Mode::Text => "watch text",
+            Mode::Agent => "agent",
+        }
+    }
+
+    /// The goal from issue 6, as a ratio to the baseline.
+    fn target(self) -> f64 {
+        match self {
+            Mode::Baseline => 1.0,
+            Mode::Json | Mode::Text => 0.85,
+            Mode::Agent => 0.93,
+        }
+    }
+}
+
+/// What the storm generator printed.
+#[derive(Clone, Debug, Default)]
+struct StormOut {
+    connections: u64,
+    listeners: u64,
+    secs: f64,
+    errors: u64,
+    unaccepted: u64,
+}
+
+impl StormOut {
+    fn rate(&self) -> f64 {
+        self.connections as f64 / self.secs.max(1e-9)
+    }
+
+    /// 10 transitions per connection, 2 per listener (see [`load::storm`]).
+    fn expected_transitions(&self) -> u64 {
+        10 * self.connections + 2 * self.listeners
+    }
+}
+
+/// Transitions and losses found in one `watch --format json` output.
+#[derive(Clone, Debug, Default)]
+struct Capture {
+    /// Transitions in the storm's namespace, by `old -> new`.
+    by_kind: BTreeMap<String, u64>,
+    /// Transitions of every namespace in the file.
+    all_transitions: u64,
+    transitions: u64,
+    /// Loss totals from the stream's `loss` records and from stderr, by kind.
+    stream_ring_full: u64,
+    stream_recursion: u64,
+    stderr_ring_full: u64,
+    stderr_recursion: u64,
+}
+
+#[derive(Clone, Debug)]
+struct StormRun {
+    mode: Mode,
+    out: StormOut,
+    /// CPU the tracer used from the storm's start until it had drained.
+    tracer_cpu: Option<sys::CpuTime>,
+    /// IRQ-work interrupts (ring buffer wake-ups) during the storm, all CPUs.
+    irq_work: u64,
+    /// Sockets other than TIME-WAIT in the namespace right after the storm, and after waiting
+    /// for them to close.
+    unfinished: (usize, usize),
+    capture: Option<Capture>,
+    /// The kernel's counters of netmon's two programs, primary first.
+    progs: Vec<sys::ProgInfo>,
+    /// netmon's own in-kernel count of transitions that reached the ring reservation (its
+    /// COUNTERS map, slot `Seen`), all namespaces.
+    seen: Option<u64>,
+    /// Its `Recovered` slot: events the fallback program took because the primary was busy.
+    recovered: Option<u64>,
+}
+
+/// Runs B T B T ... B with the traced modes in turn, `rounds` times each.
+fn storm_rates(ctx: &Ctx, plan: &Plan) -> Result<Vec<StormRun>> {
+    let mut sequence = vec![Mode::Baseline];
+    for _ in 0..plan.rounds {
+        for &mode in &plan.modes {
+            sequence.extend([mode, Mode::Baseline]);
+        }
+    }
+    let mut runs = Vec::new();
+    for (i, &mode) in sequence.iter().enumerate() {
+        let run = storm_once(ctx, plan, mode)
+            .with_context(|| format!("storm run {} ({})", i + 1, mode.label()))?;
+        eprintln!(
+            "bench: storm {:>2}/{}: {:<38} {:>8.0} conn/s{}",
+            i + 1,
+            sequence.len(),
+            mode.label(),
+            run.out.rate(),
+            run.tracer_cpu
+                .map(|c| format!(", tracer CPU {:.0} %", 100.0 * c.total() / run.out.secs))
+                .unwrap_or_default()
+        );
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
+    let ns = ctx.netns("storm")?;
+    let json = ctx.dir.join("watch.json");
+    let errors = ctx.dir.join("tracer.err");
+    let mut tracer = start_tracer(ctx, mode, &json, &errors)?;
+    let cpu0 = match &tracer {
+        Some(t) => sys::cpu_time(t.pid())?,
+        None => sys::CpuTime::default(),
+    };
+    let iwi0 = sys::irq_work_interrupts();
+    let out = run_storm(ctx, &ns, plan.threads, plan.storm_secs, plan.storm_max())?;
+    let irq_work = sys::irq_work_interrupts() - iwi0;
+    // Every connection must have finished its 10 transitions before the capture stops, or
+    // the count would miss them for a reason that is not netmon's.
+    let unfinished = wait_closed(&ns, Duration::from_secs(10))?;
+    let mut tracer_cpu = None;
+    let mut progs = Vec::new();
+    let mut seen = None;
+    let mut recovered = None;
+    let mut capture = None;
+    if let Some(t) = &mut tracer {
+        // The tracer reads the ring at least every 50 ms; give it time to write the rest.
+        std::thread::sleep(Duration::from_millis(500));
+        tracer_cpu = Some(sys::cpu_time(t.pid())?.since(cpu0));
+        progs = netmon_progs(t.pid());
+        // Slot 2 is `Counter::Seen` in netmon-common.
+        let maps = sys::bpf_fds(t.pid()).map_ids;
+        seen = sys::percpu_map_sum(&maps, "COUNTERS", 2).ok();
+        recovered = sys::percpu_map_sum(&maps, "COUNTERS", 1).ok();
+        // SIGINT is Ctrl-C for watch: it drains, reports losses and flushes; the agent stops
+        // on SIGTERM.
+        let signal = if mode == Mode::Agent {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        let status = t.stop(signal, Duration::from_secs(60))?;
+        if !status.success() {
+            bail!(
+                "netmon exited with {status}: {}",
+                std::fs::read_to_string(&errors).unwrap_or_default()
+            );
+        }
+        if mode == Mode::Json {
+            capture = Some(read_capture(&json, &errors, ns.inum)?);
+        }
+    }
+    // Hundreds of MB per run: keep none of it unless asked to.
+    let keep = mode == Mode::Baseline || (plan.keep_json && mode == Mode::Json);
+    if !keep {
+        std::fs::remove_file(&json).ok();
+    }
+    drop(ns);
+    // Deleting the namespace purges its TIME-WAIT sockets in a kernel worker: let that finish
+    // before the next run measures.
+    sys::wait_idle(Duration::from_secs(3));
+    Ok(StormRun {
+        mode,
+        out,
+        tracer_cpu,
+        irq_work,
+        unfinished,
+        capture,
+        progs,
+        seen,
+        recovered,
+    })
+}
+
+/// Waits until the namespace holds nothing but TIME-WAIT sockets (which fire no transition);
+/// returns how many others there were at first and at the end.
+fn wait_closed(ns: &Netns, max: Duration) -> Result<(usize, usize)> {
+    let deadline = Instant::now() + max;
+    let count = || count_rows(ns.command("ss").args(["-Htan", "exclude", "time-wait"]));
+    let first = count()?;
+    let mut now = first;
+    while now > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        now = count()?;
+    }
+    Ok((first, now))
+}
+
+/// Starts netmon for `mode` and waits until both programs are attached (agent: serving).
+fn start_tracer(ctx: &Ctx, mode: Mode, json: &Path, errors: &Path) -> Result<Option<Proc>> {
+    let mut cmd = Command::new(&ctx.netmon);
+    let socket = ctx.dir.join("agent-storm.sock");
+    match mode {
+        Mode::Baseline => return Ok(None),
+        Mode::Json => {
+            cmd.args(["watch", "--format", "json"])
+                .stdout(std::fs::File::create(json)?);
+        }
+        Mode::Text => {
+            // Text output is not parsed: /dev/null would skip the file writes, so a real file.
+            cmd.arg("watch").stdout(std::fs::File::create(json)?);
+        }
+        Mode::Agent => {
+            cmd.args(["agent", "--socket"])
+                .arg(&socket)
+                .stdout(Stdio::null());
+        }
+    }
+    cmd.stderr(std::fs::File::create(errors)?);
+    let mut proc = Proc::spawn(&mut cmd, format!("netmon ({})", mode.label()))?;
+    wait_attached(&mut proc, errors)?;
+    if mode == Mode::Agent {
+        wait_serving(&mut proc, &socket)?;
+    }
+    Ok(Some(proc))
+}
+
+/// Until the process holds two BPF links (netmon attaches two programs).
+fn wait_attached(proc: &mut Proc, errors: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sys::bpf_fds(proc.pid()).links < 2 {
+        if let Some(status) = proc.exited()? {
+            bail!(
+                "netmon exited ({status}) before attaching: {}",
+                std::fs::read_to_string(errors).unwrap_or_default().trim()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("netmon did not attach within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Until the agent accepts connections on its socket (it binds after its first full dump).
+fn wait_serving(proc: &mut Proc, socket: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if proc.exited()?.is_some() || Instant::now() > deadline {
+            bail!("the agent did not start serving {}", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// netmon's two programs as the kernel counts them; the primary is attached first, so it has
+/// the lower id (their names are both cut to 15 bytes: `netmon_set_stat`).
+fn netmon_progs(pid: u32) -> Vec<sys::ProgInfo> {
+    sys::bpf_fds(pid)
+        .prog_ids
+        .into_iter()
+        .filter_map(|id| sys::prog_info(id).ok())
+        .filter(|p| p.name.starts_with("netmon_set_stat"))
+        .collect()
+}
+
+/// Runs the storm generator inside `ns` and parses its one line.
+fn run_storm(ctx: &Ctx, ns: &Netns, threads: usize, secs: f64, max: u64) -> Result<StormOut> {
+    let mut cmd = ns.command(&ctx.xtask);
+    cmd.args(["bench-storm", "--threads", &threads.to_string()])
+        .args(["--secs", &secs.to_string(), "--max", &max.to_string()])
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd, "the storm generator")?;
+    let mut stdout = proc.child().stdout.take().context("storm stdout")?;
+    // Bounded: the generator stops after `secs`, its acceptors 10 s after that at most.
+    let status = proc.wait(Duration::from_secs_f64(secs + 60.0))?;
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut line)?;
+    if !status.success() {
+        bail!("the storm generator failed ({status})");
+    }
+    let field = |key: &str| -> Result<&str> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("no {key} in the storm's output {line:?}"))
+    };
+    Ok(StormOut {
+        connections: field("connections")?.parse()?,
+        listeners: field("listeners")?.parse()?,
+        secs: field("secs")?.parse()?,
+        errors: field("errors")?.parse()?,
+        unaccepted: field("unaccepted")?.parse()?,
+    })
+}
+
+/// Counts the storm namespace's transitions in a JSON Lines file (docs/json.md) and the
+/// losses reported in it and on stderr. Plain string matching: serde would take longer than
+/// the storm for a million lines.
+fn read_capture(json: &Path, errors: &Path, netns: u64) -> Result<Capture> {
+    let mut cap = Capture::default();
+    let needle = format!("\"netns\":{netns},");
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(json)?);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        if line.starts_with("{\"type\":\"transition\"") {
+            cap.all_transitions += 1;
+            if line.contains(&needle) {
+                cap.transitions += 1;
+                let kind = format!(
+                    "{} -> {}",
+                    json_str(&line, "old_state").unwrap_or("?"),
+                    json_str(&line, "new_state").unwrap_or("?")
+                );
+                *cap.by_kind.entry(kind).or_default() += 1;
+            }
+        } else if line.starts_with("{\"type\":\"loss\"") {
+            let total = json_u64(&line, "total").unwrap_or(0);
+            match json_str(&line, "kind") {
+                Some("ring_full") => cap.stream_ring_full = cap.stream_ring_full.max(total),
+                Some(_) => cap.stream_recursion = cap.stream_recursion.max(total),
+                None => {}
+            }
+        }
+        line.clear();
+    }
+    // "netmon: lost 5 transitions (RingFull), 9 since start"
+    for l in std::fs::read_to_string(errors)?.lines() {
+        let Some(rest) = l.strip_prefix("netmon: lost ") else {
+            continue;
+        };
+        let total = rest
+            .split(", ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if rest.contains("(RingFull)") {
+            cap.stderr_ring_full = cap.stderr_ring_full.max(total);
+        } else {
+            cap.stderr_recursion = cap.stderr_recursion.max(total);
+        }
+    }
+    Ok(cap)
+}
+
+fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+fn json_u64(line: &str, key: &str) -> Option<u64> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits = line[start..].bytes().take_while(u8::is_ascii_digit).count();
+    line[start..start + digits].parse().ok()
+}
+
+/// Each traced run's rate over the mean of the baseline runs on either side of it.
+fn ratios(runs: &[StormRun], mode: Mode) -> Vec<f64> {
+    (1..runs.len().saturating_sub(1))
+        .filter(|&i| runs[i].mode == mode)
+        .map(|i| runs[i].out.rate() / ((runs[i - 1].out.rate() + runs[i + 1].out.rate()) / 2.0))
+        .collect()
+}
+
+fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
+    let base: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Baseline)
+        .map(|r| r.out.rate())
+        .collect();
+    let mut rows = vec![Row::new(
+        "storm, no tracer (baseline)",
+        format!(
+            "{} conn/s (median of {}, {}..{})",
+            thousands(median(&base)),
+            base.len(),
+            thousands(base.iter().copied().fold(f64::INFINITY, f64::min)),
+            thousands(base.iter().copied().fold(0.0, f64::max)),
+        ),
+        "",
+        None,
+    )];
+    for &mode in modes {
+        let r = ratios(runs, mode);
+        let rates: Vec<f64> = runs
+            .iter()
+            .filter(|x| x.mode == mode)
+            .map(|x| x.out.rate())
+            .collect();
+        let m = median(&r);
+        rows.push(Row::new(
+            format!("storm under {}", mode.label()),
+            format!(
+                "{m:.3}x ({} conn/s; ratios {})",
+                thousands(median(&rates)),
+                r.iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            format!(">= {:.2}x", mode.target()),
+            Some(m >= mode.target()),
+        ));
+    }
+    // CPU of the tracer while the storm ran (until it had drained), and the wake-up interrupts
+    // the programs raised: where the cost goes.
+    let per = |mode: Mode, f: &dyn Fn(&StormRun) -> Option<f64>| -> f64 {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .filter_map(f)
+            .collect();
+        median(&v)
+    };
+    let cpu_text: Vec<String> = modes
+        .iter()
+        .map(|&m| {
+            let pct = |f: fn(sys::CpuTime) -> f64| {
+                per(m, &|r| Some(100.0 * f(r.tracer_cpu?) / r.out.secs))
+            };
+            let us = per(m, &|r| {
+                Some(1e6 * r.tracer_cpu?.total() / r.out.connections.max(1) as f64)
+            });
+            format!(
+                "{}: {:.0} % (user {:.0}, sys {:.0}; {us:.2} µs/conn)",
+                m.short(),
+                pct(sys::CpuTime::total),
+                pct(|c| c.user),
+                pct(|c| c.system),
+            )
+        })
+        .collect();
+    rows.push(Row::new(
+        "tracer CPU (utime+stime) during the storm, % of one core",
+        cpu_text.join("; "),
+        "",
+        None,
+    ));
+    let iwi: Vec<String> = std::iter::once(Mode::Baseline)
+        .chain(modes.iter().copied())
+        .map(|m| {
+            let n = per(m, &|r| {
+                Some(r.irq_work as f64 / r.out.connections.max(1) as f64)
+            });
+            format!("{}: {n:.2}", m.short())
+        })
+        .collect();
+    rows.push(Row::new(
+        "IRQ-work interrupts (ring wake-ups) per connection",
+        iwi.join("; "),
+        "",
+        None,
+    ));
+    let timed: Vec<String> = modes
+        .iter()
+        .filter_map(|&m| {
+            let ns = |i: usize| {
+                per(m, &|r| {
+                    let p = r.progs.get(i)?;
+                    (p.run_cnt > 0).then(|| p.run_time_ns as f64 / p.run_cnt as f64)
+                })
+            };
+            let (primary, fallback) = (ns(0), ns(1));
+            primary
+                .is_finite()
+                .then(|| format!("{}: {primary:.0} / {fallback:.0}", m.short()))
+        })
+        .collect();
+    if !timed.is_empty() {
+        rows.push(Row::new(
+            "BPF ns per program run, primary / fallback (--bpf-stats)",
+            timed.join("; "),
+            "",
+            None,
+        ));
+    }
+    let odd: Vec<String> = runs
+        .iter()
+        .filter(|r| r.out.errors > 0 || r.out.unaccepted > 0 || r.unfinished.1 > 0)
+        .map(|r| {
+            format!(
+                "{} errors, {} unaccepted, {} never closed",
+                r.out.errors, r.out.unaccepted, r.unfinished.1
+            )
+        })
+        .collect();
+    if !odd.is_empty() {
+        rows.push(Row::new(
+            "storm connect errors / connections never accepted / sockets never closed",
+            odd.join("; "),
+            "none",
+            Some(false),
+        ));
+    }
+    rows
+}
+
+fn capture_rows(runs: &[StormRun]) -> Vec<Row> {
+    let json: Vec<&StormRun> = runs.iter().filter(|r| r.mode == Mode::Json).collect();
+    if json.is_empty() {
+        return Vec::new();
+    }
+    let (mut got, mut want) = (0u64, 0u64);
+    let (mut ring, mut recursion) = (0u64, 0u64);
+    let (mut primary, mut fallback) = (0u64, 0u64);
+    for r in &json {
+        let cap = r.capture.clone().unwrap_or_default();
+        got += cap.transitions;
+        want += r.out.expected_transitions();
+        ring += cap.stream_ring_full.max(cap.stderr_ring_full);
+        recursion += cap.stream_recursion.max(cap.stderr_recursion);
+        primary += r.progs.first().map_or(0, |p| p.recursion_misses);
+        fallback += r.progs.get(1).map_or(0, |p| p.recursion_misses);
+    }
+    let ratio = got as f64 / want.max(1) as f64;
+    vec![
+        Row::new(
+            "transitions captured / expected (JSON runs, storm netns only)",
+            format!("{ratio:.4} ({got} / {want})"),
+            "1.0000",
+            Some(got == want),
+        ),
+        Row::new(
+            "losses netmon reported: ring full / recursion (stream and stderr)",
+            format!("{ring} / {recursion}"),
+            "0 / 0",
+            Some(ring == 0 && recursion == 0),
+        ),
+        Row::new(
+            "kernel `recursion_misses`: netmon_set_state / _fallback (JSON runs, all netns)",
+            format!("{primary} / {fallback} (the fallback takes the primary's misses)"),
+            "",
+            None,
+        ),
+    ]
+}
+
+fn storm_details(runs: &[StormRun]) -> String {
+    let mut s = String::from("\n## Storm runs, in order\n\n");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{:>2}. {:<38} {:>8.0} conn/s, {} connections in {:.2} s",
+            i + 1,
+            r.mode.label(),
+            r.out.rate(),
+            r.out.connections,
+            r.out.secs
+        );
+        if let Some(c) = r.tracer_cpu {
+            let _ = write!(
+                s,
+                ", tracer CPU {:.2} s (user {:.2}, sys {:.2})",
+                c.total(),
+                c.user,
+                c.system
+            );
+        }
+        let _ = write!(s, ", {} IRQ-work interrupts", r.irq_work);
+        if r.unfinished != (0, 0) {
+            let _ = write!(
+                s,
+                ", {} sockets still open after the storm ({} after waiting)",
+                r.unfinished.0, r.unfinished.1
+            );
+        }
+        if let Some(cap) = &r.capture {
+            let _ = write!(
+                s,
+                ", captured {} of {}, netmon reported {} ring-full and {} recursion losses",
+                cap.transitions,
+                r.out.expected_transitions(),
+                cap.stream_ring_full.max(cap.stderr_ring_full),
+                cap.stream_recursion.max(cap.stderr_recursion),
+            );
+            if let Some(seen) = r.seen {
+                let _ = write!(
+                    s,
+                    "; all namespaces: {} transitions in the file, {seen} counted `Seen` in \
+                     the kernel",
+                    cap.all_transitions
+                );
+            }
+        }
+        if !r.progs.is_empty() {
+            let misses: Vec<String> = r
+                .progs
+                .iter()
+                .map(|p| p.recursion_misses.to_string())
+                .collect();
+            let _ = write!(s, ", recursion_misses {}", misses.join("/"));
+            if let Some(n) = r.recovered {
+                let _ = write!(s, ", recovered by the fallback {n}");
+            }
+        }
+        s.push('\n');
+    }
+    for (i, r) in runs.iter().enumerate() {
+        let Some(cap) = &r.capture else { continue };
+        let _ = writeln!(
+            s,
+            "\nTransitions of run {} in the storm's namespace, by kind:\n",
+            i + 1
+        );
+        for (kind, n) in &cap.by_kind {
+            let _ = writeln!(s, "    {kind:<28} {n}");
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3 and 4: snapshots and agent memory
+
+/// Tools timed at each socket count: (label, program, args, agent socket to use).
+fn snapshot_tools(ctx: &Ctx, agent_socket: &Path) -> Vec<Tool> {
+    let netmon = ctx.netmon.to_string_lossy().into_owned();
+    let agent = Some(agent_socket.to_path_buf());
+    // A path nobody serves: `netmon snapshot` falls back to its own one-shot dump.
+    let none = Some(PathBuf::from("/nonexistent/netmon-bench.sock"));
+    let tool = |label: &str, program: &str, args: &[&str], socket: &Option<PathBuf>| Tool {
+        label: label.into(),
+        program: program.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        socket: socket.clone(),
+    };
+    vec![
+        tool(
+            "`netmon snapshot -tan` (agent)",
+            &netmon,
+            &["snapshot", "-tan"],
+            &agent,
+        ),
+        tool(
+            "`netmon snapshot -tan` (no agent)",
+            &netmon,
+            &["snapshot", "-tan"],
+            &none,
+        ),
+        tool(
+            "`netmon snapshot -tanp` (agent)",
+            &netmon,
+            &["snapshot", "-tanp"],
+            &agent,
+        ),
+        tool("`ss -tan`", "ss", &["-tan"], &None),
+        tool("`ss -tanp`", "ss", &["-tanp"], &None),
+        tool("`netstat -tan`", "netstat", &["-tan"], &None),
+        tool("`netstat -tanp`", "netstat", &["-tanp"], &None),
+    ]
+}
+
+struct Tool {
+    label: String,
+    program: String,
+    args: Vec<String>,
+    socket: Option<PathBuf>,
+}
+
+struct SizeResult {
+    /// Sockets `ss -tan` lists in the namespace.
+    sockets: usize,
+    /// Rows `netmon snapshot -tan` printed through the agent (should equal `sockets`).
+    netmon_rows: usize,
+    /// Median wall time per tool, `None` when the tool failed (e.g. an option it lacks).
+    times: Vec<Option<Duration>>,
+    /// Agent CPU per request while its snapshots were timed (it dumps, reconciles, renders).
+    agent_cpu_per_request: Option<Duration>,
+    /// Agent VmRSS once the sockets were there, before any snapshot at this count.
+    agent_rss_before_kib: u64,
+}
+
+struct AgentMemory {
+    live_sockets: usize,
+    closed_rows: usize,
+    rss_kib: u64,
+    hwm_kib: u64,
+    /// Where the resident memory is: heap and stacks, file mappings, shared memory (the ring).
+    anon_kib: u64,
+    file_kib: u64,
+    shmem_kib: u64,
+}
+
+struct SnapshotResults {
+    labels: Vec<String>,
+    sizes: Vec<SizeResult>,
+    memory: Option<AgentMemory>,
+    /// Why a tool had no time, the first time it failed.
+    failures: Vec<String>,
+}
+
+/// One namespace, an agent, and holder processes added until each socket count is reached;
+/// then a storm fills the agent's closed history and its memory is read.
+fn snapshot_times(ctx: &Ctx, plan: &Plan) -> Result<SnapshotResults> {
+    let ns = ctx.netns("snap")?;
+    let socket = ctx.dir.join("agent-snap.sock");
+    let errors = ctx.dir.join("agent-snap.err");
+    let mut cmd = Command::new(&ctx.netmon);
+    cmd.args(["agent", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errors)?);
+    let mut agent = Proc::spawn(&mut cmd, "netmon agent")?;
+    wait_attached(&mut agent, &errors)?;
+    wait_serving(&mut agent, &socket)?;
+
+    let tools = snapshot_tools(ctx, &socket);
+    let mut results = SnapshotResults {
+        labels: tools.iter().map(|t| t.label.clone()).collect(),
+        sizes: Vec::new(),
+        memory: None,
+        failures: Vec::new(),
+    };
+    let mut holders: Vec<Holder> = Vec::new();
+    let mut held: u32 = 0;
+    let mut sizes = plan.sizes.clone();
+    sizes.sort_unstable();
+    for &size in &sizes {
+        while held < size {
+            let conns = ((size - held).saturating_sub(1) / 2).min(CONNS_PER_HOLDER);
+            let h = Holder::start(ctx, &ns, conns, holders.len())?;
+            held += h.sockets;
+            holders.push(h);
+        }
+        // Let the agent apply the events of the new connections.
+        std::thread::sleep(Duration::from_millis(500));
+        let sockets = count_rows(ns.command("ss").args(["-tanH"]))?;
+        let netmon_rows = count_rows(
+            ns.command(&ctx.netmon)
+                .args(["snapshot", "-tanH"])
+                .env("NETMON_AGENT_SOCKET", &socket),
+        )?;
+        let agent_rss_before_kib = sys::vm_kib(agent.pid(), "VmRSS")?;
+        let mut agent_cpu_per_request = None;
+        let mut times = Vec::new();
+        for tool in &tools {
+            let cpu0 = sys::cpu_time(agent.pid())?;
+            let t = time_tool(&ns, tool, plan.runs)?;
+            if tool.socket.as_deref() == Some(socket.as_path()) && t.is_ok() {
+                // The warm-up run asked the agent too.
+                let cpu = sys::cpu_time(agent.pid())?.since(cpu0).total();
+                agent_cpu_per_request
+                    .get_or_insert(Duration::from_secs_f64(cpu / (plan.runs + 1) as f64));
+            }
+            if let Err(why) = &t
+                && !results.failures.iter().any(|f| f.starts_with(&tool.label))
+            {
+                results.failures.push(format!("{}: {why}", tool.label));
+            }
+            eprintln!(
+                "bench: {sockets:>6} sockets: {:<36} {}",
+                tool.label,
+                t.as_ref()
+                    .map_or_else(|_| "n/a".into(), |d| format!("{:.1} ms", ms(*d)))
+            );
+            times.push(t.ok());
+        }
+        results.sizes.push(SizeResult {
+            sockets,
+            netmon_rows,
+            times,
+            agent_cpu_per_request,
+            agent_rss_before_kib,
+        });
+    }
+    results.memory = Some(agent_memory(ctx, plan, &ns, &agent, &socket)?);
+    drop(holders);
+    drop(agent);
+    drop(ns);
+    Ok(results)
+}
+
+/// Median wall time of `runs` runs (after one warm-up run) of a tool inside `ns`, output to
+/// /dev/null; the inner error is the tool's own complaint when it fails.
+fn time_tool(
+    ns: &Netns,
+    tool: &Tool,
+    runs: usize,
+) -> Result<std::result::Result<Duration, String>> {
+    let run = || -> Result<std::result::Result<Duration, String>> {
+        let mut cmd = ns.command(&tool.program);
+        cmd.args(&tool.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(s) = &tool.socket {
+            cmd.env("NETMON_AGENT_SOCKET", s);
+        }
+        let t0 = Instant::now();
+        let mut proc = Proc::spawn(&mut cmd, tool.label.clone())?;
+        let status = proc.wait(Duration::from_secs(120))?;
+        let elapsed = t0.elapsed();
+        if status.success() {
+            return Ok(Ok(elapsed));
+        }
+        let mut err = String::new();
+        if let Some(mut e) = proc.child().stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).ok();
+        }
+        Ok(Err(err
+            .lines()
+            .next()
+            .unwrap_or("failed")
+            .trim()
+            .to_owned()))
+    };
+    // The warm-up also tells whether the tool can do it at all (`-p` may not exist).
+    if let Err(why) = run()? {
+        return Ok(Err(why));
+    }
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        match run()? {
+            Ok(d) => times.push(d.as_secs_f64()),
+            Err(why) => bail!("{} failed after succeeding once: {why}", tool.label),
+        }
+    }
+    Ok(Ok(Duration::from_secs_f64(median(&times))))
+}
+
+/// Lines a command prints (run inside a namespace, without a header).
+fn count_rows(cmd: &mut Command) -> Result<usize> {
+    let out = cmd.stderr(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(out.stdout.iter().filter(|&&b| b == b'\n').count())
+}
+
+/// A process holding connections open in the namespace (see [`load::hold`]).
+struct Holder {
+    _proc: Proc,
+    sockets: u32,
+}
+
+impl Holder {
+    fn start(ctx: &Ctx, ns: &Netns, conns: u32, id: usize) -> Result<Self> {
+        let mut cmd = ns.command(&ctx.xtask);
+        cmd.args(["bench-hold", "--conns", &conns.to_string()])
+            .args(["--id", &id.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn(&mut cmd, "a socket holder")?;
+        let stdout = proc.child().stdout.take().context("holder stdout")?;
+        // Read "ready N" on a thread so a stuck holder cannot hang the bench.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("a socket holder did not get ready within 60 s")?;
+        let sockets = line
+            .strip_prefix("ready ")
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("a socket holder failed (said {line:?})"))?;
+        Ok(Self {
+            _proc: proc,
+            sockets,
+        })
+    }
+}
+
+/// Fills the agent's closed history with a storm in the snapshot namespace (its live sockets
+/// stay), then reads the agent's resident memory.
+fn agent_memory(
+    ctx: &Ctx,
+    plan: &Plan,
+    ns: &Netns,
+    agent: &Proc,
+    socket: &Path,
+) -> Result<AgentMemory> {
+    let live_sockets = count_rows(ns.command("ss").args(["-tanH"]))?;
+    run_storm(ctx, ns, plan.threads, 30.0, HISTORY_FILL_CONNS)?;
+    // Let the agent drain the ring and settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let closed_rows = count_rows(
+        ns.command(&ctx.netmon)
+            .args(["snapshot", "--closed", "-H"])
+            .env("NETMON_AGENT_SOCKET", socket),
+    )?;
+    Ok(AgentMemory {
+        live_sockets,
+        closed_rows,
+        rss_kib: sys::vm_kib(agent.pid(), "VmRSS")?,
+        hwm_kib: sys::vm_kib(agent.pid(), "VmHWM")?,
+        anon_kib: sys::vm_kib(agent.pid(), "RssAnon")?,
+        file_kib: sys::vm_kib(agent.pid(), "RssFile")?,
+        shmem_kib: sys::vm_kib(agent.pid(), "RssShmem")?,
+    })
+}
+
+fn snapshot_rows(s: &SnapshotResults) -> Vec<Row> {
+    let per_size = |f: &dyn Fn(&SizeResult) -> String| -> String {
+        s.sizes
+            .iter()
+            .map(|z| format!("{}: {}", short_count(z.sockets), f(z)))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    let mut rows = Vec::new();
+    for (i, label) in s.labels.iter().enumerate() {
+        rows.push(Row::new(
+            format!("snapshot {label}"),
+            per_size(&|z| z.times[i].map_or("n/a".into(), |d| format!("{:.1} ms", ms(d)))),
+            "",
+            None,
+        ));
+    }
+    let index = |label: &str| s.labels.iter().position(|l| l.contains(label));
+    let ratio = |num: &str, den: &str| {
+        let (n, d) = (index(num), index(den));
+        move |z: &SizeResult| -> Option<f64> { Some(ms(z.times[n?]?) / ms(z.times[d?]?).max(1e-9)) }
+    };
+    let agent_vs_ss = ratio("-tan` (agent)", "`ss -tan`");
+    let largest_ok = s.sizes.last().and_then(&agent_vs_ss).map(|r| r <= 0.25);
+    rows.push(Row::new(
+        "ratio netmon snapshot (agent) / `ss -tan`",
+        per_size(&|z| agent_vs_ss(z).map_or("n/a".into(), |r| format!("{r:.2}x"))),
+        "<= 0.25x at 100k",
+        largest_ok,
+    ));
+    let p = ratio("-tanp` (agent)", "`ss -tanp`");
+    rows.push(Row::new(
+        "ratio netmon snapshot -p (agent) / `ss -tanp`",
+        per_size(&|z| p(z).map_or("n/a".into(), |r| format!("{r:.2}x"))),
+        "",
+        None,
+    ));
+    let mismatched: Vec<String> = s
+        .sizes
+        .iter()
+        .filter(|z| z.netmon_rows != z.sockets)
+        .map(|z| format!("{} rows for {} sockets", z.netmon_rows, z.sockets))
+        .collect();
+    if !mismatched.is_empty() {
+        rows.push(Row::new(
+            "netmon snapshot rows = ss rows",
+            mismatched.join("; "),
+            "equal",
+            Some(false),
+        ));
+    }
+    if let Some(m) = &s.memory {
+        let mb = m.rss_kib as f64 * 1024.0 / 1e6;
+        rows.push(Row::new(
+            "agent VmRSS, live sockets + closed history",
+            format!(
+                "{mb:.1} MB (peak {:.1}; anon {:.1}, file {:.1}, shmem {:.1}) with {} live \
+                 sockets in the namespace and {} closed-history rows",
+                m.hwm_kib as f64 * 1024.0 / 1e6,
+                m.anon_kib as f64 * 1024.0 / 1e6,
+                m.file_kib as f64 * 1024.0 / 1e6,
+                m.shmem_kib as f64 * 1024.0 / 1e6,
+                m.live_sockets,
+                m.closed_rows
+            ),
+            "<= 100 MB",
+            Some(mb <= 100.0),
+        ));
+    }
+    rows
+}
+
+fn snapshot_details(s: &SnapshotResults) -> String {
+    let mut out = String::from("\n## Agent during the snapshot timings\n\n");
+    for z in &s.sizes {
+        let _ = writeln!(
+            out,
+            "- {} sockets: agent VmRSS {:.1} MB before its first snapshot; agent CPU per \
+             `snapshot -tan` request {}",
+            z.sockets,
+            z.agent_rss_before_kib as f64 * 1024.0 / 1e6,
+            z.agent_cpu_per_request
+                .map_or("n/a".into(), |d| format!("{:.1} ms", ms(d)))
+        );
+    }
+    if !s.failures.is_empty() {
+        out.push_str("\n## Tools that could not run (n/a)\n\n");
+        for f in &s.failures {
+            let _ = writeln!(out, "- {f}");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+struct Row {
+    what: String,
+    result: String,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn new(
+        what: impl Into<String>,
+        result: impl Into<String>,
+        target: impl Into<String>,
+        met: Option<bool>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            result: result.into(),
+            target: target.into(),
+            met,
+        }
+    }
+}
+
+/// A Markdown table, padded so it also reads well in a terminal.
+fn render_table(rows: &[Row]) -> String {
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.clone(),
+                r.result.clone(),
+                r.target.clone(),
+                match r.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => String::new(),
+                },
+            ]
+        })
+        .collect();
+    let head = ["measurement", "result", "target", "met"].map(String::from);
+    let mut widths = head.clone().map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String; 4]| {
+        let padded: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(&head);
+    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+    let _ = writeln!(out, "| {} |", rule.join(" | "));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// 41234.5 -> "41,235".
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let digits = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 99_999 -> "100k", 999 -> "999".
+fn short_count(n: usize) -> String {
+    if n >= 1000 {
+        format!("{}k", (n as f64 / 1000.0).round())
+    } else {
+        n.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_fields_are_found_by_plain_matching() {
+        let line = r#"{"type":"transition","netns":4026532,"old_state":"FIN-WAIT-1","new_state":"FIN-WAIT-2","total":17}"#;
+        assert_eq!(json_str(line, "old_state"), Some("FIN-WAIT-1"));
+        assert_eq!(json_str(line, "new_state"), Some("FIN-WAIT-2"));
+        assert_eq!(json_u64(line, "total"), Some(17));
+        assert_eq!(json_u64(line, "missing"), None);
+    }
+
+    #[test]
+    fn traced_runs_are_divided_by_their_neighbours() {
+        let run = |mode, conns| StormRun {
+            mode,
+            out: StormOut {
+                connections: conns,
+                secs: 1.0,
+                ..Default::default()
+            },
+            tracer_cpu: None,
+            irq_work: 0,
+            unfinished: (0, 0),
+            capture: None,
+            progs: Vec::new(),
+            seen: None,
+            recovered: None,
+        };
+        let runs = [
+            run(Mode::Baseline, 100),
+            run(Mode::Json, 90),
+            run(Mode::Baseline, 80),
+            run(Mode::Agent, 76),
+            run(Mode::Baseline, 80),
+        ];
+        assert_eq!(ratios(&runs, Mode::Json), vec![1.0]);
+        assert_eq!(ratios(&runs, Mode::Agent), vec![0.95]);
+    }
+
+    #[test]
+    fn numbers_print_for_people() {
+        assert_eq!(thousands(41234.6), "41,235");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(short_count(99_999), "100k");
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+}
