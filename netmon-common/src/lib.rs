@@ -24,7 +24,7 @@ pub const HINT_PROGRAMS: [(&str, &str); 4] = [
 
 /// Ring buffer map name.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Per-CPU counter array name; indexed by [`Counter`].
+/// Per-CPU counter array name; see [`PROGRAM_SLOTS`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Global holding [`SockOffsets`].
 pub const GLOBAL_OFFSETS: &str = "SOCK_OFFSETS";
@@ -54,8 +54,12 @@ pub enum Counter {
     /// A hint (owner or reset) was dropped because the ring was full.
     HintRingFull = 3,
 }
-/// Number of slots in [`MAP_COUNTERS`].
+/// Number of [`Counter`]s.
 pub const COUNTER_SLOTS: u32 = 4;
+/// Each counter has a slot per program (the transition copies, then the hint programs), so
+/// that programs interrupting each other never share an increment: [`MAP_COUNTERS`] holds
+/// `COUNTER_SLOTS * PROGRAM_SLOTS` values, counter `c` of program `p` at `c * PROGRAM_SLOTS + p`.
+pub const PROGRAM_SLOTS: u32 = 8;
 
 /// What a [`SockEvent`] reports.
 #[repr(u8)]

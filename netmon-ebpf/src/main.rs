@@ -11,10 +11,14 @@
 //! (`__bpf_trace_run()` in kernel/trace/bpf_trace.c checks `prog->active`); a transition that
 //! fires from softirq, or in a task that preempted the program, while the program is running on
 //! that CPU is skipped and only counted in the program's `recursion_misses`. The guard is per
-//! program, so copies attached after the first run for exactly those nested transitions: copy
-//! `k` emits only when copies `0..k` are all marked active on this CPU, i.e. all were
-//! interrupted and skipped this event. Measured under a loopback storm: the primary misses
-//! ~0.4 % of transitions, the first copy ~0.01 % (nesting by preemption), the second none.
+//! program, so copies attached after the first (the kernel runs a tracepoint's programs in
+//! attach order) can take those nested transitions: each copy notes, per CPU, the transition
+//! it handled, and copy `k` handles a transition only if no earlier copy noted it. A flag
+//! "copy 0 is running" would not do: the kernel marks a program active a little before it
+//! starts and after it ends, and transitions nested there were lost (~0.04 % at storm rate).
+//! A copy interrupted before it reads the notes can take a transition twice; userspace drops
+//! such a duplicate (see `Table::apply`). Measured under a loopback storm: copy 0 misses
+//! ~0.2 % of transitions, copy 1 ~0.01 %.
 //!
 //! Hints (not transitions): the owner of a socket is known only from events that run in its
 //! process. `sock_send_length`/`sock_recv_length` fire in the process doing I/O; an LRU map
@@ -37,8 +41,11 @@ use aya_ebpf::{
 };
 use netmon_common::{
     AF_INET, AF_INET6, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, IPPROTO_TCP,
-    KernelFilter, SockEvent, SockOffsets, TRANSITION_COPIES,
+    KernelFilter, PROGRAM_SLOTS, SockEvent, SockOffsets, TRANSITION_COPIES,
 };
+
+/// Counter slots of the hint programs come after the transition copies'.
+const HINT_SLOT: u32 = TRANSITION_COPIES;
 
 /// TCP_CLOSE (include/net/tcp_states.h).
 const TCP_CLOSE: i32 = 7;
@@ -47,11 +54,12 @@ const TCP_CLOSE: i32 = 7;
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS * PROGRAM_SLOTS, 0);
 
-/// Per CPU and per copy of the transition program: 1 while that copy runs there.
+/// Per CPU and per copy of the transition program: the last transition that copy handled, as
+/// `cookie << 16 | old << 8 | new` (one u64, so a nested reader never sees half of it).
 #[map]
-static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(TRANSITION_COPIES, 0);
+static HANDLED: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_COPIES, 0);
 
 /// Socket cookie -> tgid of the last process seen doing I/O on it. Keyed by cookie, not by
 /// address (addresses are reused), so closed sockets need no delete on the hot path: the LRU
@@ -102,40 +110,47 @@ pub fn netmon_set_state_fallback2(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Copy `level` of the transition program: handles the event only if every earlier copy is
-/// active on this CPU (so the kernel skipped them all for it).
+/// Copy `level` of the transition program: handles the transition unless an earlier copy
+/// already did on this CPU.
 #[inline(always)]
 fn copy(ctx: &BtfTracePointContext, level: u32) {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let id = cookie << 16 | (oldstate as u64 & 0xff) << 8 | (newstate as u64 & 0xff);
     for earlier in 0..level {
-        if ACTIVE.get(earlier).copied() != Some(1) {
+        if HANDLED.get(earlier).copied() == Some(id) {
             return;
         }
     }
-    let active = ACTIVE.get_ptr_mut(level);
-    if let Some(active) = active {
-        // SAFETY: per-CPU slot; only this copy writes it, and it does not nest on a CPU.
-        unsafe { *active = 1 };
+    if let Some(note) = HANDLED.get_ptr_mut(level) {
+        // SAFETY: per-CPU slot written only by this copy, which does not nest on a CPU.
+        unsafe { *note = id };
     }
     if level > 0 {
-        count(Counter::Recovered);
+        count(Counter::Recovered, level);
     }
-    transition(ctx);
-    if let Some(active) = active {
-        // SAFETY: as above.
-        unsafe { *active = 0 };
+    // SAFETY: plain read of a global userspace fills before load.
+    let filter = unsafe { read_volatile(&FILTER) };
+    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
+        return;
     }
+    emit(sk, cookie, EventKind::State, oldstate, newstate, level);
 }
 
 // TP_PROTO(struct sock *sk, int ret, int flags), in the process doing the I/O.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn netmon_send(ctx: BtfTracePointContext) -> i32 {
-    io(&ctx);
+    io(&ctx, HINT_SLOT);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn netmon_recv(ctx: BtfTracePointContext) -> i32 {
-    io(&ctx);
+    io(&ctx, HINT_SLOT + 1);
     0
 }
 
@@ -143,18 +158,18 @@ pub fn netmon_recv(ctx: BtfTracePointContext) -> i32 {
 // is NULL for a reset answering a packet no socket owns.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn netmon_reset_sent(ctx: BtfTracePointContext) -> i32 {
-    hint(&ctx, EventKind::ResetSent);
+    hint(&ctx, EventKind::ResetSent, HINT_SLOT + 2);
     0
 }
 
 // TP_PROTO(struct sock *sk)
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn netmon_reset_received(ctx: BtfTracePointContext) -> i32 {
-    hint(&ctx, EventKind::ResetReceived);
+    hint(&ctx, EventKind::ResetReceived, HINT_SLOT + 3);
     0
 }
 
-fn io(ctx: &BtfTracePointContext) -> Option<()> {
+fn io(ctx: &BtfTracePointContext, prog: u32) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
     let key = unsafe { bpf_get_socket_cookie(sk as *mut _) };
@@ -165,10 +180,10 @@ fn io(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     IO_OWNERS.insert(&key, &tgid, 0).ok()?;
-    hint(ctx, EventKind::Io)
+    hint(ctx, EventKind::Io, prog)
 }
 
-fn hint(ctx: &BtfTracePointContext, kind: EventKind) -> Option<()> {
+fn hint(ctx: &BtfTracePointContext, kind: EventKind, prog: u32) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     if sk.is_null() {
         return None;
@@ -176,25 +191,17 @@ fn hint(ctx: &BtfTracePointContext, kind: EventKind) -> Option<()> {
     // SAFETY: plain read of a global userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
     let state = i32::from(read::<u8>(sk, off.skc_state)?);
-    emit(sk, kind, state, state)
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    emit(sk, cookie, kind, state, state, prog)
 }
 
-fn transition(ctx: &BtfTracePointContext) -> Option<()> {
-    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-    let sk: *const u8 = ctx.arg(0);
-    let oldstate: i32 = ctx.arg(1);
-    let newstate: i32 = ctx.arg(2);
-    // SAFETY: plain read of a global userspace fills before load.
-    let filter = unsafe { read_volatile(&FILTER) };
-    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
-        return None;
-    }
-    emit(sk, EventKind::State, oldstate, newstate)
-}
-
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and the programs do not nest on one CPU.
+/// Counts in this program's own slot: a program never nests with itself on a CPU, so a plain
+/// increment is safe there, while another program sharing the slot could interrupt it between
+/// load and store (and the bpf target has no atomic add in `core`).
+fn count(counter: Counter, prog: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32 * PROGRAM_SLOTS + prog) {
+        // SAFETY: per-CPU slot of this program only.
         unsafe { *slot += 1 };
     }
 }
@@ -212,8 +219,17 @@ fn state_bit(state: i32) -> u32 {
 }
 
 /// Filters on what the socket says (protocol, family, netns, ports), then fills and submits one
-/// event; every transition that gets this far is counted, and so is a full ring.
-fn emit(sk: *const u8, kind: EventKind, oldstate: i32, newstate: i32) -> Option<()> {
+/// event; every transition that gets this far is counted, and so is a full ring. Inlined: a
+/// BPF call takes at most five arguments.
+#[inline(always)]
+fn emit(
+    sk: *const u8,
+    cookie: u64,
+    kind: EventKind,
+    oldstate: i32,
+    newstate: i32,
+    prog: u32,
+) -> Option<()> {
     let is_transition = kind as u8 == EventKind::State as u8;
     // SAFETY: plain reads of globals that userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
@@ -249,14 +265,15 @@ fn emit(sk: *const u8, kind: EventKind, oldstate: i32, newstate: i32) -> Option<
     }
 
     if is_transition {
-        count(Counter::Seen);
+        count(Counter::Seen, prog);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count(if is_transition {
+        let full = if is_transition {
             Counter::RingFull
         } else {
             Counter::HintRingFull
-        });
+        };
+        count(full, prog);
         return None;
     };
     let ev = entry.as_mut_ptr();
@@ -265,7 +282,7 @@ fn emit(sk: *const u8, kind: EventKind, oldstate: i32, newstate: i32) -> Option<
     // tracepoint's BTF-typed socket pointer, which bpf_get_socket_cookie accepts.
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).cookie = bpf_get_socket_cookie(sk as *mut _);
+        (*ev).cookie = cookie;
         (*ev).netns = netns;
         (*ev).pid = (pid_tgid >> 32) as u32;
         (*ev).tid = pid_tgid as u32;

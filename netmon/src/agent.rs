@@ -28,7 +28,7 @@ use tokio::{
 };
 
 use crate::{
-    attach::{KernelCounters, Probe, ProbeConfig, RingWaiter},
+    attach::{Probe, ProbeConfig, RingWaiter},
     decode,
     filter::Services,
     netns::{self, Netns},
@@ -81,7 +81,8 @@ struct Agent {
     table: Table,
     services: Services,
     clock: Clock,
-    reported: KernelCounters,
+    /// Losses seen so far: ring full, recursion.
+    reported: [u64; 2],
 }
 
 impl Agent {
@@ -105,15 +106,17 @@ impl Agent {
     /// True when the kernel counted a loss since the last look: the table may be wrong.
     fn losses_grew(&mut self) -> anyhow::Result<bool> {
         let now = self.probe.counters()?;
-        let grew = now.ring_full > self.reported.ring_full
-            || now.recursion_lost() > self.reported.recursion_lost();
+        let lost = [now.ring_full, now.recursion_lost(self.table.duplicates)];
+        let grew = lost
+            .iter()
+            .zip(self.reported)
+            .any(|(now, before)| *now > before);
         if grew {
             eprintln!(
                 "netmon agent: {} events lost to a full ring, {} to recursion so far; resyncing",
-                now.ring_full,
-                now.recursion_lost()
+                lost[0], lost[1]
             );
-            self.reported = now;
+            self.reported = lost;
         }
         Ok(grew)
     }
@@ -134,7 +137,7 @@ pub async fn run(
         table: Table::with_capacity(args.closed_capacity),
         services: Services::system().unwrap_or_default(),
         clock: Clock::now(),
-        reported: KernelCounters::default(),
+        reported: [0; 2],
     }));
     {
         // Seed: every namespace, and the owners of sockets that predate us, once.

@@ -10,8 +10,8 @@ use aya::{
 };
 use netmon_common::{
     Counter, DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES, GLOBAL_FILTER, GLOBAL_OFFSETS,
-    GLOBAL_WAKEUP_BYTES, HINT_PROGRAMS, KernelFilter, MAP_COUNTERS, MAP_EVENTS, SockOffsets,
-    TRACEPOINT, TRANSITION_PROGRAMS,
+    GLOBAL_WAKEUP_BYTES, HINT_PROGRAMS, KernelFilter, MAP_COUNTERS, MAP_EVENTS, PROGRAM_SLOTS,
+    SockOffsets, TRACEPOINT, TRANSITION_PROGRAMS,
 };
 
 use crate::offsets;
@@ -96,9 +96,12 @@ pub struct KernelCounters {
 }
 
 impl KernelCounters {
-    /// Transitions neither program saw: skipped by the kernel's recursion guard twice.
-    pub fn recursion_lost(&self) -> u64 {
-        self.primary_misses.saturating_sub(self.recovered)
+    /// Transitions no copy of the program handled: skipped by the kernel's recursion guard
+    /// each time. `duplicates` (transitions userspace received twice, see `Table::apply`) were
+    /// counted as recovered although the first copy had handled them.
+    pub fn recursion_lost(&self, duplicates: u64) -> u64 {
+        self.primary_misses
+            .saturating_sub(self.recovered.saturating_sub(duplicates))
     }
 }
 
@@ -194,21 +197,28 @@ impl Probe {
     /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event).
     pub fn counters(&self) -> Result<KernelCounters, AttachError> {
         let sum = |c: Counter| -> Result<u64, AttachError> {
-            let values = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(|source| AttachError::Map {
-                    name: MAP_COUNTERS,
-                    source,
-                })?;
-            Ok(values.iter().sum())
+            let mut total = 0;
+            for prog in 0..PROGRAM_SLOTS {
+                let values = self
+                    .counters
+                    .get(&(c as u32 * PROGRAM_SLOTS + prog), 0)
+                    .map_err(|source| AttachError::Map {
+                        name: MAP_COUNTERS,
+                        source,
+                    })?;
+                total += values.iter().sum::<u64>();
+            }
+            Ok(total)
         };
+        // Misses before recoveries: the kernel counts a miss before the fallback copy runs
+        // and counts its recovery, so in this order `recursion_lost()` can lag, never exceed.
+        let primary_misses = self.recursion_misses(TRANSITION_PROGRAMS[0])?;
         Ok(KernelCounters {
             seen: sum(Counter::Seen)?,
             ring_full: sum(Counter::RingFull)?,
             recovered: sum(Counter::Recovered)?,
             hints_ring_full: sum(Counter::HintRingFull)?,
-            primary_misses: self.recursion_misses(TRANSITION_PROGRAMS[0])?,
+            primary_misses,
         })
     }
 
@@ -367,12 +377,13 @@ mod tests {
             recovered: 5,
             ..Default::default()
         };
-        assert_eq!(c.recursion_lost(), 0);
+        assert_eq!(c.recursion_lost(0), 0);
         let c = KernelCounters {
             primary_misses: 7,
             recovered: 5,
             ..Default::default()
         };
-        assert_eq!(c.recursion_lost(), 2);
+        assert_eq!(c.recursion_lost(0), 2);
+        assert_eq!(c.recursion_lost(1), 3, "a duplicate was no recovery");
     }
 }

@@ -211,6 +211,8 @@ pub struct Applied {
     pub prev_state_ns: Option<u64>,
     /// The record of the connection, when this transition ended it.
     pub closed: Option<Closed>,
+    /// The kernel delivered this transition twice (see netmon-ebpf): it was ignored.
+    pub duplicate: bool,
 }
 
 #[derive(Debug)]
@@ -222,7 +224,17 @@ pub struct Table {
     closed_capacity: usize,
     /// Closed records evicted to respect the capacity.
     pub evicted: u64,
+    /// The last transitions applied: (cookie, old, new, time), to drop duplicates.
+    recent: VecDeque<(u64, TcpState, TcpState, u64)>,
+    /// Transitions dropped as duplicates.
+    pub duplicates: u64,
 }
+
+/// A duplicate arrives right after its original: the copy that took it twice was interrupted
+/// by only a few transitions (see netmon-ebpf). A socket cannot legitimately make the same
+/// transition twice within this window.
+const DUPLICATE_WINDOW: usize = 64;
+const DUPLICATE_NS: u64 = 1_000_000;
 
 impl Default for Table {
     fn default() -> Self {
@@ -242,11 +254,20 @@ impl Table {
             closed: VecDeque::new(),
             closed_capacity,
             evicted: 0,
+            recent: VecDeque::with_capacity(DUPLICATE_WINDOW),
+            duplicates: 0,
         }
     }
 
     /// Applies a transition.
     pub fn apply(&mut self, t: &Transition) -> Applied {
+        if self.is_duplicate(t) {
+            self.duplicates += 1;
+            return Applied {
+                duplicate: true,
+                ..Applied::default()
+            };
+        }
         let prev = self.live.get(&t.cookie).copied();
         if let Some(p) = prev
             && t.ts_ns < p.since_ns
@@ -276,6 +297,7 @@ impl Table {
             return Applied {
                 prev_state_ns,
                 closed,
+                duplicate: false,
             };
         }
         sock.path.push(t.new, t.ts_ns);
@@ -286,7 +308,24 @@ impl Table {
         Applied {
             prev_state_ns,
             closed: None,
+            duplicate: false,
         }
+    }
+
+    fn is_duplicate(&mut self, t: &Transition) -> bool {
+        let seen = self.recent.iter().any(|&(cookie, old, new, ts)| {
+            cookie == t.cookie
+                && old == t.old
+                && new == t.new
+                && t.ts_ns.abs_diff(ts) < DUPLICATE_NS
+        });
+        if !seen {
+            if self.recent.len() == DUPLICATE_WINDOW {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((t.cookie, t.old, t.new, t.ts_ns));
+        }
+        seen
     }
 
     /// A socket the table has not seen: is it being created?
@@ -598,6 +637,23 @@ mod tests {
             end(&reset, &[hint(7, 200, HintKind::ResetSent)]),
             Some(End::ResetSent)
         );
+    }
+
+    #[test]
+    fn a_transition_delivered_twice_is_applied_once() {
+        use TcpState::*;
+        let mut table = Table::new();
+        table.apply(&by(5, 100, 1_000, Close, SynSent));
+        table.apply(&by(5, 0, 2_000, SynSent, Established));
+        let again = table.apply(&by(5, 0, 2_500, SynSent, Established));
+        assert!(again.duplicate);
+        assert_eq!(table.duplicates, 1);
+        let closed = table.apply(&by(5, 0, 3_000, Established, Close)).closed;
+        assert!(closed.is_some());
+        assert!(table.apply(&by(5, 0, 3_100, Established, Close)).duplicate);
+        assert_eq!(table.closed().count(), 1, "one record for the connection");
+        // A different socket making the same transition is no duplicate.
+        assert!(!table.apply(&by(6, 0, 3_200, Established, Close)).duplicate);
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct Watcher<W: Write> {
     /// Print one record per ended connection instead of one per transition.
     lifecycle: bool,
     pub(crate) table: Table,
-    reported: KernelCounters,
+    /// Losses reported so far: ring full, recursion.
+    reported: [u64; 2],
     /// Records that did not decode (a build mismatch): counted, never silently dropped.
     pub malformed: u64,
     /// Records printed.
@@ -43,7 +44,7 @@ impl<W: Write> Watcher<W> {
             lifecycle,
             // Live state, timing and owners only: no closed history.
             table: Table::with_capacity(0),
-            reported: KernelCounters::default(),
+            reported: [0; 2],
             malformed: 0,
             printed: 0,
             pending: Vec::new(),
@@ -56,6 +57,9 @@ impl<W: Write> Watcher<W> {
             return Ok(());
         };
         let applied = self.table.event(&event);
+        if applied.duplicate {
+            return Ok(());
+        }
         let t = match event {
             Event::Transition(t) => t,
             Event::Hint(h) => {
@@ -95,25 +99,21 @@ impl<W: Write> Watcher<W> {
     /// Reports new losses in the stream; returns them (kind, new, total) for stderr.
     pub fn counters(&mut self, now: &KernelCounters) -> io::Result<Vec<(LossKind, u64, u64)>> {
         let mut out = Vec::new();
-        let pairs = [
-            (LossKind::RingFull, self.reported.ring_full, now.ring_full),
+        let totals = [
+            (LossKind::RingFull, now.ring_full),
             (
                 LossKind::Recursion,
-                self.reported.recursion_lost(),
-                now.recursion_lost(),
+                now.recursion_lost(self.table.duplicates),
             ),
         ];
-        for (kind, before, total) in pairs {
+        for (slot, (kind, total)) in totals.into_iter().enumerate() {
+            // Totals only grow; a racy reading that lags is reported later, never twice.
+            let before = self.reported[slot];
             if total > before {
                 self.printer.loss(kind, total - before, total)?;
                 out.push((kind, total - before, total));
+                self.reported[slot] = total;
             }
-        }
-        // Counters only grow; keep the larger reading so a racy read never reports twice.
-        self.reported.ring_full = self.reported.ring_full.max(now.ring_full);
-        if now.recursion_lost() > self.reported.recursion_lost() {
-            self.reported.primary_misses = now.primary_misses;
-            self.reported.recovered = now.recovered;
         }
         Ok(out)
     }

@@ -114,7 +114,7 @@ fn forced_loss_is_counted_exactly() {
     let c = probe.counters().expect("read counters");
     assert!(c.ring_full > 0, "a one-page ring must overflow: {c:?}");
     assert_eq!(
-        received + c.ring_full + c.recursion_lost(),
+        received + c.ring_full + c.recursion_lost(0),
         generated,
         "received {received} + lost {c:?} must equal generated {generated}"
     );

@@ -350,10 +350,17 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         std::thread::sleep(Duration::from_millis(500));
         tracer_cpu = Some(sys::cpu_time(t.pid())?.since(cpu0));
         progs = netmon_progs(t.pid());
-        // Slot 2 is `Counter::Seen` in netmon-common.
+        // Counter 2 is `Counter::Seen` in netmon-common, 1 `Counter::Recovered`.
         let maps = sys::bpf_fds(t.pid()).map_ids;
-        seen = sys::percpu_map_sum(&maps, "COUNTERS", 2).ok();
-        recovered = sys::percpu_map_sum(&maps, "COUNTERS", 1).ok();
+        // netmon-common: counter `c` of program `p` is at `c * PROGRAM_SLOTS + p`.
+        const PROGRAM_SLOTS: u32 = 8;
+        let counter = |c: u32| -> Option<u64> {
+            (0..PROGRAM_SLOTS)
+                .map(|p| sys::percpu_map_sum(&maps, "COUNTERS", c * PROGRAM_SLOTS + p).ok())
+                .sum()
+        };
+        seen = counter(2);
+        recovered = counter(1);
         // SIGINT is Ctrl-C for watch: it drains, reports losses and flushes; the agent stops
         // on SIGTERM.
         let signal = if mode == Mode::Agent {
