@@ -224,17 +224,18 @@ pub struct Table {
     closed_capacity: usize,
     /// Closed records evicted to respect the capacity.
     pub evicted: u64,
-    /// The last transitions applied: (cookie, old, new, time), to drop duplicates.
-    recent: VecDeque<(u64, TcpState, TcpState, u64)>,
+    /// Cookies of the sockets that reached CLOSE most recently, oldest first, to recognise a
+    /// CLOSE delivered twice (the socket is no longer live then).
+    recently_closed: VecDeque<u64>,
+    recently_closed_set: std::collections::HashSet<u64>,
     /// Transitions dropped as duplicates.
     pub duplicates: u64,
 }
 
-/// A duplicate arrives right after its original: the copy that took it twice was interrupted
-/// by only a few transitions (see netmon-ebpf). A socket cannot legitimately make the same
-/// transition twice within this window.
-const DUPLICATE_WINDOW: usize = 64;
-const DUPLICATE_NS: u64 = 1_000_000;
+/// How many closes `recently_closed` remembers: a duplicate follows its original within
+/// microseconds to a millisecond (the copy that took it twice was preempted), i.e. a few
+/// hundred transitions at storm rate.
+const RECENTLY_CLOSED: usize = 4096;
 
 impl Default for Table {
     fn default() -> Self {
@@ -254,7 +255,8 @@ impl Table {
             closed: VecDeque::new(),
             closed_capacity,
             evicted: 0,
-            recent: VecDeque::with_capacity(DUPLICATE_WINDOW),
+            recently_closed: VecDeque::with_capacity(RECENTLY_CLOSED),
+            recently_closed_set: std::collections::HashSet::with_capacity(RECENTLY_CLOSED),
             duplicates: 0,
         }
     }
@@ -293,6 +295,7 @@ impl Table {
         self.index_listener(t, t.cookie);
         if t.new == TcpState::Close {
             self.live.remove(&t.cookie);
+            self.remember_close(t.cookie);
             let closed = (t.old != TcpState::Close).then(|| self.close(t, sock));
             return Applied {
                 prev_state_ns,
@@ -312,20 +315,32 @@ impl Table {
         }
     }
 
+    /// A transition delivered twice (see netmon-ebpf): the socket is already in the new state
+    /// (a real transition starts from the current one), or already closed.
     fn is_duplicate(&mut self, t: &Transition) -> bool {
-        let seen = self.recent.iter().any(|&(cookie, old, new, ts)| {
-            cookie == t.cookie
-                && old == t.old
-                && new == t.new
-                && t.ts_ns.abs_diff(ts) < DUPLICATE_NS
-        });
-        if !seen {
-            if self.recent.len() == DUPLICATE_WINDOW {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((t.cookie, t.old, t.new, t.ts_ns));
+        if t.new == TcpState::Close {
+            return self.recently_closed_set.contains(&t.cookie);
         }
-        seen
+        if t.old == TcpState::Close {
+            // A closed socket used again (connect after disconnect): it may close again.
+            self.recently_closed_set.remove(&t.cookie);
+        }
+        // Only a state a transition set: a dump or a hint may have seen the new state first.
+        t.old != t.new
+            && self
+                .live
+                .get(&t.cookie)
+                .is_some_and(|s| s.state == t.new && s.since_exact)
+    }
+
+    fn remember_close(&mut self, cookie: u64) {
+        if self.recently_closed.len() == RECENTLY_CLOSED
+            && let Some(old) = self.recently_closed.pop_front()
+        {
+            self.recently_closed_set.remove(&old);
+        }
+        self.recently_closed.push_back(cookie);
+        self.recently_closed_set.insert(cookie);
     }
 
     /// A socket the table has not seen: is it being created?
@@ -650,10 +665,18 @@ mod tests {
         assert_eq!(table.duplicates, 1);
         let closed = table.apply(&by(5, 0, 3_000, Established, Close)).closed;
         assert!(closed.is_some());
-        assert!(table.apply(&by(5, 0, 3_100, Established, Close)).duplicate);
+        // However late it comes (a preempted copy), a second CLOSE is recognised.
+        assert!(
+            table
+                .apply(&by(5, 0, 900_000_000, Established, Close))
+                .duplicate
+        );
         assert_eq!(table.closed().count(), 1, "one record for the connection");
         // A different socket making the same transition is no duplicate.
         assert!(!table.apply(&by(6, 0, 3_200, Established, Close)).duplicate);
+        // A closed socket that connects again may close again.
+        table.apply(&by(5, 100, 4_000, Close, SynSent));
+        assert!(!table.apply(&by(5, 0, 5_000, SynSent, Close)).duplicate);
     }
 
     #[test]
