@@ -190,7 +190,7 @@ fn hint(ctx: &BtfTracePointContext, kind: EventKind, prog: u32) -> Option<()> {
     }
     // SAFETY: plain read of a global userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
-    let state = i32::from(read::<u8>(sk, off.skc_state)?);
+    let state = i32::from(load::<u8>(sk, off.skc_state));
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     emit(sk, cookie, kind, state, state, prog)
@@ -206,7 +206,19 @@ fn count(counter: Counter, prog: u32) {
     }
 }
 
-/// Reads a `T` at `base + off` from kernel memory.
+/// Loads a `T` at `sk + off` directly. `sk` must be a BTF-typed pointer (a tracepoint argument,
+/// or a pointer loaded from one) and `off` a field of its struct: the offsets are globals in a
+/// frozen read-only map, which the verifier reads as constants, so it checks each access
+/// against the kernel's BTF and the JIT emits a plain, fault-safe load. About 30x cheaper than
+/// `bpf_probe_read_kernel`, which was most of the program's ~600 ns per transition.
+#[inline(always)]
+fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: see above; the verifier rejects the program rather than allow a bad access.
+    unsafe { read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + off` from kernel memory, for fields the verifier cannot check
+/// against `struct sock` (those of the larger `inet_sock`/`tcp_sock` it is embedded in).
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
@@ -237,10 +249,10 @@ fn emit(
 
     // Cheapest tests first: the tracepoint also fires for other inet protocols (MPTCP's
     // subflows are TCP, so they pass).
-    if read::<u16>(sk, off.sk_protocol)? != u16::from(IPPROTO_TCP) {
+    if load::<u16>(sk, off.sk_protocol) != u16::from(IPPROTO_TCP) {
         return None;
     }
-    let family = read::<u16>(sk, off.skc_family)? as u8;
+    let family = load::<u16>(sk, off.skc_family) as u8;
     let family_bit = match family {
         AF_INET => 1,
         AF_INET6 => 2,
@@ -249,13 +261,13 @@ fn emit(
     if filter.family_mask & family_bit == 0 {
         return None;
     }
-    let net: u64 = read(sk, off.skc_net)?;
-    let netns: u32 = read(net as *const u8, off.net_ns_inum).unwrap_or(0);
+    let net: *const u8 = load(sk, off.skc_net);
+    let netns: u32 = load(net, off.net_ns_inum);
     if filter.netns != 0 && filter.netns != netns {
         return None;
     }
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
-    let dport = u16::from_be(read::<u16>(sk, off.skc_dport)?);
+    let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
     if sport < filter.sport_min
         || sport > filter.sport_max
         || dport < filter.dport_min
@@ -293,27 +305,22 @@ fn emit(
         (*ev).kind = kind as u8;
         (*ev).oldstate = oldstate as u8;
         (*ev).newstate = newstate as u8;
-        (*ev).saddr = [0; 16];
-        (*ev).daddr = [0; 16];
-        if family == AF_INET {
-            let _ = bpf_probe_read_kernel_buf(
-                sk.wrapping_add(off.skc_rcv_saddr as usize),
-                &mut (&mut (*ev).saddr)[..4],
-            );
-            let _ = bpf_probe_read_kernel_buf(
-                sk.wrapping_add(off.skc_daddr as usize),
-                &mut (&mut (*ev).daddr)[..4],
-            );
+        // Addresses as 32-bit words: `in6_addr` is a union whose `s6_addr32[4]` the verifier
+        // accepts 4-byte loads of.
+        let (saddr, daddr) = if family == AF_INET {
+            (
+                [load::<u32>(sk, off.skc_rcv_saddr), 0, 0, 0],
+                [load::<u32>(sk, off.skc_daddr), 0, 0, 0],
+            )
         } else {
-            let _ = bpf_probe_read_kernel_buf(
-                sk.wrapping_add(off.skc_v6_rcv_saddr as usize),
-                &mut (*ev).saddr,
-            );
-            let _ = bpf_probe_read_kernel_buf(
-                sk.wrapping_add(off.skc_v6_daddr as usize),
-                &mut (*ev).daddr,
-            );
-        }
+            let word = |base: u32, i: u32| load::<u32>(sk, base + 4 * i);
+            (
+                [0, 1, 2, 3].map(|i| word(off.skc_v6_rcv_saddr, i)),
+                [0, 1, 2, 3].map(|i| word(off.skc_v6_daddr, i)),
+            )
+        };
+        (*ev).saddr = core::mem::transmute::<[u32; 4], [u8; 16]>(saddr);
+        (*ev).daddr = core::mem::transmute::<[u32; 4], [u8; 16]>(daddr);
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let (acked, received) = if newstate == TCP_CLOSE && is_transition {
             (

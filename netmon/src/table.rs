@@ -19,6 +19,7 @@ use std::{
 };
 
 use netmon_common::TcpState;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
@@ -217,9 +218,11 @@ pub struct Applied {
 
 #[derive(Debug)]
 pub struct Table {
-    live: HashMap<u64, Sock>,
+    // Fx hashing: keys are kernel cookies, not attacker-chosen, and SipHash was a visible
+    // share of the reader's time per event at storm rates.
+    live: FxHashMap<u64, Sock>,
     /// (netns, port) of each listener, to give accepted sockets their listener's owner.
-    listeners: HashMap<(u32, u16), u64>,
+    listeners: FxHashMap<(u32, u16), u64>,
     closed: VecDeque<Closed>,
     closed_capacity: usize,
     /// Closed records evicted to respect the capacity.
@@ -227,7 +230,7 @@ pub struct Table {
     /// Cookies of the sockets that reached CLOSE most recently, oldest first, to recognise a
     /// CLOSE delivered twice (the socket is no longer live then).
     recently_closed: VecDeque<u64>,
-    recently_closed_set: std::collections::HashSet<u64>,
+    recently_closed_set: FxHashSet<u64>,
     /// Transitions dropped as duplicates.
     pub duplicates: u64,
 }
@@ -250,13 +253,16 @@ impl Table {
 
     pub fn with_capacity(closed_capacity: usize) -> Self {
         Self {
-            live: HashMap::new(),
-            listeners: HashMap::new(),
+            live: FxHashMap::default(),
+            listeners: FxHashMap::default(),
             closed: VecDeque::new(),
             closed_capacity,
             evicted: 0,
             recently_closed: VecDeque::with_capacity(RECENTLY_CLOSED),
-            recently_closed_set: std::collections::HashSet::with_capacity(RECENTLY_CLOSED),
+            recently_closed_set: FxHashSet::with_capacity_and_hasher(
+                RECENTLY_CLOSED,
+                Default::default(),
+            ),
             duplicates: 0,
         }
     }
@@ -495,7 +501,7 @@ impl Table {
     /// kept; events from during the dump, still in the ring, are applied after it in order
     /// and converge on the newest state.
     pub fn reconcile(&mut self, netns: u32, dump: &[DiagSock], t0_ns: u64) {
-        let found: std::collections::HashSet<u64> = dump.iter().map(|d| d.cookie).collect();
+        let found: FxHashSet<u64> = dump.iter().map(|d| d.cookie).collect();
         self.live
             .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
         for d in dump {
