@@ -123,6 +123,10 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     .await
     .context("watch")?;
     watcher.flush().ok();
+    let duplicates = watcher.duplicates();
+    if duplicates > 0 {
+        eprintln!("netmon: {duplicates} transitions the kernel delivered twice were shown once");
+    }
     if watcher.malformed > 0 {
         eprintln!(
             "netmon: {} ring records did not decode (build mismatch?)",

@@ -259,27 +259,13 @@ fn render_table(
         end(&arena, 1);
         write!(arena, "{}", r.sock.send_q).ok();
         end(&arena, 2);
-        let mut tmp = String::new();
-        let ls = addr_parts(
-            &r.sock.local,
-            r.sock.v6only,
-            args.numeric,
-            services,
-            &mut tmp,
-        );
-        let local_split = (arena.len() - start + ls) as u32;
-        arena.push_str(&tmp);
+        // Returns where the `:port` half starts, relative to the row.
+        let addr = |arena: &mut String, a: &SocketAddr| {
+            (addr_parts(a, r.sock.v6only, args.numeric, services, arena) - start) as u32
+        };
+        let local_split = addr(&mut arena, &r.sock.local);
         end(&arena, 3);
-        tmp.clear();
-        let ps = addr_parts(
-            &r.sock.remote,
-            r.sock.v6only,
-            args.numeric,
-            services,
-            &mut tmp,
-        );
-        let peer_split = (arena.len() - start + ps) as u32;
-        arena.push_str(&tmp);
+        let peer_split = addr(&mut arena, &r.sock.remote);
         end(&arena, 4);
         if args.all_netns {
             write!(arena, "{}", r.netns).ok();

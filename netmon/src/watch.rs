@@ -118,6 +118,11 @@ impl<W: Write> Watcher<W> {
         Ok(out)
     }
 
+    /// Transitions delivered twice by the kernel and shown once (see `Table::apply`).
+    pub fn duplicates(&self) -> u64 {
+        self.table.duplicates
+    }
+
     /// Prints what was held for the batch, and flushes.
     pub fn flush(&mut self) -> io::Result<()> {
         for c in std::mem::take(&mut self.pending) {

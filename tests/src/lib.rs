@@ -153,6 +153,17 @@ pub struct Collected {
     pub hints: Vec<Hint>,
 }
 
+/// Makes `n` connections (see [`connect_and_close`]) to one listener in `ns`; returns its port.
+pub fn connect_and_close_many(ns: &TestNetns, n: usize) -> u16 {
+    ns.run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        for _ in 0..n {
+            connect_and_close(&listener);
+        }
+        listener.local_addr().expect("listener addr").port()
+    })
+}
+
 /// Drains `probe` until `want` transitions arrived or `timeout` passed.
 pub fn collect(probe: &mut Probe, want: usize, timeout: Duration) -> Collected {
     let mut events = Vec::new();

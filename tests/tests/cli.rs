@@ -7,8 +7,8 @@ use std::{
 };
 
 use netmon_tests::{
-    TestNetns, connect_and_close, interrupt, lines, netmon_bin, require_root, spawn_watch,
-    stderr_of, wait_attached, wait_with_timeout,
+    TestNetns, connect_and_close, connect_and_close_many, interrupt, lines, netmon_bin,
+    require_root, spawn_watch, stderr_of, wait_attached, wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -21,13 +21,7 @@ fn watch_json_shows_all_10000_transitions_of_1000_connections() {
     wait_attached(&ns, &rx, &mut out);
 
     const CONNS: usize = 1000;
-    let port = ns.run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..CONNS {
-            connect_and_close(&listener);
-        }
-        listener.local_addr().unwrap().port()
-    });
+    let port = connect_and_close_many(&ns, CONNS);
     // Listener close is the last transition; wait for it, then stop.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ours = |v: &Value| {

@@ -3,12 +3,11 @@
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::TcpListener,
     os::unix::net::UnixStream,
 };
 
 use netmon_tests::{
-    AgentProcess, Stack, TestNetns, connect_and_close, hold_every_state, normalise,
+    AgentProcess, Stack, TestNetns, connect_and_close_many, hold_every_state, normalise,
     snapshot_without_agent, ss_in,
 };
 use serde_json::Value;
@@ -127,13 +126,7 @@ fn closed_lists_all_1000_short_lived_connections() {
     let ns = TestNetns::new();
     let agent = AgentProcess::start();
     const CONNS: usize = 1000;
-    let port = ns.run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..CONNS {
-            connect_and_close(&listener);
-        }
-        listener.local_addr().unwrap().port()
-    });
+    let port = connect_and_close_many(&ns, CONNS);
     let out = agent.snapshot(&ns, &["--closed", "--format", "json"]);
     let closed: Vec<Value> = out
         .lines()
