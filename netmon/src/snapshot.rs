@@ -96,14 +96,14 @@ pub struct Row {
 impl Row {
     /// A row from a dump, with what `table` knows of the socket.
     pub fn new(sock: DiagSock, netns: u32, table: Option<&Table>) -> Self {
-        let known = table
-            .and_then(|t| t.get(sock.cookie))
-            .filter(|s| s.state == sock.state);
+        let ages = table
+            .map(|t| t.ages(sock.cookie, sock.state))
+            .unwrap_or_default();
         Self {
             sock,
             netns,
-            born_ns: known.and_then(|s| s.born_ns),
-            since_ns: known.filter(|s| s.since_exact).map(|s| s.since_ns),
+            born_ns: ages.born_ns,
+            since_ns: ages.since_ns,
             owner: table.and_then(|t| t.get(sock.cookie)).and_then(|s| s.owner),
         }
     }

@@ -205,6 +205,25 @@ impl Closed {
     }
 }
 
+/// A TIME-WAIT socket: only what a snapshot row needs, since the full socket's history is
+/// already a closed record. Kept apart from live sockets because there are as many of them as
+/// connections closed in the last minute (100k after a storm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TimeWait {
+    netns: u32,
+    born_ns: Option<u64>,
+    since_ns: u64,
+    since_exact: bool,
+}
+
+/// When a socket was created and entered its state, as far as the table saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ages {
+    pub born_ns: Option<u64>,
+    /// Only when the table saw the transition itself (not a dump finding the state).
+    pub since_ns: Option<u64>,
+}
+
 /// What applying a transition found out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -221,6 +240,7 @@ pub struct Table {
     // Fx hashing: keys are kernel cookies, not attacker-chosen, and SipHash was a visible
     // share of the reader's time per event at storm rates.
     live: FxHashMap<u64, Sock>,
+    time_wait: FxHashMap<u64, TimeWait>,
     /// (netns, port) of each listener, to give accepted sockets their listener's owner.
     listeners: FxHashMap<(u32, u16), u64>,
     closed: VecDeque<Closed>,
@@ -254,6 +274,7 @@ impl Table {
     pub fn with_capacity(closed_capacity: usize) -> Self {
         Self {
             live: FxHashMap::default(),
+            time_wait: FxHashMap::default(),
             listeners: FxHashMap::default(),
             closed: VecDeque::new(),
             closed_capacity,
@@ -467,16 +488,13 @@ impl Table {
         // The kernel replaces a full socket that leaves FIN-WAIT-2 or CLOSING with a timewait
         // socket of the same cookie (tcp_time_wait()) and fires no event for it.
         if matches!(t.old, TcpState::FinWait2 | TcpState::Closing) {
-            let mut path = Path::default();
-            path.push(TcpState::TimeWait, t.ts_ns);
-            self.live.insert(
+            self.time_wait.insert(
                 t.cookie,
-                Sock {
-                    state: TcpState::TimeWait,
+                TimeWait {
+                    netns: sock.netns,
+                    born_ns: sock.born_ns,
                     since_ns: t.ts_ns,
                     since_exact: true,
-                    path,
-                    ..sock
                 },
             );
         }
@@ -504,7 +522,19 @@ impl Table {
         let found: FxHashSet<u64> = dump.iter().map(|d| d.cookie).collect();
         self.live
             .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
+        self.time_wait
+            .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
         for d in dump {
+            if d.state == TcpState::TimeWait {
+                self.live.remove(&d.cookie);
+                self.time_wait.entry(d.cookie).or_insert(TimeWait {
+                    netns,
+                    born_ns: None,
+                    since_ns: t0_ns,
+                    since_exact: false,
+                });
+                continue;
+            }
             let entry = self
                 .live
                 .entry(d.cookie)
@@ -522,13 +552,43 @@ impl Table {
 
     /// Drops TIME-WAIT entries older than the kernel keeps them.
     pub fn expire(&mut self, now_ns: u64) {
-        self.live.retain(|_, s| {
-            s.state != TcpState::TimeWait || now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS
-        });
+        self.time_wait
+            .retain(|_, s| now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS);
     }
 
+    /// A live socket (TIME-WAIT sockets are kept apart, see [`Table::ages`]).
     pub fn get(&self, cookie: u64) -> Option<&Sock> {
         self.live.get(&cookie)
+    }
+
+    /// The state the table has for a socket, TIME-WAIT included.
+    pub fn state(&self, cookie: u64) -> Option<TcpState> {
+        match self.live.get(&cookie) {
+            Some(s) => Some(s.state),
+            None => self
+                .time_wait
+                .contains_key(&cookie)
+                .then_some(TcpState::TimeWait),
+        }
+    }
+
+    /// When a socket in `state` was created and entered that state, where the table saw it.
+    pub fn ages(&self, cookie: u64, state: TcpState) -> Ages {
+        let (born_ns, since, exact) = if state == TcpState::TimeWait {
+            match self.time_wait.get(&cookie) {
+                Some(t) => (t.born_ns, t.since_ns, t.since_exact),
+                None => return Ages::default(),
+            }
+        } else {
+            match self.live.get(&cookie).filter(|s| s.state == state) {
+                Some(s) => (s.born_ns, s.since_ns, s.since_exact),
+                None => return Ages::default(),
+            }
+        };
+        Ages {
+            born_ns,
+            since_ns: exact.then_some(since),
+        }
     }
 
     pub fn live(&self) -> impl Iterator<Item = (u64, &Sock)> {
@@ -540,12 +600,13 @@ impl Table {
         self.closed.iter()
     }
 
+    /// Sockets the table holds, TIME-WAIT included.
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.live.len() + self.time_wait.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.len() == 0
     }
 }
 
@@ -747,7 +808,14 @@ mod tests {
         assert_eq!(table.apply(&at(1300, 4, 5)).prev_state_ns, Some(50));
         assert_eq!(table.apply(&at(1400, 5, 7)).prev_state_ns, Some(100));
         // The full socket closed; its timewait successor stays for 60 s.
-        assert_eq!(table.get(42).map(|e| e.state), Some(TcpState::TimeWait));
+        assert_eq!(table.state(42), Some(TcpState::TimeWait));
+        assert_eq!(
+            table.ages(42, TcpState::TimeWait),
+            Ages {
+                born_ns: Some(100),
+                since_ns: Some(1400)
+            }
+        );
         table.expire(1400 + TIME_WAIT_NS - 1);
         assert_eq!(table.len(), 1);
         table.expire(1400 + TIME_WAIT_NS);
