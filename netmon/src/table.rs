@@ -38,38 +38,50 @@ pub const DEFAULT_CLOSED_CAPACITY: usize = 100_000;
 pub struct Path {
     len: u8,
     states: [u8; Self::CAP],
-    entered_ns: [u64; Self::CAP],
+    /// When the first state was entered; the others as microseconds after it (u32: 71
+    /// minutes, saturating), which keeps an entry small: the agent holds 100k+ of them.
+    first_ns: u64,
+    entered_us: [u32; Self::CAP],
 }
 
 impl Path {
     const CAP: usize = 8;
 
     fn push(&mut self, state: TcpState, ts_ns: u64) {
+        if self.len == 0 {
+            self.first_ns = ts_ns;
+        }
+        let offset = u32::try_from(ts_ns.saturating_sub(self.first_ns) / 1_000).unwrap_or(u32::MAX);
         let len = usize::from(self.len);
         if len == Self::CAP {
             self.states.copy_within(1.., 0);
-            self.entered_ns.copy_within(1.., 0);
+            self.entered_us.copy_within(1.., 0);
             self.states[Self::CAP - 1] = state.to_kernel();
-            self.entered_ns[Self::CAP - 1] = ts_ns;
+            self.entered_us[Self::CAP - 1] = offset;
         } else {
             self.states[len] = state.to_kernel();
-            self.entered_ns[len] = ts_ns;
+            self.entered_us[len] = offset;
             self.len += 1;
         }
     }
 
-    /// (state, time spent in it) for each state, the last one ending at `end_ns`.
+    fn entered_ns(&self, i: usize) -> u64 {
+        self.first_ns + u64::from(self.entered_us[i]) * 1_000
+    }
+
+    /// (state, time spent in it) for each state, the last one ending at `end_ns`; to the
+    /// microsecond.
     pub fn durations(&self, end_ns: u64) -> impl Iterator<Item = (TcpState, u64)> + '_ {
         let len = usize::from(self.len);
         (0..len).map(move |i| {
             let until = if i + 1 < len {
-                self.entered_ns[i + 1]
+                self.entered_ns(i + 1)
             } else {
                 end_ns
             };
             (
                 TcpState::from_kernel(self.states[i]),
-                until.saturating_sub(self.entered_ns[i]),
+                until.saturating_sub(self.entered_ns(i)),
             )
         })
     }
@@ -276,7 +288,9 @@ impl Table {
             live: FxHashMap::default(),
             time_wait: FxHashMap::default(),
             listeners: FxHashMap::default(),
-            closed: VecDeque::new(),
+            // Reserved, not touched: the pages count only once used, and the deque never
+            // grows past the capacity by doubling.
+            closed: VecDeque::with_capacity(closed_capacity),
             closed_capacity,
             evicted: 0,
             recently_closed: VecDeque::with_capacity(RECENTLY_CLOSED),
@@ -798,41 +812,50 @@ mod tests {
     fn time_in_previous_state_and_close_into_time_wait() {
         let mut table = Table::new();
         assert_eq!(
-            table.apply(&at(100, 7, 2)).prev_state_ns,
+            table.apply(&at(100_000, 7, 2)).prev_state_ns,
             None,
             "first sight: unknown"
         );
-        assert_eq!(table.apply(&at(250, 2, 1)).prev_state_ns, Some(150));
+        assert_eq!(table.apply(&at(250_000, 2, 1)).prev_state_ns, Some(150_000));
         assert_eq!(table.get(42).map(|e| e.state), Some(TcpState::Established));
-        assert_eq!(table.apply(&at(1250, 1, 4)).prev_state_ns, Some(1000));
-        assert_eq!(table.apply(&at(1300, 4, 5)).prev_state_ns, Some(50));
-        assert_eq!(table.apply(&at(1400, 5, 7)).prev_state_ns, Some(100));
+        assert_eq!(
+            table.apply(&at(1_250_000, 1, 4)).prev_state_ns,
+            Some(1_000_000)
+        );
+        assert_eq!(
+            table.apply(&at(1_300_000, 4, 5)).prev_state_ns,
+            Some(50_000)
+        );
+        assert_eq!(
+            table.apply(&at(1_400_000, 5, 7)).prev_state_ns,
+            Some(100_000)
+        );
         // The full socket closed; its timewait successor stays for 60 s.
         assert_eq!(table.state(42), Some(TcpState::TimeWait));
         assert_eq!(
             table.ages(42, TcpState::TimeWait),
             Ages {
-                born_ns: Some(100),
-                since_ns: Some(1400)
+                born_ns: Some(100_000),
+                since_ns: Some(1_400_000)
             }
         );
-        table.expire(1400 + TIME_WAIT_NS - 1);
+        table.expire(1_400_000 + TIME_WAIT_NS - 1);
         assert_eq!(table.len(), 1);
-        table.expire(1400 + TIME_WAIT_NS);
+        table.expire(1_400_000 + TIME_WAIT_NS);
         assert!(table.is_empty());
 
         let closed: Vec<_> = table.closed().collect();
         assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].lifespan_ns(), Some(1300));
+        assert_eq!(closed[0].lifespan_ns(), Some(1_300_000));
         assert_eq!(closed[0].local, "127.0.0.1:41000".parse().unwrap());
         let path: Vec<_> = closed[0].path.durations(closed[0].closed_ns).collect();
         assert_eq!(
             path,
             [
-                (TcpState::SynSent, 150),
-                (TcpState::Established, 1000),
-                (TcpState::FinWait1, 50),
-                (TcpState::FinWait2, 100),
+                (TcpState::SynSent, 150_000),
+                (TcpState::Established, 1_000_000),
+                (TcpState::FinWait1, 50_000),
+                (TcpState::FinWait2, 100_000),
             ]
         );
     }
