@@ -55,9 +55,12 @@ pub enum Counter {
     Seen = 2,
     /// A hint (owner or reset) was dropped because the ring was full.
     HintRingFull = 3,
+    /// Runs of the first transition copy: with its `recursion_misses`, every transition the
+    /// kernel fired (all namespaces and inet protocols), to check captured against fired.
+    Fired = 4,
 }
 /// Number of [`Counter`]s.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 5;
 /// Each counter has a slot per program (the transition copies, then the hint programs), so
 /// that programs interrupting each other never share an increment: [`MAP_COUNTERS`] holds
 /// `COUNTER_SLOTS * PROGRAM_SLOTS` values, counter `c` of program `p` at `c * PROGRAM_SLOTS + p`.

@@ -114,6 +114,9 @@ pub fn netmon_set_state_fallback2(ctx: BtfTracePointContext) -> i32 {
 /// already did on this CPU.
 #[inline(always)]
 fn copy(ctx: &BtfTracePointContext, level: u32) {
+    if level == 0 {
+        count(Counter::Fired, 0);
+    }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);

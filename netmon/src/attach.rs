@@ -93,6 +93,8 @@ pub struct KernelCounters {
     pub recovered: u64,
     /// Owner and reset hints dropped because the ring was full.
     pub hints_ring_full: u64,
+    /// Transitions the kernel fired (all namespaces and inet protocols), handled or missed.
+    pub fired: u64,
 }
 
 impl KernelCounters {
@@ -222,6 +224,7 @@ impl Probe {
             ring_full: sum(Counter::RingFull)?,
             recovered: sum(Counter::Recovered)?,
             hints_ring_full: sum(Counter::HintRingFull)?,
+            fired: sum(Counter::Fired)? + primary_misses,
             primary_misses,
         })
     }

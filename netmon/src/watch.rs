@@ -280,6 +280,7 @@ mod tests {
             recovered: 1,
             seen: 10,
             hints_ring_full: 0,
+            fired: 0,
         };
         assert_eq!(
             w.counters(&c1).unwrap(),
@@ -296,6 +297,7 @@ mod tests {
             recovered: 3,
             seen: 20,
             hints_ring_full: 0,
+            fired: 0,
         };
         assert_eq!(w.counters(&c2).unwrap(), vec![(LossKind::RingFull, 2, 6)]);
         let recs = lines(w);

@@ -296,6 +296,9 @@ struct StormRun {
     seen: Option<u64>,
     /// Its `Recovered` slot: events the fallback program took because the primary was busy.
     recovered: Option<u64>,
+    /// Its `Fired` slot plus the first copy's recursion misses: every transition the kernel
+    /// fired while netmon was attached, all namespaces.
+    fired: Option<u64>,
 }
 
 /// Runs B T B T ... B with the traced modes in turn, `rounds` times each.
@@ -344,6 +347,7 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
     let mut progs = Vec::new();
     let mut seen = None;
     let mut recovered = None;
+    let mut fired = None;
     let mut capture = None;
     if let Some(t) = &mut tracer {
         // The tracer reads the ring at least every 50 ms; give it time to write the rest.
@@ -361,6 +365,7 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         };
         seen = counter(2);
         recovered = counter(1);
+        fired = counter(4).map(|f| f + progs.first().map_or(0, |p| p.recursion_misses));
         // SIGINT is Ctrl-C for watch: it drains, reports losses and flushes; the agent stops
         // on SIGTERM.
         let signal = if mode == Mode::Agent {
@@ -398,6 +403,7 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         progs,
         seen,
         recovered,
+        fired,
     })
 }
 
@@ -725,22 +731,35 @@ fn capture_rows(runs: &[StormRun]) -> Vec<Row> {
     let (mut got, mut want) = (0u64, 0u64);
     let (mut ring, mut recursion) = (0u64, 0u64);
     let (mut primary, mut fallback) = (0u64, 0u64);
+    let (mut written, mut fired) = (0u64, 0u64);
     for r in &json {
         let cap = r.capture.clone().unwrap_or_default();
         got += cap.transitions;
         want += r.out.expected_transitions();
+        written += cap.all_transitions;
+        fired += r.fired.unwrap_or(0);
         ring += cap.stream_ring_full.max(cap.stderr_ring_full);
         recursion += cap.stream_recursion.max(cap.stderr_recursion);
         primary += r.progs.first().map_or(0, |p| p.recursion_misses);
         fallback += r.progs.get(1).map_or(0, |p| p.recursion_misses);
     }
     let ratio = got as f64 / want.max(1) as f64;
+    let fired_ratio = written as f64 / fired.max(1) as f64;
     vec![
         Row::new(
-            "transitions captured / expected (JSON runs, storm netns only)",
-            format!("{ratio:.4} ({got} / {want})"),
+            "transitions written / fired by the kernel (JSON runs, all namespaces)",
+            format!("{fired_ratio:.4} ({written} / {fired})"),
             "1.0000",
-            Some(got == want),
+            Some(written == fired),
+        ),
+        Row::new(
+            "storm transitions written / 10 per connection (JSON runs, storm netns)",
+            format!(
+                "{ratio:.4} ({got} / {want}; under orphan pressure the kernel may close a \
+                 connection in fewer transitions)"
+            ),
+            "",
+            None,
         ),
         Row::new(
             "losses netmon reported: ring full / recursion (stream and stderr)",
@@ -1346,6 +1365,7 @@ mod tests {
             progs: Vec::new(),
             seen: None,
             recovered: None,
+            fired: None,
         };
         let runs = [
             run(Mode::Baseline, 100),
