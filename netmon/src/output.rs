@@ -32,6 +32,9 @@ pub enum Format {
 pub enum LossKind {
     RingFull,
     Recursion,
+    /// Owner or reset hints (not transitions) dropped on a full ring: owners and endings of
+    /// some connections may be unknown.
+    HintsRingFull,
 }
 
 impl LossKind {
@@ -39,6 +42,7 @@ impl LossKind {
         match self {
             Self::RingFull => "ring buffer full; raise --ring-size",
             Self::Recursion => "skipped by the kernel's recursion guard",
+            Self::HintsRingFull => "owner/reset hints, ring buffer full; raise --ring-size",
         }
     }
 }

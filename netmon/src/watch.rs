@@ -25,8 +25,8 @@ pub struct Watcher<W: Write> {
     /// Print one record per ended connection instead of one per transition.
     lifecycle: bool,
     pub(crate) table: Table,
-    /// Losses reported so far: ring full, recursion.
-    reported: [u64; 2],
+    /// Losses reported so far: ring full, recursion, hints.
+    reported: [u64; 3],
     /// Records that did not decode (a build mismatch): counted, never silently dropped.
     pub malformed: u64,
     /// Records printed.
@@ -44,7 +44,7 @@ impl<W: Write> Watcher<W> {
             lifecycle,
             // Live state, timing and owners only: no closed history.
             table: Table::with_capacity(0),
-            reported: [0; 2],
+            reported: [0; 3],
             malformed: 0,
             printed: 0,
             pending: Vec::new(),
@@ -105,6 +105,7 @@ impl<W: Write> Watcher<W> {
                 LossKind::Recursion,
                 now.recursion_lost(self.table.duplicates),
             ),
+            (LossKind::HintsRingFull, now.hints_ring_full),
         ];
         for (slot, (kind, total)) in totals.into_iter().enumerate() {
             // Totals only grow; a racy reading that lags is reported later, never twice.
@@ -163,7 +164,13 @@ pub async fn run<W: Write>(
         if stopping || counters_read.elapsed() >= COUNTERS_EVERY {
             counters_read = Instant::now();
             for (kind, count, total) in watcher.counters(&probe.counters()?)? {
-                eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
+                if kind == LossKind::HintsRingFull {
+                    eprintln!(
+                        "netmon: dropped {count} owner/reset hints (ring full), {total} since start"
+                    );
+                } else {
+                    eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
+                }
             }
             watcher.flush()?;
         }
@@ -296,12 +303,16 @@ mod tests {
             primary_misses: 5,
             recovered: 3,
             seen: 20,
-            hints_ring_full: 0,
+            hints_ring_full: 3,
             fired: 0,
         };
-        assert_eq!(w.counters(&c2).unwrap(), vec![(LossKind::RingFull, 2, 6)]);
+        assert_eq!(
+            w.counters(&c2).unwrap(),
+            vec![(LossKind::RingFull, 2, 6), (LossKind::HintsRingFull, 3, 3)]
+        );
         let recs = lines(w);
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[3]["kind"], "hints_ring_full");
         assert_eq!(recs[2]["count"], 2);
         assert_eq!(recs[2]["total"], 6);
     }
