@@ -18,7 +18,7 @@
 //! starts and after it ends, and transitions nested there were lost (~0.04 % at storm rate).
 //! A copy interrupted before it reads the notes can take a transition twice; userspace drops
 //! such a duplicate (see `Table::apply`). Measured under a loopback storm: copy 0 misses
-//! ~0.2 % of transitions, copy 1 ~0.01 %.
+//! ~0.1 % of transitions, copy 1 ~0.01 %, copy 2 none or a handful per million.
 //!
 //! Hints (not transitions): the owner of a socket is known only from events that run in its
 //! process. `sock_send_length`/`sock_recv_length` fire in the process doing I/O; an LRU map
@@ -33,7 +33,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie,
+        bpf_probe_read_kernel, generated::bpf_get_socket_cookie,
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
