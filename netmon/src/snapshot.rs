@@ -327,19 +327,22 @@ fn render_table(
         pport_w = 0;
     }
 
-    if !args.no_header {
+    let netns_w = width[5].max(HEADERS[5].len());
+    // One line: State (unless one state is selected, as ss), queues, the address halves
+    // aligned on their colons, then netns and details when shown.
+    let line = |out: &mut dyn Write, f: [&str; 9]| -> io::Result<()> {
         if show_state {
-            write!(out, "{:<w0$} ", HEADERS[0], w0 = width[0])?;
+            write!(out, "{:<w0$} ", f[0], w0 = width[0])?;
         }
         write!(
             out,
             "{:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
-            HEADERS[1],
-            HEADERS[2],
-            "Local Address",
-            ":Port",
-            "Peer Address",
-            ":Port",
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5],
+            f[6],
             w1 = width[1],
             w2 = width[2],
             la = laddr_w,
@@ -348,22 +351,31 @@ fn render_table(
             pp = pport_w,
         )?;
         if show_netns {
-            write!(
-                out,
-                " {:<w$}",
-                HEADERS[5],
-                w = width[5].max(HEADERS[5].len())
-            )?;
+            write!(out, " {:<netns_w$}", f[7])?;
         }
         if show_details {
-            let title = if args.processes {
-                "Process"
-            } else {
-                HEADERS[6]
-            };
-            write!(out, " {title}")?;
+            write!(out, " {}", f[8])?;
         }
-        out.write_all(b"\n")?;
+        out.write_all(b"\n")
+    };
+    if !args.no_header {
+        let details = if args.processes {
+            "Process"
+        } else {
+            HEADERS[6]
+        };
+        let header = [
+            HEADERS[0],
+            HEADERS[1],
+            HEADERS[2],
+            "Local Address",
+            ":Port",
+            "Peer Address",
+            ":Port",
+            HEADERS[5],
+            details,
+        ];
+        line(out, header)?;
     }
     for (start, c) in &cells {
         let row = &arena[*start..*start + c.ends[COLS - 1] as usize];
@@ -374,32 +386,18 @@ fn render_table(
         let (from3, to3) = cell(c, 3);
         let (from4, to4) = cell(c, 4);
         let (ls, ps) = (c.local_split as usize, c.peer_split as usize);
-        if show_state {
-            write!(out, "{:<w0$} ", text(0), w0 = width[0])?;
-        }
-        write!(
-            out,
-            "{:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
+        let fields = [
+            text(0),
             text(1),
             text(2),
             &row[from3..ls],
             &row[ls..to3],
             &row[from4..ps],
             &row[ps..to4],
-            w1 = width[1],
-            w2 = width[2],
-            la = laddr_w,
-            lp = lport_w,
-            pa = paddr_w,
-            pp = pport_w,
-        )?;
-        if show_netns {
-            write!(out, " {:<w$}", text(5), w = width[5].max(HEADERS[5].len()))?;
-        }
-        if show_details {
-            write!(out, " {}", text(6))?;
-        }
-        out.write_all(b"\n")?;
+            text(5),
+            text(6),
+        ];
+        line(out, fields)?;
     }
     Ok(())
 }
