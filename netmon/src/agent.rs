@@ -30,8 +30,11 @@ use tokio::{
 use crate::{
     attach::{Probe, ProbeConfig, RingWaiter},
     decode,
+    export::Export,
     filter::Services,
+    metrics::{self, Metrics, MetricsConfig, Resync, TableView, groups::PeerGroup},
     netns::{self, Netns},
+    otlp::{self, Endpoint},
     output::Clock,
     procfs,
     snapshot::{self, Data, Row, SnapshotArgs},
@@ -73,6 +76,23 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
+    /// listens on 127.0.0.1 (e.g. 9464, or [::]:9464 for every address). Default: off.
+    #[arg(long, value_name = "ADDR", value_parser = metrics::http::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Count connections per named peer group too: NAME=CIDR[:PORT], e.g. db=10.0.0.0/8:5432
+    /// or web=[2001:db8::/32]:443 (repeatable, first match wins, the rest is `other`).
+    #[arg(long, value_name = "NAME=CIDR[:PORT]", requires = "metrics_listen")]
+    pub metrics_peer: Vec<PeerGroup>,
+    /// Count connections per owner command name too, for the first N names seen (later
+    /// names are counted as `other`). Default: off.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "metrics_listen",
+          value_parser = clap::value_parser!(u16).range(0..=metrics::groups::MAX_COMMS as i64))]
+    pub metrics_by_comm: u16,
+    /// Send one OTLP log record per ended connection to this OTLP/HTTP endpoint
+    /// (http://HOST:PORT[/PATH], path default /v1/logs), e.g. a local OpenTelemetry Collector.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<Endpoint>,
 }
 
 /// What the agent's tasks share (one thread: `Rc<RefCell>`, never borrowed across an await).
@@ -83,24 +103,52 @@ struct Agent {
     clock: Clock,
     /// Losses seen so far: ring full, recursion.
     reported: [u64; 2],
+    export: Export,
 }
 
 impl Agent {
     /// Applies waiting events to the table, a ring's worth at most; true if more may wait.
     fn drain(&mut self) -> bool {
-        let table = &mut self.table;
-        self.probe
-            .drain(|bytes| {
-                if let Ok(e) = decode::decode(bytes) {
-                    table.event(&e);
+        let (table, export) = (&mut self.table, &mut self.export);
+        let more = self
+            .probe
+            .drain(|bytes| match decode::decode(bytes) {
+                Ok(e) => {
+                    let applied = table.event(&e);
+                    if export.is_active() {
+                        export.event(&e, &applied, table);
+                    }
                 }
+                Err(_) => export.malformed(),
             })
-            .more
+            .more;
+        self.export.end_batch();
+        more
     }
 
-    fn reconcile_all(&mut self) {
+    fn reconcile_all(&mut self, why: Resync) {
         self.drain();
+        self.export.resync(why);
         netns::resync_all(&mut self.table, None);
+    }
+
+    /// The metrics exposition, as of now.
+    fn render_metrics(&mut self) -> String {
+        self.drain();
+        let mut view = TableView::of(&self.table, Clock::mono_now_ns());
+        view.lost = self.probe.counters().ok().map(|c| {
+            [
+                c.ring_full,
+                c.recursion_lost(self.table.duplicates),
+                c.hints_ring_full,
+            ]
+        });
+        let mut out = String::with_capacity(32 * 1024);
+        if let Some(m) = &self.export.metrics {
+            // Writing to a String cannot fail.
+            let _ = m.render(view, &mut out);
+        }
+        out
     }
 
     /// True when the kernel counted a loss since the last look: the table may be wrong.
@@ -132,12 +180,38 @@ pub async fn run(
         ..ProbeConfig::default()
     };
     let probe = Probe::attach(&config)?;
+    let clock = Clock::now();
+    let mut metrics = args.metrics_listen.map(|_| {
+        Metrics::new(&MetricsConfig {
+            peers: args.metrics_peer.clone(),
+            comms: usize::from(args.metrics_by_comm),
+        })
+    });
+    let otlp = match &args.otlp_endpoint {
+        Some(e) => {
+            Some(otlp::Exporter::start(e.clone(), clock).context("starting the OTLP exporter")?)
+        }
+        None => None,
+    };
+    if let (Some(m), Some(o)) = (&mut metrics, &otlp) {
+        o.stats.register(m.registry_mut());
+    }
+    // Bound before the seed, so a taken port fails at once.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics scrapes on {addr}"))?,
+        ),
+        None => None,
+    };
     let agent = Rc::new(RefCell::new(Agent {
         probe,
         table: Table::with_capacity(args.closed_capacity),
         services: Services::system().unwrap_or_default(),
-        clock: Clock::now(),
+        clock,
         reported: [0; 2],
+        export: Export::new(metrics, otlp),
     }));
     {
         // Seed: every namespace, and the owners of sockets that predate us, once.
@@ -148,6 +222,13 @@ pub async fn run(
     let listener = bind(&args.socket)?;
     eprintln!("netmon agent: serving {}", args.socket.display());
     let local = tokio::task::LocalSet::new();
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr()?;
+        eprintln!("netmon agent: metrics on http://{addr}/metrics");
+        let a = agent.clone();
+        let render: Rc<dyn Fn() -> String> = Rc::new(move || a.borrow_mut().render_metrics());
+        local.spawn_local(metrics::http::serve(listener, render));
+    }
     let result = local.run_until(serve(agent, listener, stop)).await;
     std::fs::remove_file(&args.socket).ok();
     result
@@ -175,11 +256,11 @@ async fn serve(
                 if counters_read.elapsed() >= COUNTERS_EVERY {
                     counters_read = std::time::Instant::now();
                     if a.losses_grew()? {
-                        a.reconcile_all();
+                        a.reconcile_all(Resync::Loss);
                     }
                 }
             }
-            _ = reconcile.tick() => agent.borrow_mut().reconcile_all(),
+            _ = reconcile.tick() => agent.borrow_mut().reconcile_all(Resync::Periodic),
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
                 tokio::task::spawn_local(handle(agent.clone(), stream));
@@ -286,6 +367,7 @@ async fn answer(
     let mut rows = Vec::new();
     if args.closed.is_none() {
         for ns in &namespaces {
+            a.export.resync(Resync::Snapshot);
             let dump = netns::resync(&mut a.table, ns)
                 .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
             rows.extend(
