@@ -1,82 +1,50 @@
-//! The agent's exports beyond snapshots, fed from its event loop: Prometheus metrics per event
-//! and, per ended connection, metrics and an OTLP log record. Ended connections wait until the
-//! batch of ring records ends, so that a reset reported just after CLOSE (see `Table::hint`)
-//! amends them before they are counted or sent.
+//! The agent's exports beyond snapshots, as a consumer of the tracer's records: Prometheus
+//! metrics per transition and per ended connection, and one OTLP log record per ended
+//! connection. Both are optional; with neither, this consumer does nothing.
 
-use netmon_common::TcpState;
+use std::io;
 
 use crate::{
-    decode::Event,
-    metrics::{Metrics, Resync},
+    decode::{Hint, Transition},
+    metrics::Metrics,
     otlp::Exporter,
-    table::{Applied, Closed, Table},
+    table::{Closed, Owner},
+    tracer::Sink,
 };
 
 #[derive(Default)]
 pub struct Export {
     pub metrics: Option<Metrics>,
     pub otlp: Option<Exporter>,
-    /// Reused across batches: no allocation per event once it has grown.
-    pending: Vec<Closed>,
 }
 
-impl Export {
-    pub fn new(metrics: Option<Metrics>, otlp: Option<Exporter>) -> Self {
-        Self {
-            metrics,
-            otlp,
-            pending: Vec::with_capacity(1024),
-        }
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.metrics.is_some() || self.otlp.is_some()
-    }
-
-    /// One decoded event, after the table applied it.
-    pub fn event(&mut self, e: &Event, applied: &Applied, table: &Table) {
+impl Sink for Export {
+    fn transition(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
         if let Some(m) = &mut self.metrics {
-            m.event(e, applied, table);
+            m.transition(t, owner, prev_state_ns);
         }
-        if let Some(c) = applied.closed {
-            self.pending.push(c);
-        }
-        if let Event::Hint(h) = e
-            && h.state == TcpState::Close
-        {
-            for c in self
-                .pending
-                .iter_mut()
-                .rev()
-                .filter(|c| c.cookie == h.cookie)
-            {
-                c.late_hint(h.kind);
-            }
-        }
+        Ok(())
     }
 
-    /// A ring record that did not decode.
-    pub fn malformed(&self) {
-        if let Some(m) = &self.metrics {
-            m.malformed();
+    fn hint(&mut self, h: &Hint) -> io::Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.hint(h);
         }
+        Ok(())
     }
 
-    pub fn resync(&self, why: Resync) {
-        if let Some(m) = &self.metrics {
-            m.resync(why);
+    fn closed(&mut self, c: &Closed) -> io::Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.closed(c);
         }
-    }
-
-    /// The batch of ring records ended: count and send the connections that ended in it.
-    pub fn end_batch(&mut self) {
-        for c in self.pending.drain(..) {
-            if let Some(m) = &mut self.metrics {
-                m.closed(&c);
-            }
-            if let Some(o) = &self.otlp {
-                o.push(&c);
-            }
+        if let Some(o) = &self.otlp {
+            o.push(c);
         }
+        Ok(())
     }
 }

@@ -7,9 +7,12 @@
 //! very TCP metrics it scrapes.
 
 use std::{
-    cell::Cell,
+    future::Future,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,10 +44,14 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// What a request asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    Metrics { head_only: bool },
+    Metrics {
+        head_only: bool,
+    },
     NotFound,
     MethodNotAllowed,
     BadRequest,
+    /// The tracer stopped: nothing to render.
+    Unavailable,
 }
 
 /// The route of a request head (request line and headers, without the blank line), and
@@ -89,28 +96,22 @@ pub fn route(head: &[u8]) -> (Route, bool) {
     (route, close)
 }
 
-/// The response bytes for `route`; `body` is rendered only for the metrics route.
-pub fn response(route: &Route, close: bool, body: impl FnOnce() -> String) -> Vec<u8> {
+/// The response bytes for `route`; `body` is the exposition, for the metrics route only.
+pub fn response(route: &Route, close: bool, body: String) -> Vec<u8> {
+    let text = |status, message: &str| {
+        (
+            status,
+            "text/plain; charset=utf-8",
+            message.to_owned(),
+            false,
+        )
+    };
     let (status, content_type, body, head_only) = match route {
-        Route::Metrics { head_only } => ("200 OK", CONTENT_TYPE, body(), *head_only),
-        Route::NotFound => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "netmon serves /metrics only\n".to_owned(),
-            false,
-        ),
-        Route::MethodNotAllowed => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "use GET\n".to_owned(),
-            false,
-        ),
-        Route::BadRequest => (
-            "400 Bad Request",
-            "text/plain; charset=utf-8",
-            "bad request\n".to_owned(),
-            false,
-        ),
+        Route::Metrics { head_only } => ("200 OK", CONTENT_TYPE, body, *head_only),
+        Route::NotFound => text("404 Not Found", "netmon serves /metrics only\n"),
+        Route::MethodNotAllowed => text("405 Method Not Allowed", "use GET\n"),
+        Route::BadRequest => text("400 Bad Request", "bad request\n"),
+        Route::Unavailable => text("503 Service Unavailable", "the tracer stopped\n"),
     };
     let allow = if *route == Route::MethodNotAllowed {
         "Allow: GET, HEAD\r\n"
@@ -129,41 +130,57 @@ pub fn response(route: &Route, close: bool, body: impl FnOnce() -> String) -> Ve
     out
 }
 
-/// Accepts scrapers until the task is dropped; `render` makes the exposition on this thread.
-pub async fn serve(listener: TcpListener, render: Rc<dyn Fn() -> String>) {
-    let open = Rc::new(Cell::new(0usize));
+/// Accepts scrapers until the task is aborted; `render` makes the exposition (`None`: the
+/// tracer is gone).
+pub async fn serve<F, Fut>(listener: TcpListener, render: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Option<String>> + Send,
+{
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // EMFILE and the like: do not spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if open.get() >= MAX_CONNECTIONS {
+        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             continue;
         }
-        open.set(open.get() + 1);
+        open.fetch_add(1, Ordering::Relaxed);
         let (open, render) = (open.clone(), render.clone());
-        tokio::task::spawn_local(async move {
-            let _ = conversation(stream, &*render).await;
-            open.set(open.get() - 1);
+        tokio::spawn(async move {
+            let _ = conversation(stream, render).await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn conversation(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
+async fn conversation<F, Fut>(mut stream: TcpStream, render: F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
     stream.set_nodelay(true).ok();
     let mut buf = Vec::with_capacity(1024);
     loop {
         let Some(end) = read_head(&mut stream, &mut buf).await? else {
             return Ok(());
         };
-        let (route, close) = route(&buf[..end]);
+        let (mut route, close) = route(&buf[..end]);
         buf.drain(..end + 4);
-        let reply = response(&route, close, render);
+        let mut body = String::new();
+        if matches!(route, Route::Metrics { .. }) {
+            match render().await {
+                Some(b) => body = b,
+                None => route = Route::Unavailable,
+            }
+        }
+        let reply = response(&route, close, body);
         tokio::time::timeout(IO_TIMEOUT, stream.write_all(&reply))
             .await
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
-        if close || route == Route::BadRequest {
+        if close || matches!(route, Route::BadRequest | Route::Unavailable) {
             return stream.shutdown().await;
         }
     }
@@ -229,7 +246,7 @@ mod tests {
         assert_eq!(route(head), (Route::Metrics { head_only: false }, false));
         let close = b"GET /metrics?x=1 HTTP/1.1\r\nConnection: close";
         assert_eq!(route(close), (Route::Metrics { head_only: false }, true));
-        assert_eq!(route(b"GET /metrics HTTP/1.0").1, true);
+        assert!(route(b"GET /metrics HTTP/1.0").1, "HTTP/1.0 closes");
         assert_eq!(
             route(b"HEAD /metrics HTTP/1.1").0,
             Route::Metrics { head_only: true }
@@ -251,33 +268,27 @@ mod tests {
 
     #[test]
     fn responses_carry_length_type_and_connection() {
-        let ok = response(&Route::Metrics { head_only: false }, false, || {
-            "# EOF\n".into()
-        });
+        let eof = || "# EOF\n".to_owned();
+        let ok = response(&Route::Metrics { head_only: false }, false, eof());
         let ok = String::from_utf8(ok).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
             ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
             "{ok}"
         );
-        assert!(
-            ok.contains("Content-Length: 6\r\n") && ok.ends_with("\r\n\r\n# EOF\n"),
-            "{ok}"
-        );
+        assert!(ok.contains("Content-Length: 6\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\n# EOF\n"), "{ok}");
         assert!(ok.contains("Connection: keep-alive"), "{ok}");
-        let head = response(&Route::Metrics { head_only: true }, true, || {
-            "# EOF\n".into()
-        });
+        let head = response(&Route::Metrics { head_only: true }, true, eof());
         let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("Content-Length: 6\r\n"), "{head}");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
-        let rendered = std::cell::Cell::new(false);
-        let nf = response(&Route::NotFound, false, || {
-            rendered.set(true);
-            String::new()
-        });
+        let nf = response(&Route::NotFound, false, String::new());
         assert!(String::from_utf8(nf).unwrap().starts_with("HTTP/1.1 404"));
-        assert!(!rendered.get(), "only /metrics renders the exposition");
-        let na = String::from_utf8(response(&Route::MethodNotAllowed, false, String::new)).unwrap();
+        let gone = response(&Route::Unavailable, false, String::new());
+        assert!(String::from_utf8(gone).unwrap().starts_with("HTTP/1.1 503"));
+        let na = response(&Route::MethodNotAllowed, false, String::new());
+        let na = String::from_utf8(na).unwrap();
         assert!(na.contains("Allow: GET, HEAD\r\n"), "{na}");
     }
 }

@@ -34,8 +34,10 @@ use self::{
     },
 };
 use crate::{
-    decode::Event,
-    table::{Applied, Closed, TIME_WAIT_NS, Table},
+    decode::{Hint, Transition},
+    otlp::Stats,
+    table::{Closed, Owner, TIME_WAIT_NS, Table},
+    tracer::Resyncs,
 };
 
 /// Bucket bounds in seconds: 10 µs to an hour. Loopback connections live ~100 µs and
@@ -62,22 +64,6 @@ pub struct MetricsConfig {
     /// Count per owner command name for the first N names (0: off).
     pub comms: usize,
 }
-
-/// Why the table was reconciled with the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resync {
-    /// The kernel counted a loss: the table may be wrong.
-    Loss,
-    /// The periodic check.
-    Periodic,
-    /// A snapshot request dumped a namespace.
-    Snapshot,
-}
-
-const RESYNC_REASONS: [&str; 3] = ["loss", "periodic", "snapshot"];
-
-/// Ring records by kind: transition, hint, malformed.
-const EVENT_KINDS: [&str; 3] = ["transition", "hint", "malformed"];
 
 /// Label sets of an opt-in dimension: (name, direction) and (name, end reason).
 trait GroupLabels:
@@ -156,8 +142,8 @@ fn slot_name(names: &[String], slot: usize) -> String {
     names.get(slot).cloned().unwrap_or_else(|| OTHER.to_owned())
 }
 
-/// What a scrape reads from the table and the kernel, computed on the agent's thread just
-/// before encoding.
+/// What a scrape reads from the table, the pipeline and the kernel, computed on the tracer's
+/// thread just before encoding.
 #[derive(Clone, Debug, Default)]
 pub struct TableView {
     /// Sockets by state index and family.
@@ -169,6 +155,9 @@ pub struct TableView {
     pub duplicates: u64,
     /// Kernel-counted losses: ring full, recursion, hints ring full; `None` if unreadable.
     pub lost: Option<[u64; 3]>,
+    /// Ring records that did not decode.
+    pub malformed: u64,
+    pub resyncs: Resyncs,
 }
 
 impl TableView {
@@ -192,10 +181,25 @@ impl TableView {
     }
 }
 
-/// Encodes the [`TableView`] of the current scrape.
+/// Encodes the [`TableView`] of the current scrape, and the recorder's event counts.
 #[derive(Debug, Default)]
 struct TableCollector {
     view: Arc<Mutex<TableView>>,
+    transitions: Counter,
+    hints: Counter,
+}
+
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, n) in values {
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Collector for TableCollector {
@@ -207,9 +211,11 @@ impl Collector for TableCollector {
             None,
             MetricType::Gauge,
         )?;
+        let always = [TcpState::Established, TcpState::Listen].map(state_index);
         for (i, by_family) in view.sockets.iter().enumerate() {
             for (f, n) in by_family.iter().enumerate() {
-                if *n == 0 && !matches!(i, 1 | 10) {
+                // Empty states are left out, but for two that dashboards always plot.
+                if *n == 0 && !always.contains(&i) {
                     continue;
                 }
                 let labels = StateFamily {
@@ -232,6 +238,29 @@ impl Collector for TableCollector {
         ] {
             ConstGauge::new(n as i64).encode(entries.encode_family(&Kind { kind })?)?;
         }
+        counter_family(
+            &mut encoder,
+            "netmon_events",
+            "Ring-buffer records read: transitions (a duplicate counted once), owner/reset hints, records that did not decode",
+            [
+                ("transition", self.transitions.get()),
+                ("hint", self.hints.get()),
+                ("malformed", view.malformed),
+            ]
+            .map(|(kind, n)| (Kind { kind }, n)),
+        )?;
+        let r = view.resyncs;
+        counter_family(
+            &mut encoder,
+            "netmon_resyncs",
+            "Reconciliations of the table with a sock_diag dump, one per namespace dumped, by why: a counted loss, the periodic check, a snapshot request",
+            [
+                ("loss", r.loss),
+                ("periodic", r.periodic),
+                ("snapshot", r.snapshot),
+            ]
+            .map(|(reason, n)| (Reason { reason }, n)),
+        )?;
         let evicted = encoder.encode_descriptor(
             "netmon_closed_history_evictions",
             "Closed-connection records dropped from the history to respect its capacity",
@@ -247,29 +276,46 @@ impl Collector for TableCollector {
         )?;
         ConstCounter::new(view.duplicates).encode(duplicates)?;
         if let Some(lost) = view.lost {
-            let mut losses = encoder.encode_descriptor(
+            counter_family(
+                &mut encoder,
                 "netmon_lost_events",
-                "Events the kernel could not deliver: ring full, recursion (the kernel skipped the program), owner/reset hints on a full ring",
-                None,
-                MetricType::Counter,
+                "Events the kernel could not deliver: transitions on a full ring, transitions the kernel skipped the program for (recursion), owner/reset hints on a full ring",
+                ["ring_full", "recursion", "hints_ring_full"]
+                    .into_iter()
+                    .zip(lost)
+                    .map(|(kind, n)| (Kind { kind }, n)),
             )?;
-            for (kind, n) in ["ring_full", "recursion", "hints_ring_full"]
-                .into_iter()
-                .zip(lost)
-            {
-                ConstCounter::new(n).encode(losses.encode_family(&Kind { kind })?)?;
-            }
         }
         Ok(())
     }
 }
 
-/// Every metric the agent exports, with the per-event handles.
-pub struct Metrics {
+/// The registry and what a scrape renders; shared with the `/metrics` server.
+#[derive(Debug)]
+pub struct Exposition {
     registry: Registry,
     view: Arc<Mutex<TableView>>,
-    events: [Counter; 3],
-    resyncs: [Counter; 3],
+    /// One render at a time: the view is set, then encoded.
+    rendering: Mutex<()>,
+}
+
+impl Exposition {
+    /// The OpenMetrics text exposition, with the table's gauges as of `view`.
+    pub fn render(&self, view: TableView) -> String {
+        let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+        let mut out = String::with_capacity(32 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Every metric the agent exports, with the per-event handles; fed on the tracer's thread.
+pub struct Metrics {
+    exposition: Arc<Exposition>,
+    transitions_count: Counter,
+    hints_count: Counter,
     transitions_family: Family<FromTo, Counter>,
     transitions: Box<[[Option<Counter>; STATES]; STATES]>,
     opened: [[Counter; 2]; 3],
@@ -292,7 +338,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(config: &MetricsConfig) -> Self {
+    /// The metric set; `otlp` adds the exporter's counters.
+    pub fn new(config: &MetricsConfig, otlp: Option<&Stats>) -> Self {
         let mut r = Registry::default();
         r.register(
             "netmon_build",
@@ -302,23 +349,12 @@ impl Metrics {
             }),
         );
         let view = Arc::new(Mutex::new(TableView::default()));
-        r.register_collector(Box::new(TableCollector { view: view.clone() }));
-
-        let events_family = Family::<Kind, Counter>::default();
-        let events = EVENT_KINDS.map(|kind| events_family.get_or_create_owned(&Kind { kind }));
-        r.register(
-            "netmon_events",
-            "Ring-buffer records read: transitions, owner/reset hints, records that did not decode",
-            events_family,
-        );
-        let resync_family = Family::<Reason, Counter>::default();
-        let resyncs =
-            RESYNC_REASONS.map(|reason| resync_family.get_or_create_owned(&Reason { reason }));
-        r.register(
-            "netmon_resyncs",
-            "Reconciliations of the table with a sock_diag dump, by why: a counted loss, the periodic check, a snapshot request (one per namespace dumped)",
-            resync_family,
-        );
+        let (transitions_count, hints_count) = (Counter::default(), Counter::default());
+        r.register_collector(Box::new(TableCollector {
+            view: view.clone(),
+            transitions: transitions_count.clone(),
+            hints: hints_count.clone(),
+        }));
 
         let transitions_family = Family::<FromTo, Counter>::default();
         r.register(
@@ -456,11 +492,17 @@ impl Metrics {
                 folded_family,
             );
         }
+        if let Some(stats) = otlp {
+            stats.register(&mut r);
+        }
         Self {
-            registry: r,
-            view,
-            events,
-            resyncs,
+            exposition: Arc::new(Exposition {
+                registry: r,
+                view,
+                rendering: Mutex::new(()),
+            }),
+            transitions_count,
+            hints_count,
             transitions_family,
             transitions: Box::new(std::array::from_fn(|_| Default::default())),
             opened,
@@ -477,24 +519,20 @@ impl Metrics {
         }
     }
 
-    /// Adds metrics that live elsewhere (the OTLP exporter's counters).
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
+    /// What the `/metrics` server renders.
+    pub fn exposition(&self) -> Arc<Exposition> {
+        self.exposition.clone()
     }
 
-    /// One decoded event, after the table applied it.
-    pub fn event(&mut self, e: &Event, applied: &Applied, table: &Table) {
-        let t = match e {
-            Event::Hint(_) => {
-                self.events[1].inc();
-                return;
-            }
-            Event::Transition(t) => t,
-        };
-        self.events[0].inc();
-        if applied.duplicate {
-            return;
-        }
+    /// A transition (duplicates already dropped), with its socket's owner and the time spent
+    /// in the state it left.
+    pub fn transition(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) {
+        self.transitions_count.inc();
         let (from, to) = (state_index(t.old), state_index(t.new));
         let family = &self.transitions_family;
         self.transitions[from][to]
@@ -505,7 +543,7 @@ impl Metrics {
                 })
             })
             .inc();
-        if let Some(ns) = applied.prev_state_ns {
+        if let Some(ns) = prev_state_ns {
             let family = &self.state_duration_family;
             self.state_duration[from]
                 .get_or_insert_with(|| {
@@ -532,22 +570,16 @@ impl Metrics {
             g.opened(slot, direction);
         }
         if let Some((slots, g)) = &mut self.comms {
-            let owner = table.get(t.cookie).and_then(|s| s.owner);
-            let slot = comm_slot(slots, g, owner.as_ref().map(|o| o.task.comm()));
+            let slot = comm_slot(slots, g, owner.map(|o| o.task.comm()));
             g.opened(slot, direction);
         }
     }
 
-    /// A record that did not decode.
-    pub fn malformed(&self) {
-        self.events[2].inc();
+    pub fn hint(&mut self, _h: &Hint) {
+        self.hints_count.inc();
     }
 
-    pub fn resync(&self, why: Resync) {
-        self.resyncs[why as usize].inc();
-    }
-
-    /// An ended connection (after late resets amended it); listeners are not counted.
+    /// An ended connection (late resets already applied); listeners are not counted.
     pub fn closed(&mut self, c: &Closed) {
         let Some(direction) = Direction::of(c) else {
             return;
@@ -576,14 +608,6 @@ impl Metrics {
             g.closed(slot, c.end);
         }
     }
-
-    /// The OpenMetrics text exposition, with the table's gauges as of `view`.
-    pub fn render(&self, view: TableView, out: &mut String) -> std::fmt::Result {
-        if let Ok(mut v) = self.view.lock() {
-            *v = view;
-        }
-        prometheus_client::encoding::text::encode(out, &self.registry)
-    }
 }
 
 /// The slot of an owner's command name; unknown owners are a name of their own.
@@ -603,285 +627,4 @@ fn comm_slot(
 }
 
 #[cfg(test)]
-mod tests {
-    use netmon_common::AF_INET;
-
-    use super::*;
-    use crate::{
-        decode::{Hint, HintKind, Task, Transition, from_event, tests::event},
-        export::Export,
-    };
-
-    /// A transition of socket `cookie` run by task `pid`, to `remote`.
-    fn by(cookie: u64, pid: u32, ts: u64, old: TcpState, new: TcpState) -> Transition {
-        let mut ev = event(
-            AF_INET,
-            &[127, 0, 0, 1],
-            &[10, 1, 2, 3],
-            old.to_kernel(),
-            new.to_kernel(),
-        );
-        ev.ts_ns = ts;
-        let mut t = from_event(&ev).unwrap();
-        t.cookie = cookie;
-        t.task = Task::new(pid, pid, 1000, &format!("p{pid}"));
-        t
-    }
-
-    fn reset_received(cookie: u64, state: TcpState) -> Hint {
-        let t = by(cookie, 0, 0, state, state);
-        Hint {
-            kind: HintKind::ResetReceived,
-            ts_ns: 5,
-            cookie,
-            netns: t.netns,
-            state,
-            local: t.local,
-            remote: t.remote,
-            task: t.task,
-        }
-    }
-
-    /// Feeds events through a table and the export, as the agent does.
-    struct Fixture {
-        table: Table,
-        export: Export,
-    }
-
-    impl Fixture {
-        fn new(config: &MetricsConfig) -> Self {
-            Self {
-                table: Table::new(),
-                export: Export::new(Some(Metrics::new(config)), None),
-            }
-        }
-
-        fn feed(&mut self, events: &[Event]) {
-            for e in events {
-                let applied = self.table.event(e);
-                self.export.event(e, &applied, &self.table);
-            }
-            self.export.end_batch();
-        }
-
-        fn exposition(&self) -> String {
-            let mut out = String::new();
-            let view = TableView::of(&self.table, 1_000_000);
-            self.export
-                .metrics
-                .as_ref()
-                .unwrap()
-                .render(view, &mut out)
-                .unwrap();
-            out
-        }
-    }
-
-    fn value(exposition: &str, series: &str) -> Option<f64> {
-        exposition
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    fn tr(t: Transition) -> Event {
-        Event::Transition(t)
-    }
-
-    #[test]
-    fn connections_are_counted_by_direction_family_and_end() {
-        use TcpState::*;
-        let mut f = Fixture::new(&MetricsConfig::default());
-        f.feed(&[
-            // Refused: the reset hint comes before SYN-SENT -> CLOSE.
-            tr(by(1, 200, 1_000, Close, SynSent)),
-            Event::Hint(reset_received(1, SynSent)),
-            tr(by(1, 0, 41_000, SynSent, Close)),
-            // A normal outbound connection: 30 µs handshake, 500 µs life.
-            tr(by(2, 200, 100_000, Close, SynSent)),
-            tr(by(2, 0, 130_000, SynSent, Established)),
-            tr(by(2, 200, 500_000, Established, FinWait1)),
-            tr(by(2, 0, 550_000, FinWait1, FinWait2)),
-            tr(by(2, 0, 600_000, FinWait2, Close)),
-            // The same transition delivered twice is counted once.
-            tr(by(2, 0, 600_000, FinWait2, Close)),
-        ]);
-        let out = f.exposition();
-        let v = |s: &str| value(&out, s).unwrap_or_else(|| panic!("no {s} in\n{out}"));
-        assert_eq!(
-            v(r#"netmon_tcp_connections_closed_total{direction="outbound",end_reason="refused"}"#),
-            1.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_connections_closed_total{direction="outbound",end_reason="normal"}"#),
-            1.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_connections_closed_total{direction="inbound",end_reason="normal"}"#),
-            0.0,
-            "known label sets start at zero, so rate() works from the first scrape"
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_connections_opened_total{direction="outbound",family="ipv4"}"#),
-            2.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_transitions_total{from_state="close",to_state="syn_sent"}"#),
-            2.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_transitions_total{from_state="fin_wait2",to_state="close"}"#),
-            1.0
-        );
-        assert_eq!(v("netmon_duplicate_transitions_total"), 1.0);
-        assert_eq!(v(r#"netmon_events_total{kind="transition"}"#), 8.0);
-        assert_eq!(v(r#"netmon_events_total{kind="hint"}"#), 1.0);
-        // Sub-millisecond lifespans land in their own buckets.
-        let life = r#"netmon_tcp_connection_duration_seconds_bucket{le="0.0005",direction="outbound",end_reason="normal"}"#;
-        assert_eq!(v(life), 1.0);
-        let shorter = r#"netmon_tcp_connection_duration_seconds_bucket{le="0.00025",direction="outbound",end_reason="normal"}"#;
-        assert_eq!(v(shorter), 0.0);
-        let handshake =
-            r#"netmon_tcp_handshake_duration_seconds_bucket{le="0.00005",family="ipv4"}"#;
-        assert_eq!(v(handshake), 1.0, "30 µs handshake in the 50 µs bucket");
-        assert_eq!(
-            v(r#"netmon_tcp_state_duration_seconds_count{state="established"}"#),
-            1.0
-        );
-        assert!(
-            out.starts_with("# HELP") && out.ends_with("# EOF\n"),
-            "{out}"
-        );
-        assert!(out.contains(r#"netmon_build_info{version=""#), "{out}");
-        for default_label in ["pid=", "port=", "cookie=", "address=", "peer=", "comm="] {
-            assert!(!out.contains(default_label), "{default_label} in\n{out}");
-        }
-    }
-
-    #[test]
-    fn a_reset_after_close_is_counted_as_the_reset() {
-        use TcpState::*;
-        let mut f = Fixture::new(&MetricsConfig::default());
-        let mut rst = reset_received(3, Close);
-        rst.kind = HintKind::ResetSent;
-        f.feed(&[
-            tr(by(3, 200, 1_000, Close, SynSent)),
-            tr(by(3, 0, 2_000, SynSent, Established)),
-            tr(by(3, 200, 3_000, Established, Close)),
-            Event::Hint(rst),
-        ]);
-        let out = f.exposition();
-        let reset =
-            r#"netmon_tcp_connections_closed_total{direction="outbound",end_reason="reset-sent"}"#;
-        assert_eq!(value(&out, reset), Some(1.0), "{out}");
-        let normal =
-            r#"netmon_tcp_connections_closed_total{direction="outbound",end_reason="normal"}"#;
-        assert_eq!(value(&out, normal), Some(0.0), "{out}");
-    }
-
-    #[test]
-    fn sockets_gauge_counts_the_table_by_state_and_family() {
-        use TcpState::*;
-        let mut f = Fixture::new(&MetricsConfig::default());
-        f.feed(&[
-            tr(by(1, 100, 10, Close, Listen)),
-            tr(by(2, 200, 20, Close, SynSent)),
-            tr(by(2, 0, 30, SynSent, Established)),
-            tr(by(3, 200, 40, Close, SynSent)),
-            tr(by(3, 0, 50, SynSent, Established)),
-            tr(by(3, 200, 60, Established, FinWait1)),
-            tr(by(3, 0, 70, FinWait1, FinWait2)),
-            tr(by(3, 0, 80, FinWait2, Close)),
-        ]);
-        let out = f.exposition();
-        let v = |s: &str| value(&out, s);
-        assert_eq!(
-            v(r#"netmon_tcp_sockets{state="listen",family="ipv4"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_sockets{state="established",family="ipv4"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_sockets{state="time_wait",family="ipv4"}"#),
-            Some(1.0)
-        );
-        assert_eq!(v(r#"netmon_table_entries{kind="live"}"#), Some(2.0));
-        assert_eq!(
-            v(r#"netmon_table_entries{kind="closed_history"}"#),
-            Some(1.0)
-        );
-        // A listener's end is no connection's end.
-        f.feed(&[tr(by(1, 100, 90, Listen, Close))]);
-        let out = f.exposition();
-        let closed: f64 = out
-            .lines()
-            .filter(|l| l.starts_with("netmon_tcp_connections_closed_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum();
-        assert_eq!(closed, 1.0, "{out}");
-    }
-
-    #[test]
-    fn peer_groups_and_comms_are_capped_with_other_and_a_folded_count() {
-        use TcpState::*;
-        let config = MetricsConfig {
-            peers: vec![
-                "corp=10.0.0.0/8".parse().unwrap(),
-                "web=192.0.2.0/24:443".parse().unwrap(),
-            ],
-            comms: 1,
-        };
-        let mut f = Fixture::new(&config);
-        let mut elsewhere = by(3, 300, 10, Close, SynSent);
-        elsewhere.remote = "198.51.100.1:80".parse().unwrap();
-        f.feed(&[
-            tr(by(1, 200, 10, Close, SynSent)),
-            tr(by(2, 201, 10, Close, SynSent)),
-            tr(elsewhere),
-            tr(by(1, 0, 20, SynSent, Close)),
-        ]);
-        let out = f.exposition();
-        let v = |s: &str| value(&out, s).unwrap_or_else(|| panic!("no {s} in\n{out}"));
-        assert_eq!(
-            v(r#"netmon_tcp_peer_connections_opened_total{peer="corp",direction="outbound"}"#),
-            2.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_peer_connections_opened_total{peer="other",direction="outbound"}"#),
-            1.0
-        );
-        assert_eq!(
-            v(
-                r#"netmon_tcp_peer_connections_closed_total{peer="corp",end_reason="connect-timeout"}"#
-            ),
-            1.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_owner_connections_opened_total{comm="p200",direction="outbound"}"#),
-            1.0
-        );
-        assert_eq!(
-            v(r#"netmon_tcp_owner_connections_opened_total{comm="other",direction="outbound"}"#),
-            2.0
-        );
-        assert_eq!(v(r#"netmon_metrics_folded_total{dimension="comm"}"#), 2.0);
-        assert_eq!(v(r#"netmon_metrics_folded_total{dimension="peer"}"#), 1.0);
-        assert!(!out.contains("p201") && !out.contains("p300"), "{out}");
-    }
-
-    #[test]
-    fn per_event_handles_are_resolved_once() {
-        use TcpState::*;
-        let mut f = Fixture::new(&MetricsConfig::default());
-        f.feed(&[tr(by(1, 200, 10, Close, SynSent))]);
-        let series = |f: &Fixture| f.exposition().lines().count();
-        let before = series(&f);
-        for i in 0..1000 {
-            f.feed(&[tr(by(10 + i, 200, 10, Close, SynSent))]);
-        }
-        assert_eq!(series(&f), before, "the same label sets, no new series");
-        let m = f.export.metrics.as_ref().unwrap();
-        assert!(m.transitions[state_index(Close)][state_index(SynSent)].is_some());
-    }
-}
+mod tests;
