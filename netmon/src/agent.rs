@@ -145,9 +145,12 @@ pub async fn run(
                 listener.local_addr()?
             );
             let (table, exposition) = (table.clone(), m.exposition());
-            let render = move || {
+            let render = move |openmetrics| {
                 let (table, exposition) = (table.clone(), exposition.clone());
-                async move { Some(exposition.render(table.metrics_view().await.ok()?)) }
+                async move {
+                    let view = table.metrics_view().await.ok()?;
+                    Some(exposition.render(view, openmetrics))
+                }
             };
             Some(tokio::spawn(metrics::http::serve(listener, render)))
         }

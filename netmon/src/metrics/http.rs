@@ -1,5 +1,6 @@
 //! The `/metrics` endpoint: a small HTTP/1.1 server on the agent's runtime that answers
-//! `GET /metrics` with the OpenMetrics exposition, and nothing else.
+//! `GET /metrics` with the OpenMetrics exposition (what Prometheus asks for), or the
+//! Prometheus text format for clients that do not ask for OpenMetrics (curl, promtool).
 //!
 //! Prometheus needs one route and one verb, so this parses just that (bounded head, timeouts,
 //! a cap on connections) rather than bring an HTTP framework into the agent. Connections are
@@ -21,7 +22,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_CONNECTIONS: usize = 16;
 /// A request must arrive whole within this once it starts, and a response go out within it.
@@ -46,6 +48,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 pub enum Route {
     Metrics {
         head_only: bool,
+        openmetrics: bool,
     },
     NotFound,
     MethodNotAllowed,
@@ -71,6 +74,7 @@ pub fn route(head: &[u8]) -> (Route, bool) {
         return (Route::BadRequest, true);
     }
     let mut close = version == "HTTP/1.0";
+    let mut openmetrics = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return (Route::BadRequest, true);
@@ -78,6 +82,9 @@ pub fn route(head: &[u8]) -> (Route, bool) {
         let value = value.trim();
         if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        }
+        if name.eq_ignore_ascii_case("accept") {
+            openmetrics = value.contains("application/openmetrics-text");
         }
         let body = (name.eq_ignore_ascii_case("content-length") && value != "0")
             || name.eq_ignore_ascii_case("transfer-encoding");
@@ -88,8 +95,10 @@ pub fn route(head: &[u8]) -> (Route, bool) {
     }
     let path = target.split('?').next().unwrap_or_default();
     let route = match (method, path) {
-        ("GET", "/metrics") => Route::Metrics { head_only: false },
-        ("HEAD", "/metrics") => Route::Metrics { head_only: true },
+        ("GET" | "HEAD", "/metrics") => Route::Metrics {
+            head_only: method == "HEAD",
+            openmetrics,
+        },
         (_, "/metrics") => Route::MethodNotAllowed,
         _ => Route::NotFound,
     };
@@ -107,7 +116,13 @@ pub fn response(route: &Route, close: bool, body: String) -> Vec<u8> {
         )
     };
     let (status, content_type, body, head_only) = match route {
-        Route::Metrics { head_only } => ("200 OK", CONTENT_TYPE, body, *head_only),
+        Route::Metrics {
+            head_only,
+            openmetrics,
+        } => {
+            let content_type = if *openmetrics { OPENMETRICS } else { TEXT };
+            ("200 OK", content_type, body, *head_only)
+        }
         Route::NotFound => text("404 Not Found", "netmon serves /metrics only\n"),
         Route::MethodNotAllowed => text("405 Method Not Allowed", "use GET\n"),
         Route::BadRequest => text("400 Bad Request", "bad request\n"),
@@ -130,11 +145,11 @@ pub fn response(route: &Route, close: bool, body: String) -> Vec<u8> {
     out
 }
 
-/// Accepts scrapers until the task is aborted; `render` makes the exposition (`None`: the
-/// tracer is gone).
+/// Accepts scrapers until the task is aborted; `render(openmetrics)` makes the exposition
+/// (`None`: the tracer is gone).
 pub async fn serve<F, Fut>(listener: TcpListener, render: F)
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn(bool) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<String>> + Send,
 {
     let open = Arc::new(AtomicUsize::new(0));
@@ -158,7 +173,7 @@ where
 
 async fn conversation<F, Fut>(mut stream: TcpStream, render: F) -> std::io::Result<()>
 where
-    F: Fn() -> Fut,
+    F: Fn(bool) -> Fut,
     Fut: Future<Output = Option<String>>,
 {
     stream.set_nodelay(true).ok();
@@ -170,8 +185,8 @@ where
         let (mut route, close) = route(&buf[..end]);
         buf.drain(..end + 4);
         let mut body = String::new();
-        if matches!(route, Route::Metrics { .. }) {
-            match render().await {
+        if let Route::Metrics { openmetrics, .. } = route {
+            match render(openmetrics).await {
                 Some(b) => body = b,
                 None => route = Route::Unavailable,
             }
@@ -242,45 +257,49 @@ mod tests {
 
     #[test]
     fn routes_what_prometheus_sends() {
-        let head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\nAccept: application/openmetrics-text;version=1.0.0\r\nAccept-Encoding: gzip\r\nUser-Agent: Prometheus/2.42.0";
-        assert_eq!(route(head), (Route::Metrics { head_only: false }, false));
-        let close = b"GET /metrics?x=1 HTTP/1.1\r\nConnection: close";
-        assert_eq!(route(close), (Route::Metrics { head_only: false }, true));
+        let metrics = |head_only, openmetrics| Route::Metrics {
+            head_only,
+            openmetrics,
+        };
+        let prometheus = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\nAccept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nAccept-Encoding: gzip\r\nUser-Agent: Prometheus/2.42.0";
+        assert_eq!(route(prometheus), (metrics(false, true), false));
+        let curl = b"GET /metrics?x=1 HTTP/1.1\r\nAccept: */*\r\nConnection: close";
+        assert_eq!(route(curl), (metrics(false, false), true));
         assert!(route(b"GET /metrics HTTP/1.0").1, "HTTP/1.0 closes");
-        assert_eq!(
-            route(b"HEAD /metrics HTTP/1.1").0,
-            Route::Metrics { head_only: true }
-        );
+        assert_eq!(route(b"HEAD /metrics HTTP/1.1").0, metrics(true, false));
         assert_eq!(route(b"POST /metrics HTTP/1.1").0, Route::MethodNotAllowed);
         assert_eq!(route(b"GET / HTTP/1.1").0, Route::NotFound);
         assert_eq!(route(b"GET /metrics").0, Route::BadRequest);
         assert_eq!(route(b"GET /metrics SPDY/3").0, Route::BadRequest);
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nno colon").0,
-            Route::BadRequest
-        );
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nContent-Length: 5").0,
-            Route::BadRequest
-        );
+        let no_colon = b"GET /metrics HTTP/1.1\r\nno colon";
+        assert_eq!(route(no_colon).0, Route::BadRequest);
+        let body = b"GET /metrics HTTP/1.1\r\nContent-Length: 5";
+        assert_eq!(route(body).0, Route::BadRequest);
         assert_eq!(route(&[0xff, 0xfe]).0, Route::BadRequest);
     }
 
     #[test]
     fn responses_carry_length_type_and_connection() {
         let eof = || "# EOF\n".to_owned();
-        let ok = response(&Route::Metrics { head_only: false }, false, eof());
-        let ok = String::from_utf8(ok).unwrap();
+        let metrics = |head_only, openmetrics| Route::Metrics {
+            head_only,
+            openmetrics,
+        };
+        let ok = String::from_utf8(response(&metrics(false, true), false, eof())).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
-            ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
+            ok.contains(&format!("Content-Type: {OPENMETRICS}\r\n")),
             "{ok}"
         );
         assert!(ok.contains("Content-Length: 6\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\n# EOF\n"), "{ok}");
         assert!(ok.contains("Connection: keep-alive"), "{ok}");
-        let head = response(&Route::Metrics { head_only: true }, true, eof());
-        let head = String::from_utf8(head).unwrap();
+        let text = String::from_utf8(response(&metrics(false, false), false, eof())).unwrap();
+        assert!(
+            text.contains("Content-Type: text/plain; version=0.0.4"),
+            "{text}"
+        );
+        let head = String::from_utf8(response(&metrics(true, true), true, eof())).unwrap();
         assert!(head.contains("Content-Length: 6\r\n"), "{head}");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         let nf = response(&Route::NotFound, false, String::new());

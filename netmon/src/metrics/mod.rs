@@ -300,13 +300,18 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// The OpenMetrics text exposition, with the table's gauges as of `view`.
-    pub fn render(&self, view: TableView) -> String {
+    /// The exposition, with the table's gauges as of `view`: OpenMetrics text, or the
+    /// Prometheus text format (0.0.4) for clients that do not ask for OpenMetrics.
+    pub fn render(&self, view: TableView, openmetrics: bool) -> String {
         let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
         let mut out = String::with_capacity(32 * 1024);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
         out
     }
 }

@@ -68,7 +68,7 @@ impl Fixture {
             .as_ref()
             .unwrap()
             .exposition()
-            .render(view)
+            .render(view, true)
     }
 }
 
