@@ -433,21 +433,53 @@ pub fn normalise(table: &str, columns: usize) -> Vec<String> {
 pub struct AgentProcess {
     child: std::process::Child,
     pub socket: PathBuf,
+    /// The agent's stderr lines, when started with [`AgentProcess::start_with`].
+    pub stderr: Option<Receiver<String>>,
 }
 
 impl AgentProcess {
     pub fn start() -> Self {
+        Self::spawn(&[], false)
+    }
+
+    /// An agent with extra arguments (e.g. `--metrics-listen 0`), its stderr readable.
+    pub fn start_with(args: &[&str]) -> Self {
+        Self::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], keep_stderr: bool) -> Self {
         require_root();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let socket = PathBuf::from(format!("/run/netmon-test/{}-{n}.sock", std::process::id()));
-        let child = std::process::Command::new(netmon_bin())
+        let mut child = std::process::Command::new(netmon_bin())
             .args(["agent", "--socket"])
             .arg(&socket)
-            .stderr(std::process::Stdio::null())
+            .args(args)
+            .stderr(if keep_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("spawn netmon agent");
-        let agent = Self { child, socket };
+        let stderr = child.stderr.take().map(|e| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        let agent = Self {
+            child,
+            socket,
+            stderr,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
             assert!(
@@ -457,6 +489,22 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
+    }
+
+    /// The first stderr line containing `needle` within 20 s (start with
+    /// [`AgentProcess::start_with`]).
+    pub fn stderr_line(&self, needle: &str) -> String {
+        let rx = self.stderr.as_ref().expect("started with start_with");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("the agent said nothing with {needle:?} within 20 s: {seen:#?}");
     }
 
     /// `netmon snapshot ARGS` through this agent, run inside `ns`.

@@ -34,6 +34,9 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("netstat", "net-tools"),
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
+    // A real Prometheus scrapes the agent in the metrics test; promtool lints the exposition.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 #[derive(Parser)]
