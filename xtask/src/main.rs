@@ -322,7 +322,15 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     sh("cargo", &clippy)?;
     let bin = build(release)?;
     // Unit tests first: no kernel, no root needed.
-    let mut unit = vec!["test", "--package", "netmon", "--package", "netmon-common"];
+    let mut unit = vec![
+        "test",
+        "--package",
+        "netmon",
+        "--package",
+        "netmon-common",
+        "--package",
+        "xtask",
+    ];
     unit.extend(profile);
     sh("cargo", &unit)?;
     // Integration tests one at a time: each loads its own program, and the counters they
@@ -331,6 +339,28 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     integ.extend(profile);
     integ.extend(["--", "--test-threads=1"]);
     if let Some(f) = filter {
+        // A typo must not pass as "0 tests, ok".
+        let mut list = integ.clone();
+        list.extend(["--list", "--format", "terse", f]);
+        let listed = Command::new("cargo")
+            .args(&list)
+            .env("NETMON_BIN", &bin)
+            .current_dir(workspace_root())
+            .output()
+            .context("listing the integration tests")?;
+        if !listed.status.success() {
+            bail!(
+                "listing the integration tests failed: {}",
+                String::from_utf8_lossy(&listed.stderr)
+            );
+        }
+        let matched = count_listed(&String::from_utf8_lossy(&listed.stdout));
+        if matched == 0 {
+            bail!(
+                "no integration test name contains {f:?}; list them with `cargo test -p netmon-tests -- --list`"
+            );
+        }
+        eprintln!("xtask: {matched} integration tests match {f:?}");
         integ.push(f);
     }
     let status = Command::new("cargo")
@@ -342,6 +372,12 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         bail!("integration tests failed ({status})");
     }
     Ok(())
+}
+
+/// Tests in the output of `cargo test -- --list --format terse` (`name: test` lines, one
+/// block per test binary).
+fn count_listed(list: &str) -> usize {
+    list.lines().filter(|l| l.ends_with(": test")).count()
 }
 
 fn sh(program: &str, args: &[&str]) -> Result<()> {
@@ -365,4 +401,17 @@ fn capture(program: &str, args: &[&str]) -> Result<String> {
         bail!("`{program} {}` failed", args.join(" "));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_listed_tests_across_binaries() {
+        let list = "cli::watch_exits_0: test\nsnapshot::agent_answers: test\n\
+                    tests::bench: benchmark\n";
+        assert_eq!(count_listed(list), 2);
+        assert_eq!(count_listed(""), 0);
+    }
 }
