@@ -6,6 +6,7 @@
 //! when everything is there; `run` and `test` call it first.
 
 mod bench;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -75,6 +76,18 @@ enum Task {
     /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
     /// CPU. Prints one table and writes it to target/bench/report.md.
     Bench(bench::BenchArgs),
+    /// Run `netmon agent` and `netmon watch` for N minutes under a mixed load (churn,
+    /// long-lived connections, snapshot clients, a misbehaving client) and print their RSS,
+    /// fds, losses and snapshot latency over time (root; loads the machine; not in CI).
+    Soak(soak::SoakArgs),
+    /// (soak internal) Connect+close at a fixed rate, run inside the soak's namespace.
+    #[command(hide = true)]
+    SoakChurn {
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        secs: f64,
+    },
     /// (bench internal) The connect+close storm, run inside the bench's namespace.
     #[command(hide = true)]
     BenchStorm {
@@ -123,6 +136,12 @@ fn run(task: Task) -> Result<()> {
             bench::bench(&args, &bin, &target_dir())
         }
         Task::BenchStorm { threads, secs, max } => bench::storm(threads, secs, max),
+        Task::Soak(args) => {
+            setup()?;
+            let bin = build(true)?;
+            soak::soak(&args, &bin, &target_dir())
+        }
+        Task::SoakChurn { rate, secs } => soak::churn(rate, secs),
         Task::BenchHold { conns, id } => bench::hold(conns, id),
         Task::Fuzz { iterations, seed } => {
             setup()?;
