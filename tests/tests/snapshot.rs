@@ -181,7 +181,10 @@ fn agent_answers_bad_requests_with_an_error_and_stays_up() {
     let cases: [(&[u8], &str); 4] = [
         (b"this is not json\n", "malformed request"),
         (&[b'x'; 200 * 1024], "larger than"),
-        (br#"{"version":1,"snapshot":{"all":"yes"}}"#, "expected a boolean"),
+        (
+            br#"{"version":1,"snapshot":{"all":"yes"}}"#,
+            "expected a boolean",
+        ),
         (br#"{"bogus":1}"#, "unknown field `bogus`"),
     ];
     for (body, why) in cases {
