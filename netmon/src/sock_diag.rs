@@ -439,12 +439,19 @@ struct Dumper {
 
 impl Dumper {
     fn new() -> Result<Self, DiagError> {
-        let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io_err("socket"))?;
+        let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io_err("socket"))?;
         sock.set_rx_buf_sz(SO_RCVBUF_BYTES)
             .map_err(io_err("setsockopt(SO_RCVBUF)"))?;
-        sock.bind_auto().map_err(io_err("bind"))?;
+        // connect() binds (autobind) and connects in one call: the socket has a port id
+        // that others could send to for only the instant between the two inside the kernel.
         sock.connect(&netlink_sys::SocketAddr::new(0, 0))
             .map_err(io_err("connect"))?;
+        // Whatever arrived in that instant is not a reply to us: drop it.
+        let mut scratch = [0u8; 64];
+        while sock
+            .recv(&mut &mut scratch[..], libc::MSG_DONTWAIT | libc::MSG_TRUNC)
+            .is_ok()
+        {}
         set_recv_timeout(&sock, RECV_TIMEOUT)?;
         Ok(Self {
             sock,

@@ -136,7 +136,9 @@ fn spoofed_sock_diag_replies_from_a_user_namespace_change_nothing() {
     // SIGTERM is obeyed while the flood goes on.
     let status = agent.stop(Duration::from_secs(5));
     assert!(status.success(), "agent exit: {status}");
-    // Every fake reply was refused by the kernel: the agent's socket takes only its replies.
+    // The kernel refused the fake replies: the agent's socket takes only the kernel's. (A
+    // datagram can slip in during the instant between a dump socket's autobind and its
+    // connect inside the kernel; the agent drops those, and checks every sender anyway.)
     assert!(
         wait_with_timeout(&mut flood, Duration::from_secs(30)).success(),
         "nl-flood failed"
@@ -148,7 +150,7 @@ fn spoofed_sock_diag_replies_from_a_user_namespace_change_nothing() {
         .filter_map(|w| w.parse().ok())
         .collect();
     assert!(
-        counts.len() == 2 && counts[0] == 0 && counts[1] > 1000,
+        counts.len() == 2 && counts[0] < 100 && counts[1] > 1000,
         "nl-flood: {tally}"
     );
 }
