@@ -442,13 +442,18 @@ pub fn agent_socket_path() -> PathBuf {
     PathBuf::from(format!("/run/netmon-test/{}-{n}.sock", std::process::id()))
 }
 
-/// `netmon agent --socket SOCKET`, stderr piped, not waited for.
+/// `netmon agent --socket SOCKET ARGS`, stderr piped, not waited for.
 pub fn spawn_agent(socket: &std::path::Path) -> Child {
+    spawn_agent_with(socket, &[], Stdio::piped())
+}
+
+fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> Child {
     require_root();
     Command::new(netmon_bin())
         .args(["agent", "--socket"])
         .arg(socket)
-        .stderr(Stdio::piped())
+        .args(args)
+        .stderr(stderr)
         .spawn()
         .expect("spawn netmon agent")
 }
@@ -458,7 +463,11 @@ pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("the agent exited ({status}): {}", stderr_of(child));
+            let err = match child.stderr {
+                Some(_) => stderr_of(child),
+                None => "(its stderr is the test's)".into(),
+            };
+            panic!("the agent exited ({status}): {err}");
         }
         assert!(
             Instant::now() < deadline,
@@ -474,15 +483,23 @@ impl AgentProcess {
     }
 
     pub fn start_at(socket: PathBuf) -> Self {
-        let mut child = spawn_agent(&socket);
+        Self::start_with(socket, &[])
+    }
+
+    /// An agent with more arguments. Its stderr goes to the test's (a pipe nobody reads
+    /// would make its messages fail).
+    pub fn start_with(socket: PathBuf, args: &[&str]) -> Self {
+        let mut child = spawn_agent_with(&socket, args, Stdio::inherit());
         wait_serving(&socket, &mut child);
-        // Nobody reads its stderr from here on: a full pipe must not block it.
-        drop(child.stderr.take());
         Self { child, socket }
     }
 
-    /// Takes over an agent spawned with [`spawn_agent`] and already serving `socket`.
-    pub fn adopt(child: Child, socket: PathBuf) -> Self {
+    /// Takes over an agent spawned with [`spawn_agent`] and already serving `socket`; its
+    /// stderr is read (and dropped) from here on, so that its messages never meet a closed pipe.
+    pub fn adopt(mut child: Child, socket: PathBuf) -> Self {
+        if let Some(mut err) = child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        }
         Self { child, socket }
     }
 

@@ -323,7 +323,6 @@ fn two_agents_at_once_one_serves() {
         "names its pid: {err}"
     );
     wait_serving(&socket, &mut winner);
-    drop(winner.stderr.take());
     let agent = AgentProcess::adopt(winner, socket.clone());
     let ns = TestNetns::new();
     assert!(agent.snapshot(&ns, &["-a"]).starts_with("State"));
