@@ -182,7 +182,7 @@ fn connections(ns: &TestNetns, ip: &'static str, n: usize) -> (Vec<SocketAddr>, 
 #[test]
 fn prometheus_scrapes_the_agent_and_counts_equal_the_connections_made() {
     let ns = TestNetns::new();
-    let agent = AgentProcess::start_with(&[
+    let agent = AgentProcess::start_reading_stderr(&[
         "--metrics-listen",
         "0",
         "--metrics-peer",
@@ -355,7 +355,8 @@ fn attr<'a>(r: &'a LogRecord, key: &str) -> Option<&'a AnyValue> {
 fn otlp_receiver_gets_one_record_per_connection_end_with_its_attributes() {
     let ns = TestNetns::new();
     let (receiver, records) = otlp_receiver();
-    let agent = AgentProcess::start_with(&["--otlp-endpoint", &format!("http://{receiver}")]);
+    let agent =
+        AgentProcess::start_reading_stderr(&["--otlp-endpoint", &format!("http://{receiver}")]);
     let before = SystemTime::now();
     let (clients, server) = connections(&ns, "127.13.38.1", 6);
     let after = SystemTime::now();
@@ -452,7 +453,8 @@ fn otlp_receiver_gets_one_record_per_connection_end_with_its_attributes() {
 fn otlp_with_the_receiver_down_keeps_serving_and_counts_drops() {
     let ns = TestNetns::new();
     let nobody = format!("http://127.0.0.1:{}", free_port());
-    let agent = AgentProcess::start_with(&["--otlp-endpoint", &nobody, "--metrics-listen", "0"]);
+    let agent =
+        AgentProcess::start_reading_stderr(&["--otlp-endpoint", &nobody, "--metrics-listen", "0"]);
     let target = metrics_addr(&agent);
     let (clients, _) = connections(&ns, "127.13.39.1", 4);
     let dropped = || {
