@@ -437,6 +437,11 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// An agent with extra arguments (e.g. `--ring-size`).
+    pub fn start_with(extra: &[&str]) -> Self {
         require_root();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -444,6 +449,7 @@ impl AgentProcess {
         let child = std::process::Command::new(netmon_bin())
             .args(["agent", "--socket"])
             .arg(&socket)
+            .args(extra)
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn netmon agent");
@@ -457,6 +463,10 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `netmon snapshot ARGS` through this agent, run inside `ns`.
