@@ -261,8 +261,13 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     // A socket file left by an agent that died: nobody answers on it.
     std::fs::remove_file(path).ok();
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Created owner-only, then opened to the group: no moment where others may connect.
+    // SAFETY: umask only changes this process's file-creation mask; restored at once.
+    let umask = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
     let mode = match group_id(GROUP) {
         Some(gid) => {
             std::os::unix::fs::chown(path, Some(0), Some(gid))
