@@ -14,7 +14,6 @@
 
 use std::{
     io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -29,6 +28,7 @@ use tokio::{
 };
 
 use crate::{
+    agent_socket,
     filter::Services,
     netns::Netns,
     output::Clock,
@@ -173,6 +173,8 @@ pub async fn run(
     args: &AgentArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // First, so that a second agent says so before the slow start.
+    let lock = agent_socket::Lock::take(&args.socket)?;
     let config = TracerConfig {
         ring_bytes: args.ring_size,
         filter: netmon_common::KernelFilter::ALL,
@@ -184,8 +186,14 @@ pub async fn run(
     raise_nofile_limit();
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed();
-    let listener = bind(&args.socket)?;
-    eprintln!("netmon agent: serving {}", args.socket.display());
+    let socket = lock.bind(group_id(GROUP))?;
+    socket
+        .listener
+        .set_nonblocking(true)
+        .context("setting the socket non-blocking")?;
+    let listener = UnixListener::from_std(socket.listener.try_clone().context("dup socket")?)
+        .context("registering the socket")?;
+    eprintln!("netmon agent: serving {}", socket.path().display());
     let (table, queries) = TracerHandle::new();
     let limits = Limits::default();
     let shared = Arc::new(Shared {
@@ -200,7 +208,8 @@ pub async fn run(
     let server = tokio::spawn(accept_loop(listener, shared));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
     server.abort();
-    std::fs::remove_file(&args.socket).ok();
+    // Removes the socket file, if it is still ours.
+    drop(socket);
     result
 }
 
@@ -249,36 +258,6 @@ fn raise_nofile_limit() {
             }
         }
     }
-}
-
-/// Creates the socket, readable by root and the `netmon` group only.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another agent is already serving {}", path.display());
-    }
-    // A socket file left by an agent that died: nobody answers on it.
-    std::fs::remove_file(path).ok();
-    // Created owner-only, then opened to the group: no moment where others may connect.
-    // SAFETY: umask only changes this process's file-creation mask; restored at once.
-    let umask = unsafe { libc::umask(0o177) };
-    let listener = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(umask) };
-    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
-    let mode = match group_id(GROUP) {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, Some(0), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
 }
 
 fn group_id(name: &str) -> Option<u32> {

@@ -11,8 +11,8 @@ use std::{
 
 use netmon::wire::{Request, SnapshotRequest, VERSION};
 use netmon_tests::{
-    AgentProcess, TestNetns, connect_and_close, connect_and_close_many, interrupt, lines,
-    netmon_bin, spawn_watch, stderr_of, wait_attached, wait_with_timeout,
+    AgentProcess, TestNetns, agent_socket_path, connect_and_close, connect_and_close_many,
+    interrupt, lines, netmon_bin, spawn_watch, stderr_of, wait_attached, wait_with_timeout,
 };
 
 const CLIENTS: &str = env!("CARGO_BIN_EXE_unix-clients");
@@ -85,7 +85,7 @@ fn slow_readers_hold_up_neither_other_clients_nor_the_ring() {
     let ns = TestNetns::new();
     // Rows for big replies: every connection leaves a TIME-WAIT socket for a minute.
     connect_and_close_many(&ns, 5000);
-    let agent = AgentProcess::start_with(&["--ring-size", "1048576"]);
+    let agent = AgentProcess::start_with(agent_socket_path(), &["--ring-size", "1048576"]);
     // Clients that ask for every namespace's sockets and never read the answer.
     let request = Request {
         version: VERSION,
