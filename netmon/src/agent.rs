@@ -153,6 +153,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Trace only the network namespace of this inode (hidden: tests that count their own
+    /// losses on a machine where others make traffic).
+    #[arg(long, hide = true, value_name = "INODE")]
+    pub only_netns: Option<u32>,
 }
 
 /// What every request needs, shared by the blocking threads that serve them.
@@ -177,11 +181,14 @@ pub async fn run(
     let lock = agent_socket::Lock::take(&args.socket)?;
     let config = TracerConfig {
         ring_bytes: args.ring_size,
-        filter: netmon_common::KernelFilter::ALL,
+        filter: netmon_common::KernelFilter {
+            netns: args.only_netns.unwrap_or(0),
+            ..netmon_common::KernelFilter::ALL
+        },
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
-        netns: None,
+        netns: args.only_netns,
     };
     raise_nofile_limit();
     let mut tracer = Tracer::attach(&config)?;
