@@ -29,8 +29,10 @@ use tokio::{
 
 use crate::{
     attach::{Probe, ProbeConfig, RingWaiter},
+    cgroup::CgroupNames,
     decode,
     filter::Services,
+    hosts,
     netns::{self, Netns},
     output::Clock,
     procfs,
@@ -265,40 +267,37 @@ async fn answer(
     stream: &mut UnixStream,
 ) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
     let request = read_request(stream).await?;
-    let peer_pid = stream
+    let cred = stream
         .peer_cred()
-        .ok()
-        .and_then(|c| c.pid())
+        .context("cannot identify the client process (SO_PEERCRED)")?;
+    let peer_pid = cred
+        .pid()
         .context("cannot identify the client process (SO_PEERCRED)")?;
     let args = request.snapshot;
+    args.check().map_err(|e| anyhow::anyhow!(e))?;
     let filter = {
         let a = agent.borrow();
         args.filter(&a.services)
             .map_err(|e| anyhow::anyhow!("{}", e.render()))?
     };
-    let mut a = agent.borrow_mut();
-    a.drain();
-    let namespaces = if args.all_netns {
-        netns::all()
-    } else {
-        vec![Netns::of_pid(peer_pid).context("opening the client's network namespace")?]
+    let mut rows = {
+        let mut a = agent.borrow_mut();
+        a.drain();
+        collect_rows(&mut a, &args, peer_pid)?
     };
-    let mut rows = Vec::new();
-    if args.closed.is_none() {
-        for ns in &namespaces {
-            let dump = netns::resync(&mut a.table, ns)
-                .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
-            rows.extend(
-                dump.into_iter()
-                    .map(|s| Row::new(s, ns.inum, Some(&a.table))),
-            );
-        }
+    // -r: lookups may wait on DNS; off the agent's thread, and without holding the table.
+    if args.resolve {
+        let addrs = rows.addresses();
+        rows.names = tokio::task::spawn_blocking(move || hosts::resolve(addrs))
+            .await
+            .unwrap_or_default();
     }
+    let a = agent.borrow();
     let now_ns = Clock::mono_now_ns();
     let window = args.closed.unwrap_or_default().as_nanos() as u64;
-    let closed_ns: Vec<u32> = namespaces.iter().map(|n| n.inum).collect();
+    let closed_ns = &rows.closed_netns;
     let data = Data {
-        rows,
+        rows: std::mem::take(&mut rows.rows),
         closed: a
             .table
             .closed()
@@ -308,10 +307,58 @@ async fn answer(
         evicted: a.table.evicted,
         now_ns,
         clock: a.clock,
+        cgroups: args.extended.then(CgroupNames::load),
+        names: std::mem::take(&mut rows.names),
+        // The agent has CAP_NET_ADMIN, so the kernel sent every mark: only root sees them.
+        show_mark: cred.uid() == 0,
     };
     let mut body = Vec::with_capacity(data.rows.len() * 100 + data.closed.len() * 160);
     let notes = snapshot::render(&args, &filter, &a.services, &data, &mut body)?;
     Ok((notes, body))
+}
+
+/// What a request collects while it holds the table.
+struct Collected {
+    rows: Vec<Row>,
+    closed_netns: Vec<u32>,
+    names: std::collections::HashMap<std::net::IpAddr, String>,
+}
+
+impl Collected {
+    fn addresses(&self) -> Vec<std::net::IpAddr> {
+        let mut v: Vec<_> = self
+            .rows
+            .iter()
+            .flat_map(|r| [r.sock.local.ip(), r.sock.remote.ip()])
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+fn collect_rows(a: &mut Agent, args: &SnapshotArgs, peer_pid: i32) -> anyhow::Result<Collected> {
+    let namespaces = if args.all_netns {
+        netns::all()
+    } else {
+        vec![Netns::of_pid(peer_pid).context("opening the client's network namespace")?]
+    };
+    let mut rows = Vec::new();
+    if args.closed.is_none() {
+        for ns in &namespaces {
+            let dump = netns::resync(&mut a.table, ns, args.diag_ext())
+                .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
+            rows.extend(
+                dump.into_iter()
+                    .map(|s| Row::new(s, ns.inum, Some(&a.table))),
+            );
+        }
+    }
+    Ok(Collected {
+        rows,
+        closed_netns: namespaces.iter().map(|n| n.inum).collect(),
+        names: Default::default(),
+    })
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {

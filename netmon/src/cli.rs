@@ -9,11 +9,14 @@ use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES};
 use crate::{
     agent::{self, AgentArgs, ClientError},
     attach::ProbeConfig,
+    cgroup::CgroupNames,
     filter::{Filter, Services, StateSet},
+    hosts,
     netns::{self, Netns},
     output::{Clock, Format, Printer},
     procfs,
     snapshot::{self, Data, Row, SnapshotArgs},
+    sockstat::SockStat,
     watch::{self, Watcher},
 };
 
@@ -90,13 +93,33 @@ impl WatchArgs {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // ss -N: the whole process moves, before the runtime starts threads, so the agent (which
+    // reads the client's namespace) and the fallback dump both see the named namespace.
+    if let Command::Snapshot(SnapshotArgs {
+        net: Some(name), ..
+    }) = &cli.command
+    {
+        netns::enter_named(name).with_context(|| {
+            format!("entering network namespace {name:?} (-N needs root, as ss -N)")
+        })?;
+    }
+    // ss -s reads the namespace's counters before it opens any socket of its own, so its
+    // `Total` does not count itself: so does this, before the runtime makes its signal
+    // socket pair, and here rather than in the agent.
+    let summary = match &cli.command {
+        Command::Snapshot(a) if a.summary => Some(
+            SockStat::read(std::path::Path::new("/proc/thread-self/net"))
+                .context("reading /proc/net/sockstat for -s")?,
+        ),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
-        Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
     }
 }
@@ -137,12 +160,30 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
+async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> anyhow::Result<()> {
+    args.check().map_err(Rendered)?;
+    if let Some(path) = &args.filter_file {
+        if !args.filter.is_empty() {
+            anyhow::bail!("give the filter either with -F or on the command line, not both");
+        }
+        args.filter = filter_words_from_file(path)?;
+    }
     let services = Services::system().unwrap_or_default();
     // Parse here too, so a bad filter fails the same way with or without an agent.
     let filter = args.filter(&services).map_err(|e| Rendered(e.render()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    if let Some(s) = summary {
+        match args.format {
+            Format::Text => s.write_text(&mut out)?,
+            Format::Json => s.write_json(&mut out)?,
+        }
+        if !args.table_after_summary() {
+            out.flush()?;
+            return Ok(());
+        }
+        args.summary = false;
+    }
     let path = agent::socket_path();
     let notes = match agent::request(&path, &args, &mut out).await {
         Ok(notes) => notes,
@@ -179,21 +220,45 @@ fn fallback_snapshot(
     let mut rows = Vec::new();
     for ns in &namespaces {
         let dump = ns
-            .dump()
+            .dump(args.diag_ext())
             .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
-        rows.extend(dump.into_iter().map(|s| Row {
-            owner: owners.as_ref().and_then(|o| o.get(&s.inode)).copied(),
-            ..Row::new(s, ns.inum, None)
+        rows.extend(dump.into_iter().map(|s| {
+            let owner = owners.as_ref().and_then(|o| o.get(&s.inode)).copied();
+            Row {
+                owner,
+                ..Row::new(s, ns.inum, None)
+            }
         }));
     }
-    let data = Data {
+    let mut data = Data {
         rows,
-        closed: Vec::new(),
-        evicted: 0,
         now_ns: Clock::mono_now_ns(),
-        clock: Clock::now(),
+        cgroups: args.extended.then(CgroupNames::load),
+        // The kernel sent the mark only if we may see it.
+        show_mark: true,
+        ..Data::default()
     };
+    if args.resolve {
+        data.names = hosts::resolve(data.addresses());
+    }
     Ok(snapshot::render(args, filter, services, &data, out)?)
+}
+
+/// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of
+/// its line.
+fn filter_words_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the filter from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the filter file {}", path.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

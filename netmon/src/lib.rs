@@ -7,14 +7,20 @@
 
 pub mod agent;
 pub mod attach;
+pub mod cgroup;
 pub mod cli;
+pub mod columns;
+pub mod count;
 pub mod decode;
+pub mod diag_ext;
 pub mod filter;
+pub mod hosts;
 pub mod netns;
 pub mod offsets;
 pub mod output;
 pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;
+pub mod sockstat;
 pub mod table;
 pub mod watch;
