@@ -26,10 +26,9 @@ use crate::{
     table::{Closed, Owner, Table},
 };
 
-/// Options of `netmon snapshot`; the agent parses the same words. Flags combine as in ss: the
-/// last of `-a`/`-l` wins, `-e` implies `-o`.
-#[derive(Clone, Debug, Default, Args, Serialize, serde::Deserialize)]
-#[serde(default)]
+/// Options of `netmon snapshot` (the agent receives them as a `wire::SnapshotRequest`).
+/// Flags combine as in ss: the last of `-a`/`-l` wins, `-e` implies `-o`.
+#[derive(Clone, Debug, Default, Args)]
 pub struct SnapshotArgs {
     /// TCP sockets (accepted for ss compatibility: netmon shows only TCP).
     #[arg(short = 't', long)]
@@ -90,11 +89,9 @@ pub struct SnapshotArgs {
     pub kill: bool,
     /// Show the sockets of the named network namespace (`ip netns` names; needs root, as ss -N).
     #[arg(short = 'N', long = "net", value_name = "NAME")]
-    #[serde(skip)]
     pub net: Option<String>,
     /// Read the filter from FILE (`-` for stdin), as ss -F; `#` starts a comment.
     #[arg(short = 'F', long = "filter", value_name = "FILE")]
-    #[serde(skip)]
     pub filter_file: Option<PathBuf>,
     /// Sockets of every network namespace, with a netns column (needs the agent or root).
     #[arg(long)]
@@ -238,6 +235,19 @@ pub struct Data<'a> {
 }
 
 impl Data<'_> {
+    /// Loads what the options print beyond the dump: cgroup paths (-e) and host names (-r,
+    /// blocking on the resolver: not on a thread that drains the ring). `show_mark`: see
+    /// [`Data::show_mark`].
+    pub fn add_names(&mut self, args: &SnapshotArgs, show_mark: bool) {
+        if args.extended {
+            self.cgroups = Some(CgroupNames::load());
+        }
+        if args.resolve {
+            self.names = crate::hosts::resolve(self.addresses());
+        }
+        self.show_mark = show_mark;
+    }
+
     /// The addresses -r has to look up.
     pub fn addresses(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
@@ -647,10 +657,12 @@ fn render_closed(
 }
 
 /// ss -p's process column: `users:(("comm",pid=N,fd=F))`, the fd only when known.
+/// The name is escaped (controls, and the quote): it is whatever the process chose.
 pub fn users(o: &Owner) -> String {
+    let comm = crate::escape::escaped(o.task.comm(), Some(b'"'));
     match o.fd {
-        Some(fd) => format!("users:((\"{}\",pid={},fd={fd}))", o.task.comm(), o.task.pid),
-        None => format!("users:((\"{}\",pid={}))", o.task.comm(), o.task.pid),
+        Some(fd) => format!("users:((\"{comm}\",pid={},fd={fd}))", o.task.pid),
+        None => format!("users:((\"{comm}\",pid={}))", o.task.pid),
     }
 }
 
