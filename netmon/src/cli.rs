@@ -161,11 +161,11 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
 
 async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> anyhow::Result<()> {
     args.check().map_err(Rendered)?;
+    // ss takes `state`/`exclude` words from the command line and the expression from the
+    // file: the file's words follow the command line's.
     if let Some(path) = &args.filter_file {
-        if !args.filter.is_empty() {
-            anyhow::bail!("give the filter either with -F or on the command line, not both");
-        }
-        args.filter = filter_words_from_file(path)?;
+        let words = filter_words_from_file(path)?;
+        args.filter.extend(words);
     }
     let services = Services::system().unwrap_or_default();
     // Parse here too, so a bad filter fails the same way with or without an agent.

@@ -3,8 +3,8 @@
 //!
 //! As in ss (`misc/ss.c`, `struct column`): each column has an alignment and a delimiter
 //! printed before it (`""` glues it to the previous one, which is how ss's right-aligned
-//! `Local Address` half meets its left-aligned `:Port` half on the colon), headers count in the
-//! width, and hidden columns are skipped. Unlike ss, lines carry no trailing blanks. A `Free`
+//! `Local Address` half meets its left-aligned `:Port` half on the colon), a printed header
+//! counts in the width, and hidden columns are skipped. Unlike ss, lines carry no trailing blanks. A `Free`
 //! column is neither measured nor padded: ss's second line of `-i`/`-m` goes there.
 
 use std::io::{self, Write};
@@ -24,6 +24,8 @@ pub struct Column {
     /// Printed before the cell (and the header); `""` glues the column to the previous one.
     pub delim: &'static str,
     pub hidden: bool,
+    /// The narrowest the column gets (ss prints its queues with `%-6d`).
+    pub min: usize,
 }
 
 impl Column {
@@ -33,6 +35,7 @@ impl Column {
             align: Align::Left,
             delim: " ",
             hidden: false,
+            min: 0,
         }
     }
 
@@ -58,6 +61,10 @@ impl Column {
 
     pub fn hidden_if(self, hidden: bool) -> Self {
         Self { hidden, ..self }
+    }
+
+    pub fn min_width(self, min: usize) -> Self {
+        Self { min, ..self }
     }
 }
 
@@ -126,8 +133,12 @@ impl Grid {
             self.ends.len().is_multiple_of(self.columns.len().max(1)),
             "a row of the table is incomplete"
         );
-        // Headers count even when not printed, as in ss (`ss -tanH` keeps Recv-Q 6 wide).
-        let mut width: Vec<usize> = self.columns.iter().map(|c| c.header.len()).collect();
+        // A header counts only when printed, as in ss (`ss -tanH` sizes addresses by content).
+        let mut width: Vec<usize> = self
+            .columns
+            .iter()
+            .map(|c| c.min.max(if header { c.header.len() } else { 0 }))
+            .collect();
         for row in 0..self.rows() {
             for (w, cell) in width.iter_mut().zip(self.cells(row)) {
                 *w = (*w).max(cell.len());
@@ -226,7 +237,7 @@ mod tests {
         assert!(
             String::from_utf8(out)
                 .unwrap()
-                .starts_with("LISTEN 0      127.0.0.1:22\n")
+                .starts_with("LISTEN 0  127.0.0.1:22\n")
         );
     }
 }

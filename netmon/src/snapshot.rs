@@ -369,8 +369,8 @@ fn render_table(
     let mut grid = Grid::with_capacity(
         vec![
             Column::left("State").hidden_if(!show_state),
-            Column::left("Recv-Q"),
-            Column::left("Send-Q"),
+            Column::left("Recv-Q").min_width(6),
+            Column::left("Send-Q").min_width(6),
             Column::right("Local Address"),
             Column::left(":Port").glued(),
             Column::right("Peer Address"),
