@@ -41,13 +41,18 @@ pub trait SocketSource {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LiveSource;
 
+/// Dumps one namespace now, with the optional attributes in `ext`.
+pub fn dump(ns: &Netns, ext: u8) -> NsDump {
+    NsDump {
+        netns: ns.inum,
+        t0_ns: Clock::mono_now_ns(),
+        dump: ns.dump(ext),
+    }
+}
+
 impl SocketSource for LiveSource {
     fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
-        let dump = |ns: &Netns| NsDump {
-            netns: ns.inum,
-            t0_ns: Clock::mono_now_ns(),
-            dump: ns.dump(ext),
-        };
+        let dump = |ns: &Netns| dump(ns, ext);
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
             Scope::All => netns::all().iter().map(dump).collect(),
