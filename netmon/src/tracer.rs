@@ -785,6 +785,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         };
         found.cookie = 1;
         let (tx, mut rx) = oneshot::channel();
