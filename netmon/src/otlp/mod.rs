@@ -555,4 +555,98 @@ mod tests {
         assert_eq!(rejected(&body), 3);
         assert_eq!(rejected(&[]), 0);
     }
+
+    fn closed(cookie: u64) -> Closed {
+        let addr = |s: &str| s.parse().unwrap();
+        Closed {
+            cookie,
+            netns: 1,
+            local: addr("127.0.0.1:40000"),
+            remote: addr("127.0.0.1:80"),
+            born_ns: Some(1_000),
+            closed_ns: 2_000,
+            last: netmon_common::TcpState::SynSent,
+            path: Default::default(),
+            owner: None,
+            end: crate::table::End::Refused,
+            bytes_acked: 0,
+            bytes_received: 0,
+        }
+    }
+
+    /// Answers every post with 200 and passes on how many records each held.
+    fn receiver() -> (String, mpsc::Receiver<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut out = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    match line.trim_end().split_once(':') {
+                        Some((name, v)) if name.eq_ignore_ascii_case("content-length") => {
+                            length = v.trim().parse().unwrap();
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let request = proto::ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
+                let n = request.resource_logs[0].scope_logs[0].log_records.len();
+                out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                let _ = tx.send(n);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn queued_records_reach_the_receiver_and_listeners_are_not_sent() {
+        let (addr, posts) = receiver();
+        let exporter =
+            Exporter::start(format!("http://{addr}").parse().unwrap(), Clock::now()).unwrap();
+        let stats = exporter.stats.clone();
+        for cookie in 0..3 {
+            exporter.push(&closed(cookie));
+        }
+        let mut listener = closed(9);
+        listener.last = netmon_common::TcpState::Listen;
+        exporter.push(&listener);
+        // Dropping it sends what it holds.
+        drop(exporter);
+        assert_eq!(posts.recv_timeout(Duration::from_secs(10)), Ok(3));
+        assert_eq!(stats.exported.get(), 3);
+        assert_eq!(stats.failed.get() + stats.queue_full.get(), 0);
+    }
+
+    #[test]
+    fn a_batch_nobody_takes_is_counted_as_failed() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let exporter = Exporter::start(
+            format!("http://127.0.0.1:{port}").parse().unwrap(),
+            Clock::now(),
+        )
+        .unwrap();
+        let stats = exporter.stats.clone();
+        exporter.push(&closed(1));
+        exporter.push(&closed(2));
+        drop(exporter);
+        assert_eq!((stats.exported.get(), stats.failed.get()), (0, 2));
+    }
 }
