@@ -345,8 +345,10 @@ pub fn serve(
         closed_within_ns: prepared.request.closed_ns,
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    let missing = std::mem::take(&mut collected.notes);
     let data = collected.data(clock);
-    let notes = snapshot::render(&args, &filter, services, &data, out)?;
+    let mut notes = snapshot::render(&args, &filter, services, &data, out)?;
+    notes.extend(missing);
     out.flush()?;
     Ok(notes)
 }
@@ -755,6 +757,7 @@ mod tests {
                     vec![sock(2, TcpState::Established, "127.0.0.1:8081")],
                 ),
             ]),
+            ..Default::default()
         };
         let mut table = Table::new();
         let prepared = prepare(

@@ -236,8 +236,11 @@ fn fallback_snapshot(
     // Like ss -p: walk /proc on every run (the agent does not).
     let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
     let mut collected = source::collect(&LiveSource, &scope, &mut owners, What::default())?;
+    let missing = std::mem::take(&mut collected.notes);
     let data = collected.data(Clock::now());
-    Ok(snapshot::render(args, filter, services, &data, out)?)
+    let mut notes = snapshot::render(args, filter, services, &data, out)?;
+    notes.extend(missing);
+    Ok(notes)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
