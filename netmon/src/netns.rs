@@ -34,15 +34,39 @@ impl Netns {
         Self::open(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
     }
 
-    /// Every TCP socket in this namespace, in the states ss lists.
-    pub fn dump(&self) -> Result<Vec<DiagSock>, DiagError> {
+    /// Every TCP socket in this namespace, in the states ss lists, with the optional
+    /// attributes in `ext` (bits of [`crate::diag_ext::want`]).
+    pub fn dump(&self, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
         let own = current_inum().ok() == Some(self.inum);
         if own {
-            sock_diag::dump_tcp(Families::ALL, sock_diag::SS_STATES)
+            sock_diag::dump_tcp_ext(Families::ALL, sock_diag::SS_STATES, ext)
         } else {
-            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES)
+            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES, ext)
         }
     }
+}
+
+/// Moves the calling thread into the namespace `ip netns` calls `name` (/run/netns/NAME; a
+/// name with a `/` is taken as a path). Needs CAP_SYS_ADMIN. Call it before other threads
+/// start: they keep the namespace they had.
+pub fn enter_named(name: &str) -> io::Result<()> {
+    let path = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/run/netns").join(name)
+    };
+    let ns = Netns::open(&path)?;
+    // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
+    if unsafe {
+        libc::setns(
+            std::os::fd::AsRawFd::as_raw_fd(&ns.file),
+            libc::CLONE_NEWNET,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn current_inum() -> io::Result<u32> {

@@ -32,24 +32,27 @@ pub struct NsDump {
 /// Lists the sockets of the namespaces in a scope. Blocking: keep it off the thread that
 /// drains the ring.
 pub trait SocketSource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump>;
+    /// `ext`: the optional sock_diag attributes to ask for (bits of
+    /// [`crate::diag_ext::want`]).
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump>;
 }
 
 /// The kernel, over sock_diag.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LiveSource;
 
-/// Dumps one namespace now.
-pub fn dump(ns: &Netns) -> NsDump {
+/// Dumps one namespace now, with the optional attributes in `ext`.
+pub fn dump(ns: &Netns, ext: u8) -> NsDump {
     NsDump {
         netns: ns.inum,
         t0_ns: Clock::mono_now_ns(),
-        dump: ns.dump(),
+        dump: ns.dump(ext),
     }
 }
 
 impl SocketSource for LiveSource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
+        let dump = |ns: &Netns| dump(ns, ext);
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
             Scope::All => {
@@ -82,7 +85,8 @@ pub struct ReplaySource {
 }
 
 impl SocketSource for ReplaySource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+    /// Replays the attributes that were recorded, whatever `ext` asks.
+    fn dumps(&self, scope: &Scope, _ext: u8) -> Vec<NsDump> {
         let replay = |(netns, socks): (&u32, &Vec<DiagSock>)| NsDump {
             netns: *netns,
             t0_ns: Clock::mono_now_ns(),
@@ -195,6 +199,8 @@ impl Enrich for ProcOwners {
 pub struct What {
     /// Closed connections of the last this-many nanoseconds instead of live sockets.
     pub closed_within_ns: Option<u64>,
+    /// The sock_diag attributes the options print (`SnapshotArgs::diag_ext`).
+    pub ext: u8,
 }
 
 /// A snapshot's data, owned (it may be rendered on another thread than the table's).
@@ -217,6 +223,7 @@ impl Collected {
             evicted: self.evicted,
             now_ns: self.now_ns,
             clock,
+            ..Data::default()
         }
     }
 }
@@ -255,7 +262,7 @@ pub fn collect(
         return Ok(out);
     }
     let mut skipped = Vec::new();
-    for d in source.dumps(scope) {
+    for d in source.dumps(scope, what.ext) {
         match (d.dump, scope) {
             (Ok(dump), _) => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
             // Every namespace: say which are missing rather than fail them all.
@@ -298,6 +305,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         }
     }
 

@@ -252,7 +252,7 @@ fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
     netns::each(|inum, ns| {
         if netns.is_none_or(|only| only == inum) {
             match ns {
-                Ok(ns) => dumps.push(source::dump(&ns)),
+                Ok(ns) => dumps.push(source::dump(&ns, 0)),
                 Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
             }
         }
@@ -790,6 +790,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         };
         found.cookie = 1;
         let (tx, mut rx) = oneshot::channel();
