@@ -236,9 +236,17 @@ impl crate::tracer::Sink for LossLog {
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(shared.clone(), stream));
-            }
+            // Admitted here, before a task exists: a flood of connections over the limits
+            // costs one descriptor at a time, never one per waiting task.
+            Ok((stream, _)) => match peer_of(&stream)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|peer| Ok((peer, admit(&shared, peer.uid)?)))
+            {
+                Ok((peer, admitted)) => {
+                    tokio::spawn(handle(shared.clone(), stream, peer, admitted));
+                }
+                Err(e) => refuse_at_once(stream, &e),
+            },
             // Out of descriptors (or another transient failure): the pending connection stays
             // queued and would fail again at once; wait for clients to leave instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -414,15 +422,8 @@ impl Write for FrameWriter {
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
-    let peer = match peer_of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => return refuse(stream, &format!("{e:#}")).await,
-    };
-    let _admitted = match admit(&shared, peer.uid) {
-        Ok(a) => a,
-        Err(e) => return refuse_at_once(stream, &e).await,
-    };
+/// Serves one admitted connection; its place is given back when `_admitted` drops.
+async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitted: Admitted) {
     let prepared = match read_request(&mut stream).await {
         Ok(request) => prepare(
             request,
@@ -536,16 +537,23 @@ async fn write_line<T: serde::Serialize>(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn refuse(stream: UnixStream, error: &str) {
-    refuse_within(stream, error, REQUEST_TIMEOUT).await
+/// Refuses a connection over the limits, without waiting: it is not counted, so it must not
+/// linger. The reply goes out if the socket takes it at once (a fresh one always does).
+fn refuse_at_once(stream: UnixStream, error: &str) {
+    let header = ReplyHeader {
+        ok: false,
+        error: Some(error.to_string()),
+        version: wire::VERSION,
+    };
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
+    // Unread input would turn the close into a reset that hides the reply.
+    let mut sink = [0u8; 16 * 1024];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
-/// Refuses a connection over the limits: it is not counted, so it must not linger either.
-async fn refuse_at_once(stream: UnixStream, error: &str) {
-    refuse_within(stream, error, Duration::ZERO).await
-}
-
-async fn refuse_within(mut stream: UnixStream, error: &str, linger: Duration) {
+async fn refuse(mut stream: UnixStream, error: &str) {
     let header = ReplyHeader {
         ok: false,
         error: Some(error.to_string()),
@@ -555,14 +563,10 @@ async fn refuse_within(mut stream: UnixStream, error: &str, linger: Duration) {
         let _ = stream.shutdown().await;
     }
     // Closing with unread input resets the connection, and the client would see the reset
-    // instead of the error reply: discard what is left of a refused request: what has arrived,
-    // and for `linger` what is still coming.
+    // instead of the error reply: discard what is left of a refused request, briefly.
     let mut sink = [0u8; 16 * 1024];
-    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
-    if !linger.is_zero() {
-        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(linger, drain).await;
-    }
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
