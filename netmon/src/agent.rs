@@ -47,10 +47,13 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(50);
 const COUNTERS_EVERY: Duration = Duration::from_millis(500);
 
+/// One request; on the wire `{"snapshot": {...}}` or `{"top": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub snapshot: SnapshotArgs,
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Snapshot(SnapshotArgs),
+    /// The numbers of one `netmon top` screen; the body is one JSON [`crate::top::model::Model`].
+    Top(crate::top::model::Query),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -270,7 +273,10 @@ async fn answer(
         .ok()
         .and_then(|c| c.pid())
         .context("cannot identify the client process (SO_PEERCRED)")?;
-    let args = request.snapshot;
+    let args = match request {
+        Request::Snapshot(args) => args,
+        Request::Top(query) => return answer_top(agent, peer_pid, &query),
+    };
     let filter = {
         let a = agent.borrow();
         args.filter(&a.services)
@@ -312,6 +318,31 @@ async fn answer(
     let mut body = Vec::with_capacity(data.rows.len() * 100 + data.closed.len() * 160);
     let notes = snapshot::render(&args, &filter, &a.services, &data, &mut body)?;
     Ok((notes, body))
+}
+
+/// A `netmon top` screen: counted from the table as it is (no dump: a client asks every
+/// second, and the table is reconciled on losses and every minute anyway).
+fn answer_top(
+    agent: &RefCell<Agent>,
+    peer_pid: i32,
+    query: &crate::top::model::Query,
+) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
+    let mut a = agent.borrow_mut();
+    let filter = crate::top::feed::parse_filter(query, &a.services).map_err(anyhow::Error::msg)?;
+    let netns = if query.all_netns {
+        None
+    } else {
+        Some(
+            Netns::of_pid(peer_pid)
+                .context("opening the client's network namespace")?
+                .inum,
+        )
+    };
+    a.drain();
+    a.table.expire(Clock::mono_now_ns());
+    let counters = a.probe.counters()?;
+    let model = crate::top::feed::from_table(&a.table, &counters, a.clock, query, &filter, netns);
+    Ok((vec![], serde_json::to_vec(&model)?))
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
@@ -362,10 +393,8 @@ pub async fn request(
                 path: shown.clone(),
                 source,
             })?;
-    let mut line = serde_json::to_vec(&Request {
-        snapshot: args.clone(),
-    })
-    .map_err(|e| io(std::io::Error::other(e)))?;
+    let mut line = serde_json::to_vec(&Request::Snapshot(args.clone()))
+        .map_err(|e| io(std::io::Error::other(e)))?;
     line.push(b'\n');
     stream.write_all(&line).await.map_err(io)?;
     let mut reader = BufReader::new(stream);

@@ -17,4 +17,5 @@ pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod table;
+pub mod top;
 pub mod watch;
