@@ -102,8 +102,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         eprintln!("netmon: {source}");
     }
     if local {
-        // A probe attached just now has seen nothing yet: let one interval pass.
-        wait(&mut feed, args.interval);
+        // A tracer attached just now has seen nothing yet: let one interval pass.
+        wait(args.interval);
     }
     let all_netns = args.all_netns;
     let fetch = move |ui: &mut Ui, feed: &mut Feed| {
@@ -124,12 +124,15 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     interactive_loop(&args, ui, feed, fetch)
 }
 
-/// Drains our own probe (if any) while time passes.
-fn wait(feed: &mut Feed, d: Duration) {
+/// Sleeps `d`, or less if a signal asks to stop.
+fn wait(d: Duration) {
     let end = Instant::now() + d;
-    while Instant::now() < end && !term::stop_requested() {
-        feed.pump();
-        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    while !term::stop_requested() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
@@ -156,7 +159,7 @@ fn batch(
         if args.once || term::stop_requested() {
             return Ok(());
         }
-        wait(feed, args.interval);
+        wait(args.interval);
         if term::stop_requested() {
             return Ok(());
         }
@@ -174,12 +177,8 @@ fn interactive_loop(
     let mut screen = term::Screen::enter().context("setting up the terminal")?;
     let mut next_fetch = Instant::now();
     let mut dirty = true;
-    // A probe of our own must be drained often; an agent needs nothing between requests.
-    let tick = Duration::from_millis(if matches!(feed, Feed::Local(_)) {
-        50
-    } else {
-        250
-    });
+    // How often a signal's stop request is noticed while no key comes.
+    let tick = Duration::from_millis(100);
     while !term::stop_requested() {
         if Instant::now() >= next_fetch {
             if !ui.paused {
@@ -195,7 +194,6 @@ fn interactive_loop(
                 .context("drawing")?;
             dirty = false;
         }
-        feed.pump();
         let timeout = next_fetch
             .saturating_duration_since(Instant::now())
             .min(tick);

@@ -138,13 +138,15 @@ pub struct Losses {
     pub recursion: u64,
     /// Owner/reset hints dropped on a full ring.
     pub hints: u64,
+    /// Ring records that did not decode (a build mismatch).
+    pub malformed: u64,
     /// Closed records evicted from the bounded history.
     pub evicted: u64,
 }
 
 impl Losses {
     pub fn any(&self) -> bool {
-        self.ring_full + self.recursion + self.hints + self.evicted > 0
+        self.ring_full + self.recursion + self.hints + self.malformed + self.evicted > 0
     }
 }
 

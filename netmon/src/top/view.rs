@@ -171,6 +171,7 @@ fn header(ui: &Ui, theme: &Theme) -> Vec<Line<'static>> {
             (l.ring_full, "ring-full"),
             (l.recursion, "recursion"),
             (l.hints, "hints"),
+            (l.malformed, "malformed"),
             (l.evicted, "evicted"),
         ] {
             if n > 0 {
@@ -757,6 +758,7 @@ mod tests {
             ring_full: 1234,
             recursion: 5,
             hints: 0,
+            malformed: 0,
             evicted: 100_000,
         };
         model.history_from_ns = Some(model.now_ns - S / 2);
