@@ -847,6 +847,7 @@ mod tests {
         let ok = prepare_top(
             top(&["dport", "=", ":80"], false),
             &peer(),
+            &Limits::default(),
             &services,
             own_netns,
         )
@@ -861,8 +862,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all.netns, None);
-        let e =
-            prepare_top(top(&["dport", "="], false), &peer(), &services, own_netns).unwrap_err();
+        let e = prepare_top(
+            top(&["dport", "="], false),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("dport"), "{e:#}");
         let mut old = top(&[], false);
         old.version = 0;
