@@ -560,7 +560,10 @@ fn scrape(addr: &str) -> std::io::Result<()> {
         s,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
     )?;
-    std::io::copy(&mut Read::by_ref(&mut s).take(16 << 20), &mut std::io::sink())?;
+    std::io::copy(
+        &mut Read::by_ref(&mut s).take(16 << 20),
+        &mut std::io::sink(),
+    )?;
     Ok(())
 }
 
