@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
+    /// copy of the program for then go unnoticed (no resync for them).
+    #[arg(long)]
+    pub no_fire_count: bool,
 }
 
 /// What every request needs, shared by the blocking threads that serve them.
@@ -83,6 +87,7 @@ pub async fn run(
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+        count_fires: !args.no_fire_count,
     };
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed();

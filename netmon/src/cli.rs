@@ -65,6 +65,10 @@ pub struct WatchArgs {
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
+    /// copy of the program for then go unreported (see "Exact or loud" in the README).
+    #[arg(long)]
+    pub no_fire_count: bool,
     /// An ss filter, e.g. `dst 127.0.0.0/8 and dport ge :1024` or `state established`; a
     /// transition passes if its old or new state is selected (default: every state).
     #[arg(value_name = "FILTER")]
@@ -87,6 +91,7 @@ impl WatchArgs {
             closed_capacity: 0,
             resync_every: None,
             resync_after_loss: None,
+            count_fires: !self.no_fire_count,
         }
     }
 }
@@ -177,12 +182,13 @@ async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
 /// What the agent's tracer lost, for the user: the table may lack ages, owners or history.
 fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     let mut notes = Vec::new();
-    let lost = l.ring_full + l.recursion;
+    let lost = l.ring_full + l.recursion + l.not_run;
     if lost > 0 {
         notes.push(format!(
-            "the agent lost {lost} transitions since it started ({} ring full, {} recursion): \
-             rows are exact, but some ages, owners or closed records may be missing",
-            l.ring_full, l.recursion
+            "the agent lost {lost} transitions since it started ({} ring full, {} recursion, {} \
+             not run by the kernel): rows are exact, but some ages, owners or closed records \
+             may be missing",
+            l.ring_full, l.recursion, l.not_run
         ));
     }
     if l.hints_ring_full > 0 {

@@ -11,6 +11,7 @@ pub mod attach;
 pub mod cli;
 pub mod decode;
 pub mod filter;
+pub mod fires;
 pub mod netns;
 pub mod offsets;
 pub mod output;

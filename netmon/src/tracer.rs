@@ -48,6 +48,9 @@ pub struct TracerConfig {
     pub resync_every: Option<Duration>,
     /// After a counted loss, reconcile every namespace, at most once per this interval.
     pub resync_after_loss: Option<Duration>,
+    /// Count the tracepoint's fires with perf counters, to report those no copy of the
+    /// program was run for (`LossKind::NotRun`).
+    pub count_fires: bool,
 }
 
 impl TracerConfig {
@@ -60,6 +63,7 @@ impl TracerConfig {
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_bytes) / 4),
             filter: self.filter,
             hints: true,
+            count_fires: self.count_fires,
         }
     }
 }
@@ -81,6 +85,10 @@ pub struct LossTotals {
     pub recursion: u64,
     /// Owner and reset hints dropped on a full ring.
     pub hints_ring_full: u64,
+    /// Fires of the tracepoint the kernel ran no copy of the program for (perf's count), in
+    /// any namespace.
+    #[serde(default)]
+    pub not_run: u64,
     /// Ring records that did not decode (a build mismatch).
     pub malformed: u64,
 }
@@ -148,8 +156,8 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
 /// Ring records and counter readings to table updates and sink calls.
 pub struct Pipeline {
     pub table: Table,
-    /// Losses reported so far: ring full, recursion, hints.
-    reported: [u64; 3],
+    /// Losses reported so far: ring full, recursion, hints, not run.
+    reported: [u64; 4],
     /// Records that did not decode: counted, never silently dropped.
     malformed: u64,
 }
@@ -158,7 +166,7 @@ impl Pipeline {
     pub fn new(table: Table) -> Self {
         Self {
             table,
-            reported: [0; 3],
+            reported: [0; 4],
             malformed: 0,
         }
     }
@@ -205,6 +213,7 @@ impl Pipeline {
                 now.recursion_lost(self.table.duplicates),
             ),
             (LossKind::HintsRingFull, now.hints_ring_full),
+            (LossKind::NotRun, now.not_run.unwrap_or(0)),
         ];
         for (slot, (kind, total)) in totals.into_iter().enumerate() {
             // Totals only grow; a racy reading that lags is reported later, never twice.
@@ -229,6 +238,7 @@ impl Pipeline {
             ring_full: self.reported[0],
             recursion: self.reported[1],
             hints_ring_full: self.reported[2],
+            not_run: self.reported[3],
             malformed: self.malformed,
         }
     }
@@ -466,6 +476,10 @@ impl Tracer {
                 () = &mut stop => {
                     self.drain(sink)?;
                     self.read_counters(sink)?;
+                    // A fire the programs never ran for is confirmed by a second reading
+                    // (see `fires::NotRun`).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    self.read_counters(sink)?;
                     sink.end_batch()?;
                     return Ok(());
                 }
@@ -564,6 +578,7 @@ mod tests {
             closed_capacity: 0,
             resync_every: None,
             resync_after_loss: None,
+            count_fires: false,
         };
         assert_eq!(config(65536).probe_config().wakeup_bytes, 16384);
         assert_eq!(
@@ -618,6 +633,7 @@ mod tests {
             seen: 10,
             hints_ring_full: 0,
             fired: 0,
+            not_run: None,
         };
         let kinds = |l: &[Loss]| {
             l.iter()
@@ -636,10 +652,15 @@ mod tests {
             seen: 20,
             hints_ring_full: 3,
             fired: 0,
+            not_run: Some(7),
         };
         assert_eq!(
             kinds(&p.counters(&c2, &mut log).unwrap()),
-            [(LossKind::RingFull, 2, 6), (LossKind::HintsRingFull, 3, 3)]
+            [
+                (LossKind::RingFull, 2, 6),
+                (LossKind::HintsRingFull, 3, 3),
+                (LossKind::NotRun, 7, 7)
+            ]
         );
         assert_eq!(log.losses.len(), 4);
         assert_eq!(
@@ -648,6 +669,7 @@ mod tests {
                 ring_full: 6,
                 recursion: 2,
                 hints_ring_full: 3,
+                not_run: 7,
                 malformed: 0
             }
         );

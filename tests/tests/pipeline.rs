@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::TcpListener, time::Duration};
 
-use netmon::decode::Transition;
+use netmon::{attach::KernelCounters, decode::Transition};
 use netmon_common::TcpState::{self, *};
 use netmon_tests::{Conn, TestNetns, collect, connect_and_close};
 
@@ -112,11 +112,19 @@ fn forced_loss_is_counted_exactly() {
         .transitions
         .len() as u64;
     let c = probe.counters().expect("read counters");
+    let c = KernelCounters {
+        // A second reading confirms any fire no copy ran for (see `fires::NotRun`).
+        not_run: probe.counters().expect("read counters").not_run,
+        ..c
+    };
     assert!(c.ring_full > 0, "a one-page ring must overflow: {c:?}");
-    assert_eq!(
-        received + c.ring_full + c.recursion_lost(0),
-        generated,
-        "received {received} + lost {c:?} must equal generated {generated}"
+    // Fires the kernel ran no copy for are counted over every namespace, so they bound the
+    // difference rather than close it; without any, the count is exact.
+    let accounted = received + c.ring_full + c.recursion_lost(0);
+    let not_run = c.not_run.expect("fire counting is on");
+    assert!(
+        accounted <= generated && generated <= accounted + not_run,
+        "received {received} + lost {c:?} must account for generated {generated}"
     );
     assert_eq!(c.seen, received + c.ring_full, "{c:?}");
 }
