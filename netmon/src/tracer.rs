@@ -662,7 +662,7 @@ mod tests {
                 (LossKind::NotRun, 7, 7)
             ]
         );
-        assert_eq!(log.losses.len(), 4);
+        assert_eq!(log.losses.len(), 5);
         assert_eq!(
             p.losses(),
             LossTotals {
