@@ -90,7 +90,7 @@ pub async fn run(
         count_fires: !args.no_fire_count,
     };
     let mut tracer = Tracer::attach(&config)?;
-    tracer.seed();
+    tracer.seed(&mut LossLog)?;
     let listener = bind(&args.socket)?;
     eprintln!("netmon agent: serving {}", args.socket.display());
     let (table, queries) = TracerHandle::new();

@@ -353,11 +353,14 @@ impl Tracer {
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
-    pub fn seed(&mut self) {
+    /// What the ring delivers meanwhile goes to `sink` like any other record: a dump of a busy
+    /// machine takes long enough for thousands of transitions.
+    pub fn seed(&mut self, sink: &mut impl Sink) -> io::Result<()> {
         let owners = procfs::socket_owners();
         for d in dump_all() {
-            self.apply_dump(&mut (), d, Some(&owners)).ok();
+            self.apply_dump(sink, d, Some(&owners))?;
         }
+        Ok(())
     }
 
     /// One batch from the ring; true if more may be waiting.
