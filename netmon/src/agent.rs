@@ -14,7 +14,6 @@
 
 use std::{
     io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -29,6 +28,7 @@ use tokio::{
 };
 
 use crate::{
+    agent_socket,
     filter::Services,
     netns::Netns,
     output::Clock,
@@ -81,6 +81,8 @@ pub async fn run(
     args: &AgentArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // First, so that a second agent says so before the slow start.
+    let lock = agent_socket::Lock::take(&args.socket)?;
     let config = TracerConfig {
         ring_bytes: args.ring_size,
         filter: netmon_common::KernelFilter::ALL,
@@ -91,8 +93,14 @@ pub async fn run(
     };
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed(&mut LossLog)?;
-    let listener = bind(&args.socket)?;
-    eprintln!("netmon agent: serving {}", args.socket.display());
+    let socket = lock.bind(group_id(GROUP))?;
+    socket
+        .listener
+        .set_nonblocking(true)
+        .context("setting the socket non-blocking")?;
+    let listener = UnixListener::from_std(socket.listener.try_clone().context("dup socket")?)
+        .context("registering the socket")?;
+    eprintln!("netmon agent: serving {}", socket.path().display());
     let (table, queries) = TracerHandle::new();
     let context = Arc::new(Shared {
         table,
@@ -102,7 +110,8 @@ pub async fn run(
     let server = tokio::spawn(accept_loop(listener, context));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
     server.abort();
-    std::fs::remove_file(&args.socket).ok();
+    // Removes the socket file, if it is still ours.
+    drop(socket);
     result
 }
 
@@ -130,31 +139,6 @@ async fn accept_loop(listener: UnixListener, context: Arc<Shared>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// Creates the socket, readable by root and the `netmon` group only.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another agent is already serving {}", path.display());
-    }
-    // A socket file left by an agent that died: nobody answers on it.
-    std::fs::remove_file(path).ok();
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let mode = match group_id(GROUP) {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, Some(0), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
 }
 
 fn group_id(name: &str) -> Option<u32> {

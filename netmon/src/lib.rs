@@ -7,9 +7,11 @@
 //! layout from BTF for the program.
 
 pub mod agent;
+pub mod agent_socket;
 pub mod attach;
 pub mod cli;
 pub mod decode;
+pub mod escape;
 pub mod filter;
 pub mod fires;
 pub mod netns;

@@ -17,7 +17,7 @@
 
 mod capture;
 mod load;
-mod sys;
+pub(crate) mod sys;
 
 use std::{
     collections::BTreeMap,
