@@ -66,8 +66,10 @@ use netmon_common::{
 /// Counter slots of the hint programs come after the transition copies'.
 const HINT_SLOT: u32 = TRANSITION_COPIES;
 
-/// TCP_CLOSE (include/net/tcp_states.h).
+/// TCP_CLOSE, TCP_TIME_WAIT, TCP_NEW_SYN_RECV (include/net/tcp_states.h).
 const TCP_CLOSE: i32 = 7;
+const TCP_TIME_WAIT: i32 = 6;
+const TCP_NEW_SYN_RECV: i32 = 12;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -213,6 +215,13 @@ fn hint(ctx: &BtfTracePointContext, kind: EventKind, prog: u32) -> Option<()> {
     // SAFETY: plain read of a global userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
     let state = i32::from(load::<u8>(sk, off.skc_state));
+    // The reset tracepoints also get timewait sockets (`tcp_v4_send_reset()` answering for a
+    // TIME-WAIT socket) and could get request sockets: both are only a `sock_common`, and
+    // `emit` reads `struct sock` fields past it. Their connection has already reached CLOSE
+    // (or not yet ESTAB), so the hint has nothing to add.
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return None;
+    }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer, which the helper accepts.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     emit(sk, cookie, kind, state, state, prog)

@@ -92,7 +92,7 @@ pub async fn run(
         count_fires: !args.no_fire_count,
     };
     let mut tracer = Tracer::attach(&config)?;
-    tracer.seed(&mut LossLog)?;
+    tracer.seed();
     let socket = lock.bind(group_id(GROUP))?;
     socket
         .listener

@@ -353,14 +353,24 @@ impl Tracer {
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
-    /// What the ring delivers meanwhile goes to `sink` like any other record: a dump of a busy
-    /// machine takes long enough for thousands of transitions.
-    pub fn seed(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+    ///
+    /// The ring is not drained here: what it holds goes through the consumer's sink on the
+    /// first drain of [`Tracer::run`], in order, after every namespace and owner is known (a
+    /// dump of a busy machine takes long enough for thousands of transitions, and draining them
+    /// into the table alone would drop them from the consumer's stream). The events from
+    /// before a dump then come after it, and the table converges on the newest state as it
+    /// does for events from during a dump (see `Table::reconcile`).
+    pub fn seed(&mut self) {
         let owners = procfs::socket_owners();
         for d in dump_all() {
-            self.apply_dump(sink, d, Some(&owners))?;
+            match d.dump {
+                Ok(dump) => {
+                    self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
+                    self.pipeline.table.set_owners(&dump, &owners);
+                }
+                Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+            }
         }
-        Ok(())
     }
 
     /// One batch from the ring; true if more may be waiting.

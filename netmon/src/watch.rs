@@ -119,7 +119,7 @@ pub async fn run<W: Write>(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Tracer> {
     let mut tracer = Tracer::attach(config)?;
-    tracer.seed(watcher)?;
+    tracer.seed();
     ready();
     tracer.run(watcher, None, stop).await?;
     Ok(tracer)

@@ -637,7 +637,8 @@ pub fn stderr_of(child: &mut Child) -> String {
     s
 }
 
-/// The kernel's own count of `inet_sock_set_state` fires, outside any BPF program: one perf
+/// The kernel's own count of a tracepoint's fires (`inet_sock_set_state` unless said), outside
+/// any BPF program: one perf
 /// counter per online CPU on the tracepoint (what `perf stat -a -e sock:inet_sock_set_state`
 /// opens), with a tracepoint filter evaluated by perf.
 pub struct PerfFires {
@@ -648,9 +649,14 @@ impl PerfFires {
     /// Starts counting fires that match `filter` (ftrace filter syntax, e.g.
     /// `sport == 947 || dport == 947`).
     pub fn open(filter: &str) -> Self {
+        Self::open_on("sock/inet_sock_set_state", filter)
+    }
+
+    /// The same on another tracepoint (`system/name`).
+    pub fn open_on(tracepoint: &str, filter: &str) -> Self {
         use std::os::fd::FromRawFd;
         require_root();
-        let id = tracepoint_id("sock/inet_sock_set_state");
+        let id = tracepoint_id(tracepoint);
         let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
         let filter = std::ffi::CString::new(filter).unwrap();
         let fds = cpu_list(&online)
