@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
+    sync::mpsc::Receiver,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -142,6 +143,29 @@ fn storm(ns: &TestNetns, v6: bool, port: u16) -> u64 {
     })
 }
 
+/// Reads netmon's output into `w` until it has been quiet for a second and a half (it caught
+/// up with the ring and reported the losses), two minutes at most.
+fn tally(rx: &Receiver<String>, w: &mut Window) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(1500)) {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        match v["type"].as_str() {
+            Some("transition") => {
+                let port = Some(u64::from(w.port));
+                if v["local_port"].as_u64() == port || v["peer_port"].as_u64() == port {
+                    w.written += 1;
+                }
+            }
+            Some("loss") => w.lost += v["count"].as_u64().unwrap(),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netmon did not catch up within 2 minutes"
+        );
+    }
+}
+
 #[derive(Debug, Default)]
 struct Window {
     port: u16,
@@ -161,51 +185,26 @@ fn storms_written_plus_reported_lost_equals_fired_by_perf() {
     wait_attached(&ns, &rx, &mut out);
     // Ports no test picks (below the ephemeral range), one per storm: perf's filter and the
     // stream are cut by port, so other tests' traffic on the machine counts on neither side.
+    // Losses counted before the first storm (the canary's) are not the storms'.
+    tally(&rx, &mut Window::default());
     let mut windows = Vec::new();
     for (i, v6) in [false, true, false, true].into_iter().enumerate() {
         let port = 941 + i as u16;
         let perf = PerfFires::open(&format!("sport == {port} || dport == {port}"));
-        let connections = storm(&ns, v6, port);
-        let fired = perf.settled(Duration::from_secs(10));
-        // The watcher reads the loss counters every 250 ms: its reports on this storm come
-        // before the next storm's first transition.
-        std::thread::sleep(Duration::from_millis(700));
-        windows.push(Window {
+        let mut w = Window {
             port,
-            connections,
-            fired,
+            connections: storm(&ns, v6, port),
             ..Window::default()
-        });
+        };
+        w.fired = perf.settled(Duration::from_secs(10));
+        // Everything netmon prints until it has caught up is this storm's: its transitions
+        // and the losses it counted (read every 250 ms).
+        tally(&rx, &mut w);
+        windows.push(w);
     }
     interrupt(&child);
     let status = wait_with_timeout(&mut child, Duration::from_secs(60));
     assert!(status.success(), "netmon watch exited with {status}");
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-        out.push(line);
-    }
-    // Each storm's window: from its first transition to the next storm's first one.
-    let mut current: Option<usize> = None;
-    for line in &out {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        match v["type"].as_str() {
-            Some("transition") => {
-                let ports = [v["local_port"].as_u64(), v["peer_port"].as_u64()];
-                if let Some(i) = windows
-                    .iter()
-                    .position(|w| ports.contains(&Some(u64::from(w.port))))
-                {
-                    current = current.max(Some(i));
-                    windows[i].written += 1;
-                }
-            }
-            Some("loss") => {
-                // Losses counted before the first storm (the canary) go to the first.
-                let w = &mut windows[current.unwrap_or(0)];
-                w.lost += v["count"].as_u64().unwrap();
-            }
-            _ => {}
-        }
-    }
     let err = stderr_of(&mut child);
     for w in &windows {
         eprintln!("storm {w:?}");
