@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    output::Clock,
+    clock::Clock,
     sock_diag::{self, DiagError, DiagSock, Families},
     table::{Owner, Table},
 };

@@ -17,11 +17,12 @@ use serde::Serialize;
 
 use crate::{
     cgroup::CgroupNames,
+    clock::{Clock, time_of_day},
     columns::{Column, Grid},
     count::{self, CountBy},
     diag_ext::{self, TcpInfo},
     filter::{Filter, FilterInput, Services, StateSet},
-    output::{Clock, Format, JsonClosed, JsonOwner, duration, states_text, time_of_day},
+    output::{Format, JsonClosed, JsonOwner, display, duration, states_text},
     sock_diag::{DiagSock, TimerKind},
     table::{Closed, Owner, Table},
 };
@@ -521,10 +522,6 @@ struct JsonSkmem {
     optmem: u32,
     backlog: Option<u32>,
     drops: Option<u32>,
-}
-
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 fn render_json(
