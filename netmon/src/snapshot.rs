@@ -439,16 +439,13 @@ fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
         write!(buf, " uid:{}", s.uid).ok();
     }
     write!(buf, " ino:{} sk:{:x}", s.inode, s.cookie).ok();
-    let cgroup = |id: u64| {
-        data.cgroups
-            .as_ref()
-            .map_or_else(|| format!("unreachable:{id:x}"), |c| c.path(id))
+    let cgroup = |id: u64, out: &mut String| match &data.cgroups {
+        Some(c) => c.write_path(id, out),
+        None => {
+            write!(out, "unreachable:{id:x}").ok();
+        }
     };
-    let mut attrs = s.attrs.clone();
-    if !data.show_mark {
-        attrs.mark = None;
-    }
-    diag_ext::details_text(&attrs, &cgroup, buf);
+    diag_ext::details_text(&s.attrs, data.show_mark, &cgroup, buf);
     let ago = |ns: Option<u64>| ns.map(|t| Duration::from_nanos(data.now_ns.saturating_sub(t)));
     match ago(r.born_ns) {
         Some(d) => write!(buf, " age:{}", duration(d.as_nanos() as u64)),
