@@ -153,8 +153,8 @@ pub struct TableView {
     pub closed_history: u64,
     pub evicted: u64,
     pub duplicates: u64,
-    /// Kernel-counted losses: ring full, recursion, hints ring full; `None` if unreadable.
-    pub lost: Option<[u64; 3]>,
+    /// Losses counted so far: ring full, recursion, hints ring full, not run.
+    pub lost: [u64; 4],
     /// Ring records that did not decode.
     pub malformed: u64,
     pub resyncs: Resyncs,
@@ -275,17 +275,15 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(view.duplicates).encode(duplicates)?;
-        if let Some(lost) = view.lost {
-            counter_family(
-                &mut encoder,
-                "netmon_lost_events",
-                "Events the kernel could not deliver: transitions on a full ring, transitions the kernel skipped the program for (recursion), owner/reset hints on a full ring",
-                ["ring_full", "recursion", "hints_ring_full"]
-                    .into_iter()
-                    .zip(lost)
-                    .map(|(kind, n)| (Kind { kind }, n)),
-            )?;
-        }
+        counter_family(
+            &mut encoder,
+            "netmon_lost_events",
+            "Events lost: transitions on a full ring, transitions the kernel skipped the program for (recursion), owner/reset hints on a full ring, tracepoint fires no copy of the program ran for (not_run, counted by perf, all namespaces)",
+            ["ring_full", "recursion", "hints_ring_full", "not_run"]
+                .into_iter()
+                .zip(view.lost)
+                .map(|(kind, n)| (Kind { kind }, n)),
+        )?;
         Ok(())
     }
 }

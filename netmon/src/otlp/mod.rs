@@ -26,8 +26,8 @@ use prometheus_client::{encoding::EncodeMetric, metrics::counter::Counter, regis
 use prost::Message;
 
 use crate::{
+    clock::Clock,
     metrics::labels::{Direction, Reason},
-    output::Clock,
     table::Closed,
 };
 

@@ -9,8 +9,9 @@ use super::proto::{
     Resource, ResourceLogs, ScopeLogs, Value,
 };
 use crate::{
+    clock::Clock,
     metrics::labels::{Direction, FAMILIES, family_index},
-    output::{Clock, state_name},
+    output::state_name,
     table::{Closed, End},
 };
 
