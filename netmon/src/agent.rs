@@ -14,6 +14,7 @@
 
 use std::{
     io::Write,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -22,16 +23,19 @@ use std::{
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use tokio::{
+    io::Interest,
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::mpsc,
 };
 
 use crate::{
+    access::{self, Access},
     agent_socket,
     filter::Services,
     netns::Netns,
     output::Clock,
+    peer,
     snapshot::{self, SnapshotArgs},
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -63,6 +67,22 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Members of this group may query the agent: their own network namespace, and the
+    /// owners and closed history of their own sockets only.
+    #[arg(long, default_value = GROUP, value_name = "NAME")]
+    pub group: String,
+    /// Members of this group see what root sees: every namespace (--all-netns), every
+    /// socket's owner, the whole closed history.
+    #[arg(long, default_value = access::ADMIN_GROUP, value_name = "NAME")]
+    pub admin_group: String,
+}
+
+/// The admin group, as the agent found it at start.
+#[derive(Clone, Debug, Default)]
+pub struct AdminGroup {
+    pub name: String,
+    /// None if no such group exists: then only root is an admin.
+    pub gid: Option<u32>,
 }
 
 /// What every request needs, shared by the blocking threads that serve them.
@@ -70,6 +90,7 @@ struct Shared {
     table: TracerHandle,
     services: Services,
     clock: Clock,
+    admin: AdminGroup,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -88,7 +109,7 @@ pub async fn run(
     };
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed();
-    let socket = lock.bind(group_id(GROUP))?;
+    let socket = lock.bind(group_id(&args.group))?;
     socket
         .listener
         .set_nonblocking(true)
@@ -101,6 +122,10 @@ pub async fn run(
         table,
         services: Services::system().unwrap_or_default(),
         clock: Clock::now(),
+        admin: AdminGroup {
+            name: args.admin_group.clone(),
+            gid: group_id(&args.admin_group),
+        },
     });
     let server = tokio::spawn(accept_loop(listener, context));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
@@ -144,12 +169,15 @@ fn group_id(name: &str) -> Option<u32> {
     (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
-/// Who is asking, from the kernel (SO_PEERCRED), not from anything the client says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who is asking, from the kernel (SO_PEERCRED, SO_PEERGROUPS), not from anything the client
+/// says.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 /// A request checked and ready to serve.
@@ -157,14 +185,22 @@ pub struct Peer {
 pub struct Prepared {
     pub request: SnapshotRequest,
     pub scope: Scope,
+    pub access: Access,
 }
 
 /// Checks a request and decides what its client may see. Every check on who may ask for what
 /// belongs here: it runs before anything is dumped or rendered.
+///
+/// `passed` is the network namespace the client sent with its request (SCM_RIGHTS):
+/// what it is shown. `open_netns` opens a pid's namespace, to check that a non-admin client
+/// passed its own (a recycled pid can then only cause a refusal, never a disclosure), and for
+/// an admin's client that passed none.
 pub fn prepare(
     request: Request,
     peer: &Peer,
     services: &Services,
+    admin: &AdminGroup,
+    passed: Option<Netns>,
     open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
 ) -> anyhow::Result<Prepared> {
     if request.version != wire::VERSION {
@@ -180,12 +216,46 @@ pub fn prepare(
         .args()
         .filter(services)
         .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let access = Access::of(peer.uid, peer.gid, &peer.groups, admin.gid);
+    if let Some(why) = access.refuse(request.all_netns, &admin.name) {
+        anyhow::bail!(why);
+    }
     let scope = if request.all_netns {
         Scope::All
     } else {
-        Scope::Caller(open_netns(peer.pid).context("opening the client's network namespace")?)
+        Scope::Caller(caller_netns(access, peer, passed, open_netns)?)
     };
-    Ok(Prepared { request, scope })
+    Ok(Prepared {
+        request,
+        scope,
+        access,
+    })
+}
+
+fn caller_netns(
+    access: Access,
+    peer: &Peer,
+    passed: Option<Netns>,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> anyhow::Result<Netns> {
+    let own = |pid| open_netns(pid).context("opening the client's network namespace");
+    match (passed, access) {
+        (Some(ns), Access::Admin) => Ok(ns),
+        (Some(ns), Access::User { .. }) => {
+            if own(peer.pid)?.inum != ns.inum {
+                anyhow::bail!(
+                    "the network namespace passed is not the client's own; without root or \
+                     the admin group, a client sees only its own"
+                );
+            }
+            Ok(ns)
+        }
+        // A client of an older version.
+        (None, Access::Admin) => own(peer.pid),
+        (None, Access::User { .. }) => anyhow::bail!(
+            "the client passed no network namespace: use the netmon of the agent's version"
+        ),
+    }
 }
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
@@ -206,6 +276,7 @@ pub fn serve(
         closed_within_ns: prepared.request.closed_ns,
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    prepared.access.redact(&mut collected);
     let data = collected.data(clock);
     let notes = snapshot::render(&args, &filter, services, &data, out)?;
     out.flush()?;
@@ -249,9 +320,17 @@ impl Write for FrameWriter {
 
 async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
     let prepared = match read_request(&mut stream).await {
-        Ok(request) => match peer_of(&stream) {
-            Ok(peer) => prepare(request, &peer, &context.services, Netns::of_pid),
-            Err(e) => Err(e),
+        Ok((request, passed)) => match (peer_of(&stream), passed.map(Netns::from_fd).transpose()) {
+            (Ok(peer), Ok(passed)) => prepare(
+                request,
+                &peer,
+                &context.services,
+                &context.admin,
+                passed,
+                Netns::of_pid,
+            ),
+            (Err(e), _) => Err(e),
+            (_, Err(e)) => Err(anyhow::Error::new(e).context("the fd passed with the request")),
         },
         Err(e) => Err(e),
     };
@@ -336,15 +415,13 @@ async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
 }
 
 fn peer_of(stream: &UnixStream) -> anyhow::Result<Peer> {
-    let cred = stream
-        .peer_cred()
+    let cred = peer::peer_cred(stream.as_raw_fd())
         .context("cannot identify the client process (SO_PEERCRED)")?;
     Ok(Peer {
-        pid: cred
-            .pid()
-            .context("cannot identify the client process (SO_PEERCRED)")?,
-        uid: cred.uid(),
-        gid: cred.gid(),
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups: cred.groups,
     })
 }
 
@@ -375,17 +452,64 @@ async fn refuse(mut stream: UnixStream, error: &str) {
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
-async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
+/// Reads the request line, and the namespace fd that came with it (SCM_RIGHTS), if any.
+async fn read_request(stream: &mut UnixStream) -> anyhow::Result<(Request, Option<OwnedFd>)> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream).take(wire::MAX_REQUEST as u64 + 1);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line));
-    read.await
+    let mut passed = None;
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            stream.readable().await?;
+            let got = stream.try_io(Interest::READABLE, || {
+                peer::recv_with_fd(stream.as_raw_fd(), &mut buf, &mut passed)
+            });
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            line.extend_from_slice(&buf[..n]);
+            if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                line.truncate(end + 1);
+                return Ok(());
+            }
+            if n == 0 || line.len() > wire::MAX_REQUEST {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read)
+        .await
         .map_err(|_| anyhow::anyhow!("request timed out after {REQUEST_TIMEOUT:?}"))?
         .context("reading the request")?;
     if line.len() > wire::MAX_REQUEST {
         anyhow::bail!("request larger than {} bytes", wire::MAX_REQUEST);
     }
-    serde_json::from_slice(&line).context("malformed request")
+    let request = serde_json::from_slice(&line).context("malformed request")?;
+    Ok((request, passed))
+}
+
+/// Sends the request line with the caller's network namespace attached: the agent shows that
+/// namespace (it never guesses it from the pid).
+async fn send_request(stream: &UnixStream, line: &[u8]) -> std::io::Result<()> {
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let mut sent = 0;
+    while sent < line.len() {
+        stream.writable().await?;
+        let wrote = if sent == 0 {
+            stream.try_io(Interest::WRITABLE, || {
+                peer::send_with_fd(stream.as_raw_fd(), line, netns.as_raw_fd())
+            })
+        } else {
+            stream.try_write(&line[sent..])
+        };
+        match wrote {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Why a snapshot could not come from the agent.
@@ -439,16 +563,15 @@ pub async fn request(
         path: shown.clone(),
         source,
     };
-    let mut stream =
-        UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: shown.clone(),
-                source,
-            })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            path: shown.clone(),
+            source,
+        })?;
     let mut line = serde_json::to_vec(&Request::new(args)).map_err(|e| io(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line).await.map_err(io)?;
+    send_request(&stream, &line).await.map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut header = Vec::new();
     reader.read_until(b'\n', &mut header).await.map_err(io)?;
@@ -516,7 +639,19 @@ mod tests {
             pid: std::process::id() as i32,
             uid: 1000,
             gid: 1000,
+            groups: vec![],
         }
+    }
+
+    fn admin() -> AdminGroup {
+        AdminGroup {
+            name: "netmon-admin".into(),
+            gid: Some(4242),
+        }
+    }
+
+    fn passed() -> Option<Netns> {
+        Some(Netns::current().unwrap())
     }
 
     fn request(words: &[&str]) -> Request {
@@ -540,11 +675,27 @@ mod tests {
         let services = Services::default();
         let mut old = request(&[]);
         old.version = 0;
-        let e = prepare(old, &peer(), &services, own_netns).unwrap_err();
+        let e = prepare(old, &peer(), &services, &admin(), passed(), own_netns).unwrap_err();
         assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
-        let e = prepare(request(&["dport", "="]), &peer(), &services, own_netns).unwrap_err();
+        let e = prepare(
+            request(&["dport", "="]),
+            &peer(),
+            &services,
+            &admin(),
+            passed(),
+            own_netns,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("dport"), "{e:#}");
-        let ok = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        let ok = prepare(
+            request(&[]),
+            &peer(),
+            &services,
+            &admin(),
+            passed(),
+            own_netns,
+        )
+        .unwrap();
         assert!(matches!(ok.scope, Scope::Caller(_)));
     }
 
@@ -578,7 +729,15 @@ mod tests {
             ]),
         };
         let mut table = Table::new();
-        let prepared = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        let prepared = prepare(
+            request(&[]),
+            &peer(),
+            &services,
+            &admin(),
+            passed(),
+            own_netns,
+        )
+        .unwrap();
         let mut out = Vec::new();
         serve(
             prepared,
