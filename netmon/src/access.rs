@@ -35,13 +35,13 @@ impl Access {
         }
     }
 
-    /// Why a request is refused, if it is: `--all-netns` is for admins only (`admin_group`
-    /// names the group for the message).
-    pub fn refuse(&self, all_netns: bool, admin_group: &str) -> Option<String> {
+    /// Why a request is refused, if it is: `--all-netns` is for admins only.
+    pub fn refuse(&self, all_netns: bool) -> Option<String> {
         match self {
             Self::User { .. } if all_netns => Some(format!(
                 "--all-netns shows every user's namespaces: it needs root or membership in the \
-                 {admin_group} group"
+                 agent's admin group ({ADMIN_GROUP} unless `netmon agent --admin-group` names \
+                 another)"
             )),
             _ => None,
         }
@@ -106,13 +106,9 @@ mod tests {
     #[test]
     fn users_see_their_own_owners_only_and_no_other_namespace() {
         let user = Access::User { uid: 1000 };
-        assert!(
-            user.refuse(true, ADMIN_GROUP)
-                .unwrap()
-                .contains("netmon-admin")
-        );
-        assert_eq!(user.refuse(false, ADMIN_GROUP), None);
-        assert_eq!(Access::Admin.refuse(true, ADMIN_GROUP), None);
+        assert!(user.refuse(true).unwrap().contains("netmon-admin"));
+        assert_eq!(user.refuse(false), None);
+        assert_eq!(Access::Admin.refuse(true), None);
         assert_eq!(user.owner(1000, Some(owner(1000))), Some(owner(1000)));
         // Another user's socket, or the user's socket held by another user's process.
         assert_eq!(user.owner(0, Some(owner(0))), None);

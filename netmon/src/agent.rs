@@ -51,10 +51,100 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
 /// itself causes a loss cannot chain into the next.
-const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
-/// Rendered output goes to the client in frames of this size; a few in flight per client.
+pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
+/// Rendered output goes to the client in frames of this size.
 const CHUNK: usize = 64 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What one agent spends on its clients, at most. Connections are cheap but each holds a
+/// descriptor; snapshots are not (a dump and a render of every socket of a namespace); unsent
+/// replies hold memory until a slow client reads them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open client connections, in all.
+    pub clients: usize,
+    /// Open client connections of one non-root user.
+    pub clients_per_uid: usize,
+    /// Snapshots being collected and rendered at once (each on a blocking thread).
+    pub snapshots: usize,
+    /// Rendered bytes waiting for slow clients, in all.
+    pub bytes_in_flight: usize,
+    /// A reply must be read by its client within this time.
+    pub reply_deadline: Duration,
+    /// Filter words, in bytes: the work per row is bounded by the filter's size.
+    pub filter_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            clients: 512,
+            clients_per_uid: 64,
+            snapshots: 4,
+            bytes_in_flight: 256 << 20,
+            reply_deadline: Duration::from_secs(30),
+            filter_bytes: 4096,
+        }
+    }
+}
+
+/// Who holds how many connections; a connection's [`Admitted`] gives its place back on drop.
+#[derive(Debug, Default)]
+struct Admission {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<u32, usize>)>,
+}
+
+struct Admitted {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Admits a connection of `uid` within the limits, or says which limit it hit.
+fn admit(shared: &Arc<Shared>, uid: u32) -> Result<Admitted, String> {
+    let limits = shared.limits;
+    let mut open = shared
+        .admission
+        .open
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if open.0 >= limits.clients {
+        return Err(format!(
+            "the agent serves {} clients at most and is full; try again",
+            limits.clients
+        ));
+    }
+    let mine = open.1.get(&uid).copied().unwrap_or(0);
+    // Root is the administrator: only the global limit holds it back.
+    if uid != 0 && mine >= limits.clients_per_uid {
+        return Err(format!(
+            "uid {uid} has {mine} connections to the agent open, the most one user may; close \
+             some and try again"
+        ));
+    }
+    open.0 += 1;
+    *open.1.entry(uid).or_insert(0) += 1;
+    Ok(Admitted {
+        shared: shared.clone(),
+        uid,
+    })
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -67,6 +157,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Trace only the network namespace of this inode (hidden: tests that count their own
+    /// losses on a machine where others make traffic).
+    #[arg(long, hide = true, value_name = "INODE")]
+    pub only_netns: Option<u32>,
     /// Members of this group may query the agent: their own network namespace, and the
     /// owners and closed history of their own sockets only.
     #[arg(long, default_value = GROUP, value_name = "NAME")]
@@ -77,20 +171,19 @@ pub struct AgentArgs {
     pub admin_group: String,
 }
 
-/// The admin group, as the agent found it at start.
-#[derive(Clone, Debug, Default)]
-pub struct AdminGroup {
-    pub name: String,
-    /// None if no such group exists: then only root is an admin.
-    pub gid: Option<u32>,
-}
-
 /// What every request needs, shared by the blocking threads that serve them.
 struct Shared {
     table: TracerHandle,
     services: Services,
     clock: Clock,
-    admin: AdminGroup,
+    limits: Limits,
+    admission: Admission,
+    /// Snapshots collected and rendered at once.
+    snapshots: Arc<tokio::sync::Semaphore>,
+    /// Unsent reply bytes, in KiB.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// The admin group's id, if it exists (else only root is an admin).
+    admin_gid: Option<u32>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -102,11 +195,16 @@ pub async fn run(
     let lock = agent_socket::Lock::take(&args.socket)?;
     let config = TracerConfig {
         ring_bytes: args.ring_size,
-        filter: netmon_common::KernelFilter::ALL,
+        filter: netmon_common::KernelFilter {
+            netns: args.only_netns.unwrap_or(0),
+            ..netmon_common::KernelFilter::ALL
+        },
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+        netns: args.only_netns,
     };
+    raise_nofile_limit();
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed();
     let socket = lock.bind(group_id(&args.group))?;
@@ -118,16 +216,18 @@ pub async fn run(
         .context("registering the socket")?;
     eprintln!("netmon agent: serving {}", socket.path().display());
     let (table, queries) = TracerHandle::new();
-    let context = Arc::new(Shared {
+    let limits = Limits::default();
+    let shared = Arc::new(Shared {
         table,
         services: Services::system().unwrap_or_default(),
         clock: Clock::now(),
-        admin: AdminGroup {
-            name: args.admin_group.clone(),
-            gid: group_id(&args.admin_group),
-        },
+        limits,
+        admission: Admission::default(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+        admin_gid: group_id(&args.admin_group),
     });
-    let server = tokio::spawn(accept_loop(listener, context));
+    let server = tokio::spawn(accept_loop(listener, shared));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
     server.abort();
     // Removes the socket file, if it is still ours.
@@ -148,15 +248,44 @@ impl crate::tracer::Sink for LossLog {
     }
 }
 
-async fn accept_loop(listener: UnixListener, context: Arc<Shared>) {
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(context.clone(), stream));
-            }
+            // Admitted here, before a task exists: a flood of connections over the limits
+            // costs one descriptor at a time, never one per waiting task.
+            Ok((stream, _)) => match peer_of(&stream, shared.admin_gid)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|peer| Ok((peer, admit(&shared, peer.uid)?)))
+            {
+                Ok((peer, admitted)) => {
+                    tokio::spawn(handle(shared.clone(), stream, peer, admitted));
+                }
+                Err(e) => refuse_at_once(stream, &e),
+            },
             // Out of descriptors (or another transient failure): the pending connection stays
             // queued and would fail again at once; wait for clients to leave instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each client holds a descriptor, and
+/// the default soft limit (1024) is a fraction of what the limits above allow.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                eprintln!(
+                    "netmon agent: cannot raise the open-files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 }
@@ -171,13 +300,13 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Who is asking, from the kernel (SO_PEERCRED, SO_PEERGROUPS), not from anything the client
 /// says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
+    /// What it may see, from its uid and groups.
+    pub access: Access,
 }
 
 /// A request checked and ready to serve.
@@ -185,24 +314,29 @@ pub struct Peer {
 pub struct Prepared {
     pub request: SnapshotRequest,
     pub scope: Scope,
+    /// What of the snapshot the client may see.
     pub access: Access,
+    /// Whether the client may see `SO_MARK`s: the kernel sends them to the agent because it
+    /// has CAP_NET_ADMIN, so only a root client gets them.
+    pub show_mark: bool,
 }
 
 /// Checks a request and decides what its client may see. Every check on who may ask for what
 /// belongs here: it runs before anything is dumped or rendered.
-///
-/// `passed` is the network namespace the client sent with its request (SCM_RIGHTS):
-/// what it is shown. `open_netns` opens a pid's namespace, to check that a non-admin client
-/// passed its own (a recycled pid can then only cause a refusal, never a disclosure), and for
-/// an admin's client that passed none.
 pub fn prepare(
     request: Request,
     peer: &Peer,
+    limits: &Limits,
     services: &Services,
-    admin: &AdminGroup,
-    passed: Option<Netns>,
     open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
 ) -> anyhow::Result<Prepared> {
+    let filter_bytes: usize = request.snapshot.filter.iter().map(|w| w.len() + 1).sum();
+    if filter_bytes > limits.filter_bytes {
+        anyhow::bail!(
+            "the filter is {filter_bytes} bytes long; the agent accepts {} at most",
+            limits.filter_bytes
+        );
+    }
     if request.version != wire::VERSION {
         anyhow::bail!(
             "this agent speaks protocol version {}, the client {}: use the same netmon version \
@@ -212,49 +346,53 @@ pub fn prepare(
         );
     }
     let request = request.snapshot;
-    request
-        .args()
-        .filter(services)
-        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
-    let access = Access::of(peer.uid, peer.gid, &peer.groups, admin.gid);
-    if let Some(why) = access.refuse(request.all_netns, &admin.name) {
+    if let Some(why) = peer.access.refuse(request.all_netns) {
         anyhow::bail!(why);
     }
+    let args = request.args();
+    args.check().map_err(|e| anyhow::anyhow!(e))?;
+    args.filter(services)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
     let scope = if request.all_netns {
         Scope::All
     } else {
-        Scope::Caller(caller_netns(access, peer, passed, open_netns)?)
+        Scope::Caller(open_netns(peer.pid).context("opening the client's network namespace")?)
     };
     Ok(Prepared {
         request,
         scope,
-        access,
+        access: peer.access,
+        show_mark: peer.uid == 0,
     })
 }
 
-fn caller_netns(
+/// The namespace a request is about: the one the client passed with it (SCM_RIGHTS). A
+/// non-admin client must pass its own: it must be the namespace its pid is in, so that a
+/// recycled pid can only cause a refusal, and holding an fd of another namespace shows nothing
+/// of it. An admin's client that passed none (an older netmon) gets its pid's.
+pub fn caller_netns(
     access: Access,
-    peer: &Peer,
+    pid: i32,
     passed: Option<Netns>,
-    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
-) -> anyhow::Result<Netns> {
-    let own = |pid| open_netns(pid).context("opening the client's network namespace");
+    of_pid: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> std::io::Result<Netns> {
     match (passed, access) {
         (Some(ns), Access::Admin) => Ok(ns),
         (Some(ns), Access::User { .. }) => {
-            if own(peer.pid)?.inum != ns.inum {
-                anyhow::bail!(
-                    "the network namespace passed is not the client's own; without root or \
-                     the admin group, a client sees only its own"
-                );
+            if of_pid(pid)?.inum != ns.inum {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the network namespace passed is not the client's own; without root or the \
+                     admin group a client sees only its own",
+                ));
             }
             Ok(ns)
         }
-        // A client of an older version.
-        (None, Access::Admin) => own(peer.pid),
-        (None, Access::User { .. }) => anyhow::bail!(
-            "the client passed no network namespace: use the netmon of the agent's version"
-        ),
+        (None, Access::Admin) => of_pid(pid),
+        (None, Access::User { .. }) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the client passed no network namespace: use the netmon of the agent's version",
+        )),
     }
 }
 
@@ -274,19 +412,30 @@ pub fn serve(
         .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
     let what = What {
         closed_within_ns: prepared.request.closed_ns,
+        ext: args.diag_ext(),
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
     prepared.access.redact(&mut collected);
-    let data = collected.data(clock);
-    let notes = snapshot::render(&args, &filter, services, &data, out)?;
+    let missing = std::mem::take(&mut collected.notes);
+    let mut data = collected.data(clock);
+    // This runs off the thread that drains the ring, so -r may wait on the resolver.
+    data.add_names(&args, prepared.show_mark);
+    let mut notes = snapshot::render(&args, &filter, services, &data, out)?;
+    notes.extend(missing);
     out.flush()?;
     Ok(notes)
 }
 
-/// Frames what the renderer writes and hands full frames to the connection's writer.
+/// A frame and the share of the in-flight budget it holds until it is sent.
+type Frame = (Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Frames what the renderer writes and queues full frames for the connection's writer. The
+/// renderer never waits for the client: a frame takes its bytes from the agent's in-flight
+/// budget, and a reply that finds the budget spent fails instead of holding a thread.
 struct FrameWriter {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<Frame>,
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl FrameWriter {
@@ -294,11 +443,21 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(self.buf.len() + 8);
         wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
+        let kib = u32::try_from(frame.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                std::io::Error::other(
+                    "the agent holds as many unsent replies as it may (slow clients); try again",
+                )
+            })?;
         self.buf.clear();
         self.tx
-            .blocking_send(frame.freeze())
+            .send((frame.freeze(), permit))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
     }
 }
@@ -318,22 +477,20 @@ impl Write for FrameWriter {
     }
 }
 
-async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
-    let prepared = match read_request(&mut stream).await {
-        Ok((request, passed)) => match (peer_of(&stream), passed.map(Netns::from_fd).transpose()) {
-            (Ok(peer), Ok(passed)) => prepare(
-                request,
-                &peer,
-                &context.services,
-                &context.admin,
-                passed,
-                Netns::of_pid,
-            ),
-            (Err(e), _) => Err(e),
-            (_, Err(e)) => Err(anyhow::Error::new(e).context("the fd passed with the request")),
+/// Serves one admitted connection; its place is given back when `_admitted` drops.
+async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitted: Admitted) {
+    let (request, passed) = match read_request(&mut stream).await {
+        Ok((request, passed)) => match passed.map(Netns::from_fd).transpose() {
+            Ok(passed) => (request, passed),
+            Err(e) => return refuse(stream, &format!("the fd passed with the request: {e}")).await,
         },
-        Err(e) => Err(e),
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
     };
+    let open_netns = |pid| caller_netns(peer.access, pid, passed, Netns::of_pid);
+    if request.top.is_some() {
+        return handle_top(shared, stream, request, peer, open_netns).await;
+    }
+    let prepared = prepare(request, &peer, &shared.limits, &shared.services, open_netns);
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return refuse(stream, &format!("{e:#}")).await,
@@ -346,82 +503,181 @@ async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
     if write_line(&mut stream, &header).await.is_err() {
         return;
     }
-    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let Ok(slot) = shared.snapshots.clone().acquire_owned().await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let job = {
-        let context = context.clone();
+        let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = FrameWriter {
                 buf: Vec::with_capacity(CHUNK),
                 tx,
+                budget: shared.in_flight.clone(),
             };
-            let mut table = context.table.clone();
+            let mut table = shared.table.clone();
             let result = serve(
                 prepared,
                 &LiveSource,
                 &mut table,
-                &context.services,
-                context.clock,
+                &shared.services,
+                shared.clock,
                 &mut out,
             );
+            drop(slot);
             let losses = table.losses().unwrap_or_default();
             (result, losses)
         })
     };
-    let mut client_gone = false;
-    while let Some(frame) = rx.recv().await {
-        let write = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
-        if !matches!(write, Ok(Ok(()))) {
-            // Dropping the receiver stops the renderer at its next frame.
-            client_gone = true;
-            break;
+    // The whole reply, trailer included, must be read within the deadline.
+    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
+    let send = async {
+        while let Some((frame, _permit)) = rx.recv().await {
+            stream.write_all(&frame).await?;
         }
-    }
-    drop(rx);
-    let Ok((result, losses)) = job.await else {
-        return;
-    };
-    if client_gone {
-        return;
-    }
-    let trailer = match result {
-        Ok(notes) => Trailer {
-            ok: true,
-            error: None,
-            notes,
-            losses,
-        },
-        Err(e) => Trailer {
-            ok: false,
-            error: Some(format!("{e:#}")),
-            notes: Vec::new(),
-            losses,
-        },
-    };
-    let mut frame = BytesMut::new();
-    wire::put_frame(
-        &mut frame,
-        FRAME_TRAILER,
-        &serde_json::to_vec(&trailer).unwrap_or_default(),
-    );
-    let finish = async {
+        let Ok((result, losses)) = job.await else {
+            return Err(std::io::Error::other("the snapshot job panicked"));
+        };
+        let trailer = match result {
+            Ok(notes) => Trailer {
+                ok: true,
+                error: None,
+                notes,
+                losses,
+            },
+            Err(e) => Trailer {
+                ok: false,
+                error: Some(format!("{e:#}")),
+                notes: Vec::new(),
+                losses,
+            },
+        };
+        let mut frame = BytesMut::new();
+        wire::put_frame(
+            &mut frame,
+            FRAME_TRAILER,
+            &serde_json::to_vec(&trailer).unwrap_or_default(),
+        );
         stream.write_all(&frame).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+    // A client too slow for the deadline is dropped; dropping the receiver then ends the
+    // renderer at its next frame, and the unsent frames give their budget back.
+    let _ = tokio::time::timeout_at(deadline, send).await;
     // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
 
-fn peer_of(stream: &UnixStream) -> anyhow::Result<Peer> {
+/// A checked `netmon top` request: what to count, the filter, the namespace (`None`: all).
+#[derive(Debug)]
+pub struct PreparedTop {
+    pub query: crate::top::model::Query,
+    pub filter: crate::filter::Filter,
+    pub netns: Option<u32>,
+}
+
+/// Checks a `top` request through [`prepare`], as the snapshot with the same scope and filter
+/// would be: whoever may not see that snapshot may not see these numbers either.
+pub fn prepare_top(
+    request: Request,
+    peer: &Peer,
+    limits: &Limits,
+    services: &Services,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> anyhow::Result<PreparedTop> {
+    let query = request.top.context("not a top request")?;
+    let as_snapshot = Request {
+        version: request.version,
+        snapshot: SnapshotRequest {
+            all: true,
+            all_netns: query.all_netns,
+            filter: query.filter.clone(),
+            ..SnapshotRequest::default()
+        },
+        top: None,
+    };
+    let prepared = prepare(as_snapshot, peer, limits, services, open_netns)?;
+    let filter = crate::top::feed::parse_filter(&query, services).map_err(anyhow::Error::msg)?;
+    let netns = match prepared.scope {
+        Scope::Caller(ns) => Some(ns.inum),
+        Scope::All => None,
+    };
+    Ok(PreparedTop {
+        query,
+        filter,
+        netns,
+    })
+}
+
+/// Serves a `top` request: the tracer counts (see [`crate::tracer::Query::Top`]); the reply
+/// is the header, the JSON numbers in data frames, and the trailer.
+async fn handle_top(
+    shared: Arc<Shared>,
+    mut stream: UnixStream,
+    request: Request,
+    peer: Peer,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) {
+    let prepared = match prepare_top(request, &peer, &shared.limits, &shared.services, open_netns) {
+        Ok(p) => p,
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
+    };
+    let header = ReplyHeader {
+        ok: true,
+        error: None,
+        version: wire::VERSION,
+    };
+    if write_line(&mut stream, &header).await.is_err() {
+        return;
+    }
+    let table = shared.table.clone();
+    let clock = shared.clock;
+    let answer = tokio::task::spawn_blocking(move || {
+        let model = table.top(prepared.query, prepared.filter, prepared.netns, clock)?;
+        serde_json::to_vec(&model).map_err(anyhow::Error::from)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let mut frames = BytesMut::new();
+    let trailer = match answer {
+        Ok(json) => {
+            for chunk in json.chunks(CHUNK) {
+                wire::put_frame(&mut frames, FRAME_DATA, chunk);
+            }
+            Trailer {
+                ok: true,
+                ..Trailer::default()
+            }
+        }
+        Err(e) => Trailer {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            ..Trailer::default()
+        },
+    };
+    wire::put_frame(
+        &mut frames,
+        FRAME_TRAILER,
+        &serde_json::to_vec(&trailer).unwrap_or_default(),
+    );
+    let finish = async {
+        stream.write_all(&frames).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+}
+
+fn peer_of(stream: &UnixStream, admin_gid: Option<u32>) -> anyhow::Result<Peer> {
     let cred = peer::peer_cred(stream.as_raw_fd())
         .context("cannot identify the client process (SO_PEERCRED)")?;
     Ok(Peer {
         pid: cred.pid,
         uid: cred.uid,
         gid: cred.gid,
-        groups: cred.groups,
+        access: Access::of(cred.uid, cred.gid, &cred.groups, admin_gid),
     })
 }
 
@@ -434,6 +690,22 @@ async fn write_line<T: serde::Serialize>(
     tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Refuses a connection over the limits, without waiting: it is not counted, so it must not
+/// linger. The reply goes out if the socket takes it at once (a fresh one always does).
+fn refuse_at_once(stream: UnixStream, error: &str) {
+    let header = ReplyHeader {
+        ok: false,
+        error: Some(error.to_string()),
+        version: wire::VERSION,
+    };
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
+    // Unread input would turn the close into a reset that hides the reply.
+    let mut sink = [0u8; 16 * 1024];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
 async fn refuse(mut stream: UnixStream, error: &str) {
@@ -639,23 +911,13 @@ mod tests {
             pid: std::process::id() as i32,
             uid: 1000,
             gid: 1000,
-            groups: vec![],
+            access: Access::User { uid: 1000 },
         }
-    }
-
-    fn admin() -> AdminGroup {
-        AdminGroup {
-            name: "netmon-admin".into(),
-            gid: Some(4242),
-        }
-    }
-
-    fn passed() -> Option<Netns> {
-        Some(Netns::current().unwrap())
     }
 
     fn request(words: &[&str]) -> Request {
         Request {
+            top: None,
             version: wire::VERSION,
             snapshot: SnapshotRequest {
                 all: true,
@@ -675,14 +937,13 @@ mod tests {
         let services = Services::default();
         let mut old = request(&[]);
         old.version = 0;
-        let e = prepare(old, &peer(), &services, &admin(), passed(), own_netns).unwrap_err();
+        let e = prepare(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
         assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
         let e = prepare(
             request(&["dport", "="]),
             &peer(),
+            &Limits::default(),
             &services,
-            &admin(),
-            passed(),
             own_netns,
         )
         .unwrap_err();
@@ -690,13 +951,58 @@ mod tests {
         let ok = prepare(
             request(&[]),
             &peer(),
+            &Limits::default(),
             &services,
-            &admin(),
-            passed(),
             own_netns,
         )
         .unwrap();
         assert!(matches!(ok.scope, Scope::Caller(_)));
+    }
+
+    #[test]
+    fn top_requests_are_checked_like_the_snapshot_of_the_same_scope() {
+        let services = Services::default();
+        let top = |filter: &[&str], all_netns: bool| {
+            let line = serde_json::to_string(&Request::top(crate::top::model::Query {
+                filter: filter.iter().map(|w| w.to_string()).collect(),
+                all_netns,
+                ..Default::default()
+            }))
+            .unwrap();
+            // As the agent reads it.
+            serde_json::from_str::<Request>(&line).unwrap()
+        };
+        let ok = prepare_top(
+            top(&["dport", "=", ":80"], false),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
+        assert_eq!(ok.netns, Some(Netns::current().unwrap().inum));
+        let all = prepare_top(
+            top(&[], true),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
+        assert_eq!(all.netns, None);
+        let e = prepare_top(
+            top(&["dport", "="], false),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("dport"), "{e:#}");
+        let mut old = top(&[], false);
+        old.version = 0;
+        let e = prepare_top(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
+        assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
     }
 
     #[test]
@@ -715,6 +1021,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         };
         let source = ReplaySource {
             namespaces: BTreeMap::from([
@@ -727,14 +1034,14 @@ mod tests {
                     vec![sock(2, TcpState::Established, "127.0.0.1:8081")],
                 ),
             ]),
+            ..Default::default()
         };
         let mut table = Table::new();
         let prepared = prepare(
             request(&[]),
             &peer(),
+            &Limits::default(),
             &services,
-            &admin(),
-            passed(),
             own_netns,
         )
         .unwrap();
@@ -793,5 +1100,70 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("dumping sockets"), "{e}");
         assert!(!e.may_fall_back());
+    }
+
+    fn shared(limits: Limits) -> Arc<Shared> {
+        Arc::new(Shared {
+            table: TracerHandle::new().0,
+            services: Services::default(),
+            clock: Clock::now(),
+            limits,
+            admission: Admission::default(),
+            snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+            admin_gid: None,
+        })
+    }
+
+    #[test]
+    fn connections_are_limited_per_user_and_in_all_and_given_back() {
+        let s = shared(Limits {
+            clients: 5,
+            clients_per_uid: 2,
+            ..Limits::default()
+        });
+        let a = admit(&s, 1000).unwrap();
+        let _b = admit(&s, 1000).unwrap();
+        let e = admit(&s, 1000).err().unwrap();
+        assert!(e.contains("uid 1000 has 2 connections"), "{e}");
+        let _c = admit(&s, 1001).unwrap();
+        drop(a);
+        let _d = admit(&s, 1000).unwrap();
+        let _root: Vec<_> = (0..2).map(|_| admit(&s, 0).unwrap()).collect();
+        let e = admit(&s, 0).err().unwrap();
+        assert!(e.contains("5 clients at most"), "{e}");
+    }
+
+    #[test]
+    fn a_filter_larger_than_the_limit_is_refused() {
+        let big = vec!["dport = :1 or"; 400].join(" ");
+        let mut words: Vec<&str> = big.split(' ').collect();
+        words.push("sport = :2");
+        let e = prepare(
+            request(&words),
+            &peer(),
+            &Limits::default(),
+            &Services::default(),
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e}").contains("accepts 4096 at most"), "{e}");
+    }
+
+    #[test]
+    fn a_reply_beyond_the_in_flight_budget_fails_instead_of_waiting() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(100)); // KiB
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut w = FrameWriter {
+            buf: Vec::new(),
+            tx,
+            budget: budget.clone(),
+        };
+        w.write_all(&[b'x'; CHUNK]).unwrap();
+        let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();
+        assert!(e.to_string().contains("unsent replies"), "{e}");
+        // Sending the first frame gives its budget back.
+        drop(rx.try_recv().unwrap());
+        assert_eq!(budget.available_permits(), 100);
     }
 }

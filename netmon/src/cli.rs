@@ -1,6 +1,9 @@
 //! Command-line interface: argument definitions and dispatch to the commands.
 
-use std::io::{IsTerminal, Write};
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -9,10 +12,11 @@ use netmon_common::DEFAULT_RING_BYTES;
 use crate::{
     agent::{self, AgentArgs, ClientError},
     filter::{Filter, Services, StateSet},
-    netns::Netns,
+    netns::{self, Netns},
     output::{Clock, Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
+    sockstat::SockStat,
     source::{self, LiveSource, ProcOwners, Scope, What},
     tracer::TracerConfig,
     watch::{self, Watcher},
@@ -40,8 +44,14 @@ pub enum Command {
     /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
     Snapshot(SnapshotArgs),
-    /// Keep the live connection table and serve `netmon snapshot` (needs root).
+    /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
+    /// root).
     Agent(AgentArgs),
+    /// A live screen of who opens and fails connections, how fast, to whom, how long they
+    /// live, and the ones that just ended; from the agent (or, as root without an agent,
+    /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
+    /// space pause, Tab pane, Enter details.
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +75,13 @@ pub struct WatchArgs {
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// How often the table of sockets is reconciled with the kernel's (hidden: for tests).
+    #[arg(long, hide = true, default_value = "60s", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub resync_every: Duration,
+    /// At exit, say how many sockets the table holds (hidden: for tests).
+    #[arg(long, hide = true)]
+    pub table_stats: bool,
     /// An ss filter, e.g. `dst 127.0.0.0/8 and dport ge :1024` or `state established`; a
     /// transition passes if its old or new state is selected (default: every state).
     #[arg(value_name = "FILTER")]
@@ -80,27 +97,52 @@ impl WatchArgs {
 
     /// The kernel applies what it can of the filter: families, ports, states, netns.
     fn tracer_config(&self, filter: &Filter) -> TracerConfig {
+        let kernel = filter.kernel_filter();
         TracerConfig {
             ring_bytes: self.ring_size,
-            filter: filter.kernel_filter(),
+            filter: kernel,
             // Live state, timing and owners only: no closed history.
             closed_capacity: 0,
-            resync_every: None,
-            resync_after_loss: None,
+            // Entries whose final `-> CLOSE` the kernel filter hid, or whose CLOSE was lost,
+            // leave the table only when a dump no longer finds them.
+            resync_every: Some(self.resync_every),
+            resync_after_loss: Some(agent::RECONCILE_AFTER_LOSS),
+            netns: (kernel.netns != 0).then_some(kernel.netns),
         }
     }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // ss -N: the whole process moves, before the runtime starts threads, so the agent (which
+    // reads the client's namespace) and the fallback dump both see the named namespace.
+    if let Command::Snapshot(SnapshotArgs {
+        net: Some(name), ..
+    }) = &cli.command
+    {
+        netns::enter_named(name).with_context(|| {
+            format!("entering network namespace {name:?} (-N needs root, as ss -N)")
+        })?;
+    }
+    // ss -s reads the namespace's counters before it opens any socket of its own, so its
+    // `Total` does not count itself: so does this, before the runtime makes its signal
+    // socket pair, and here rather than in the agent.
+    let summary = match &cli.command {
+        Command::Snapshot(a) if a.summary => Some(
+            SockStat::read(std::path::Path::new("/proc/thread-self/net"))
+                .context("reading /proc/net/sockstat for -s")?,
+        ),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
-        Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Top(args) => crate::top::run(args),
     }
 }
 
@@ -130,6 +172,12 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     if duplicates > 0 {
         eprintln!("netmon: {duplicates} transitions the kernel delivered twice were shown once");
     }
+    if args.table_stats {
+        eprintln!(
+            "netmon: the table holds {} sockets",
+            tracer.pipeline.table.len()
+        );
+    }
     let malformed = tracer.pipeline.losses().malformed;
     if malformed > 0 {
         eprintln!("netmon: {malformed} ring records did not decode (build mismatch?)");
@@ -138,12 +186,30 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
+async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> anyhow::Result<()> {
+    args.check().map_err(Rendered)?;
+    // ss takes `state`/`exclude` words from the command line and the expression from the
+    // file: the file's words follow the command line's.
+    if let Some(path) = &args.filter_file {
+        let words = filter_words_from_file(path)?;
+        args.filter.extend(words);
+    }
     let services = Services::system().unwrap_or_default();
     // Parse here too, so a bad filter fails the same way with or without an agent.
     let filter = args.filter(&services).map_err(|e| Rendered(e.render()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    if let Some(s) = summary {
+        match args.format {
+            Format::Text => s.write_text(&mut out)?,
+            Format::Json => s.write_json(&mut out)?,
+        }
+        if !args.table_after_summary() {
+            out.flush()?;
+            return Ok(());
+        }
+        args.summary = false;
+    }
     let path = agent::socket_path();
     let notes = match agent::request(&path, &args, &mut out).await {
         Ok(answer) => {
@@ -215,9 +281,35 @@ fn fallback_snapshot(
     };
     // Like ss -p: walk /proc on every run (the agent does not).
     let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
-    let mut collected = source::collect(&LiveSource, &scope, &mut owners, What::default())?;
-    let data = collected.data(Clock::now());
-    Ok(snapshot::render(args, filter, services, &data, out)?)
+    let what = What {
+        ext: args.diag_ext(),
+        ..What::default()
+    };
+    let mut collected = source::collect(&LiveSource, &scope, &mut owners, what)?;
+    let missing = std::mem::take(&mut collected.notes);
+    let mut data = collected.data(Clock::now());
+    // The kernel sent marks only if we may see them.
+    data.add_names(args, true);
+    let mut notes = snapshot::render(args, filter, services, &data, out)?;
+    notes.extend(missing);
+    Ok(notes)
+}
+
+/// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of
+/// its line.
+fn filter_words_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the filter from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the filter file {}", path.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

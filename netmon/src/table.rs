@@ -629,6 +629,11 @@ impl Table {
         }
     }
 
+    /// TIME-WAIT sockets in the namespaces `netns` accepts.
+    pub fn time_wait_count(&self, netns: impl Fn(u32) -> bool) -> usize {
+        self.time_wait.values().filter(|t| netns(t.netns)).count()
+    }
+
     pub fn live(&self) -> impl Iterator<Item = (u64, &Sock)> {
         self.live.iter().map(|(c, s)| (*c, s))
     }
@@ -807,7 +812,7 @@ mod tests {
         let mut table = Table::new();
         let mut d = diag(9, TcpState::Listen);
         d.inode = 4242;
-        table.reconcile(7, &[d], 0);
+        table.reconcile(7, &[d.clone()], 0);
         let owner = Owner {
             task: Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
@@ -829,6 +834,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         }
     }
 

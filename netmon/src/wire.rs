@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::{output::Format, snapshot::SnapshotArgs, tracer::LossTotals};
+use crate::{count::CountBy, output::Format, snapshot::SnapshotArgs, tracer::LossTotals};
 
 /// Bumped when a request or reply changes incompatibly.
 pub const VERSION: u32 = 1;
@@ -28,7 +28,13 @@ const FRAME_HEADER: usize = 5;
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub version: u32,
+    #[serde(default)]
     pub snapshot: SnapshotRequest,
+    /// A `netmon top` screen instead of a snapshot: the reply's data is one JSON
+    /// [`crate::top::model::Model`]. (An agent older than this field refuses it as an
+    /// unknown field.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<crate::top::model::Query>,
 }
 
 impl Request {
@@ -36,6 +42,15 @@ impl Request {
         Self {
             version: VERSION,
             snapshot: SnapshotRequest::from(args),
+            top: None,
+        }
+    }
+
+    pub fn top(query: crate::top::model::Query) -> Self {
+        Self {
+            version: VERSION,
+            snapshot: SnapshotRequest::default(),
+            top: Some(query),
         }
     }
 }
@@ -58,6 +73,12 @@ pub struct SnapshotRequest {
     pub closed_ns: Option<u64>,
     pub json: bool,
     pub filter: Vec<String>,
+    pub resolve: bool,
+    pub options: bool,
+    pub memory: bool,
+    pub info: bool,
+    pub oneline: bool,
+    pub count: Vec<CountBy>,
 }
 
 impl From<&SnapshotArgs> for SnapshotRequest {
@@ -78,6 +99,12 @@ impl From<&SnapshotArgs> for SnapshotRequest {
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             json: a.format == Format::Json,
             filter: a.filter.clone(),
+            resolve: a.resolve,
+            options: a.options,
+            memory: a.memory,
+            info: a.info,
+            oneline: a.oneline,
+            count: a.count.clone(),
         }
     }
 }
@@ -104,6 +131,13 @@ impl SnapshotRequest {
                 Format::Text
             },
             filter: self.filter.clone(),
+            resolve: self.resolve,
+            options: self.options,
+            memory: self.memory,
+            info: self.info,
+            oneline: self.oneline,
+            count: self.count.clone(),
+            ..SnapshotArgs::default()
         }
     }
 }
@@ -215,6 +249,7 @@ mod tests {
         let line = serde_json::to_string(&Request {
             version: VERSION,
             snapshot: req.clone(),
+            top: None,
         })
         .unwrap();
         let back: Request = serde_json::from_str(&line).unwrap();

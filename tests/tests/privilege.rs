@@ -179,7 +179,7 @@ fn group_members_see_their_own_namespace_owners_and_history_only() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--all-netns") && err.contains("staff"),
+        err.contains("--all-netns") && err.contains("admin group"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -21,6 +21,7 @@ fn main() {
             all: true,
             ..Default::default()
         },
+        top: None,
     };
     let mut line = serde_json::to_vec(&request).unwrap();
     line.push(b'\n');
