@@ -981,15 +981,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.netns, Some(Netns::current().unwrap().inum));
+        // Every namespace: for an admin only, as the snapshot.
+        let admin = Peer {
+            access: Access::Admin,
+            ..peer()
+        };
         let all = prepare_top(
             top(&[], true),
-            &peer(),
+            &admin,
             &Limits::default(),
             &services,
             own_netns,
         )
         .unwrap();
         assert_eq!(all.netns, None);
+        let e = prepare_top(
+            top(&[], true),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--all-netns"), "{e:#}");
         let e = prepare_top(
             top(&["dport", "="], false),
             &peer(),
@@ -1003,6 +1017,38 @@ mod tests {
         old.version = 0;
         let e = prepare_top(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
         assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
+    }
+
+    #[test]
+    fn a_member_sees_the_namespace_it_passes_only_if_it_is_its_own() {
+        let user = Access::User { uid: 1000 };
+        let own = || Netns::current();
+        // Any other nsfs file stands in for another namespace: its inode differs.
+        let other = || Netns::open(std::path::Path::new("/proc/self/ns/uts"));
+        let me = Netns::current().unwrap().inum;
+        assert_eq!(
+            caller_netns(user, 1, Some(own().unwrap()), |_| own())
+                .unwrap()
+                .inum,
+            me
+        );
+        let e = caller_netns(user, 1, Some(own().unwrap()), |_| other()).unwrap_err();
+        assert!(e.to_string().contains("not the client's own"), "{e}");
+        let e = caller_netns(user, 1, None, |_| own()).unwrap_err();
+        assert!(e.to_string().contains("passed no network namespace"), "{e}");
+        // An admin may pass any; without one it gets its pid's.
+        assert_eq!(
+            caller_netns(Access::Admin, 1, Some(own().unwrap()), |_| other())
+                .unwrap()
+                .inum,
+            me
+        );
+        assert_eq!(
+            caller_netns(Access::Admin, 1, None, |_| own())
+                .unwrap()
+                .inum,
+            me
+        );
     }
 
     #[test]
