@@ -132,6 +132,9 @@ pub async fn run(
         ..ProbeConfig::default()
     };
     let probe = Probe::attach(&config)?;
+    for missing in &probe.support().missing {
+        eprintln!("netmon agent: this kernel lacks {missing}");
+    }
     let agent = Rc::new(RefCell::new(Agent {
         probe,
         table: Table::with_capacity(args.closed_capacity),

@@ -9,8 +9,10 @@ use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES};
 use crate::{
     agent::{self, AgentArgs, ClientError},
     attach::ProbeConfig,
+    features::Support,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
+    offsets,
     output::{Clock, Format, Printer},
     procfs,
     snapshot::{self, Data, Row, SnapshotArgs},
@@ -41,6 +43,9 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Keep the live connection table and serve `netmon snapshot` (needs root).
     Agent(AgentArgs),
+    /// List the optional kernel hooks netmon uses, whether this kernel has each, and what a
+    /// missing one costs (reads the kernel's BTF; no root needed).
+    Features,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +103,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Features => {
+            let btf = offsets::kernel_btf()?;
+            let support = Support::probe(&btf);
+            std::io::stdout().write_all(support.render().as_bytes())?;
+            if !support.transitions {
+                anyhow::bail!(
+                    "this kernel has no BTF tracepoint {}: netmon cannot run here",
+                    netmon_common::TRACEPOINT
+                );
+            }
+            Ok(())
+        }
     }
 }
 

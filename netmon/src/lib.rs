@@ -3,12 +3,15 @@
 //! Data flows kernel -> [`attach`] (the loaded program and its ring buffer) -> [`decode`]
 //! (typed transitions) -> [`table`] (per-socket state) -> [`output`] (text or JSON Lines);
 //! [`watch`] runs that loop; [`cli`] parses arguments; [`offsets`] resolves the kernel struct
-//! layout from BTF for the program.
+//! layout from BTF for the program; [`features`] says which optional hooks the kernel has;
+//! [`clones`] repairs the identity of new children on kernels that report them early.
 
 pub mod agent;
 pub mod attach;
 pub mod cli;
+pub mod clones;
 pub mod decode;
+pub mod features;
 pub mod filter;
 pub mod netns;
 pub mod offsets;

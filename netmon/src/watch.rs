@@ -147,6 +147,9 @@ pub async fn run<W: Write>(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut probe = Probe::attach(config)?;
+    for missing in &probe.support().missing {
+        eprintln!("netmon: this kernel lacks {missing}");
+    }
     // Sockets that predate us: their state and owners, so that their transitions name them.
     netns::resync_all(&mut watcher.table, Some(&procfs::socket_owners()));
     ready();
@@ -175,6 +178,14 @@ pub async fn run<W: Write>(
             watcher.flush()?;
         }
         if stopping {
+            let unpaired = probe.unpaired_clones();
+            if unpaired > 0 {
+                eprintln!(
+                    "netmon: {unpaired} LISTEN -> SYN-RECV transitions kept the listener's \
+                     addresses: the kernel reported them before the new socket had its own, and \
+                     its next transition was filtered out or lost"
+                );
+            }
             return Ok(());
         }
     }
