@@ -21,6 +21,17 @@ use netmon::{
 };
 use netmon_common::KernelFilter;
 
+/// `d` scaled by `NETMON_TEST_SLOWDOWN` (an integer, default 1): `cargo xtask vm` sets it for
+/// guests under emulation (TCG), where code runs 15-30x slower than on the host.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("NETMON_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 /// Panics with a clear message unless the tests run as root: they must never skip.
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
@@ -448,11 +459,12 @@ impl AgentProcess {
             .spawn()
             .expect("spawn netmon agent");
         let agent = Self { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let wait = patience(Duration::from_secs(20));
+        let deadline = Instant::now() + wait;
         while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "the agent did not start serving within 20 s"
+                "the agent did not start serving within {wait:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -528,7 +540,8 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
     });
     let (port, listener) = canary;
     let needle = format!(":{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait = patience(Duration::from_secs(20));
+    let deadline = Instant::now() + wait;
     let listener = std::sync::Arc::new(listener);
     while Instant::now() < deadline {
         let l = listener.clone();
@@ -541,7 +554,7 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
             }
         }
     }
-    panic!("netmon watch showed no event within 20 s; output: {seen:#?}");
+    panic!("netmon watch showed no event within {wait:?}; output: {seen:#?}");
 }
 
 pub fn interrupt(child: &Child) {
