@@ -47,8 +47,10 @@ use netmon_common::{
 /// Counter slots of the hint programs come after the transition copies'.
 const HINT_SLOT: u32 = TRANSITION_COPIES;
 
-/// TCP_CLOSE (include/net/tcp_states.h).
+/// TCP_CLOSE, TCP_SYN_RECV, TCP_LISTEN (include/net/tcp_states.h).
 const TCP_CLOSE: i32 = 7;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_LISTEN: i32 = 10;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -271,10 +273,16 @@ fn emit(
     }
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
     let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
-    if sport < filter.sport_min
-        || sport > filter.sport_max
-        || dport < filter.dport_min
-        || dport > filter.dport_max
+    // On some kernels (6.1, 6.12; not 6.18) a new child's LISTEN -> SYN-RECV fires before the
+    // child has its own ports (its peer port is still 0): it cannot be judged on ports here;
+    // userspace gives it its identity and filters it (netmon/src/clones.rs).
+    let unaddressed_child =
+        is_transition && oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && dport == 0;
+    if !unaddressed_child
+        && (sport < filter.sport_min
+            || sport > filter.sport_max
+            || dport < filter.dport_min
+            || dport > filter.dport_max)
     {
         return None;
     }

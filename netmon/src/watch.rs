@@ -178,14 +178,6 @@ pub async fn run<W: Write>(
             watcher.flush()?;
         }
         if stopping {
-            let unpaired = probe.unpaired_clones();
-            if unpaired > 0 {
-                eprintln!(
-                    "netmon: {unpaired} LISTEN -> SYN-RECV transitions kept the listener's \
-                     addresses: the kernel reported them before the new socket had its own, and \
-                     its next transition was filtered out or lost"
-                );
-            }
             return Ok(());
         }
     }
