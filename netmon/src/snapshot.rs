@@ -19,8 +19,8 @@ use crate::{
     table::{Closed, Owner, Table},
 };
 
-/// Options of `netmon snapshot`; the agent parses the same words.
-#[derive(Clone, Debug, Args, Serialize, serde::Deserialize)]
+/// Options of `netmon snapshot` (the agent receives them as a `wire::SnapshotRequest`).
+#[derive(Clone, Debug, Args)]
 pub struct SnapshotArgs {
     /// TCP sockets (accepted for ss compatibility: netmon shows only TCP).
     #[arg(short = 't', long)]

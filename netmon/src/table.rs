@@ -265,6 +265,9 @@ pub struct Table {
     recently_closed_set: FxHashSet<u64>,
     /// Transitions dropped as duplicates.
     pub duplicates: u64,
+    /// Connections closed since the last [`Table::take_batch`]: a reset reported just after
+    /// the CLOSE (see [`Table::hint`]) still amends them before consumers see them.
+    batch: Vec<Closed>,
 }
 
 /// How many closes `recently_closed` remembers: a duplicate follows its original within
@@ -299,7 +302,13 @@ impl Table {
                 Default::default(),
             ),
             duplicates: 0,
+            batch: Vec::new(),
         }
+    }
+
+    /// The connections closed since the last call, oldest first, with late resets applied.
+    pub fn take_batch(&mut self) -> Vec<Closed> {
+        std::mem::take(&mut self.batch)
     }
 
     /// Applies a transition.
@@ -439,14 +448,13 @@ impl Table {
     pub fn hint(&mut self, h: &Hint) {
         if !self.live.contains_key(&h.cookie) && h.state == TcpState::Close {
             // tcp_close() moves a socket with unread data to CLOSE and then sends its RST, so
-            // that hint comes after the connection's record: amend the record.
-            if let Some(c) = self
-                .closed
-                .iter_mut()
-                .rev()
-                .take(64)
-                .find(|c| c.cookie == h.cookie)
-            {
+            // that hint comes after the connection's record: amend the record, in the batch
+            // not yet handed out and in the history. This is the one place of that rule.
+            let recent = |c: &&mut Closed| c.cookie == h.cookie;
+            if let Some(c) = self.batch.iter_mut().rev().take(64).find(recent) {
+                c.late_hint(h.kind);
+            }
+            if let Some(c) = self.closed.iter_mut().rev().take(64).find(recent) {
                 c.late_hint(h.kind);
             }
             return;
@@ -510,6 +518,7 @@ impl Table {
             bytes_received: t.bytes_received,
         };
         self.push_closed(closed);
+        self.batch.push(closed);
         // The kernel replaces a full socket that leaves FIN-WAIT-2 or CLOSING with a timewait
         // socket of the same cookie (tcp_time_wait()) and fires no event for it.
         if matches!(t.old, TcpState::FinWait2 | TcpState::Closing) {

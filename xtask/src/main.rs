@@ -143,7 +143,7 @@ fn run(task: Task) -> Result<()> {
             let status = Command::new("cargo")
                 .args(["test", "--release", "--package", "netmon", "--lib"])
                 .args([
-                    "filter::tests::fuzz_from_env",
+                    "filter::fuzz::tests::fuzz_from_env",
                     "--",
                     "--ignored",
                     "--nocapture",
