@@ -229,9 +229,12 @@ impl Probe {
             self.clones.push(&item, &mut f);
             n += 1;
         }
-        // Records held for their socket's next transition go out once it is overdue.
-        self.clones
-            .expire(crate::output::Clock::mono_now_ns(), &mut f);
+        // Records held for their socket's next transition go out once it is overdue; not
+        // while the ring still holds records, among which the next transition may wait.
+        if !more {
+            self.clones
+                .expire(crate::output::Clock::mono_now_ns(), &mut f);
+        }
         Drained { records: n, more }
     }
 
