@@ -8,10 +8,12 @@
 //! [`clones`] repairs the identity of new children on kernels that report them early.
 
 pub mod agent;
+pub mod agent_socket;
 pub mod attach;
 pub mod cli;
 pub mod clones;
 pub mod decode;
+pub mod escape;
 pub mod features;
 pub mod filter;
 pub mod netns;

@@ -265,6 +265,9 @@ pub struct Table {
     recently_closed_set: FxHashSet<u64>,
     /// Transitions dropped as duplicates.
     pub duplicates: u64,
+    /// Dump records ignored because their cookie belongs to another namespace's entry (see
+    /// [`Table::reconcile`]).
+    pub foreign: u64,
     /// Connections closed since the last [`Table::take_batch`]: a reset reported just after
     /// the CLOSE (see [`Table::hint`]) still amends them before consumers see them.
     batch: Vec<Closed>,
@@ -302,6 +305,7 @@ impl Table {
                 Default::default(),
             ),
             duplicates: 0,
+            foreign: 0,
             batch: Vec::new(),
         }
     }
@@ -559,6 +563,17 @@ impl Table {
         self.time_wait
             .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
         for d in dump {
+            // Cookies are unique on the machine and a socket never changes namespace: a record
+            // that names another namespace's socket is not a real one (a forged reply) and
+            // must not touch that namespace's entry.
+            let owner_ns = match self.live.get(&d.cookie) {
+                Some(s) => Some(s.netns),
+                None => self.time_wait.get(&d.cookie).map(|t| t.netns),
+            };
+            if owner_ns.is_some_and(|n| n != netns) {
+                self.foreign += 1;
+                continue;
+            }
             if d.state == TcpState::TimeWait {
                 self.live.remove(&d.cookie);
                 self.time_wait.entry(d.cookie).or_insert(TimeWait {
@@ -928,5 +943,37 @@ mod tests {
         old.cookie = 3;
         assert_eq!(table.apply(&old), Applied::default());
         assert_eq!(table.get(3).map(|s| s.state), Some(TcpState::Listen));
+    }
+
+    #[test]
+    fn reconcile_never_touches_another_namespaces_entry() {
+        let mut table = Table::new();
+        let mut estab = at(100, 2, 1);
+        estab.cookie = 7;
+        table.apply(&estab);
+        let mut closing = at(100, 4, 5);
+        closing.cookie = 8;
+        table.apply(&closing);
+        table.apply(&{
+            let mut t = at(200, 5, 7);
+            t.cookie = 8;
+            t
+        });
+        assert_eq!(table.state(8), Some(TcpState::TimeWait));
+        let ns = estab.netns;
+        let before = *table.get(7).unwrap();
+        // A forged dump of another namespace naming both sockets, in other states.
+        let forged = [diag(7, TcpState::TimeWait), diag(8, TcpState::Established)];
+        table.reconcile(ns + 1, &forged, 1_000);
+        let after = table.get(7).unwrap();
+        assert_eq!(
+            (after.netns, after.state, after.born_ns, after.since_ns),
+            (before.netns, before.state, before.born_ns, before.since_ns)
+        );
+        assert_eq!(table.state(8), Some(TcpState::TimeWait));
+        assert_eq!(table.foreign, 2);
+        // Its own namespace's dump still applies.
+        table.reconcile(ns, &[diag(7, TcpState::CloseWait)], 2_000);
+        assert_eq!(table.get(7).map(|s| s.state), Some(TcpState::CloseWait));
     }
 }
