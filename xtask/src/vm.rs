@@ -532,22 +532,33 @@ fn boot(
     Ok(outcome)
 }
 
-/// Reads the guest's console: libtest's `test NAME ... ok|FAILED` lines and the result mark.
+/// Reads the guest's console: libtest's `test result:` summaries (their counts), the
+/// `---- NAME stdout ----` heading of each failure, and the result mark. Not the `test NAME ...
+/// ok` lines: a child process's stderr (the agent's) shares the console and can split them.
 pub fn parse_console(text: &str) -> Outcome {
     let mut tests_passed = 0;
+    let mut failed_count = 0;
     let mut tests_failed = Vec::new();
     let mut verdict = None;
     let mut panicked = false;
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some(rest) = line.strip_prefix("test ")
-            && let Some((name, result)) = rest.rsplit_once(" ... ")
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                summary
+                    .split([';', '.'])
+                    .filter_map(|part| part.trim().strip_suffix(what))
+                    .find_map(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            tests_passed += count(" passed");
+            failed_count += count(" failed");
+        }
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
         {
-            match result.trim() {
-                "ok" => tests_passed += 1,
-                "FAILED" => tests_failed.push(name.to_string()),
-                _ => {}
-            }
+            tests_failed.push(name.to_string());
         }
         if let Some(v) = line.strip_prefix(RESULT_MARK) {
             verdict = Some(v.trim() == "pass");
@@ -555,6 +566,9 @@ pub fn parse_console(text: &str) -> Outcome {
         if line.contains("Kernel panic") {
             panicked = true;
         }
+    }
+    if failed_count > tests_failed.len() {
+        tests_failed.push(format!("{} more", failed_count - tests_failed.len()));
     }
     let problem = match verdict {
         _ if panicked => Some("kernel panic".to_string()),
@@ -615,16 +629,23 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 
     #[test]
     fn the_console_gives_the_verdict_and_failed_tests() {
+        // The agent's stderr shares the console and splits a `test ... ok` line.
         let ok = "netmon-vm: kernel 6.1.0-57-cloud-amd64\r\n\
-                  test a ... ok\r\ntest b ... ok\r\nnetmon-vm-result: pass\r\n";
+                  test a ... netmon agent: serving /run/x.sock\r\nok\r\ntest b ... ok\r\n\
+                  test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\r\n\
+                  test result: ok. 3 passed; 0 failed; 0 ignored\r\n\
+                  netmon-vm-result: pass\r\n";
         let o = parse_console(ok);
         assert!(o.passed, "{o:?}");
-        assert_eq!(o.tests_passed, 2);
-        let bad = "test a ... ok\ntest pipeline_b ... FAILED\nnetmon-vm-result: fail\n";
+        assert_eq!(o.tests_passed, 5);
+        let bad = "test a ... ok\ntest pipeline_b ... FAILED\n\nfailures:\n\n\
+                   ---- pipeline_b stdout ----\npanicked\n\
+                   test result: FAILED. 1 passed; 2 failed; 0 ignored\nnetmon-vm-result: fail\n";
         let o = parse_console(bad);
         assert!(!o.passed);
-        assert_eq!(o.tests_failed, ["pipeline_b"]);
-        let cut = parse_console("test a ... ok\n");
+        assert_eq!(o.tests_passed, 1);
+        assert_eq!(o.tests_failed, ["pipeline_b", "1 more"]);
+        let cut = parse_console("test result: ok. 1 passed; 0 failed\n");
         assert!(!cut.passed);
         assert_eq!(
             cut.problem.as_deref(),
