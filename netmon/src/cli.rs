@@ -46,11 +46,17 @@ pub enum Command {
     /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
     Snapshot(SnapshotArgs),
-    /// Keep the live connection table and serve `netmon snapshot` (needs root).
+    /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
+    /// root).
     Agent(AgentArgs),
     /// List the optional kernel hooks netmon uses, whether this kernel has each, and what a
     /// missing one costs (reads the kernel's BTF; no root needed).
     Features,
+    /// A live screen of who opens and fails connections, how fast, to whom, how long they
+    /// live, and the ones that just ended; from the agent (or, as root without an agent,
+    /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
+    /// space pause, Tab pane, Enter details.
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Top(args) => crate::top::run(args),
     }
 }
 
@@ -296,10 +303,13 @@ fn fallback_snapshot(
         ..What::default()
     };
     let mut collected = source::collect(&LiveSource, &scope, &mut owners, what)?;
+    let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(Clock::now());
     // The kernel sent marks only if we may see them.
     data.add_names(args, true);
-    Ok(snapshot::render(args, filter, services, &data, out)?)
+    let mut notes = snapshot::render(args, filter, services, &data, out)?;
+    notes.extend(missing);
+    Ok(notes)
 }
 
 /// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of

@@ -248,11 +248,16 @@ impl Pipeline {
 /// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
 /// thread).
 fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
-    let mut namespaces = netns::all();
-    if let Some(only) = netns {
-        namespaces.retain(|ns| ns.inum == only);
-    }
-    namespaces.iter().map(|ns| source::dump(ns, 0)).collect()
+    let mut dumps = Vec::new();
+    netns::each(|inum, ns| {
+        if netns.is_none_or(|only| only == inum) {
+            match ns {
+                Ok(ns) => dumps.push(source::dump(&ns, 0)),
+                Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+            }
+        }
+    });
+    dumps
 }
 
 /// What other threads may ask of the table; the loop answers between two drains.
@@ -274,6 +279,16 @@ pub enum Query {
     },
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
+    /// The numbers of one `netmon top` screen, counted in place: one pass over the table,
+    /// no copy of it (a client asks once a second; the pass costs a few ms at storm rates,
+    /// while the ring holds well over 100 ms of events).
+    Top {
+        query: crate::top::model::Query,
+        filter: crate::filter::Filter,
+        netns: Option<u32>,
+        clock: Clock,
+        reply: oneshot::Sender<crate::top::model::Model>,
+    },
 }
 
 /// A handle on a running tracer's table, for blocking threads (it implements [`Enrich`]).
@@ -301,6 +316,23 @@ impl TracerHandle {
     /// Loss totals so far (blocking).
     pub fn losses(&self) -> Result<LossTotals, TracerStopped> {
         self.ask(|reply| Query::Losses { reply })
+    }
+
+    /// A `netmon top` screen for namespace `netns` (every one with `None`), blocking.
+    pub fn top(
+        &self,
+        query: crate::top::model::Query,
+        filter: crate::filter::Filter,
+        netns: Option<u32>,
+        clock: Clock,
+    ) -> Result<crate::top::model::Model, TracerStopped> {
+        self.ask(|reply| Query::Top {
+            query,
+            filter,
+            netns,
+            clock,
+            reply,
+        })
     }
 }
 
@@ -458,6 +490,28 @@ impl<R: Ring> Tracer<R> {
             }
             Query::Losses { reply } => {
                 let _ = reply.send(self.pipeline.losses());
+            }
+            Query::Top {
+                query,
+                filter,
+                netns,
+                clock,
+                reply,
+            } => {
+                self.drain(sink)?;
+                let now = Clock::mono_now_ns();
+                // TIME-WAIT entries are otherwise expired only at the minutely reconcile.
+                self.pipeline.table.expire(now);
+                let losses = self.pipeline.losses();
+                let model = crate::top::feed::from_table(
+                    &self.pipeline.table,
+                    losses,
+                    clock,
+                    &query,
+                    &filter,
+                    netns,
+                );
+                let _ = reply.send(model);
             }
         }
         Ok(())
