@@ -20,6 +20,7 @@ pub mod diag_ext;
 pub mod escape;
 pub mod features;
 pub mod filter;
+pub mod fires;
 pub mod hosts;
 pub mod netns;
 pub mod offsets;
