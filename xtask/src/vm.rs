@@ -35,6 +35,13 @@ pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
 /// several times the time under TCG.
 pub const GUEST_TESTS: &[&str] = &["kernels", "pipeline"];
 
+/// Tests of [`GUEST_TESTS`] left out in the guests, with why: their ground truth needs what an
+/// older kernel lacks.
+pub const GUEST_SKIP: &[(&str, &str)] = &[(
+    "a_reset_sent_by_a_timewait_socket_is_not_read_as_a_full_socket",
+    "its perf filter reads tcp_send_reset's `reason` field, added in 6.10 (EINVAL on 6.1)",
+)];
+
 /// Per guest: a TCG guest ran the checks in ~N s here (README); the rest is slack for a busy
 /// machine, within CI's 90 minutes for everything.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
@@ -430,6 +437,10 @@ fn init_script(slowdown: u32) -> String {
             "insmod /lib/modules/{m}.ko || echo 'netmon-vm: insmod {m} failed'"
         );
     }
+    let skips: String = GUEST_SKIP
+        .iter()
+        .map(|(name, _)| format!(" --skip {name}"))
+        .collect();
     let _ = write!(
         s,
         "echo \"netmon-vm: kernel $(uname -r)\"\n\
@@ -438,7 +449,7 @@ fn init_script(slowdown: u32) -> String {
          result=pass\n\
          for t in /tests/*; do\n\
          \techo \"netmon-vm: running $t\"\n\
-         \t$t --test-threads=1 || result=fail\n\
+         \t$t --test-threads=1{skips} || result=fail\n\
          done\n\
          echo \"{RESULT_MARK} $result\"\n\
          poweroff -f\n"
@@ -662,6 +673,7 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         assert!(s.contains("insmod /lib/modules/inet_diag.ko"));
         assert!(s.find("inet_diag").unwrap() < s.find("tcp_diag").unwrap());
         assert!(s.contains("NETMON_TEST_SLOWDOWN=30"));
+        assert!(s.contains("--test-threads=1 --skip a_reset_sent_by_a_timewait_socket"));
         assert!(s.trim_end().ends_with("poweroff -f"));
     }
 }
