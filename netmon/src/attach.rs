@@ -260,7 +260,7 @@ impl Probe {
         // while the ring still holds records, among which the next transition may wait.
         if !more {
             self.clones
-                .expire(crate::output::Clock::mono_now_ns(), &mut f);
+                .expire(crate::clock::Clock::mono_now_ns(), &mut f);
         }
         Drained { records: n, more }
     }

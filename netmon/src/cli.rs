@@ -11,11 +11,12 @@ use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
+    clock::Clock,
     features::Support,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
     offsets,
-    output::{Clock, Format, Printer},
+    output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
     sockstat::SockStat,

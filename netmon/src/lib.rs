@@ -12,6 +12,7 @@ pub mod agent_socket;
 pub mod attach;
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod clones;
 pub mod columns;
 pub mod count;
