@@ -59,20 +59,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netmon_common::{
-    AF_INET, AF_INET6, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, IPPROTO_TCP,
+    AF_INET, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, FilterFields, IPPROTO_TCP,
     KernelFilter, PROGRAM_SLOTS, SockEvent, SockOffsets, TRANSITION_COPIES,
 };
 
 /// Counter slots of the hint programs come after the transition copies'.
 const HINT_SLOT: u32 = TRANSITION_COPIES;
 
-/// TCP_CLOSE, TCP_TIME_WAIT, TCP_NEW_SYN_RECV, TCP_SYN_RECV, TCP_LISTEN
-/// (include/net/tcp_states.h).
+/// TCP_CLOSE, TCP_TIME_WAIT, TCP_NEW_SYN_RECV (include/net/tcp_states.h).
 const TCP_CLOSE: i32 = 7;
 const TCP_TIME_WAIT: i32 = 6;
 const TCP_NEW_SYN_RECV: i32 = 12;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_LISTEN: i32 = 10;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -159,11 +156,6 @@ fn copy(ctx: &BtfTracePointContext, level: u32) {
     }
     if level > 0 {
         count(Counter::Recovered, level);
-    }
-    // SAFETY: plain read of a global userspace fills before load.
-    let filter = unsafe { read_volatile(&FILTER) };
-    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
-        return;
     }
     emit(sk, cookie, EventKind::State, oldstate, newstate, level);
 }
@@ -259,12 +251,8 @@ fn read<T>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) }.ok()
 }
 
-#[inline(always)]
-fn state_bit(state: i32) -> u32 {
-    1u32.wrapping_shl(state as u32 & 31)
-}
-
-/// Filters on what the socket says (protocol, family, netns, ports), then fills and submits one
+/// Filters on the states and on what the socket says (protocol, then the user's filter:
+/// `KernelFilter::passes`, the same function userspace tests), then fills and submits one
 /// event; every transition that gets this far is counted, and so is a full ring. Inlined: a
 /// BPF call takes at most five arguments.
 #[inline(always)]
@@ -287,32 +275,18 @@ fn emit(
         return None;
     }
     let family = load::<u16>(sk, off.skc_family) as u8;
-    let family_bit = match family {
-        AF_INET => 1,
-        AF_INET6 => 2,
-        _ => return None,
-    };
-    if filter.family_mask & family_bit == 0 {
-        return None;
-    }
     let net: *const u8 = load(sk, off.skc_net);
     let netns: u32 = load(net, off.net_ns_inum);
-    if filter.netns != 0 && filter.netns != netns {
-        return None;
-    }
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
     let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
-    // On some kernels (6.1, 6.12; not 6.18) a new child's LISTEN -> SYN-RECV fires before the
-    // child has its own ports (its peer port is still 0): it cannot be judged on ports here;
-    // userspace gives it its identity and filters it (netmon/src/clones.rs).
-    let unaddressed_child =
-        is_transition && oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && dport == 0;
-    if !unaddressed_child
-        && (sport < filter.sport_min
-            || sport > filter.sport_max
-            || dport < filter.dport_min
-            || dport > filter.dport_max)
-    {
+    let fields = FilterFields {
+        states: is_transition.then_some((oldstate as u8, newstate as u8)),
+        family,
+        netns,
+        sport,
+        dport,
+    };
+    if !filter.passes(&fields) {
         return None;
     }
 

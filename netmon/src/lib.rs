@@ -7,6 +7,7 @@
 //! layout from BTF for the program; [`features`] says which optional hooks the kernel has;
 //! [`clones`] repairs the identity of new children on kernels that report them early.
 
+pub mod access;
 pub mod agent;
 pub mod agent_socket;
 pub mod attach;
@@ -26,6 +27,7 @@ pub mod hosts;
 pub mod netns;
 pub mod offsets;
 pub mod output;
+pub mod peer;
 pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;

@@ -553,6 +553,7 @@ mod tests {
             LossKind::RingFull,
             LossKind::Recursion,
             LossKind::HintsRingFull,
+            LossKind::NotRun,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.to_string());
         }
