@@ -114,6 +114,7 @@ fn slow_readers_hold_up_neither_other_clients_nor_the_ring() {
             extended: true,
             ..Default::default()
         },
+        top: None,
     };
     let mut line = serde_json::to_vec(&request).unwrap();
     line.push(b'\n');

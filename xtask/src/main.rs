@@ -35,6 +35,9 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("netstat", "net-tools"),
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
+    ("nsenter", "util-linux"),
+    // `netmon top` is tested in a real terminal: tmux runs it, sends keys, captures the screen.
+    ("tmux", "tmux"),
 ];
 
 #[derive(Parser)]
