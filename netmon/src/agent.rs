@@ -154,6 +154,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
+    /// copy of the program for then go unnoticed (no resync for them).
+    #[arg(long)]
+    pub no_fire_count: bool,
     /// Trace only the network namespace of this inode (hidden: tests that count their own
     /// losses on a machine where others make traffic).
     #[arg(long, hide = true, value_name = "INODE")]
@@ -189,6 +193,7 @@ pub async fn run(
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+        count_fires: !args.no_fire_count,
         netns: args.only_netns,
     };
     raise_nofile_limit();

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod diag_ext;
 pub mod escape;
 pub mod filter;
+pub mod fires;
 pub mod hosts;
 pub mod netns;
 pub mod offsets;

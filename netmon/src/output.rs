@@ -38,6 +38,9 @@ pub enum LossKind {
     /// Owner or reset hints (not transitions) dropped on a full ring: owners and endings of
     /// some connections may be unknown.
     HintsRingFull,
+    /// Fires of the tracepoint that the kernel ran no copy of the program for, found by
+    /// netmon's own perf counters on the tracepoint (all namespaces, not only the filtered).
+    NotRun,
 }
 
 impl LossKind {
@@ -46,6 +49,10 @@ impl LossKind {
             Self::RingFull => "ring buffer full; raise --ring-size",
             Self::Recursion => "skipped by the kernel's recursion guard",
             Self::HintsRingFull => "owner/reset hints, ring buffer full; raise --ring-size",
+            Self::NotRun => {
+                "the kernel ran no copy of the program (counted by perf on the tracepoint; \
+                 any namespace)"
+            }
         }
     }
 }
