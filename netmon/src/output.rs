@@ -52,6 +52,7 @@ impl std::fmt::Display for LossKind {
             Self::RingFull => "ring_full",
             Self::Recursion => "recursion",
             Self::HintsRingFull => "hints_ring_full",
+            Self::NotRun => "not_run",
         })
     }
 }
