@@ -3,8 +3,9 @@
 //!
 //! Threads: the runtime's thread drains the ring ([`Tracer::run`]) and answers the table
 //! queries of requests between two drains; everything slow about a request (the sock_diag
-//! dump, the filter, rendering) runs on a blocking thread, and the reply streams to the client
-//! through a small bounded channel, so a slow client holds neither the ring nor much memory.
+//! dump, the filter, rendering) runs on a blocking thread, at most [`Limits::snapshots`] at
+//! once; the rendered frames wait for the client within a global byte budget, so a slow client
+//! holds neither the ring, nor a thread, nor unbounded memory.
 //!
 //! Lifecycle of the table: attach first, then seed every namespace from sock_diag, then apply
 //! events. Each snapshot dumps the caller's namespace again and reconciles the table with it,
@@ -49,7 +50,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmon/agent.sock";
 /// Members of this group may query the agent; everyone else needs root.
 pub const GROUP: &str = "netmon";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// A client that reads nothing of its reply for this long is dropped.
+/// A client that takes this long to accept one line is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
@@ -260,6 +261,9 @@ pub async fn run(
         Metrics::new(&config, otlp.as_ref().map(|o| &o.stats))
     });
     let mut tracer = Tracer::attach(&config)?;
+    for missing in &tracer.support().missing {
+        eprintln!("netmon agent: this kernel lacks {missing}");
+    }
     tracer.seed();
     let socket = lock.bind(group_id(&args.group))?;
     socket

@@ -12,8 +12,10 @@ use netmon_common::DEFAULT_RING_BYTES;
 use crate::{
     agent::{self, AgentArgs, ClientError},
     clock::Clock,
+    features::Support,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
+    offsets,
     output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
@@ -48,6 +50,9 @@ pub enum Command {
     /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
     /// root).
     Agent(AgentArgs),
+    /// List the optional kernel hooks netmon uses, whether this kernel has each, and what a
+    /// missing one costs (reads the kernel's BTF; no root needed).
+    Features,
     /// A live screen of who opens and fails connections, how fast, to whom, how long they
     /// live, and the ones that just ended; from the agent (or, as root without an agent,
     /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
@@ -148,6 +153,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Features => {
+            let btf = offsets::kernel_btf()?;
+            let support = Support::probe(&btf);
+            std::io::stdout().write_all(support.render().as_bytes())?;
+            if !support.transitions {
+                anyhow::bail!(
+                    "this kernel has no BTF tracepoint {}: netmon cannot run here",
+                    netmon_common::TRACEPOINT
+                );
+            }
+            Ok(())
+        }
         Command::Top(args) => crate::top::run(args),
     }
 }

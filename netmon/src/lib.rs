@@ -4,7 +4,8 @@
 //! one event loop: [`decode`], [`table`], losses) -> consumers: [`watch`] (printed by
 //! [`output`]) and [`agent`] (snapshots assembled by [`source`], rendered by [`snapshot`],
 //! sent as [`wire`] frames); [`cli`] parses arguments; [`offsets`] resolves the kernel struct
-//! layout from BTF for the program.
+//! layout from BTF for the program; [`features`] says which optional hooks the kernel has;
+//! [`clones`] repairs the identity of new children on kernels that report them early.
 
 pub mod access;
 pub mod agent;
@@ -13,12 +14,14 @@ pub mod attach;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod clones;
 pub mod columns;
 pub mod count;
 pub mod decode;
 pub mod diag_ext;
 pub mod escape;
 pub mod export;
+pub mod features;
 pub mod filter;
 pub mod fires;
 pub mod hosts;

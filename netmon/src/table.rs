@@ -319,6 +319,17 @@ impl Table {
 
     /// Applies a transition.
     pub fn apply(&mut self, t: &Transition) -> Applied {
+        if t.old == TcpState::Listen
+            && t.new == TcpState::SynRecv
+            && self
+                .live
+                .get(&t.cookie)
+                .is_some_and(|s| s.state == TcpState::Listen)
+        {
+            // A new child reported with its listener's identity (see `clones`): it is not the
+            // listener's own transition, and there is no other identity to file it under.
+            return Applied::default();
+        }
         if self.is_duplicate(t) {
             self.duplicates += 1;
             return Applied {

@@ -445,6 +445,11 @@ impl Tracer<Probe> {
         let probe = Probe::attach(&config.probe_config())?;
         Ok(Self::new(probe, config))
     }
+
+    /// What this kernel lacks (optional hooks not attached, counters not read).
+    pub fn support(&self) -> &crate::features::Support {
+        self.probe.support()
+    }
 }
 
 impl<R: Ring> Tracer<R> {

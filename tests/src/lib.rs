@@ -21,6 +21,17 @@ use netmon::{
 };
 use netmon_common::KernelFilter;
 
+/// `d` scaled by `NETMON_TEST_SLOWDOWN` (an integer, default 1): `cargo xtask vm` sets it for
+/// guests under emulation (TCG), where code runs 15-30x slower than on the host.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("NETMON_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 /// Panics with a clear message unless the tests run as root: they must never skip.
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
@@ -483,7 +494,8 @@ fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> C
 
 /// Waits until something answers on `socket`.
 pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait = patience(Duration::from_secs(20));
+    let deadline = Instant::now() + wait;
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
         if let Some(status) = child.try_wait().expect("try_wait") {
             let err = match child.stderr {
@@ -494,7 +506,7 @@ pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
         }
         assert!(
             Instant::now() < deadline,
-            "the agent did not start serving within 20 s"
+            "the agent did not start serving within {wait:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -668,7 +680,8 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
     });
     let (port, listener) = canary;
     let needle = format!(":{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait = patience(Duration::from_secs(20));
+    let deadline = Instant::now() + wait;
     let listener = std::sync::Arc::new(listener);
     while Instant::now() < deadline {
         let l = listener.clone();
@@ -681,7 +694,7 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
             }
         }
     }
-    panic!("netmon watch showed no event within 20 s; output: {seen:#?}");
+    panic!("netmon watch showed no event within {wait:?}; output: {seen:#?}");
 }
 
 pub fn interrupt(child: &Child) {
