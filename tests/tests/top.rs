@@ -58,6 +58,12 @@ impl Tmux {
         }
     }
 
+    /// Types `text` literally (no key names).
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-l", text]);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
     /// Waits until `check` accepts the screen; panics with the last screen after `timeout`.
     fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
@@ -178,6 +184,38 @@ fn top_in_a_terminal_shows_refused_reset_and_normal_connections() {
         screen.contains("failed 7"),
         "3 refused + 4 reset ends:\n{screen}"
     );
+
+    // `/`: a filter that does not parse is shown under the input, and not applied.
+    tmux.keys(&["/"]);
+    tmux.type_text("dport =");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the filter error", Duration::from_secs(5), |s| {
+        s.lines().any(|l| l.trim() == "^") && s.contains("filter> dport =")
+    });
+    // One that parses narrows everything to the refused port.
+    tmux.type_text(&format!(" :{refused_port}"));
+    tmux.keys(&["Enter"]);
+    let filtered = tmux.wait_for("the filtered screen", Duration::from_secs(5), |s| {
+        s.contains(&format!("filter: dport = :{refused_port}"))
+            && row(s, &refused_key).is_some()
+            && row(s, &server_key).is_none()
+    });
+    assert!(!filtered.contains(" normal "), "{filtered}");
+    // Enter on the ended list: the details of one connection.
+    tmux.keys(&["Tab", "Enter"]);
+    tmux.wait_for("the details", Duration::from_secs(5), |s| {
+        s.contains("details (Enter/Esc: close)") && s.contains("cookie")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the details closed", Duration::from_secs(5), |s| {
+        !s.contains("details (Enter/Esc: close)")
+    });
+    // A smaller terminal: redrawn at its size, with the narrow column names.
+    tmux.run(&["resize-window", "-x", "80", "-y", "24"]);
+    let small = tmux.wait_for("the 80x24 screen", Duration::from_secs(5), |s| {
+        s.contains("REF ") && s.lines().count() <= 24
+    });
+    assert!(small.lines().all(|l| l.chars().count() <= 80), "{small}");
 
     // Keys: the next grouping (by owner), then quit.
     tmux.keys(&["g"]);
