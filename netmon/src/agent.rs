@@ -29,9 +29,9 @@ use tokio::{
 
 use crate::{
     agent_socket,
+    clock::Clock,
     filter::Services,
     netns::Netns,
-    output::Clock,
     snapshot::{self, SnapshotArgs},
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -231,7 +231,7 @@ struct LossLog;
 impl crate::tracer::Sink for LossLog {
     fn loss(&mut self, loss: &crate::tracer::Loss) -> std::io::Result<()> {
         eprintln!(
-            "netmon agent: {} {:?} losses, {} so far; resyncing",
+            "netmon agent: {} {} losses, {} so far; resyncing",
             loss.count, loss.kind, loss.total
         );
         Ok(())

@@ -11,9 +11,10 @@ use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
+    clock::Clock,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
-    output::{Clock, Format, Printer},
+    output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
     sockstat::SockStat,

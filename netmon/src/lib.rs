@@ -11,6 +11,7 @@ pub mod agent_socket;
 pub mod attach;
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod columns;
 pub mod count;
 pub mod decode;

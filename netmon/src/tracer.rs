@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attach::{AttachError, Drained, KernelCounters, Probe, ProbeConfig, RingWaiter},
+    clock::Clock,
     decode::{self, Event, Transition},
     netns,
-    output::{Clock, LossKind},
+    output::LossKind,
     procfs,
     snapshot::Row,
     sock_diag::DiagSock,

@@ -572,7 +572,8 @@ fn read_capture(json: &Path, errors: &Path, netns: u64) -> Result<Capture> {
         }
         line.clear();
     }
-    // "netmon: lost 5 transitions (RingFull), 9 since start"
+    // "netmon: lost 5 transitions (ring_full), 9 since start": the kind is `LossKind`'s
+    // Display text, the same name as in the JSON `loss` records.
     for l in std::fs::read_to_string(errors)?.lines() {
         let Some(rest) = l.strip_prefix("netmon: lost ") else {
             continue;
@@ -583,10 +584,11 @@ fn read_capture(json: &Path, errors: &Path, netns: u64) -> Result<Capture> {
             .and_then(|t| t.split_whitespace().next())
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        if rest.contains("(RingFull)") {
-            cap.stderr_ring_full = cap.stderr_ring_full.max(total);
-        } else {
-            cap.stderr_recursion = cap.stderr_recursion.max(total);
+        match rest.split_once('(').and_then(|(_, k)| k.split_once(')')) {
+            Some(("ring_full", _)) => cap.stderr_ring_full = cap.stderr_ring_full.max(total),
+            Some(("recursion", _)) => cap.stderr_recursion = cap.stderr_recursion.max(total),
+            // Hints are not transitions.
+            _ => {}
         }
     }
     Ok(cap)

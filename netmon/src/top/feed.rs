@@ -14,9 +14,9 @@ use bytes::BytesMut;
 
 use super::model::{self, Input, Losses, Model, Query};
 use crate::{
+    clock::Clock,
     filter::{Filter, Services, StateSet},
     netns,
-    output::Clock,
     table::Table,
     tracer::{LossTotals, Tracer, TracerConfig, TracerHandle},
     wire::{self, FRAME_DATA, ReplyHeader, Request, Trailer},

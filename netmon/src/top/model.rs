@@ -9,8 +9,9 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock::{Clock, time_of_day},
     filter::{Filter, FilterInput},
-    output::{Clock, state_name, time_of_day},
+    output::state_name,
     table::{Closed, End, Owner, Path, Sock},
 };
 
