@@ -44,14 +44,15 @@ pub enum LossKind {
     NotRun,
 }
 
-/// The name `loss` records carry in JSON (`ring_full`, `recursion`, `hints_ring_full`); the
-/// stderr lines use it too, so scripts read one spelling.
+/// The name `loss` records carry in JSON (`ring_full`, `recursion`, `hints_ring_full`,
+/// `not_run`); the stderr lines use it too, so scripts read one spelling.
 impl std::fmt::Display for LossKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::RingFull => "ring_full",
             Self::Recursion => "recursion",
             Self::HintsRingFull => "hints_ring_full",
+            Self::NotRun => "not_run",
         })
     }
 }
@@ -552,6 +553,7 @@ mod tests {
             LossKind::RingFull,
             LossKind::Recursion,
             LossKind::HintsRingFull,
+            LossKind::NotRun,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.to_string());
         }
