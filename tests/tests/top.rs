@@ -58,6 +58,12 @@ impl Tmux {
         }
     }
 
+    /// Types `text` literally (no key names).
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-l", text]);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
     /// Waits until `check` accepts the screen; panics with the last screen after `timeout`.
     fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
@@ -156,28 +162,61 @@ fn top_in_a_terminal_shows_refused_reset_and_normal_connections() {
 
     let refused_key = refused_port.to_string();
     let server_key = server_port.to_string();
-    // Columns: NEW FAIL REFUSED TIMEOUT RST ...
+    // Columns: NEW FAIL REFUSED TIMEOUT RST ... Listeners (peer 0.0.0.0:0) end too: the one
+    // that made the refused port free; they are not counted in the ended list below.
+    let ended = |s: &str, what: &str| {
+        s.lines()
+            .skip_while(|l| !l.contains("recently ended"))
+            .filter(|l| !l.contains("-> 0.0.0.0:0") && l.contains(what))
+            .count()
+    };
+    // The whole screen must agree: a capture can catch a frame half redrawn.
     let screen = tmux.wait_for("the failure counters", Duration::from_secs(15), |s| {
         let refused = row(s, &refused_key);
         let server = row(s, &server_key);
         refused.is_some_and(|r| r[0] == "3" && r[1] == "3" && r[2] == "3")
             && server.is_some_and(|r| r[0] == "6" && r[1] == "2" && r[4] == "2")
+            && ended(s, "refused") == 3
+            && ended(s, "reset-sent") == 2
+            && ended(s, "reset-received") == 2
+            && ended(s, " normal ") == 8
     });
-    // Listeners (peer 0.0.0.0:0) end too: the one that made the refused port free.
-    let recent: Vec<&str> = screen
-        .lines()
-        .skip_while(|l| !l.contains("recently ended"))
-        .filter(|l| !l.contains("-> 0.0.0.0:0"))
-        .collect();
-    let count = |what: &str| recent.iter().filter(|l| l.contains(what)).count();
-    assert_eq!(count("refused"), 3, "{screen}");
-    assert_eq!(count("reset-sent"), 2, "{screen}");
-    assert_eq!(count("reset-received"), 2, "{screen}");
-    assert_eq!(count(" normal "), 8, "4 connections, both ends:\n{screen}");
     assert!(
         screen.contains("failed 7"),
         "3 refused + 4 reset ends:\n{screen}"
     );
+
+    // `/`: a filter that does not parse is shown under the input, and not applied.
+    tmux.keys(&["/"]);
+    tmux.type_text("dport =");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the filter error", Duration::from_secs(5), |s| {
+        s.lines().any(|l| l.trim() == "^") && s.contains("filter> dport =")
+    });
+    // One that parses narrows everything to the refused port.
+    tmux.type_text(&format!(" :{refused_port}"));
+    tmux.keys(&["Enter"]);
+    let filtered = tmux.wait_for("the filtered screen", Duration::from_secs(5), |s| {
+        s.contains(&format!("filter: dport = :{refused_port}"))
+            && row(s, &refused_key).is_some()
+            && row(s, &server_key).is_none()
+    });
+    assert!(!filtered.contains(" normal "), "{filtered}");
+    // Enter on the ended list: the details of one connection.
+    tmux.keys(&["Tab", "Enter"]);
+    tmux.wait_for("the details", Duration::from_secs(5), |s| {
+        s.contains("details (Enter/Esc: close)") && s.contains("cookie")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the details closed", Duration::from_secs(5), |s| {
+        !s.contains("details (Enter/Esc: close)")
+    });
+    // A smaller terminal: redrawn at its size, with the narrow column names.
+    tmux.run(&["resize-window", "-x", "80", "-y", "24"]);
+    let small = tmux.wait_for("the 80x24 screen", Duration::from_secs(5), |s| {
+        s.contains("REF ") && s.lines().count() <= 24
+    });
+    assert!(small.lines().all(|l| l.chars().count() <= 80), "{small}");
 
     // Keys: the next grouping (by owner), then quit.
     tmux.keys(&["g"]);

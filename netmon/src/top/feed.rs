@@ -46,6 +46,7 @@ pub fn from_table(
             ring_full: losses.ring_full,
             recursion: losses.recursion,
             hints: losses.hints_ring_full,
+            not_run: losses.not_run,
             malformed: losses.malformed,
             evicted: table.evicted,
         },

@@ -140,6 +140,9 @@ pub struct Losses {
     pub recursion: u64,
     /// Owner/reset hints dropped on a full ring.
     pub hints: u64,
+    /// Tracepoint fires the kernel ran no copy of the program for (any namespace).
+    #[serde(default)]
+    pub not_run: u64,
     /// Ring records that did not decode (a build mismatch).
     pub malformed: u64,
     /// Closed records evicted from the bounded history.
@@ -148,7 +151,8 @@ pub struct Losses {
 
 impl Losses {
     pub fn any(&self) -> bool {
-        self.ring_full + self.recursion + self.hints + self.malformed + self.evicted > 0
+        self.ring_full + self.recursion + self.hints + self.not_run + self.malformed + self.evicted
+            > 0
     }
 }
 

@@ -171,6 +171,7 @@ fn header(ui: &Ui, theme: &Theme) -> Vec<Line<'static>> {
             (l.ring_full, "ring-full"),
             (l.recursion, "recursion"),
             (l.hints, "hints"),
+            (l.not_run, "not-run"),
             (l.malformed, "malformed"),
             (l.evicted, "evicted"),
         ] {
@@ -758,6 +759,7 @@ mod tests {
             ring_full: 1234,
             recursion: 5,
             hints: 0,
+            not_run: 0,
             malformed: 0,
             evicted: 100_000,
         };
