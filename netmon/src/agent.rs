@@ -330,12 +330,12 @@ async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
 /// Why a snapshot could not come from the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no agent at {path} ({source})")]
+    #[error("no agent at {path}")]
     Unreachable {
         path: String,
         source: std::io::Error,
     },
-    #[error("the agent at {path} failed: {source}")]
+    #[error("the agent at {path} failed")]
     Io {
         path: String,
         source: std::io::Error,

@@ -23,10 +23,19 @@ use crate::{
 #[error("{0}")]
 pub struct Rendered(pub String);
 
+/// `--version`; a build without the eBPF program says so, and `cargo xtask package` checks.
+#[cfg(not(netmon_ebpf_stub))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(netmon_ebpf_stub)]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (built without its eBPF program)"
+);
+
 /// Trace TCP connections with eBPF: every state transition as it happens, like `ss -E` for
 /// every change, plus live socket tables like `ss -tan`.
 #[derive(Debug, Parser)]
-#[command(name = "netmon", version, propagate_version = true)]
+#[command(name = "netmon", version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -148,10 +157,12 @@ async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
         Ok(notes) => notes,
         Err(ClientError::Refused(msg)) => return Err(Rendered(msg).into()),
         Err(e) if args.closed.is_some() => {
-            anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e}")
+            let e = anyhow::Error::new(e);
+            anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e:#}")
         }
         Err(e) => {
-            eprintln!("netmon: {e}; showing a one-shot sock_diag dump (no ages, no history)");
+            let e = anyhow::Error::new(e);
+            eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
             fallback_snapshot(&args, &filter, &services, &mut out)?
         }
     };

@@ -1,3 +1,6 @@
+// The library uses the dependencies; this thin binary target sees only a few of them.
+#![allow(unused_crate_dependencies)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

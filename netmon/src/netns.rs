@@ -67,7 +67,11 @@ pub fn resync_all(table: &mut Table, owners: Option<&HashMap<u32, Owner>>) {
                     table.set_owners(&dump, owners);
                 }
             }
-            Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", ns.inum),
+            Err(e) => eprintln!(
+                "netmon: dumping sockets of netns {}: {:#}",
+                ns.inum,
+                anyhow::Error::new(e)
+            ),
         }
     }
     table.expire(Clock::mono_now_ns());

@@ -81,7 +81,8 @@ impl TestNetns {
             },
             hints: true,
         };
-        Probe::attach(&config).unwrap_or_else(|e| panic!("attaching the eBPF program: {e}"))
+        Probe::attach(&config)
+            .unwrap_or_else(|e| panic!("attaching the eBPF program: {:#}", anyhow::Error::new(e)))
     }
 }
 
