@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Settings file, read before the flags (flags win); then `*.toml` in the drop-in
+    /// directory beside it (agent.d/). [default: /etc/netmon/agent.toml, if it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// What the agent's tasks share (one thread: `Rc<RefCell>`, never borrowed across an await).
@@ -145,12 +149,27 @@ pub async fn run(
         a.drain();
         netns::resync_all(&mut a.table, Some(&procfs::socket_owners()));
     }
-    let listener = bind(&args.socket)?;
-    eprintln!("netmon agent: serving {}", args.socket.display());
+    let (listener, bound) = listen(&args.socket)?;
     let local = tokio::task::LocalSet::new();
     let result = local.run_until(serve(agent, listener, stop)).await;
-    std::fs::remove_file(&args.socket).ok();
+    if bound {
+        std::fs::remove_file(&args.socket).ok();
+    }
     result
+}
+
+/// The socket to serve: the one a service manager passed (netmon-agent.socket), which stays
+/// its to remove, or else one bound here (true).
+fn listen(path: &Path) -> anyhow::Result<(UnixListener, bool)> {
+    if let Some(passed) = crate::activation::listener()? {
+        passed.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(passed).context("serving the passed socket")?;
+        eprintln!("netmon agent: serving the socket passed by the service manager");
+        return Ok((listener, false));
+    }
+    let listener = bind(path)?;
+    eprintln!("netmon agent: serving {}", path.display());
+    Ok((listener, true))
 }
 
 async fn serve(

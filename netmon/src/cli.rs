@@ -3,12 +3,13 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES};
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
     attach::ProbeConfig,
+    config, docs,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
     output::{Clock, Format, Printer},
@@ -49,8 +50,30 @@ pub enum Command {
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
     Snapshot(SnapshotArgs),
     /// Keep the live connection table and serve `netmon snapshot` (needs root).
+    #[command(args_override_self = true, after_long_help = AGENT_FILES)]
     Agent(AgentArgs),
+    /// Print a completion script: `netmon completions bash > /etc/bash_completion.d/netmon`.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages under DIR/man1 and DIR/man8, e.g. `netmon man /usr/local/share/man`.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
+
+/// The agent page's FILES and ENVIRONMENT (also in `netmon agent --help`).
+const AGENT_FILES: &str = "\
+Files: /etc/netmon/agent.toml holds settings, one key per long flag (`ring-size = 8388608`),
+then /etc/netmon/agent.d/*.toml in name order; flags on the command line win.
+/run/netmon/agent.sock is the query socket (root and group netmon).
+
+Socket activation: started by netmon-agent.socket (systemd), the agent serves the listening
+socket passed as fd 3 (LISTEN_FDS=1, LISTEN_PID=its pid) instead of binding --socket.";
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -97,6 +120,53 @@ impl WatchArgs {
     }
 }
 
+/// Parses the command line. For `agent`, the config file's settings go before the flags given
+/// here, so these win (the agent's flags override earlier occurrences of themselves).
+pub fn parse() -> anyhow::Result<Cli> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&args);
+    let Command::Agent(agent) = &cli.command else {
+        return Ok(cli);
+    };
+    let (config, required) = match &agent.config {
+        Some(path) => (path.clone(), true),
+        None => (config::DEFAULT_CONFIG.into(), false),
+    };
+    let files = config::files(&config, required)?;
+    let command = Cli::command();
+    let flags: Vec<config::Flag> = command
+        .find_subcommand("agent")
+        .into_iter()
+        .flat_map(|a| a.get_arguments())
+        .filter_map(|a| {
+            Some(config::Flag {
+                long: a.get_long().filter(|l| !matches!(*l, "config" | "help"))?,
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect();
+    let settings = config::load(&files, &flags)?;
+    if settings.is_empty() {
+        return Ok(cli);
+    }
+    let at = args.iter().position(|a| a == "agent").unwrap_or(1);
+    let mut merged = args[..=at].to_vec();
+    merged.extend(settings.iter().map(Into::into));
+    // Checked alone first, so a bad value is reported against the files, not the command line.
+    if let Err(e) = Cli::try_parse_from(&merged) {
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        anyhow::bail!(
+            "in {}: {}",
+            shown.join(", "),
+            first.trim_start_matches("error: ")
+        );
+    }
+    merged.extend(args[at + 1..].iter().cloned());
+    Ok(Cli::parse_from(merged))
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -107,6 +177,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for path in docs::write_man_pages(&dir)
+                .with_context(|| format!("writing man pages under {}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -5,10 +5,13 @@
 //! [`watch`] runs that loop; [`cli`] parses arguments; [`offsets`] resolves the kernel struct
 //! layout from BTF for the program.
 
+pub mod activation;
 pub mod agent;
 pub mod attach;
 pub mod cli;
+pub mod config;
 pub mod decode;
+pub mod docs;
 pub mod filter;
 pub mod netns;
 pub mod offsets;

@@ -3,11 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = netmon::cli::Cli::parse();
-    match netmon::cli::run(cli) {
+    match netmon::cli::parse().and_then(netmon::cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         // `netmon watch | head`: the reader left; that is a normal end.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
