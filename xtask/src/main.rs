@@ -6,6 +6,7 @@
 //! when everything is there; `run` and `test` call it first.
 
 mod bench;
+mod package;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,6 +35,11 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("netstat", "net-tools"),
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
+    // The package check: units, man pages, socket activation as systemd does it.
+    ("systemd-analyze", "systemd"),
+    ("systemd-socket-activate", "systemd"),
+    ("man", "man-db"),
+    ("addgroup", "adduser"),
 ];
 
 #[derive(Parser)]
@@ -70,6 +76,12 @@ enum Task {
         iterations: u64,
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
+    },
+    /// Set up, build the .deb (target/debian/): release build, man pages, completions, units.
+    /// With --check, also install it into a throwaway root, inspect it and remove it (root).
+    Package {
+        #[arg(long)]
+        check: bool,
     },
     /// Set up, build netmon in release, and measure it as root: storm rate with and without
     /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
@@ -124,6 +136,15 @@ fn run(task: Task) -> Result<()> {
         }
         Task::BenchStorm { threads, secs, max } => bench::storm(threads, secs, max),
         Task::BenchHold { conns, id } => bench::hold(conns, id),
+        Task::Package { check } => {
+            setup()?;
+            let deb = package::package(&workspace_root(), &target_dir())?;
+            println!("{}", deb.display());
+            if check {
+                package::check(&deb)?;
+            }
+            Ok(())
+        }
         Task::Fuzz { iterations, seed } => {
             setup()?;
             let status = Command::new("cargo")
@@ -163,6 +184,7 @@ fn setup() -> Result<()> {
     let start = Instant::now();
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_cargo_deb()?;
     ensure_test_tools()?;
     eprintln!(
         "xtask: set-up complete in {:.1} s",
@@ -239,6 +261,23 @@ fn ensure_bpf_linker() -> Result<()> {
         bail!("cargo install bpf-linker failed ({status})");
     }
     Ok(())
+}
+
+fn ensure_cargo_deb() -> Result<()> {
+    let installed = capture("cargo", &["deb", "--version"]).unwrap_or_default();
+    if installed.contains(package::CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    sh(
+        "cargo",
+        &[
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            package::CARGO_DEB_VERSION,
+        ],
+    )
 }
 
 fn ensure_test_tools() -> Result<()> {
@@ -346,6 +385,13 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         .context("running cargo test")?;
     if !status.success() {
         bail!("integration tests failed ({status})");
+    }
+    // The .deb, as a test named like the others, so `cargo xtask test package` runs it alone.
+    const PACKAGE_TEST: &str = "package_installs_checks_and_removes_cleanly";
+    if filter.is_none_or(|f| PACKAGE_TEST.contains(f)) {
+        let deb = package::package(&workspace_root(), &target_dir())?;
+        let score = package::check(&deb).context(PACKAGE_TEST)?;
+        eprintln!("xtask: {PACKAGE_TEST}: ok ({})", score.trim());
     }
     Ok(())
 }
