@@ -150,6 +150,10 @@ pub async fn run(
         netns::resync_all(&mut a.table, Some(&procfs::socket_owners()));
     }
     let (listener, bound) = listen(&args.socket)?;
+    // Attached and serving: answering needs three capabilities from here on (privileges.rs).
+    if let Err(e) = crate::privileges::keep_only(crate::privileges::AGENT_KEEPS) {
+        eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
+    }
     let local = tokio::task::LocalSet::new();
     let result = local.run_until(serve(agent, listener, stop)).await;
     if bound {

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod netns;
 pub mod offsets;
 pub mod output;
+pub mod privileges;
 pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;

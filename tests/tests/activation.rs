@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netmon::privileges;
 use netmon_tests::{TestNetns, netmon_bin, stderr_of, wait_with_timeout};
 
 #[test]
@@ -88,6 +89,15 @@ fn agent_serves_a_socket_passed_by_systemd_socket_activate_and_answers_a_snapsho
         !Path::new(&own).exists(),
         "the agent bound its own socket as well"
     );
+    // Serving, it keeps only what answering needs (started as root, it had every capability).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", manager.id())).unwrap();
+    for field in ["CapEff", "CapPrm"] {
+        assert_eq!(
+            privileges::status_mask(&status, field),
+            Some(privileges::mask(privileges::AGENT_KEEPS)),
+            "{field} of the agent"
+        );
+    }
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(manager.id() as i32, libc::SIGTERM) };
     let status = wait_with_timeout(&mut manager, Duration::from_secs(10));
