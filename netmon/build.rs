@@ -50,6 +50,9 @@ fn missing_prerequisite() -> Option<String> {
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         return Some("AYA_BUILD_SKIP is set".into());
     }
+    if which_bpf_linker().is_none() {
+        return Some("the eBPF build needs bpf-linker on PATH: run `cargo xtask setup`".into());
+    }
     let home = env::var("RUSTUP_HOME")
         .or_else(|_| env::var("HOME").map(|h| format!("{h}/.rustup")))
         .unwrap_or_default();
@@ -60,9 +63,6 @@ fn missing_prerequisite() -> Option<String> {
         return Some(format!(
             "the eBPF build needs rust-src for toolchain {EBPF_TOOLCHAIN}: run `cargo xtask setup`"
         ));
-    }
-    if which_bpf_linker().is_none() {
-        return Some("the eBPF build needs bpf-linker on PATH: run `cargo xtask setup`".into());
     }
     None
 }

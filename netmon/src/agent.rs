@@ -1,66 +1,56 @@
-//! `netmon agent`: keeps the connection table from the event stream and serves snapshots on a
-//! Unix socket; also the client side of that socket and its wire protocol.
+//! `netmon agent`: serves snapshots of the tracer's table on a Unix socket; also the client
+//! side of that socket. The protocol is in [`crate::wire`].
 //!
-//! Protocol: the client sends one JSON line, a [`Request`] of at most [`MAX_REQUEST`] bytes;
-//! the agent answers with one JSON line, a [`ReplyHeader`], then the rendered output until EOF.
-//! The agent renders (it holds the table), so the client only copies bytes to its stdout.
+//! Threads: the runtime's thread drains the ring ([`Tracer::run`]) and answers the table
+//! queries of requests between two drains; everything slow about a request (the sock_diag
+//! dump, the filter, rendering) runs on a blocking thread, and the reply streams to the client
+//! through a small bounded channel, so a slow client holds neither the ring nor much memory.
 //!
 //! Lifecycle of the table: attach first, then seed every namespace from sock_diag, then apply
 //! events. Each snapshot dumps the caller's namespace again and reconciles the table with it,
 //! so rows, states and queues are what the kernel has now (as ss shows them) and ages and
-//! histories come from the stream. A counted loss, or a minute without one, reconciles every
-//! namespace.
+//! histories come from the stream. A counted loss (at most every few seconds), or a minute
+//! without one, reconciles every namespace.
 
 use std::{
-    cell::RefCell,
     io::Write,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    rc::Rc,
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
+    sync::mpsc,
 };
 
 use crate::{
-    attach::{Probe, ProbeConfig, RingWaiter},
-    decode,
+    agent_socket,
     filter::Services,
-    netns::{self, Netns},
+    netns::Netns,
     output::Clock,
-    procfs,
-    snapshot::{self, Data, Row, SnapshotArgs},
-    table::Table,
+    snapshot::{self, SnapshotArgs},
+    source::{self, Enrich, LiveSource, Scope, SocketSource, What},
+    tracer::{Tracer, TracerConfig, TracerHandle},
+    wire::{self, FRAME_DATA, FRAME_TRAILER, ReplyHeader, Request, SnapshotRequest, Trailer},
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/netmon/agent.sock";
 /// Members of this group may query the agent; everyone else needs root.
 pub const GROUP: &str = "netmon";
-pub const MAX_REQUEST: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that reads nothing of its reply for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
-const TICK: Duration = Duration::from_millis(50);
-const COUNTERS_EVERY: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub snapshot: SnapshotArgs,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ReplyHeader {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
+/// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
+/// itself causes a loss cannot chain into the next.
+const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
+/// Rendered output goes to the client in frames of this size; a few in flight per client.
+const CHUNK: usize = 64 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -79,51 +69,11 @@ pub struct AgentArgs {
     pub config: Option<PathBuf>,
 }
 
-/// What the agent's tasks share (one thread: `Rc<RefCell>`, never borrowed across an await).
-struct Agent {
-    probe: Probe,
-    table: Table,
+/// What every request needs, shared by the blocking threads that serve them.
+struct Shared {
+    table: TracerHandle,
     services: Services,
     clock: Clock,
-    /// Losses seen so far: ring full, recursion.
-    reported: [u64; 2],
-}
-
-impl Agent {
-    /// Applies waiting events to the table, a ring's worth at most; true if more may wait.
-    fn drain(&mut self) -> bool {
-        let table = &mut self.table;
-        self.probe
-            .drain(|bytes| {
-                if let Ok(e) = decode::decode(bytes) {
-                    table.event(&e);
-                }
-            })
-            .more
-    }
-
-    fn reconcile_all(&mut self) {
-        self.drain();
-        netns::resync_all(&mut self.table, None);
-    }
-
-    /// True when the kernel counted a loss since the last look: the table may be wrong.
-    fn losses_grew(&mut self) -> anyhow::Result<bool> {
-        let now = self.probe.counters()?;
-        let lost = [now.ring_full, now.recursion_lost(self.table.duplicates)];
-        let grew = lost
-            .iter()
-            .zip(self.reported)
-            .any(|(now, before)| *now > before);
-        if grew {
-            eprintln!(
-                "netmon agent: {} events lost to a full ring, {} to recursion so far; resyncing",
-                lost[0], lost[1]
-            );
-            self.reported = lost;
-        }
-        Ok(grew)
-    }
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -131,109 +81,88 @@ pub async fn run(
     args: &AgentArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let config = ProbeConfig {
-        ring_bytes: args.ring_size,
-        ..ProbeConfig::default()
+    // A socket passed by systemd (netmon-agent.socket) is systemd's: no lock, no bind.
+    // Otherwise the lock comes first, so that a second agent says so before the slow start.
+    let serving = match crate::activation::listener()? {
+        Some(passed) => Serving::Passed(passed),
+        None => Serving::Own(agent_socket::Lock::take(&args.socket)?),
     };
-    let probe = Probe::attach(&config)?;
-    let agent = Rc::new(RefCell::new(Agent {
-        probe,
-        table: Table::with_capacity(args.closed_capacity),
-        services: Services::system().unwrap_or_default(),
-        clock: Clock::now(),
-        reported: [0; 2],
-    }));
-    {
-        // Seed: every namespace, and the owners of sockets that predate us, once.
-        let mut a = agent.borrow_mut();
-        a.drain();
-        netns::resync_all(&mut a.table, Some(&procfs::socket_owners()));
-    }
-    let (listener, bound) = listen(&args.socket)?;
+    let config = TracerConfig {
+        ring_bytes: args.ring_size,
+        filter: netmon_common::KernelFilter::ALL,
+        closed_capacity: args.closed_capacity,
+        resync_every: Some(RECONCILE_EVERY),
+        resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+    };
+    let mut tracer = Tracer::attach(&config)?;
+    tracer.seed();
+    let (std_listener, socket) = match serving {
+        Serving::Passed(passed) => {
+            eprintln!("netmon agent: serving the socket passed by the service manager");
+            (passed, None)
+        }
+        Serving::Own(lock) => {
+            let socket = lock.bind(group_id(GROUP))?;
+            eprintln!("netmon agent: serving {}", socket.path().display());
+            let listener = socket.listener.try_clone().context("dup socket")?;
+            (listener, Some(socket))
+        }
+    };
+    std_listener
+        .set_nonblocking(true)
+        .context("setting the socket non-blocking")?;
+    let listener = UnixListener::from_std(std_listener).context("registering the socket")?;
     // Attached and serving: answering needs three capabilities from here on (privileges.rs).
+    // Threads started later (requests, namespace dumps) inherit the reduced sets.
     if let Err(e) = crate::privileges::keep_only(crate::privileges::AGENT_KEEPS) {
         eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
     }
-    let local = tokio::task::LocalSet::new();
-    let result = local.run_until(serve(agent, listener, stop)).await;
-    if bound {
-        std::fs::remove_file(&args.socket).ok();
-    }
+    let (table, queries) = TracerHandle::new();
+    let context = Arc::new(Shared {
+        table,
+        services: Services::system().unwrap_or_default(),
+        clock: Clock::now(),
+    });
+    let server = tokio::spawn(accept_loop(listener, context));
+    let result = tracer.run(&mut LossLog, Some(queries), stop).await;
+    server.abort();
+    // Removes the socket file, if it is still ours.
+    drop(socket);
     result
 }
 
-/// The socket to serve: the one a service manager passed (netmon-agent.socket), which stays
-/// its to remove, or else one bound here (true).
-fn listen(path: &Path) -> anyhow::Result<(UnixListener, bool)> {
-    if let Some(passed) = crate::activation::listener()? {
-        passed.set_nonblocking(true)?;
-        let listener = UnixListener::from_std(passed).context("serving the passed socket")?;
-        eprintln!("netmon agent: serving the socket passed by the service manager");
-        return Ok((listener, false));
-    }
-    let listener = bind(path)?;
-    eprintln!("netmon agent: serving {}", path.display());
-    Ok((listener, true))
+/// Where the agent's socket comes from.
+enum Serving {
+    /// Passed by a service manager (sd_listen_fds); it stays the manager's to remove.
+    Passed(std::os::unix::net::UnixListener),
+    /// Bound here once attached, under this lock.
+    Own(agent_socket::Lock),
 }
 
-async fn serve(
-    agent: Rc<RefCell<Agent>>,
-    listener: UnixListener,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let mut waiter = RingWaiter::new(&agent.borrow().probe, TICK)?;
-    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-    reconcile.tick().await;
-    tokio::pin!(stop);
-    let mut more = false;
-    let mut counters_read = std::time::Instant::now();
+/// The agent's only consumer of records besides the table: losses on stderr.
+struct LossLog;
+
+impl crate::tracer::Sink for LossLog {
+    fn loss(&mut self, loss: &crate::tracer::Loss) -> std::io::Result<()> {
+        eprintln!(
+            "netmon agent: {} {:?} losses, {} so far; resyncing",
+            loss.count, loss.kind, loss.total
+        );
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: UnixListener, context: Arc<Shared>) {
     loop {
-        tokio::select! {
-            biased;
-            () = &mut stop => return Ok(()),
-            waited = waiter.wait(more) => {
-                waited?;
-                let mut a = agent.borrow_mut();
-                more = a.drain();
-                if counters_read.elapsed() >= COUNTERS_EVERY {
-                    counters_read = std::time::Instant::now();
-                    if a.losses_grew()? {
-                        a.reconcile_all();
-                    }
-                }
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(context.clone(), stream));
             }
-            _ = reconcile.tick() => agent.borrow_mut().reconcile_all(),
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                tokio::task::spawn_local(handle(agent.clone(), stream));
-            }
+            // Out of descriptors (or another transient failure): the pending connection stays
+            // queued and would fail again at once; wait for clients to leave instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// Creates the socket, readable by root and the `netmon` group only.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another agent is already serving {}", path.display());
-    }
-    // A socket file left by an agent that died: nobody answers on it.
-    std::fs::remove_file(path).ok();
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let mode = match group_id(GROUP) {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, Some(0), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
 }
 
 fn group_id(name: &str) -> Option<u32> {
@@ -244,108 +173,246 @@ fn group_id(name: &str) -> Option<u32> {
     (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
-async fn handle(agent: Rc<RefCell<Agent>>, mut stream: UnixStream) {
-    let (header, body) = match answer(&agent, &mut stream).await {
-        Ok((notes, body)) => (
-            ReplyHeader {
-                ok: true,
-                error: None,
-                notes,
-            },
-            body,
-        ),
-        Err(e) => (
-            ReplyHeader {
-                ok: false,
-                error: Some(format!("{e:#}")),
-                notes: vec![],
-            },
-            vec![],
-        ),
+/// Who is asking, from the kernel (SO_PEERCRED), not from anything the client says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A request checked and ready to serve.
+#[derive(Debug)]
+pub struct Prepared {
+    pub request: SnapshotRequest,
+    pub scope: Scope,
+}
+
+/// Checks a request and decides what its client may see. Every check on who may ask for what
+/// belongs here: it runs before anything is dumped or rendered.
+pub fn prepare(
+    request: Request,
+    peer: &Peer,
+    services: &Services,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> anyhow::Result<Prepared> {
+    if request.version != wire::VERSION {
+        anyhow::bail!(
+            "this agent speaks protocol version {}, the client {}: use the same netmon version \
+             for both",
+            wire::VERSION,
+            request.version
+        );
+    }
+    let request = request.snapshot;
+    request
+        .args()
+        .filter(services)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let scope = if request.all_netns {
+        Scope::All
+    } else {
+        Scope::Caller(open_netns(peer.pid).context("opening the client's network namespace")?)
     };
-    let mut line = serde_json::to_vec(&header).unwrap_or_default();
-    line.push(b'\n');
-    // A client that stops reading must not hold the agent: bound the write.
-    let write = async {
-        stream.write_all(&line).await?;
-        stream.write_all(&body).await?;
+    Ok(Prepared { request, scope })
+}
+
+/// Collects and renders a prepared request into `out`; returns the notes for the user.
+/// Blocking: the dump and the rendering happen here.
+pub fn serve(
+    prepared: Prepared,
+    source: &impl SocketSource,
+    table: &mut impl Enrich,
+    services: &Services,
+    clock: Clock,
+    out: &mut impl Write,
+) -> anyhow::Result<Vec<String>> {
+    let args = prepared.request.args();
+    let filter = args
+        .filter(services)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let what = What {
+        closed_within_ns: prepared.request.closed_ns,
+    };
+    let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    let data = collected.data(clock);
+    let notes = snapshot::render(&args, &filter, services, &data, out)?;
+    out.flush()?;
+    Ok(notes)
+}
+
+/// Frames what the renderer writes and hands full frames to the connection's writer.
+struct FrameWriter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl FrameWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut frame = BytesMut::new();
+        wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
+        self.buf.clear();
+        self.tx
+            .blocking_send(frame.freeze())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl Write for FrameWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
+    let prepared = match read_request(&mut stream).await {
+        Ok(request) => match peer_of(&stream) {
+            Ok(peer) => prepare(request, &peer, &context.services, Netns::of_pid),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
+    };
+    let header = ReplyHeader {
+        ok: true,
+        error: None,
+        version: wire::VERSION,
+    };
+    if write_line(&mut stream, &header).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let job = {
+        let context = context.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = FrameWriter {
+                buf: Vec::with_capacity(CHUNK),
+                tx,
+            };
+            let mut table = context.table.clone();
+            let result = serve(
+                prepared,
+                &LiveSource,
+                &mut table,
+                &context.services,
+                context.clock,
+                &mut out,
+            );
+            let losses = table.losses().unwrap_or_default();
+            (result, losses)
+        })
+    };
+    let mut client_gone = false;
+    while let Some(frame) = rx.recv().await {
+        let write = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
+        if !matches!(write, Ok(Ok(()))) {
+            // Dropping the receiver stops the renderer at its next frame.
+            client_gone = true;
+            break;
+        }
+    }
+    drop(rx);
+    let Ok((result, losses)) = job.await else {
+        return;
+    };
+    if client_gone {
+        return;
+    }
+    let trailer = match result {
+        Ok(notes) => Trailer {
+            ok: true,
+            error: None,
+            notes,
+            losses,
+        },
+        Err(e) => Trailer {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            notes: Vec::new(),
+            losses,
+        },
+    };
+    let mut frame = BytesMut::new();
+    wire::put_frame(
+        &mut frame,
+        FRAME_TRAILER,
+        &serde_json::to_vec(&trailer).unwrap_or_default(),
+    );
+    let finish = async {
+        stream.write_all(&frame).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(30), write).await;
-    // Closing with unread input resets the connection, and the client would see the reset
-    // instead of the error reply: discard what is left of a refused request, briefly.
-    let mut sink = [0u8; 16 * 1024];
-    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
     // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
 
-async fn answer(
-    agent: &RefCell<Agent>,
-    stream: &mut UnixStream,
-) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
-    let request = read_request(stream).await?;
-    let peer_pid = stream
+fn peer_of(stream: &UnixStream) -> anyhow::Result<Peer> {
+    let cred = stream
         .peer_cred()
-        .ok()
-        .and_then(|c| c.pid())
         .context("cannot identify the client process (SO_PEERCRED)")?;
-    let args = request.snapshot;
-    let filter = {
-        let a = agent.borrow();
-        args.filter(&a.services)
-            .map_err(|e| anyhow::anyhow!("{}", e.render()))?
+    Ok(Peer {
+        pid: cred
+            .pid()
+            .context("cannot identify the client process (SO_PEERCRED)")?,
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+async fn write_line<T: serde::Serialize>(
+    stream: &mut UnixStream,
+    value: &T,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+async fn refuse(mut stream: UnixStream, error: &str) {
+    let header = ReplyHeader {
+        ok: false,
+        error: Some(error.to_string()),
+        version: wire::VERSION,
     };
-    let mut a = agent.borrow_mut();
-    a.drain();
-    let namespaces = if args.all_netns {
-        netns::all()
-    } else {
-        vec![Netns::of_pid(peer_pid).context("opening the client's network namespace")?]
-    };
-    let mut rows = Vec::new();
-    if args.closed.is_none() {
-        for ns in &namespaces {
-            let dump = netns::resync(&mut a.table, ns)
-                .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
-            rows.extend(
-                dump.into_iter()
-                    .map(|s| Row::new(s, ns.inum, Some(&a.table))),
-            );
-        }
+    if write_line(&mut stream, &header).await.is_ok() {
+        let _ = stream.shutdown().await;
     }
-    let now_ns = Clock::mono_now_ns();
-    let window = args.closed.unwrap_or_default().as_nanos() as u64;
-    let closed_ns: Vec<u32> = namespaces.iter().map(|n| n.inum).collect();
-    let data = Data {
-        rows,
-        closed: a
-            .table
-            .closed()
-            .filter(|c| now_ns.saturating_sub(c.closed_ns) <= window)
-            .filter(|c| closed_ns.contains(&c.netns))
-            .collect(),
-        evicted: a.table.evicted,
-        now_ns,
-        clock: a.clock,
-    };
-    let mut body = Vec::with_capacity(data.rows.len() * 100 + data.closed.len() * 160);
-    let notes = snapshot::render(&args, &filter, &a.services, &data, &mut body)?;
-    Ok((notes, body))
+    // Closing with unread input resets the connection, and the client would see the reset
+    // instead of the error reply: discard what is left of a refused request, briefly.
+    let mut sink = [0u8; 16 * 1024];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64 + 1);
+    let mut reader = BufReader::new(stream).take(wire::MAX_REQUEST as u64 + 1);
     let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line));
     read.await
         .map_err(|_| anyhow::anyhow!("request timed out after {REQUEST_TIMEOUT:?}"))?
         .context("reading the request")?;
-    if line.len() > MAX_REQUEST {
-        anyhow::bail!("request larger than {MAX_REQUEST} bytes");
+    if line.len() > wire::MAX_REQUEST {
+        anyhow::bail!("request larger than {} bytes", wire::MAX_REQUEST);
     }
     serde_json::from_slice(&line).context("malformed request")
 }
@@ -358,6 +425,7 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    /// Failed before any output was written: the caller may show a one-shot dump instead.
     #[error("the agent at {path} failed")]
     Io {
         path: String,
@@ -365,14 +433,36 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Refused(String),
+    /// Failed after part of the output was written: nothing may be added to it.
+    #[error("the agent's reply is incomplete: {0}")]
+    Incomplete(String),
+    /// Writing our own output failed (e.g. `| head` closed it).
+    #[error(transparent)]
+    Output(std::io::Error),
 }
 
-/// Sends a snapshot request and copies the rendered answer to `out`; returns the notes.
+impl ClientError {
+    /// Whether a one-shot dump may stand in for the agent's answer: nothing was written, and
+    /// the agent did not answer (a refusal is the answer).
+    pub fn may_fall_back(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Io { .. })
+    }
+}
+
+/// What a complete reply said besides its output.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub notes: Vec<String>,
+    pub losses: crate::tracer::LossTotals,
+}
+
+/// Sends a snapshot request and copies the rendered answer to `out`, checking that it is
+/// complete.
 pub async fn request(
     path: &Path,
     args: &SnapshotArgs,
     out: &mut impl Write,
-) -> Result<Vec<String>, ClientError> {
+) -> Result<Answer, ClientError> {
     let shown = path.display().to_string();
     let io = |source| ClientError::Io {
         path: shown.clone(),
@@ -385,10 +475,7 @@ pub async fn request(
                 path: shown.clone(),
                 source,
             })?;
-    let mut line = serde_json::to_vec(&Request {
-        snapshot: args.clone(),
-    })
-    .map_err(|e| io(std::io::Error::other(e)))?;
+    let mut line = serde_json::to_vec(&Request::new(args)).map_err(|e| io(e.into()))?;
     line.push(b'\n');
     stream.write_all(&line).await.map_err(io)?;
     let mut reader = BufReader::new(stream);
@@ -399,18 +486,182 @@ pub async fn request(
     if !header.ok {
         return Err(ClientError::Refused(header.error.unwrap_or_default()));
     }
-    let mut buf = vec![0u8; 256 * 1024];
+    read_frames(&mut reader, out).await
+}
+
+/// Copies data frames to `out` until the trailer; a reply that ends before it is incomplete.
+async fn read_frames(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    out: &mut impl Write,
+) -> Result<Answer, ClientError> {
+    let incomplete = |what: String| ClientError::Incomplete(what);
+    let mut buf = BytesMut::with_capacity(256 * 1024);
     loop {
-        let n = reader.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            break;
+        while let Some((tag, payload)) =
+            wire::take_frame(&mut buf).map_err(|e| incomplete(e.to_string()))?
+        {
+            if tag == FRAME_DATA {
+                out.write_all(&payload).map_err(ClientError::Output)?;
+                continue;
+            }
+            let trailer: Trailer = serde_json::from_slice(&payload)
+                .map_err(|e| incomplete(format!("malformed trailer: {e}")))?;
+            if !trailer.ok {
+                return Err(incomplete(trailer.error.unwrap_or_default()));
+            }
+            return Ok(Answer {
+                notes: trailer.notes,
+                losses: trailer.losses,
+            });
         }
-        out.write_all(&buf[..n]).map_err(io)?;
+        let n = reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| incomplete(e.to_string()))?;
+        if n == 0 {
+            return Err(incomplete(
+                "the connection closed before the end of the reply".into(),
+            ));
+        }
     }
-    Ok(header.notes)
 }
 
 /// The agent socket to use: `NETMON_AGENT_SOCKET` or the default.
 pub fn socket_path() -> PathBuf {
     std::env::var_os("NETMON_AGENT_SOCKET").map_or_else(|| DEFAULT_SOCKET.into(), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use netmon_common::TcpState;
+
+    use super::*;
+    use crate::{source::ReplaySource, table::Table};
+
+    fn peer() -> Peer {
+        Peer {
+            pid: std::process::id() as i32,
+            uid: 1000,
+            gid: 1000,
+        }
+    }
+
+    fn request(words: &[&str]) -> Request {
+        Request {
+            version: wire::VERSION,
+            snapshot: SnapshotRequest {
+                all: true,
+                numeric: true,
+                filter: words.iter().map(|w| w.to_string()).collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn own_netns(_pid: i32) -> std::io::Result<Netns> {
+        Netns::current()
+    }
+
+    #[test]
+    fn requests_of_another_version_or_with_a_bad_filter_are_refused() {
+        let services = Services::default();
+        let mut old = request(&[]);
+        old.version = 0;
+        let e = prepare(old, &peer(), &services, own_netns).unwrap_err();
+        assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
+        let e = prepare(request(&["dport", "="]), &peer(), &services, own_netns).unwrap_err();
+        assert!(format!("{e:#}").contains("dport"), "{e:#}");
+        let ok = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        assert!(matches!(ok.scope, Scope::Caller(_)));
+    }
+
+    #[test]
+    fn a_request_is_served_from_the_callers_namespace_with_the_tables_ages() {
+        let services = Services::default();
+        let me = Netns::current().unwrap();
+        let sock = |cookie, state, local: &str| crate::sock_diag::DiagSock {
+            cookie,
+            state,
+            local: local.parse().unwrap(),
+            remote: "127.0.0.1:9".parse().unwrap(),
+            recv_q: 0,
+            send_q: 0,
+            uid: 0,
+            inode: 0,
+            ifindex: 0,
+            v6only: false,
+            timer: None,
+        };
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([
+                (
+                    me.inum,
+                    vec![sock(1, TcpState::Established, "127.0.0.1:8080")],
+                ),
+                (
+                    me.inum.wrapping_add(1),
+                    vec![sock(2, TcpState::Established, "127.0.0.1:8081")],
+                ),
+            ]),
+        };
+        let mut table = Table::new();
+        let prepared = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        let mut out = Vec::new();
+        serve(
+            prepared,
+            &source,
+            &mut table,
+            &services,
+            Clock::now(),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(":8080"), "{text}");
+        assert!(!text.contains(":8081"), "another namespace: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_without_its_trailer_is_an_error_and_a_failed_one_adds_nothing() {
+        let frames = |parts: &[(u8, &[u8])]| {
+            let mut b = BytesMut::new();
+            for (tag, p) in parts {
+                wire::put_frame(&mut b, *tag, p);
+            }
+            b.to_vec()
+        };
+        let ok = serde_json::to_vec(&Trailer {
+            ok: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        let complete = frames(&[(FRAME_DATA, b"row\n"), (FRAME_TRAILER, &ok)]);
+        read_frames(&mut complete.as_slice(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"row\n");
+
+        let truncated = frames(&[(FRAME_DATA, b"row\n")]);
+        let e = read_frames(&mut truncated.as_slice(), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Incomplete(_)), "{e}");
+        assert!(!e.may_fall_back(), "output was written: no second table");
+
+        let failed = serde_json::to_vec(&Trailer {
+            ok: false,
+            error: Some("dumping sockets of netns 1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let failed = frames(&[(FRAME_DATA, b"row\n"), (FRAME_TRAILER, &failed)]);
+        let e = read_frames(&mut failed.as_slice(), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("dumping sockets"), "{e}");
+        assert!(!e.may_fall_back());
+    }
 }

@@ -4,17 +4,18 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use netmon_common::{DEFAULT_RING_BYTES, DEFAULT_WAKEUP_BYTES};
+use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
-    attach::ProbeConfig,
     config, docs,
     filter::{Filter, Services, StateSet},
-    netns::{self, Netns},
+    netns::Netns,
     output::{Clock, Format, Printer},
     procfs,
-    snapshot::{self, Data, Row, SnapshotArgs},
+    snapshot::{self, SnapshotArgs},
+    source::{self, LiveSource, ProcOwners, Scope, What},
+    tracer::TracerConfig,
     watch::{self, Watcher},
 };
 
@@ -110,12 +111,14 @@ impl WatchArgs {
     }
 
     /// The kernel applies what it can of the filter: families, ports, states, netns.
-    fn probe_config(&self, filter: &Filter) -> ProbeConfig {
-        ProbeConfig {
+    fn tracer_config(&self, filter: &Filter) -> TracerConfig {
+        TracerConfig {
             ring_bytes: self.ring_size,
-            wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_size) / 4),
             filter: filter.kernel_filter(),
-            hints: true,
+            // Live state, timing and owners only: no closed history.
+            closed_capacity: 0,
+            resync_every: None,
+            resync_after_loss: None,
         }
     }
 }
@@ -205,8 +208,8 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
             eprintln!("netmon: watching TCP state transitions; Ctrl-C to stop");
         }
     };
-    watch::run(
-        &args.probe_config(&filter),
+    let tracer = watch::run(
+        &args.tracer_config(&filter),
         &mut watcher,
         ready,
         stop_signal(),
@@ -214,15 +217,13 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     .await
     .context("watch")?;
     watcher.flush().ok();
-    let duplicates = watcher.duplicates();
+    let duplicates = tracer.pipeline.duplicates();
     if duplicates > 0 {
         eprintln!("netmon: {duplicates} transitions the kernel delivered twice were shown once");
     }
-    if watcher.malformed > 0 {
-        eprintln!(
-            "netmon: {} ring records did not decode (build mismatch?)",
-            watcher.malformed
-        );
+    let malformed = tracer.pipeline.losses().malformed;
+    if malformed > 0 {
+        eprintln!("netmon: {malformed} ring records did not decode (build mismatch?)");
     }
     std::io::stderr().flush().ok();
     Ok(())
@@ -236,8 +237,19 @@ async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
     let path = agent::socket_path();
     let notes = match agent::request(&path, &args, &mut out).await {
-        Ok(notes) => notes,
+        Ok(answer) => {
+            let mut notes = answer.notes;
+            notes.extend(loss_notes(&answer.losses));
+            notes
+        }
         Err(ClientError::Refused(msg)) => return Err(Rendered(msg).into()),
+        // Our own output closed (`| head`): not the agent's failure.
+        Err(ClientError::Output(e)) => return Err(e.into()),
+        Err(e) if !e.may_fall_back() => {
+            // Part of the answer is out already: say it is incomplete, add nothing to it.
+            out.flush().ok();
+            return Err(e.into());
+        }
         Err(e) if args.closed.is_some() => {
             let e = anyhow::Error::new(e);
             anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e:#}")
@@ -255,6 +267,33 @@ async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the agent's tracer lost, for the user: the table may lack ages, owners or history.
+fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
+    let mut notes = Vec::new();
+    let lost = l.ring_full + l.recursion;
+    if lost > 0 {
+        notes.push(format!(
+            "the agent lost {lost} transitions since it started ({} ring full, {} recursion): \
+             rows are exact, but some ages, owners or closed records may be missing",
+            l.ring_full, l.recursion
+        ));
+    }
+    if l.hints_ring_full > 0 {
+        notes.push(format!(
+            "the agent dropped {} owner/reset hints (ring full): some owners or endings may be \
+             missing",
+            l.hints_ring_full
+        ));
+    }
+    if l.malformed > 0 {
+        notes.push(format!(
+            "the agent could not decode {} ring records (build mismatch?)",
+            l.malformed
+        ));
+    }
+    notes
+}
+
 /// What ss does: dump the sockets now, with nothing the event stream would add.
 fn fallback_snapshot(
     args: &SnapshotArgs,
@@ -262,30 +301,15 @@ fn fallback_snapshot(
     services: &Services,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<String>> {
-    let namespaces = if args.all_netns {
-        netns::all()
+    let scope = if args.all_netns {
+        Scope::All
     } else {
-        vec![Netns::current().context("opening this process's network namespace")?]
+        Scope::Caller(Netns::current().context("opening this process's network namespace")?)
     };
     // Like ss -p: walk /proc on every run (the agent does not).
-    let owners = args.processes.then(procfs::socket_owners);
-    let mut rows = Vec::new();
-    for ns in &namespaces {
-        let dump = ns
-            .dump()
-            .with_context(|| format!("dumping sockets of netns {}", ns.inum))?;
-        rows.extend(dump.into_iter().map(|s| Row {
-            owner: owners.as_ref().and_then(|o| o.get(&s.inode)).copied(),
-            ..Row::new(s, ns.inum, None)
-        }));
-    }
-    let data = Data {
-        rows,
-        closed: Vec::new(),
-        evicted: 0,
-        now_ns: Clock::mono_now_ns(),
-        clock: Clock::now(),
-    };
+    let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
+    let mut collected = source::collect(&LiveSource, &scope, &mut owners, What::default())?;
+    let data = collected.data(Clock::now());
     Ok(snapshot::render(args, filter, services, &data, out)?)
 }
 
@@ -320,7 +344,7 @@ mod tests {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
             Command::Watch(w) => {
                 let f = w.filter(&Services::default()).unwrap();
-                w.probe_config(&f).filter.family_mask
+                w.tracer_config(&f).filter.family_mask
             }
             _ => unreachable!(),
         };

@@ -1,17 +1,20 @@
 //! netmon: an eBPF TCP connection tracer. The binary is a thin shell over these modules.
 //!
-//! Data flows kernel -> [`attach`] (the loaded program and its ring buffer) -> [`decode`]
-//! (typed transitions) -> [`table`] (per-socket state) -> [`output`] (text or JSON Lines);
-//! [`watch`] runs that loop; [`cli`] parses arguments; [`offsets`] resolves the kernel struct
+//! Data flows kernel -> [`attach`] (the loaded program and its ring buffer) -> [`tracer`] (the
+//! one event loop: [`decode`], [`table`], losses) -> consumers: [`watch`] (printed by
+//! [`output`]) and [`agent`] (snapshots assembled by [`source`], rendered by [`snapshot`],
+//! sent as [`wire`] frames); [`cli`] parses arguments; [`offsets`] resolves the kernel struct
 //! layout from BTF for the program.
 
 pub mod activation;
 pub mod agent;
+pub mod agent_socket;
 pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod docs;
+pub mod escape;
 pub mod filter;
 pub mod netns;
 pub mod offsets;
@@ -20,5 +23,8 @@ pub mod privileges;
 pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;
+pub mod source;
 pub mod table;
+pub mod tracer;
 pub mod watch;
+pub mod wire;

@@ -151,10 +151,9 @@ impl<W: Write> Printer<W> {
                     )?;
                 }
                 let time = time_of_day(&self.clock, c.closed_ns);
-                let (pid, comm) = c
-                    .owner
-                    .as_ref()
-                    .map_or((0, "?"), |o| (o.task.pid, o.task.comm()));
+                let (pid, comm) = c.owner.as_ref().map_or((0, "?".into()), |o| {
+                    (o.task.pid, crate::escape::escaped(o.task.comm(), None))
+                });
                 let lifespan = c.lifespan_ns().map_or_else(|| "-".into(), duration);
                 writeln!(
                     self.out,
@@ -221,7 +220,11 @@ impl<W: Write> Printer<W> {
         line.push(b' ');
         pad_left(line, itoa::Buffer::new().format(who.pid).as_bytes(), 7);
         line.push(b' ');
-        pad_right(line, who.comm().as_bytes(), 15);
+        // A comm is chosen by whoever runs the process: never raw on a terminal.
+        let start = line.len();
+        crate::escape::push_escaped(line, who.comm(), None);
+        let used = line.len() - start;
+        line.resize(line.len() + 15usize.saturating_sub(used), b' ');
         line.push(b' ');
         self.local.clear();
         push_sockaddr(&mut self.local, &t.local);

@@ -19,8 +19,8 @@ use crate::{
     table::{Closed, Owner, Table},
 };
 
-/// Options of `netmon snapshot`; the agent parses the same words.
-#[derive(Clone, Debug, Args, Serialize, serde::Deserialize)]
+/// Options of `netmon snapshot` (the agent receives them as a `wire::SnapshotRequest`).
+#[derive(Clone, Debug, Args)]
 pub struct SnapshotArgs {
     /// TCP sockets (accepted for ss compatibility: netmon shows only TCP).
     #[arg(short = 't', long)]
@@ -597,10 +597,12 @@ fn render_closed(
 }
 
 /// ss -p's process column: `users:(("comm",pid=N,fd=F))`, the fd only when known.
+/// The name is escaped (controls, and the quote): it is whatever the process chose.
 fn users(o: &Owner) -> String {
+    let comm = crate::escape::escaped(o.task.comm(), Some(b'"'));
     match o.fd {
-        Some(fd) => format!("users:((\"{}\",pid={},fd={fd}))", o.task.comm(), o.task.pid),
-        None => format!("users:((\"{}\",pid={}))", o.task.comm(), o.task.pid),
+        Some(fd) => format!("users:((\"{comm}\",pid={},fd={fd}))", o.task.pid),
+        None => format!("users:((\"{comm}\",pid={}))", o.task.pid),
     }
 }
 

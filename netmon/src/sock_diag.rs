@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
@@ -247,6 +249,9 @@ pub enum DiagError {
     /// The thread that entered the other network namespace panicked.
     #[error("sock_diag netns thread panicked")]
     ThreadPanicked,
+    /// The dump went past [`MAX_RECORDS`] messages or [`MAX_DUMP_TIME`]: it was abandoned.
+    #[error("sock_diag dump abandoned: {what}")]
+    OverLimit { what: String },
 }
 
 impl DiagError {
@@ -262,6 +267,15 @@ impl DiagError {
 fn io_err(call: &'static str) -> impl FnOnce(io::Error) -> DiagError {
     move |source| DiagError::Io { call, source }
 }
+
+/// A dump stops with [`DiagError::OverLimit`] past this many messages (each socket is one;
+/// ~110 bytes a socket in memory, so ~220 MB at most), so that no namespace can grow the
+/// caller's memory without bound.
+pub const MAX_RECORDS: usize = 2_000_000;
+/// ... or after this long. A dump of 100k sockets takes ~50 ms here.
+pub const MAX_DUMP_TIME: Duration = Duration::from_secs(10);
+/// A blocked `recv` wakes up this often to look at the deadline.
+const RECV_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Receive buffer size. The kernel sizes each dump datagram by the largest `recvmsg()` buffer
 /// seen, capped near 32 KiB (`netlink_recvmsg`), so twice that never truncates.
@@ -352,12 +366,75 @@ pub fn dump_tcp_in_netns(
     })
 }
 
+/// Sequence numbers of dumps: unique within the process (every dump takes the next one), and
+/// starting at a random value.
+static NEXT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn next_seq() -> u32 {
+    if NEXT_SEQ.load(Ordering::Relaxed) == 0 {
+        let mut seed = [0u8; 4];
+        // SAFETY: getrandom writes at most 4 bytes into `seed`.
+        let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        let seed = if got == 4 {
+            u32::from_ne_bytes(seed)
+        } else {
+            std::process::id().wrapping_mul(2_654_435_761)
+        };
+        let _ = NEXT_SEQ.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    match NEXT_SEQ.fetch_add(1, Ordering::Relaxed) {
+        0 => NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+        seq => seq,
+    }
+}
+
+/// How much of its limits a dump has used: messages read (of every kind, whoever sent them)
+/// and time.
+#[derive(Debug)]
+struct Budget {
+    messages: usize,
+    max_messages: usize,
+    deadline: Instant,
+}
+
+impl Budget {
+    fn new(max_messages: usize, max_time: Duration) -> Self {
+        Self {
+            messages: 0,
+            max_messages,
+            deadline: Instant::now() + max_time,
+        }
+    }
+
+    /// Charges `messages` more; an error once either limit is passed.
+    fn charge(&mut self, messages: usize, now: Instant) -> Result<(), DiagError> {
+        self.messages += messages;
+        if self.messages > self.max_messages {
+            return Err(DiagError::OverLimit {
+                what: format!("more than {} messages", self.max_messages),
+            });
+        }
+        if now > self.deadline {
+            return Err(DiagError::OverLimit {
+                what: format!("not finished after {MAX_DUMP_TIME:?}"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A `NETLINK_SOCK_DIAG` socket, its receive buffer and the sockets dumped so far.
+///
+/// The socket is `connect()`ed to the kernel (port 0): the kernel then refuses unicasts from
+/// any other netlink socket (`netlink_getsockbyportid()`), which the owner of a user namespace
+/// could otherwise send to our port id with fake replies. Every datagram's sender is checked
+/// again anyway, every message's sequence number must be the dump's own, and a dump is bounded
+/// in messages and time ([`MAX_RECORDS`], [`MAX_DUMP_TIME`]).
 struct Dumper {
     sock: Socket,
     buf: Vec<u8>,
-    seq: u32,
     out: Vec<DiagSock>,
+    budget: Budget,
 }
 
 impl Dumper {
@@ -365,11 +442,22 @@ impl Dumper {
         let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(io_err("socket"))?;
         sock.set_rx_buf_sz(SO_RCVBUF_BYTES)
             .map_err(io_err("setsockopt(SO_RCVBUF)"))?;
+        // connect() binds (autobind) and connects in one call: the socket has a port id
+        // that others could send to for only the instant between the two inside the kernel.
+        sock.connect(&netlink_sys::SocketAddr::new(0, 0))
+            .map_err(io_err("connect"))?;
+        // Whatever arrived in that instant is not a reply to us: drop it.
+        let mut scratch = [0u8; 64];
+        while sock
+            .recv(&mut &mut scratch[..], libc::MSG_DONTWAIT | libc::MSG_TRUNC)
+            .is_ok()
+        {}
+        set_recv_timeout(&sock, RECV_TIMEOUT)?;
         Ok(Self {
             sock,
             buf: vec![0u8; RECV_BUF],
-            seq: 0,
             out: Vec::new(),
+            budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
         })
     }
 
@@ -384,9 +472,9 @@ impl Dumper {
 
     /// Sends one dump request and appends its replies to `out`, up to `NLMSG_DONE`.
     fn dump(&mut self, what: Dump, states: u32) -> Result<(), DiagError> {
-        self.seq += 1;
+        let seq = next_seq();
         let mut req = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
-        let req = request(&mut req, what, states, self.seq);
+        let req = request(&mut req, what, states, seq);
         loop {
             match self.sock.send(req, 0) {
                 Ok(n) if n == req.len() => break,
@@ -403,11 +491,25 @@ impl Dumper {
         loop {
             let cap = self.buf.len();
             // MSG_TRUNC: the return value is the datagram's real length, to detect truncation.
-            let len = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
-                Ok(n) => n,
+            let received = self.sock.recv_from(&mut &mut self.buf[..], libc::MSG_TRUNC);
+            let (len, from) = match received {
+                Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.budget.charge(0, Instant::now())?;
+                    continue;
+                }
                 Err(e) => return Err(io_err("recv")(e)),
             };
+            // At least one message per datagram, whoever sent it.
+            self.budget.charge(
+                (len / (NLMSG_HDR_LEN + INET_DIAG_MSG_LEN)).max(1),
+                Instant::now(),
+            )?;
+            if from.port_number() != 0 {
+                // Not the kernel (a connected socket should never see one): not ours.
+                continue;
+            }
             if len > cap {
                 return Err(DiagError::Truncated { len, cap });
             }
@@ -417,11 +519,32 @@ impl Dumper {
                     offset: 0,
                 });
             }
-            if parse_datagram(&self.buf[..len], what, self.seq, &mut self.out)? == Progress::Done {
+            if parse_datagram(&self.buf[..len], what, seq, &mut self.out)? == Progress::Done {
                 return Ok(());
             }
         }
     }
+}
+
+fn set_recv_timeout(sock: &Socket, timeout: Duration) -> Result<(), DiagError> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket fd and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("setsockopt(SO_RCVTIMEO)")(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Writes the request for `what` into `buf` and returns it.
@@ -909,5 +1032,42 @@ mod tests {
         tiny[0..4].copy_from_slice(&8u32.to_ne_bytes());
         assert!(parse_datagram(&tiny, V6, 5, &mut out).is_err());
         assert_eq!(out.len(), 1); // only the first, complete message of `two`
+    }
+
+    #[test]
+    fn every_dump_gets_its_own_sequence_number() {
+        let seqs: std::collections::HashSet<u32> = (0..1000).map(|_| next_seq()).collect();
+        assert_eq!(seqs.len(), 1000);
+        assert!(!seqs.contains(&0));
+    }
+
+    #[test]
+    fn a_dump_is_bounded_in_messages_and_time() {
+        let start = Instant::now();
+        let mut b = Budget::new(10, Duration::from_secs(1));
+        b.charge(10, start).unwrap();
+        let err = b.charge(1, start).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sock_diag dump abandoned: more than 10 messages"
+        );
+        let mut b = Budget::new(10, Duration::from_secs(1));
+        b.charge(0, start + Duration::from_millis(900)).unwrap();
+        let err = b.charge(0, start + Duration::from_secs(2)).unwrap_err();
+        assert!(
+            matches!(err, DiagError::OverLimit { .. }),
+            "{err}: over time"
+        );
+    }
+
+    #[test]
+    fn messages_of_another_dump_are_not_taken() {
+        // A whole datagram under the wrong sequence number, its DONE included: nothing taken,
+        // and the dump is not over.
+        let mut d = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 6, &v6_msg());
+        d.extend(nlmsg(NLMSG_DONE, 2, 6, &0i32.to_ne_bytes()));
+        let mut out = Vec::new();
+        assert_eq!(parse_datagram(&d, V6, 5, &mut out).unwrap(), Progress::More);
+        assert!(out.is_empty());
     }
 }

@@ -265,6 +265,12 @@ pub struct Table {
     recently_closed_set: FxHashSet<u64>,
     /// Transitions dropped as duplicates.
     pub duplicates: u64,
+    /// Dump records ignored because their cookie belongs to another namespace's entry (see
+    /// [`Table::reconcile`]).
+    pub foreign: u64,
+    /// Connections closed since the last [`Table::take_batch`]: a reset reported just after
+    /// the CLOSE (see [`Table::hint`]) still amends them before consumers see them.
+    batch: Vec<Closed>,
 }
 
 /// How many closes `recently_closed` remembers: a duplicate follows its original within
@@ -299,7 +305,14 @@ impl Table {
                 Default::default(),
             ),
             duplicates: 0,
+            foreign: 0,
+            batch: Vec::new(),
         }
+    }
+
+    /// The connections closed since the last call, oldest first, with late resets applied.
+    pub fn take_batch(&mut self) -> Vec<Closed> {
+        std::mem::take(&mut self.batch)
     }
 
     /// Applies a transition.
@@ -428,14 +441,13 @@ impl Table {
     pub fn hint(&mut self, h: &Hint) {
         if !self.live.contains_key(&h.cookie) && h.state == TcpState::Close {
             // tcp_close() moves a socket with unread data to CLOSE and then sends its RST, so
-            // that hint comes after the connection's record: amend the record.
-            if let Some(c) = self
-                .closed
-                .iter_mut()
-                .rev()
-                .take(64)
-                .find(|c| c.cookie == h.cookie)
-            {
+            // that hint comes after the connection's record: amend the record, in the batch
+            // not yet handed out and in the history. This is the one place of that rule.
+            let recent = |c: &&mut Closed| c.cookie == h.cookie;
+            if let Some(c) = self.batch.iter_mut().rev().take(64).find(recent) {
+                c.late_hint(h.kind);
+            }
+            if let Some(c) = self.closed.iter_mut().rev().take(64).find(recent) {
                 c.late_hint(h.kind);
             }
             return;
@@ -499,6 +511,7 @@ impl Table {
             bytes_received: t.bytes_received,
         };
         self.push_closed(closed);
+        self.batch.push(closed);
         // The kernel replaces a full socket that leaves FIN-WAIT-2 or CLOSING with a timewait
         // socket of the same cookie (tcp_time_wait()) and fires no event for it.
         if matches!(t.old, TcpState::FinWait2 | TcpState::Closing) {
@@ -539,6 +552,17 @@ impl Table {
         self.time_wait
             .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
         for d in dump {
+            // Cookies are unique on the machine and a socket never changes namespace: a record
+            // that names another namespace's socket is not a real one (a forged reply) and
+            // must not touch that namespace's entry.
+            let owner_ns = match self.live.get(&d.cookie) {
+                Some(s) => Some(s.netns),
+                None => self.time_wait.get(&d.cookie).map(|t| t.netns),
+            };
+            if owner_ns.is_some_and(|n| n != netns) {
+                self.foreign += 1;
+                continue;
+            }
             if d.state == TcpState::TimeWait {
                 self.live.remove(&d.cookie);
                 self.time_wait.entry(d.cookie).or_insert(TimeWait {
@@ -908,5 +932,37 @@ mod tests {
         old.cookie = 3;
         assert_eq!(table.apply(&old), Applied::default());
         assert_eq!(table.get(3).map(|s| s.state), Some(TcpState::Listen));
+    }
+
+    #[test]
+    fn reconcile_never_touches_another_namespaces_entry() {
+        let mut table = Table::new();
+        let mut estab = at(100, 2, 1);
+        estab.cookie = 7;
+        table.apply(&estab);
+        let mut closing = at(100, 4, 5);
+        closing.cookie = 8;
+        table.apply(&closing);
+        table.apply(&{
+            let mut t = at(200, 5, 7);
+            t.cookie = 8;
+            t
+        });
+        assert_eq!(table.state(8), Some(TcpState::TimeWait));
+        let ns = estab.netns;
+        let before = *table.get(7).unwrap();
+        // A forged dump of another namespace naming both sockets, in other states.
+        let forged = [diag(7, TcpState::TimeWait), diag(8, TcpState::Established)];
+        table.reconcile(ns + 1, &forged, 1_000);
+        let after = table.get(7).unwrap();
+        assert_eq!(
+            (after.netns, after.state, after.born_ns, after.since_ns),
+            (before.netns, before.state, before.born_ns, before.since_ns)
+        );
+        assert_eq!(table.state(8), Some(TcpState::TimeWait));
+        assert_eq!(table.foreign, 2);
+        // Its own namespace's dump still applies.
+        table.reconcile(ns, &[diag(7, TcpState::CloseWait)], 2_000);
+        assert_eq!(table.get(7).map(|s| s.state), Some(TcpState::CloseWait));
     }
 }

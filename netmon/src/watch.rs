@@ -1,39 +1,24 @@
-//! `netmon watch`: streams every transition from the kernel to the printer, with losses.
-//!
-//! [`Watcher`] is the pure part (records and counters in, lines out) and is tested without a
-//! kernel; [`run`] is the thin loop that feeds it from the attached [`Probe`].
+//! `netmon watch`: prints the tracer's records (transitions, ended connections, losses) as
+//! they come; a pure consumer of [`crate::tracer`], tested without a kernel.
 
-use std::{
-    io::{self, Write},
-    time::{Duration, Instant},
-};
+use std::io::{self, Write};
 
 use crate::{
-    attach::{KernelCounters, Probe, ProbeConfig, RingWaiter},
-    decode::{self, Event},
+    decode::Transition,
     filter::{Filter, FilterInput},
-    netns,
     output::{LossKind, Printer},
-    procfs,
-    table::{Closed, Table},
+    table::{Closed, Owner},
+    tracer::{Loss, Sink, Tracer, TracerConfig},
 };
 
-/// Turns ring records and counter readings into output.
+/// Turns the tracer's records into output.
 pub struct Watcher<W: Write> {
     printer: Printer<W>,
     filter: Filter,
     /// Print one record per ended connection instead of one per transition.
     lifecycle: bool,
-    pub(crate) table: Table,
-    /// Losses reported so far: ring full, recursion, hints.
-    reported: [u64; 3],
-    /// Records that did not decode (a build mismatch): counted, never silently dropped.
-    pub malformed: u64,
     /// Records printed.
     pub printed: u64,
-    /// Lifecycle records held until the end of the batch: a reset sent on close is reported
-    /// just after the socket's CLOSE (see `Table::hint`).
-    pending: Vec<Closed>,
 }
 
 impl<W: Write> Watcher<W> {
@@ -42,155 +27,102 @@ impl<W: Write> Watcher<W> {
             printer,
             filter,
             lifecycle,
-            // Live state, timing and owners only: no closed history.
-            table: Table::with_capacity(0),
-            reported: [0; 3],
-            malformed: 0,
             printed: 0,
-            pending: Vec::new(),
         }
     }
 
-    pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Ok(event) = decode::decode(bytes) else {
-            self.malformed += 1;
-            return Ok(());
-        };
-        let applied = self.table.event(&event);
-        if applied.duplicate {
-            return Ok(());
-        }
-        let t = match event {
-            Event::Transition(t) => t,
-            Event::Hint(h) => {
-                for c in self.pending.iter_mut().filter(|c| c.cookie == h.cookie) {
-                    c.late_hint(h.kind);
-                }
-                return Ok(());
-            }
-        };
-        let owner = applied
-            .closed
-            .and_then(|c| c.owner)
-            .or_else(|| self.table.get(t.cookie).and_then(|s| s.owner));
-        // The kernel already dropped what it could decide; this decides the rest. Owner
-        // predicates (pid, comm, uid) are about the owner, not the task on the CPU.
-        let input = FilterInput {
-            state: t.new,
-            local: t.local,
-            remote: t.remote,
-            netns: Some(t.netns),
-            pid: owner.map(|o| o.task.pid),
-            comm: owner.as_ref().map(|o| o.task.comm()),
-            uid: owner.map(|o| o.task.uid),
-        };
-        if !self.filter.matches_transition(t.old, &input) {
-            return Ok(());
-        }
-        if self.lifecycle {
-            self.pending.extend(applied.closed);
-            return Ok(());
-        }
-        self.printed += 1;
-        self.printer
-            .transition(&t, owner.as_ref(), applied.prev_state_ns)
-    }
-
-    /// Reports new losses in the stream; returns them (kind, new, total) for stderr.
-    pub fn counters(&mut self, now: &KernelCounters) -> io::Result<Vec<(LossKind, u64, u64)>> {
-        let mut out = Vec::new();
-        let totals = [
-            (LossKind::RingFull, now.ring_full),
-            (
-                LossKind::Recursion,
-                now.recursion_lost(self.table.duplicates),
-            ),
-            (LossKind::HintsRingFull, now.hints_ring_full),
-        ];
-        for (slot, (kind, total)) in totals.into_iter().enumerate() {
-            // Totals only grow; a racy reading that lags is reported later, never twice.
-            let before = self.reported[slot];
-            if total > before {
-                self.printer.loss(kind, total - before, total)?;
-                out.push((kind, total - before, total));
-                self.reported[slot] = total;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Transitions delivered twice by the kernel and shown once (see `Table::apply`).
-    pub fn duplicates(&self) -> u64 {
-        self.table.duplicates
-    }
-
-    /// Prints what was held for the batch, and flushes.
     pub fn flush(&mut self) -> io::Result<()> {
-        for c in std::mem::take(&mut self.pending) {
-            self.printed += 1;
-            self.printer.lifecycle(&c)?;
-        }
         self.printer.flush()
     }
 }
 
-/// How often the reader drains the ring when the program has not woken it, and how often
-/// loss counters are read.
-const TICK: Duration = Duration::from_millis(50);
-const COUNTERS_EVERY: Duration = Duration::from_millis(250);
-
-/// Attaches and streams until `stop` resolves (Ctrl-C) or the output closes.
-pub async fn run<W: Write>(
-    config: &ProbeConfig,
-    watcher: &mut Watcher<W>,
-    ready: impl FnOnce(),
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let mut probe = Probe::attach(config)?;
-    // Sockets that predate us: their state and owners, so that their transitions name them.
-    netns::resync_all(&mut watcher.table, Some(&procfs::socket_owners()));
-    ready();
-    let mut waiter = RingWaiter::new(&probe, TICK)?;
-    tokio::pin!(stop);
-    let mut more = false;
-    let mut counters_read = Instant::now();
-    loop {
-        let stopping = tokio::select! {
-            biased;
-            () = &mut stop => true,
-            waited = waiter.wait(more) => { waited?; false }
-        };
-        more = drain(&mut probe, watcher)?;
-        if stopping || counters_read.elapsed() >= COUNTERS_EVERY {
-            counters_read = Instant::now();
-            for (kind, count, total) in watcher.counters(&probe.counters()?)? {
-                if kind == LossKind::HintsRingFull {
-                    eprintln!(
-                        "netmon: dropped {count} owner/reset hints (ring full), {total} since start"
-                    );
-                } else {
-                    eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
-                }
-            }
-            watcher.flush()?;
-        }
-        if stopping {
-            return Ok(());
-        }
+/// The filter's view of a transition. The kernel already dropped what it could decide; this
+/// decides the rest. Owner predicates (pid, comm, uid) are about the owner, not the task on
+/// the CPU.
+fn input<'a>(
+    t_new: netmon_common::TcpState,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    netns: u32,
+    owner: Option<&'a Owner>,
+) -> FilterInput<'a> {
+    FilterInput {
+        state: t_new,
+        local,
+        remote,
+        netns: Some(netns),
+        pid: owner.map(|o| o.task.pid),
+        comm: owner.map(|o| o.task.comm()),
+        uid: owner.map(|o| o.task.uid),
     }
 }
 
-/// One batch from the ring into the watcher; true if more may be waiting.
-fn drain<W: Write>(probe: &mut Probe, watcher: &mut Watcher<W>) -> io::Result<bool> {
-    let mut result = Ok(());
-    let drained = probe.drain(|bytes| {
-        if result.is_ok() {
-            result = watcher.record(bytes);
+impl<W: Write> Sink for Watcher<W> {
+    fn transition(
+        &mut self,
+        t: &Transition,
+        owner: Option<&Owner>,
+        prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
+        if self.lifecycle {
+            return Ok(());
         }
-    });
-    result?;
-    watcher.flush()?;
-    Ok(drained.more)
+        let input = input(t.new, t.local, t.remote, t.netns, owner);
+        if !self.filter.matches_transition(t.old, &input) {
+            return Ok(());
+        }
+        self.printed += 1;
+        self.printer.transition(t, owner, prev_state_ns)
+    }
+
+    fn closed(&mut self, c: &Closed) -> io::Result<()> {
+        if !self.lifecycle {
+            return Ok(());
+        }
+        // The record stands for the connection's final `-> CLOSE` transition.
+        let input = input(
+            netmon_common::TcpState::Close,
+            c.local,
+            c.remote,
+            c.netns,
+            c.owner.as_ref(),
+        );
+        if !self.filter.matches_transition(c.last, &input) {
+            return Ok(());
+        }
+        self.printed += 1;
+        self.printer.lifecycle(c)
+    }
+
+    fn loss(&mut self, loss: &Loss) -> io::Result<()> {
+        self.printer.loss(loss.kind, loss.count, loss.total)?;
+        let Loss { kind, count, total } = loss;
+        if *kind == LossKind::HintsRingFull {
+            eprintln!("netmon: dropped {count} owner/reset hints (ring full), {total} since start");
+        } else {
+            eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self) -> io::Result<()> {
+        self.printer.flush()
+    }
+}
+
+/// Attaches, seeds and streams until `stop` resolves (Ctrl-C) or the output closes; returns
+/// the tracer for its final counts.
+pub async fn run<W: Write>(
+    config: &TracerConfig,
+    watcher: &mut Watcher<W>,
+    ready: impl FnOnce(),
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Tracer> {
+    let mut tracer = Tracer::attach(config)?;
+    tracer.seed();
+    ready();
+    tracer.run(watcher, None, stop).await?;
+    Ok(tracer)
 }
 
 #[cfg(test)]
@@ -201,20 +133,42 @@ mod tests {
 
     use super::*;
     use crate::{
+        attach::KernelCounters,
         decode::tests::event,
         filter::StateSet,
         output::{Clock, Format},
+        table::Table,
+        tracer::Pipeline,
     };
 
-    fn watcher() -> Watcher<Vec<u8>> {
-        watcher_with(&[])
+    /// A watcher fed by a pipeline, as the tracer feeds it.
+    struct Fed {
+        pipeline: Pipeline,
+        w: Watcher<Vec<u8>>,
     }
 
-    fn watcher_with(filter: &[&str]) -> Watcher<Vec<u8>> {
-        let words: Vec<String> = filter.iter().map(|w| w.to_string()).collect();
-        let filter = Filter::parse(&words, &Default::default(), StateSet::ALL).unwrap();
-        let printer = Printer::new(Vec::new(), Format::Json, Clock::fixed(UNIX_EPOCH), false);
-        Watcher::new(printer, filter, false)
+    impl Fed {
+        fn new(filter: &[&str], lifecycle: bool) -> Self {
+            let words: Vec<String> = filter.iter().map(|w| w.to_string()).collect();
+            let filter = Filter::parse(&words, &Default::default(), StateSet::ALL).unwrap();
+            let printer = Printer::new(Vec::new(), Format::Json, Clock::fixed(UNIX_EPOCH), false);
+            Self {
+                pipeline: Pipeline::new(Table::with_capacity(0)),
+                w: Watcher::new(printer, filter, lifecycle),
+            }
+        }
+
+        fn record(&mut self, bytes: &[u8]) {
+            self.pipeline.record(bytes, &mut self.w).unwrap();
+        }
+
+        fn lines(mut self) -> Vec<serde_json::Value> {
+            self.pipeline.end_batch(&mut self.w).unwrap();
+            let out = String::from_utf8(self.w.printer.into_inner()).unwrap();
+            out.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
     }
 
     fn raw(ts: u64, old: u8, new: u8) -> Vec<u8> {
@@ -225,21 +179,14 @@ mod tests {
             .to_vec()
     }
 
-    fn lines(w: Watcher<Vec<u8>>) -> Vec<serde_json::Value> {
-        let out = String::from_utf8(w.printer.into_inner()).unwrap();
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
     #[test]
     fn records_carry_time_in_previous_state() {
-        let mut w = watcher();
-        w.record(&raw(1_000, 7, 2)).unwrap();
-        w.record(&raw(3_000, 2, 1)).unwrap();
-        w.record(&[1, 2, 3]).unwrap();
-        assert_eq!((w.printed, w.malformed), (2, 1));
-        let recs = lines(w);
+        let mut f = Fed::new(&[], false);
+        f.record(&raw(1_000, 7, 2));
+        f.record(&raw(3_000, 2, 1));
+        f.record(&[1, 2, 3]);
+        assert_eq!((f.w.printed, f.pipeline.losses().malformed), (2, 1));
+        let recs = f.lines();
         assert_eq!(recs[0]["prev_state_ns"], serde_json::Value::Null);
         assert_eq!(recs[1]["prev_state_ns"], 2_000);
         assert_eq!(recs[1]["new_state"], "ESTAB");
@@ -247,31 +194,29 @@ mod tests {
 
     #[test]
     fn the_filter_selects_transitions_by_either_state_and_endpoints() {
-        let mut w = watcher_with(&["state", "established", "dport = :8080"]);
-        w.record(&raw(1_000, 7, 2)).unwrap(); // CLOSE -> SYN-SENT: neither state selected
-        w.record(&raw(2_000, 2, 1)).unwrap(); // into ESTAB
-        w.record(&raw(3_000, 1, 4)).unwrap(); // out of ESTAB
-        assert_eq!(w.printed, 2);
-        let mut w = watcher_with(&["dport = :80"]);
-        w.record(&raw(1_000, 7, 2)).unwrap();
-        assert_eq!(w.printed, 0);
+        let mut f = Fed::new(&["state", "established", "dport = :8080"], false);
+        f.record(&raw(1_000, 7, 2)); // CLOSE -> SYN-SENT: neither state selected
+        f.record(&raw(2_000, 2, 1)); // into ESTAB
+        f.record(&raw(3_000, 1, 4)); // out of ESTAB
+        assert_eq!(f.w.printed, 2);
+        let mut f = Fed::new(&["dport = :80"], false);
+        f.record(&raw(1_000, 7, 2));
+        assert_eq!(f.w.printed, 0);
     }
 
     #[test]
     fn lifecycle_records_wait_for_the_batch_and_take_late_resets() {
-        let mut w = watcher();
-        w.lifecycle = true;
-        w.record(&raw(1_000, 7, 2)).unwrap();
-        w.record(&raw(2_000, 2, 1)).unwrap();
-        w.record(&raw(3_000, 1, 7)).unwrap();
+        let mut f = Fed::new(&[], true);
+        f.record(&raw(1_000, 7, 2));
+        f.record(&raw(2_000, 2, 1));
+        f.record(&raw(3_000, 1, 7));
         let mut rst = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7, 7);
         rst.kind = netmon_common::EventKind::ResetSent as u8;
         // SAFETY: plain data without padding.
         let rst = unsafe { std::slice::from_raw_parts((&raw const rst).cast::<u8>(), 104) };
-        w.record(rst).unwrap();
-        assert_eq!(w.printed, 0, "held until the batch ends");
-        w.flush().unwrap();
-        let recs = lines(w);
+        f.record(rst);
+        assert_eq!(f.w.printed, 0, "held until the batch ends");
+        let recs = f.lines();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0]["type"], "lifecycle");
         assert_eq!(recs[0]["end"], "reset-sent");
@@ -279,41 +224,30 @@ mod tests {
     }
 
     #[test]
-    fn losses_are_reported_once_as_deltas() {
-        let mut w = watcher();
-        let c1 = KernelCounters {
-            ring_full: 4,
-            primary_misses: 3,
-            recovered: 1,
-            seen: 10,
-            hints_ring_full: 0,
-            fired: 0,
-        };
-        assert_eq!(
-            w.counters(&c1).unwrap(),
-            vec![(LossKind::RingFull, 4, 4), (LossKind::Recursion, 2, 2)]
-        );
-        assert_eq!(
-            w.counters(&c1).unwrap(),
-            vec![],
-            "nothing new, nothing reported"
-        );
-        let c2 = KernelCounters {
+    fn lifecycle_records_follow_the_filter_of_their_close() {
+        let mut f = Fed::new(&["dport = :80"], true);
+        f.record(&raw(1_000, 7, 2));
+        f.record(&raw(3_000, 2, 7));
+        assert!(f.lines().is_empty(), "dport 8080 is not :80");
+        let mut f = Fed::new(&["dport = :8080"], true);
+        f.record(&raw(1_000, 7, 2));
+        f.record(&raw(3_000, 2, 7));
+        assert_eq!(f.lines().len(), 1);
+    }
+
+    #[test]
+    fn losses_are_printed_in_the_stream() {
+        let mut f = Fed::new(&[], false);
+        let c = KernelCounters {
             ring_full: 6,
-            primary_misses: 5,
-            recovered: 3,
-            seen: 20,
             hints_ring_full: 3,
-            fired: 0,
+            ..Default::default()
         };
-        assert_eq!(
-            w.counters(&c2).unwrap(),
-            vec![(LossKind::RingFull, 2, 6), (LossKind::HintsRingFull, 3, 3)]
-        );
-        let recs = lines(w);
-        assert_eq!(recs.len(), 4);
-        assert_eq!(recs[3]["kind"], "hints_ring_full");
-        assert_eq!(recs[2]["count"], 2);
-        assert_eq!(recs[2]["total"], 6);
+        f.pipeline.counters(&c, &mut f.w).unwrap();
+        let recs = f.lines();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0]["kind"], "ring_full");
+        assert_eq!(recs[0]["count"], 6);
+        assert_eq!(recs[1]["kind"], "hints_ring_full");
     }
 }

@@ -436,28 +436,76 @@ pub struct AgentProcess {
     pub socket: PathBuf,
 }
 
+/// A socket path of its own for each agent a test starts.
+pub fn agent_socket_path() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PathBuf::from(format!("/run/netmon-test/{}-{n}.sock", std::process::id()))
+}
+
+/// `netmon agent --socket SOCKET ARGS`, stderr piped, not waited for.
+pub fn spawn_agent(socket: &std::path::Path) -> Child {
+    spawn_agent_with(socket, &[], Stdio::piped())
+}
+
+fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> Child {
+    require_root();
+    Command::new(netmon_bin())
+        .args(["agent", "--socket"])
+        .arg(socket)
+        .args(args)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn netmon agent")
+}
+
+/// Waits until something answers on `socket`.
+pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let err = match child.stderr {
+                Some(_) => stderr_of(child),
+                None => "(its stderr is the test's)".into(),
+            };
+            panic!("the agent exited ({status}): {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not start serving within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl AgentProcess {
     pub fn start() -> Self {
-        require_root();
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let socket = PathBuf::from(format!("/run/netmon-test/{}-{n}.sock", std::process::id()));
-        let child = std::process::Command::new(netmon_bin())
-            .args(["agent", "--socket"])
-            .arg(&socket)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn netmon agent");
-        let agent = Self { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not start serving within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        Self::start_at(agent_socket_path())
+    }
+
+    pub fn start_at(socket: PathBuf) -> Self {
+        Self::start_with(socket, &[])
+    }
+
+    /// An agent with more arguments. Its stderr goes to the test's (a pipe nobody reads
+    /// would make its messages fail).
+    pub fn start_with(socket: PathBuf, args: &[&str]) -> Self {
+        let mut child = spawn_agent_with(&socket, args, Stdio::inherit());
+        wait_serving(&socket, &mut child);
+        Self { child, socket }
+    }
+
+    /// Takes over an agent spawned with [`spawn_agent`] and already serving `socket`; its
+    /// stderr is read (and dropped) from here on, so that its messages never meet a closed pipe.
+    pub fn adopt(mut child: Child, socket: PathBuf) -> Self {
+        if let Some(mut err) = child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         }
-        agent
+        Self { child, socket }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `netmon snapshot ARGS` through this agent, run inside `ns`.
@@ -468,6 +516,15 @@ impl AgentProcess {
             .env("NETMON_AGENT_SOCKET", &self.socket);
         output_in(ns, cmd)
     }
+
+    /// SIGTERM, then its exit status; panics if it is still running after `timeout`.
+    pub fn stop(mut self, timeout: Duration) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_with_timeout(&mut self.child, timeout);
+        std::mem::forget(self);
+        status
+    }
 }
 
 impl Drop for AgentProcess {
@@ -476,6 +533,16 @@ impl Drop for AgentProcess {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of process `pid` (VmRSS), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 /// `netmon snapshot ARGS` with no agent (a socket path nobody serves), inside `ns`.

@@ -16,7 +16,7 @@
 //! time.
 
 mod load;
-mod sys;
+pub(crate) mod sys;
 
 use std::{
     collections::BTreeMap,

@@ -7,6 +7,7 @@
 
 mod bench;
 mod package;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -87,6 +88,18 @@ enum Task {
     /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
     /// CPU. Prints one table and writes it to target/bench/report.md.
     Bench(bench::BenchArgs),
+    /// Run `netmon agent` and `netmon watch` for N minutes under a mixed load (churn,
+    /// long-lived connections, snapshot clients, a misbehaving client) and print their RSS,
+    /// fds, losses and snapshot latency over time (root; loads the machine; not in CI).
+    Soak(soak::SoakArgs),
+    /// (soak internal) Connect+close at a fixed rate, run inside the soak's namespace.
+    #[command(hide = true)]
+    SoakChurn {
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        secs: f64,
+    },
     /// (bench internal) The connect+close storm, run inside the bench's namespace.
     #[command(hide = true)]
     BenchStorm {
@@ -135,6 +148,12 @@ fn run(task: Task) -> Result<()> {
             bench::bench(&args, &bin, &target_dir())
         }
         Task::BenchStorm { threads, secs, max } => bench::storm(threads, secs, max),
+        Task::Soak(args) => {
+            setup()?;
+            let bin = build(true)?;
+            soak::soak(&args, &bin, &target_dir())
+        }
+        Task::SoakChurn { rate, secs } => soak::churn(rate, secs),
         Task::BenchHold { conns, id } => bench::hold(conns, id),
         Task::Package { check } => {
             setup()?;
@@ -367,7 +386,15 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     sh("cargo", &clippy)?;
     let bin = build(release)?;
     // Unit tests first: no kernel, no root needed.
-    let mut unit = vec!["test", "--package", "netmon", "--package", "netmon-common"];
+    let mut unit = vec![
+        "test",
+        "--package",
+        "netmon",
+        "--package",
+        "netmon-common",
+        "--package",
+        "xtask",
+    ];
     unit.extend(profile);
     sh("cargo", &unit)?;
     // Integration tests one at a time: each loads its own program, and the counters they
@@ -376,6 +403,28 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     integ.extend(profile);
     integ.extend(["--", "--test-threads=1"]);
     if let Some(f) = filter {
+        // A typo must not pass as "0 tests, ok".
+        let mut list = integ.clone();
+        list.extend(["--list", "--format", "terse", f]);
+        let listed = Command::new("cargo")
+            .args(&list)
+            .env("NETMON_BIN", &bin)
+            .current_dir(workspace_root())
+            .output()
+            .context("listing the integration tests")?;
+        if !listed.status.success() {
+            bail!(
+                "listing the integration tests failed: {}",
+                String::from_utf8_lossy(&listed.stderr)
+            );
+        }
+        let matched = count_listed(&String::from_utf8_lossy(&listed.stdout));
+        if matched == 0 {
+            bail!(
+                "no integration test name contains {f:?}; list them with `cargo test -p netmon-tests -- --list`"
+            );
+        }
+        eprintln!("xtask: {matched} integration tests match {f:?}");
         integ.push(f);
     }
     let status = Command::new("cargo")
@@ -394,6 +443,12 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         eprintln!("xtask: {PACKAGE_TEST}: ok ({})", score.trim());
     }
     Ok(())
+}
+
+/// Tests in the output of `cargo test -- --list --format terse` (`name: test` lines, one
+/// block per test binary).
+fn count_listed(list: &str) -> usize {
+    list.lines().filter(|l| l.ends_with(": test")).count()
 }
 
 fn sh(program: &str, args: &[&str]) -> Result<()> {
@@ -417,4 +472,17 @@ fn capture(program: &str, args: &[&str]) -> Result<String> {
         bail!("`{program} {}` failed", args.join(" "));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_listed_tests_across_binaries() {
+        let list = "cli::watch_exits_0: test\nsnapshot::agent_answers: test\n\
+                    tests::bench: benchmark\n";
+        assert_eq!(count_listed(list), 2);
+        assert_eq!(count_listed(""), 0);
+    }
 }

@@ -5,6 +5,7 @@
 //! client's bytes unread, so the kernel sends a RST.
 //! `tcp-peer client ADDR MODE`: connects, writes, and for `normal` shuts down and reads to EOF;
 //! `reset` waits for the server's RST; `refused` expects the connect to be refused.
+//! With `TCP_PEER_COMM` set, the process first renames itself to it (`PR_SET_NAME`, any bytes).
 
 use std::{
     io::{Read, Write},
@@ -13,6 +14,11 @@ use std::{
 };
 
 fn main() {
+    if let Some(name) = std::env::var_os("TCP_PEER_COMM") {
+        let name = std::ffi::CString::new(name.into_encoded_bytes()).expect("no NUL in the name");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel keeps 15 bytes).
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) }, 0);
+    }
     let args: Vec<String> = std::env::args().collect();
     let [_, role, addr, mode] = args.as_slice() else {
         eprintln!("usage: tcp-peer server|client ADDR MODE");

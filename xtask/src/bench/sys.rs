@@ -112,6 +112,15 @@ impl Proc {
         })
     }
 
+    /// Takes charge of a child spawned elsewhere.
+    pub fn adopt(child: Child, what: impl Into<String>) -> Self {
+        Self {
+            child,
+            what: what.into(),
+            done: None,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,302 @@
+//! Where a snapshot's data comes from: a socket source (the kernel over sock_diag, or a
+//! recorded dump replayed, like ss's TCPDIAG_FILE) merged with what a table knows, by
+//! [`collect`], the one assembly used by the agent and by the one-shot fallback.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    netns::{self, Netns},
+    output::Clock,
+    snapshot::{Data, Row},
+    sock_diag::{DiagError, DiagSock},
+    table::{Closed, Owner, Table},
+};
+
+/// Which namespaces a snapshot covers.
+#[derive(Debug)]
+pub enum Scope {
+    /// One namespace: the caller's (held open, so it cannot be recycled meanwhile).
+    Caller(Netns),
+    /// Every namespace the source can reach.
+    All,
+}
+
+/// A dump of one namespace and when it started (CLOCK_MONOTONIC).
+#[derive(Debug)]
+pub struct NsDump {
+    pub netns: u32,
+    pub t0_ns: u64,
+    pub dump: Result<Vec<DiagSock>, DiagError>,
+}
+
+/// Lists the sockets of the namespaces in a scope. Blocking: keep it off the thread that
+/// drains the ring.
+pub trait SocketSource {
+    fn dumps(&self, scope: &Scope) -> Vec<NsDump>;
+}
+
+/// The kernel, over sock_diag.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveSource;
+
+impl SocketSource for LiveSource {
+    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+        let dump = |ns: &Netns| NsDump {
+            netns: ns.inum,
+            t0_ns: Clock::mono_now_ns(),
+            dump: ns.dump(),
+        };
+        match scope {
+            Scope::Caller(ns) => vec![dump(ns)],
+            Scope::All => netns::all().iter().map(dump).collect(),
+        }
+    }
+}
+
+/// Recorded dumps, by namespace inode, replayed as if the kernel answered them now.
+#[derive(Clone, Debug, Default)]
+pub struct ReplaySource {
+    pub namespaces: BTreeMap<u32, Vec<DiagSock>>,
+}
+
+impl SocketSource for ReplaySource {
+    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+        let replay = |(netns, socks): (&u32, &Vec<DiagSock>)| NsDump {
+            netns: *netns,
+            t0_ns: Clock::mono_now_ns(),
+            dump: Ok(socks.clone()),
+        };
+        match scope {
+            Scope::Caller(ns) => self
+                .namespaces
+                .get_key_value(&ns.inum)
+                .map(replay)
+                .into_iter()
+                .collect(),
+            Scope::All => self.namespaces.iter().map(replay).collect(),
+        }
+    }
+}
+
+/// The table is out of reach: the agent's tracer stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent's tracer stopped")]
+pub struct TracerStopped;
+
+/// What a table adds to a dump: ages and owners of its rows, and the closed history.
+pub trait Enrich {
+    /// Makes the table agree with a dump of `netns` that started at `t0_ns`, and returns the
+    /// dump's rows with what the table knows of each socket.
+    fn rows(
+        &mut self,
+        netns: u32,
+        t0_ns: u64,
+        dump: Vec<DiagSock>,
+    ) -> Result<Vec<Row>, TracerStopped>;
+
+    /// Closed connections of these namespaces (all with `None`) that ended at or after
+    /// `since_ns`, oldest first, and how many older ones were evicted from the history.
+    fn closed_since(
+        &mut self,
+        netns: Option<&[u32]>,
+        since_ns: u64,
+    ) -> Result<(Vec<Closed>, u64), TracerStopped>;
+}
+
+impl Enrich for Table {
+    fn rows(
+        &mut self,
+        netns: u32,
+        t0_ns: u64,
+        dump: Vec<DiagSock>,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        self.reconcile(netns, &dump, t0_ns);
+        Ok(dump
+            .into_iter()
+            .map(|s| Row::new(s, netns, Some(self)))
+            .collect())
+    }
+
+    fn closed_since(
+        &mut self,
+        netns: Option<&[u32]>,
+        since_ns: u64,
+    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
+        let closed = self
+            .closed()
+            .filter(|c| c.closed_ns >= since_ns)
+            .filter(|c| netns.is_none_or(|n| n.contains(&c.netns)))
+            .copied()
+            .collect();
+        Ok((closed, self.evicted))
+    }
+}
+
+/// No table, as ss: owners (if asked) from a /proc walk, no ages, no history.
+#[derive(Debug, Default)]
+pub struct ProcOwners(pub Option<HashMap<u32, Owner>>);
+
+impl Enrich for ProcOwners {
+    fn rows(
+        &mut self,
+        netns: u32,
+        _t0_ns: u64,
+        dump: Vec<DiagSock>,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        Ok(dump
+            .into_iter()
+            .map(|s| Row {
+                owner: self.0.as_ref().and_then(|o| o.get(&s.inode)).copied(),
+                ..Row::new(s, netns, None)
+            })
+            .collect())
+    }
+
+    fn closed_since(
+        &mut self,
+        _netns: Option<&[u32]>,
+        _since_ns: u64,
+    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
+        Ok((Vec::new(), 0))
+    }
+}
+
+/// What to collect.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct What {
+    /// Closed connections of the last this-many nanoseconds instead of live sockets.
+    pub closed_within_ns: Option<u64>,
+}
+
+/// A snapshot's data, owned (it may be rendered on another thread than the table's).
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub rows: Vec<Row>,
+    pub closed: Vec<Closed>,
+    pub evicted: u64,
+    pub now_ns: u64,
+}
+
+impl Collected {
+    /// The renderer's view (the rows move into it).
+    pub fn data(&mut self, clock: Clock) -> Data<'_> {
+        Data {
+            rows: std::mem::take(&mut self.rows),
+            closed: self.closed.iter().collect(),
+            evicted: self.evicted,
+            now_ns: self.now_ns,
+            clock,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("dumping sockets of netns {netns}")]
+    Dump {
+        netns: u32,
+        #[source]
+        source: DiagError,
+    },
+    #[error(transparent)]
+    Stopped(#[from] TracerStopped),
+}
+
+/// Assembles a snapshot: the scope's sockets from `source`, merged with `table`.
+pub fn collect(
+    source: &impl SocketSource,
+    scope: &Scope,
+    table: &mut impl Enrich,
+    what: What,
+) -> Result<Collected, CollectError> {
+    let mut out = Collected::default();
+    if let Some(window) = what.closed_within_ns {
+        let netns = match scope {
+            Scope::Caller(ns) => Some(vec![ns.inum]),
+            Scope::All => None,
+        };
+        let now_ns = Clock::mono_now_ns();
+        let (closed, evicted) =
+            table.closed_since(netns.as_deref(), now_ns.saturating_sub(window))?;
+        out.closed = closed;
+        out.evicted = evicted;
+        out.now_ns = now_ns;
+        return Ok(out);
+    }
+    for d in source.dumps(scope) {
+        let dump = d.dump.map_err(|source| CollectError::Dump {
+            netns: d.netns,
+            source,
+        })?;
+        out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?);
+    }
+    out.now_ns = Clock::mono_now_ns();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use netmon_common::TcpState;
+
+    use super::*;
+
+    pub(crate) fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock {
+        DiagSock {
+            cookie,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            recv_q: 0,
+            send_q: 0,
+            uid: 0,
+            inode: cookie as u32,
+            ifindex: 0,
+            v6only: false,
+            timer: None,
+        }
+    }
+
+    #[test]
+    fn collect_merges_a_replayed_dump_with_the_table_and_scopes_by_namespace() {
+        let me = Netns::current().unwrap();
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([
+                (
+                    me.inum,
+                    vec![diag(1, TcpState::Listen, "127.0.0.1:80", "0.0.0.0:0")],
+                ),
+                (
+                    me.inum + 1,
+                    vec![diag(2, TcpState::Established, "10.0.0.1:1", "10.0.0.2:2")],
+                ),
+            ]),
+        };
+        let mut table = Table::new();
+        let got = collect(&source, &Scope::Caller(me), &mut table, What::default()).unwrap();
+        assert_eq!(got.rows.len(), 1);
+        assert_eq!(got.rows[0].sock.cookie, 1);
+        assert_eq!(table.len(), 1, "the table learned the namespace it saw");
+        let got = collect(&source, &Scope::All, &mut table, What::default()).unwrap();
+        assert_eq!(got.rows.len(), 2);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn the_fallback_names_owners_from_a_proc_walk() {
+        let me = Netns::current().unwrap();
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([(
+                me.inum,
+                vec![diag(7, TcpState::Listen, "127.0.0.1:80", "0.0.0.0:0")],
+            )]),
+        };
+        let owner = Owner {
+            task: crate::decode::Task::new(55, 55, 0, "sshd"),
+            fd: Some(3),
+        };
+        let mut enrich = ProcOwners(Some(HashMap::from([(7, owner)])));
+        let got = collect(&source, &Scope::Caller(me), &mut enrich, What::default()).unwrap();
+        assert_eq!(got.rows[0].owner, Some(owner));
+        assert_eq!(got.rows[0].born_ns, None, "no table, no ages");
+    }
+}

@@ -1,0 +1,655 @@
+//! The one event loop: the attached probe and its ring, seeding, decoding, table updates,
+//! loss and malformed-record accounting, the wake-up policy and reconciles with the kernel.
+//!
+//! Consumers ([`Sink`]s: `watch`'s printer, the agent, a future exporter) receive records and
+//! never touch the ring. [`Pipeline`] is the pure part (ring records and counter readings in,
+//! sink calls out) and is tested without a kernel; [`Tracer`] adds the probe and the loop. Other
+//! threads reach the table through [`TracerHandle`], whose queries the loop answers between
+//! two drains, so that dumps and rendering never run on the thread that drains the ring.
+
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
+
+use netmon_common::{DEFAULT_WAKEUP_BYTES, KernelFilter};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    attach::{AttachError, KernelCounters, Probe, ProbeConfig, RingWaiter},
+    decode::{self, Event, Transition},
+    output::{Clock, LossKind},
+    procfs,
+    snapshot::Row,
+    sock_diag::DiagSock,
+    source::{Enrich, LiveSource, NsDump, Scope, SocketSource, TracerStopped},
+    table::{Closed, Owner, Table},
+};
+
+/// How often the reader drains the ring when the program has not woken it.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the loss counters are read (a few syscalls each).
+const COUNTERS_EVERY: Duration = Duration::from_millis(250);
+/// At most this many ring batches are drained before a reconcile: what the ring held when the
+/// dump ended, without chasing a producer as fast as the reader for ever.
+const DRAIN_BEFORE_RECONCILE: usize = 4;
+
+/// How to trace.
+#[derive(Clone, Copy, Debug)]
+pub struct TracerConfig {
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// What the program may drop before it reaches the ring.
+    pub filter: KernelFilter,
+    /// Closed connections the table remembers (0: none, e.g. for `watch`).
+    pub closed_capacity: usize,
+    /// Reconcile every namespace with a dump this often (`None`: only at start).
+    pub resync_every: Option<Duration>,
+    /// After a counted loss, reconcile every namespace, at most once per this interval.
+    pub resync_after_loss: Option<Duration>,
+}
+
+impl TracerConfig {
+    /// The probe this config asks for. The program wakes the reader once a quarter of a small
+    /// ring is waiting (never later than the default threshold): a ring smaller than four
+    /// thresholds would otherwise fill before anyone is woken, and be read only on the tick.
+    pub fn probe_config(&self) -> ProbeConfig {
+        ProbeConfig {
+            ring_bytes: self.ring_bytes,
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_bytes) / 4),
+            filter: self.filter,
+            hints: true,
+        }
+    }
+}
+
+/// A loss the kernel counted: `count` new ones of `kind`, `total` since start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loss {
+    pub kind: LossKind,
+    pub count: u64,
+    pub total: u64,
+}
+
+/// Everything lost or unreadable since start, as told to clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LossTotals {
+    /// Transitions dropped on a full ring.
+    pub ring_full: u64,
+    /// Transitions no copy of the program saw (the kernel's recursion guard).
+    pub recursion: u64,
+    /// Owner and reset hints dropped on a full ring.
+    pub hints_ring_full: u64,
+    /// Ring records that did not decode (a build mismatch).
+    pub malformed: u64,
+}
+
+impl LossTotals {
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What consumes the tracer's records. Every method has a default that ignores the record,
+/// so a consumer implements only what it shows.
+pub trait Sink {
+    /// A transition, after the table applied it: the socket's owner as the table knows it and
+    /// the time spent in the state it left (when the table saw it enter that state).
+    fn transition(
+        &mut self,
+        _t: &Transition,
+        _owner: Option<&Owner>,
+        _prev_state_ns: Option<u64>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A connection that ended, at the end of the batch its CLOSE came in (so that a reset
+    /// reported just after the CLOSE is part of it).
+    fn closed(&mut self, _c: &Closed) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// New losses counted by the kernel.
+    fn loss(&mut self, _loss: &Loss) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The end of a batch: a good time to flush.
+    fn end_batch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A consumer that needs nothing but the table (the agent).
+impl Sink for () {}
+
+/// Two consumers of the same records, in order.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn transition(&mut self, t: &Transition, o: Option<&Owner>, p: Option<u64>) -> io::Result<()> {
+        self.0.transition(t, o, p)?;
+        self.1.transition(t, o, p)
+    }
+    fn closed(&mut self, c: &Closed) -> io::Result<()> {
+        self.0.closed(c)?;
+        self.1.closed(c)
+    }
+    fn loss(&mut self, loss: &Loss) -> io::Result<()> {
+        self.0.loss(loss)?;
+        self.1.loss(loss)
+    }
+    fn end_batch(&mut self) -> io::Result<()> {
+        self.0.end_batch()?;
+        self.1.end_batch()
+    }
+}
+
+/// Ring records and counter readings to table updates and sink calls.
+pub struct Pipeline {
+    pub table: Table,
+    /// Losses reported so far: ring full, recursion, hints.
+    reported: [u64; 3],
+    /// Records that did not decode: counted, never silently dropped.
+    malformed: u64,
+}
+
+impl Pipeline {
+    pub fn new(table: Table) -> Self {
+        Self {
+            table,
+            reported: [0; 3],
+            malformed: 0,
+        }
+    }
+
+    /// One ring record.
+    pub fn record(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
+        let Ok(event) = decode::decode(bytes) else {
+            self.malformed += 1;
+            return Ok(());
+        };
+        let applied = self.table.event(&event);
+        if applied.duplicate {
+            return Ok(());
+        }
+        let Event::Transition(t) = event else {
+            return Ok(());
+        };
+        let owner = applied
+            .closed
+            .and_then(|c| c.owner)
+            .or_else(|| self.table.get(t.cookie).and_then(|s| s.owner));
+        sink.transition(&t, owner.as_ref(), applied.prev_state_ns)
+    }
+
+    /// Hands out the connections closed in the batch, then ends it.
+    pub fn end_batch(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        for c in self.table.take_batch() {
+            sink.closed(&c)?;
+        }
+        sink.end_batch()
+    }
+
+    /// Reports new losses in `now` to the sink; returns them.
+    pub fn counters(
+        &mut self,
+        now: &KernelCounters,
+        sink: &mut impl Sink,
+    ) -> io::Result<Vec<Loss>> {
+        let mut out = Vec::new();
+        let totals = [
+            (LossKind::RingFull, now.ring_full),
+            (
+                LossKind::Recursion,
+                now.recursion_lost(self.table.duplicates),
+            ),
+            (LossKind::HintsRingFull, now.hints_ring_full),
+        ];
+        for (slot, (kind, total)) in totals.into_iter().enumerate() {
+            // Totals only grow; a racy reading that lags is reported later, never twice.
+            let before = self.reported[slot];
+            if total > before {
+                let loss = Loss {
+                    kind,
+                    count: total - before,
+                    total,
+                };
+                sink.loss(&loss)?;
+                out.push(loss);
+                self.reported[slot] = total;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Losses reported so far, and records that did not decode.
+    pub fn losses(&self) -> LossTotals {
+        LossTotals {
+            ring_full: self.reported[0],
+            recursion: self.reported[1],
+            hints_ring_full: self.reported[2],
+            malformed: self.malformed,
+        }
+    }
+
+    /// Transitions the kernel delivered twice, shown once (see `Table::apply`).
+    pub fn duplicates(&self) -> u64 {
+        self.table.duplicates
+    }
+}
+
+/// Dumps every namespace on the machine (blocking: run it off the draining thread).
+fn dump_all() -> Vec<NsDump> {
+    LiveSource.dumps(&Scope::All)
+}
+
+/// What other threads may ask of the table; the loop answers between two drains.
+pub enum Query {
+    /// Reconcile namespace `netns` with a dump that started at `t0_ns` and return its rows
+    /// with what the table knows (ages, owners).
+    Merge {
+        netns: u32,
+        t0_ns: u64,
+        dump: Vec<DiagSock>,
+        reply: oneshot::Sender<Vec<Row>>,
+    },
+    /// Closed connections of these namespaces that ended at or after `since_ns`, with the
+    /// count of evicted ones.
+    Closed {
+        netns: Option<Vec<u32>>,
+        since_ns: u64,
+        reply: oneshot::Sender<(Vec<Closed>, u64)>,
+    },
+    /// What was lost so far.
+    Losses { reply: oneshot::Sender<LossTotals> },
+}
+
+/// A handle on a running tracer's table, for blocking threads (it implements [`Enrich`]).
+#[derive(Clone)]
+pub struct TracerHandle {
+    queries: mpsc::Sender<Query>,
+}
+
+impl TracerHandle {
+    /// A handle and the receiver to give [`Tracer::run`].
+    pub fn new() -> (Self, mpsc::Receiver<Query>) {
+        // Few: each client has at most one query outstanding, and clients are limited.
+        let (queries, rx) = mpsc::channel(64);
+        (Self { queries }, rx)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, TracerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .blocking_send(make(tx))
+            .map_err(|_| TracerStopped)?;
+        rx.blocking_recv().map_err(|_| TracerStopped)
+    }
+
+    /// Loss totals so far (blocking).
+    pub fn losses(&self) -> Result<LossTotals, TracerStopped> {
+        self.ask(|reply| Query::Losses { reply })
+    }
+}
+
+impl Enrich for TracerHandle {
+    fn rows(
+        &mut self,
+        netns: u32,
+        t0_ns: u64,
+        dump: Vec<DiagSock>,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        self.ask(|reply| Query::Merge {
+            netns,
+            t0_ns,
+            dump,
+            reply,
+        })
+    }
+
+    fn closed_since(
+        &mut self,
+        netns: Option<&[u32]>,
+        since_ns: u64,
+    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
+        let netns = netns.map(<[u32]>::to_vec);
+        self.ask(|reply| Query::Closed {
+            netns,
+            since_ns,
+            reply,
+        })
+    }
+}
+
+/// The attached probe, the pipeline and the loop.
+pub struct Tracer {
+    probe: Probe,
+    pub pipeline: Pipeline,
+    config: TracerConfig,
+}
+
+impl Tracer {
+    /// Attaches the program. Events start filling the ring at once; call [`Tracer::seed`]
+    /// next, then [`Tracer::run`].
+    pub fn attach(config: &TracerConfig) -> Result<Self, AttachError> {
+        let probe = Probe::attach(&config.probe_config())?;
+        Ok(Self {
+            probe,
+            pipeline: Pipeline::new(Table::with_capacity(config.closed_capacity)),
+            config: *config,
+        })
+    }
+
+    /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
+    /// owners, so that their transitions name them. Attached first, so nothing falls between.
+    pub fn seed(&mut self) {
+        let owners = procfs::socket_owners();
+        for d in dump_all() {
+            self.apply_dump(&mut (), d, Some(&owners)).ok();
+        }
+    }
+
+    /// One batch from the ring; true if more may be waiting.
+    fn drain(&mut self, sink: &mut impl Sink) -> io::Result<bool> {
+        let mut result = Ok(());
+        let pipeline = &mut self.pipeline;
+        let drained = self.probe.drain(|bytes| {
+            if result.is_ok() {
+                result = pipeline.record(bytes, sink);
+            }
+        });
+        result?;
+        self.pipeline.end_batch(sink)?;
+        Ok(drained.more)
+    }
+
+    /// Applies what the ring holds up to now, so that a reconcile with a dump that ended
+    /// before this finds every event from before the dump already applied: the dump then
+    /// only settles what the ring lost, and never hides an event still waiting in the ring.
+    fn drain_for_reconcile(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        for _ in 0..DRAIN_BEFORE_RECONCILE {
+            if !self.drain(sink)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_dump(
+        &mut self,
+        sink: &mut impl Sink,
+        d: NsDump,
+        owners: Option<&HashMap<u32, Owner>>,
+    ) -> io::Result<()> {
+        self.drain_for_reconcile(sink)?;
+        match d.dump {
+            Ok(dump) => {
+                self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
+                if let Some(owners) = owners {
+                    self.pipeline.table.set_owners(&dump, owners);
+                }
+            }
+            Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, q: Query, sink: &mut impl Sink) -> io::Result<()> {
+        match q {
+            Query::Merge {
+                netns,
+                t0_ns,
+                dump,
+                reply,
+            } => {
+                self.drain_for_reconcile(sink)?;
+                let rows = self.pipeline.table.rows(netns, t0_ns, dump);
+                let _ = reply.send(rows.unwrap_or_default());
+            }
+            Query::Closed {
+                netns,
+                since_ns,
+                reply,
+            } => {
+                self.drain(sink)?;
+                let closed = self.pipeline.table.closed_since(netns.as_deref(), since_ns);
+                let _ = reply.send(closed.unwrap_or_default());
+            }
+            Query::Losses { reply } => {
+                let _ = reply.send(self.pipeline.losses());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the loss counters; true if a loss grew.
+    fn read_counters(&mut self, sink: &mut impl Sink) -> anyhow::Result<bool> {
+        let now = self.probe.counters()?;
+        Ok(!self.pipeline.counters(&now, sink)?.is_empty())
+    }
+
+    /// Drains the ring into `sink`, answers `queries`, reconciles as configured, until `stop`
+    /// resolves or the sink fails (e.g. its output closed).
+    pub async fn run(
+        &mut self,
+        sink: &mut impl Sink,
+        mut queries: Option<mpsc::Receiver<Query>>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut waiter = RingWaiter::new(&self.probe, TICK)?;
+        tokio::pin!(stop);
+        let mut more = false;
+        let mut counters_read = Instant::now();
+        let mut last_resync = Instant::now();
+        let mut loss_pending = false;
+        // A reconcile's dumps run on a blocking thread while the ring keeps draining.
+        let mut resync: Option<tokio::task::JoinHandle<Vec<NsDump>>> = None;
+        loop {
+            let due = resync.is_none()
+                && (self
+                    .config
+                    .resync_every
+                    .is_some_and(|every| last_resync.elapsed() >= every)
+                    || (loss_pending
+                        && self
+                            .config
+                            .resync_after_loss
+                            .is_some_and(|gap| last_resync.elapsed() >= gap)));
+            if due {
+                loss_pending = false;
+                last_resync = Instant::now();
+                resync = Some(tokio::task::spawn_blocking(dump_all));
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => {
+                    self.drain(sink)?;
+                    self.read_counters(sink)?;
+                    sink.end_batch()?;
+                    return Ok(());
+                }
+                waited = waiter.wait(more) => {
+                    waited?;
+                    more = self.drain(sink)?;
+                    if counters_read.elapsed() >= COUNTERS_EVERY {
+                        counters_read = Instant::now();
+                        if self.read_counters(sink)? {
+                            loss_pending = true;
+                        }
+                        sink.end_batch()?;
+                    }
+                }
+                Some(q) = async { match queries.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                } } => self.answer(q, sink)?,
+                dumps = async { match resync.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                } } => {
+                    resync = None;
+                    for d in dumps.unwrap_or_default() {
+                        self.apply_dump(sink, d, None)?;
+                    }
+                    self.pipeline.table.expire(Clock::mono_now_ns());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netmon_common::AF_INET;
+
+    use super::*;
+    use crate::decode::tests::event;
+
+    /// Records every call, for assertions.
+    #[derive(Default)]
+    struct Log {
+        transitions: Vec<(u64, Option<u64>)>,
+        closed: Vec<Closed>,
+        losses: Vec<Loss>,
+        batches: usize,
+    }
+
+    impl Sink for Log {
+        fn transition(
+            &mut self,
+            t: &Transition,
+            _: Option<&Owner>,
+            p: Option<u64>,
+        ) -> io::Result<()> {
+            self.transitions.push((t.ts_ns, p));
+            Ok(())
+        }
+        fn closed(&mut self, c: &Closed) -> io::Result<()> {
+            self.closed.push(*c);
+            Ok(())
+        }
+        fn loss(&mut self, loss: &Loss) -> io::Result<()> {
+            self.losses.push(*loss);
+            Ok(())
+        }
+        fn end_batch(&mut self) -> io::Result<()> {
+            self.batches += 1;
+            Ok(())
+        }
+    }
+
+    pub(crate) fn raw(ts: u64, old: u8, new: u8) -> Vec<u8> {
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], old, new);
+        ev.ts_ns = ts;
+        bytes(&ev)
+    }
+
+    fn bytes(ev: &netmon_common::SockEvent) -> Vec<u8> {
+        // SAFETY: plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const netmon_common::SockEvent).cast::<u8>(),
+                size_of_val(ev),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn small_rings_wake_the_reader_at_a_quarter() {
+        let config = |ring_bytes| TracerConfig {
+            ring_bytes,
+            filter: KernelFilter::ALL,
+            closed_capacity: 0,
+            resync_every: None,
+            resync_after_loss: None,
+        };
+        assert_eq!(config(65536).probe_config().wakeup_bytes, 16384);
+        assert_eq!(
+            config(netmon_common::DEFAULT_RING_BYTES)
+                .probe_config()
+                .wakeup_bytes,
+            DEFAULT_WAKEUP_BYTES
+        );
+    }
+
+    #[test]
+    fn records_reach_the_sink_with_time_in_previous_state_and_bad_ones_are_counted() {
+        let mut p = Pipeline::new(Table::with_capacity(0));
+        let mut log = Log::default();
+        p.record(&raw(1_000, 7, 2), &mut log).unwrap();
+        p.record(&raw(3_000, 2, 1), &mut log).unwrap();
+        p.record(&raw(3_500, 2, 1), &mut log).unwrap(); // delivered twice
+        p.record(&[1, 2, 3], &mut log).unwrap();
+        assert_eq!(log.transitions, [(1_000, None), (3_000, Some(2_000))]);
+        assert_eq!(p.losses().malformed, 1);
+        assert_eq!(p.duplicates(), 1);
+    }
+
+    #[test]
+    fn closed_connections_wait_for_the_batch_and_take_late_resets() {
+        let mut p = Pipeline::new(Table::with_capacity(0));
+        let mut log = Log::default();
+        p.record(&raw(1_000, 7, 2), &mut log).unwrap();
+        p.record(&raw(2_000, 2, 1), &mut log).unwrap();
+        p.record(&raw(3_000, 1, 7), &mut log).unwrap();
+        let mut rst = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7, 7);
+        rst.kind = netmon_common::EventKind::ResetSent as u8;
+        p.record(&bytes(&rst), &mut log).unwrap();
+        assert!(log.closed.is_empty(), "held until the batch ends");
+        p.end_batch(&mut log).unwrap();
+        assert_eq!(log.closed.len(), 1);
+        assert_eq!(log.closed[0].end, crate::table::End::ResetSent);
+        assert_eq!(log.closed[0].lifespan_ns(), Some(2_000));
+        assert_eq!(log.batches, 1);
+        p.end_batch(&mut log).unwrap();
+        assert_eq!(log.closed.len(), 1, "handed out once");
+    }
+
+    #[test]
+    fn losses_are_reported_once_as_deltas() {
+        let mut p = Pipeline::new(Table::with_capacity(0));
+        let mut log = Log::default();
+        let c1 = KernelCounters {
+            ring_full: 4,
+            primary_misses: 3,
+            recovered: 1,
+            seen: 10,
+            hints_ring_full: 0,
+            fired: 0,
+        };
+        let kinds = |l: &[Loss]| {
+            l.iter()
+                .map(|l| (l.kind, l.count, l.total))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&p.counters(&c1, &mut log).unwrap()),
+            [(LossKind::RingFull, 4, 4), (LossKind::Recursion, 2, 2)]
+        );
+        assert!(p.counters(&c1, &mut log).unwrap().is_empty(), "nothing new");
+        let c2 = KernelCounters {
+            ring_full: 6,
+            primary_misses: 5,
+            recovered: 3,
+            seen: 20,
+            hints_ring_full: 3,
+            fired: 0,
+        };
+        assert_eq!(
+            kinds(&p.counters(&c2, &mut log).unwrap()),
+            [(LossKind::RingFull, 2, 6), (LossKind::HintsRingFull, 3, 3)]
+        );
+        assert_eq!(log.losses.len(), 4);
+        assert_eq!(
+            p.losses(),
+            LossTotals {
+                ring_full: 6,
+                recursion: 2,
+                hints_ring_full: 3,
+                malformed: 0
+            }
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! `cargo xtask soak --minutes N` (root, not in CI): `netmon agent` and `netmon watch` under a
+//! mixed, bounded load for N minutes, sampled over time: RSS and fds of both, transitions seen
+//! against the load's own count, losses reported, snapshot latency.
+//!
+//! The load, all on loopback in namespaces the soak creates:
+//! - churn: connect+close at a fixed rate ([`churn`], a hidden subcommand run in the churn
+//!   namespace), which counts what it made: the ground truth for "nothing lost", 10
+//!   transitions per connection and 2 for the listener, that `watch` (filtered on that
+//!   namespace) must show or report lost;
+//! - long-lived: `bench-hold` keeps established connections open all along in another one;
+//! - snapshot clients: `netmon snapshot -tan` in the long-lived namespace every second, timed,
+//!   and `--closed` in the churn namespace every 10 s;
+//! - a misbehaving client: half requests that stall, garbage, idle connections held open,
+//!   replies never read.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::bench::sys::{self, Netns, Proc};
+
+const NETNS_PREFIX: &str = "netmon-soak-";
+
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub minutes: f64,
+    /// Seconds between two samples.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub interval: u64,
+    /// Connections per second of the churn.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub rate: u32,
+    /// Connections held open all along (two sockets each).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub long_lived: u32,
+}
+
+/// One sample of the soak.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    at_s: f64,
+    agent_rss_kib: u64,
+    agent_fds: usize,
+    watch_rss_kib: u64,
+    watch_fds: usize,
+    connections: u64,
+    transitions: u64,
+    lost_reported: u64,
+    snapshots: usize,
+    snapshot_p99_ms: f64,
+    snapshot_failures: u64,
+}
+
+/// What the reader of `watch`'s output counted.
+#[derive(Debug, Default)]
+struct WatchCounts {
+    transitions: AtomicU64,
+    lost: AtomicU64,
+}
+
+pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the soak loads eBPF programs and creates network namespaces: run it as root");
+    }
+    if !(0.5..=24.0 * 60.0).contains(&args.minutes) {
+        bail!("--minutes must be between 0.5 and 1440");
+    }
+    if !(1..=20_000).contains(&args.rate) || args.long_lived > 9000 || args.interval == 0 {
+        bail!("--rate must be 1..=20000, --long-lived at most 9000, --interval at least 1");
+    }
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let dir = target.join("soak");
+    std::fs::create_dir_all(&dir)?;
+    sys::remove_stale_netns(NETNS_PREFIX);
+    let me = std::process::id();
+    let churn_ns = Netns::create(format!("{NETNS_PREFIX}{me}-churn"))?;
+    let held_ns = Netns::create(format!("{NETNS_PREFIX}{me}-held"))?;
+    let secs = args.minutes * 60.0;
+
+    let socket = dir.join("agent.sock");
+    let mut agent = Proc::spawn(
+        Command::new(netmon)
+            .args(["agent", "--socket"])
+            .arg(&socket)
+            .stderr(std::fs::File::create(dir.join("agent.err"))?),
+        "netmon agent",
+    )?;
+    wait_serving(&mut agent, &socket)?;
+    let mut watch = Proc::spawn(
+        Command::new(netmon)
+            .args(["watch", "--format", "json"])
+            .arg(format!("netns = {}", churn_ns.inum))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("watch.err"))?),
+        "netmon watch",
+    )?;
+    let counts = Arc::new(WatchCounts::default());
+    let reader = {
+        let out = watch.child().stdout.take().context("watch stdout")?;
+        let counts = counts.clone();
+        std::thread::spawn(move || read_watch(out, &counts))
+    };
+    // watch prints nothing until there is traffic: give it the time to attach.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut held = Proc::spawn(
+        held_ns
+            .command(&xtask)
+            .args(["bench-hold", "--conns", &args.long_lived.to_string()])
+            .args(["--id", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+        "the long-lived connections",
+    )?;
+    let mut ready = String::new();
+    BufReader::new(held.child().stdout.take().context("hold stdout")?).read_line(&mut ready)?;
+    if !ready.starts_with("ready") {
+        bail!("bench-hold did not get ready: {ready:?}");
+    }
+    let connections = Arc::new(AtomicU64::new(0));
+    let mut churn = Proc::spawn(
+        churn_ns
+            .command(&xtask)
+            .args(["soak-churn", "--rate", &args.rate.to_string()])
+            .args(["--secs", &secs.to_string()])
+            .stdout(Stdio::piped()),
+        "the churn",
+    )?;
+    let churn_reader = {
+        let out = churn.child().stdout.take().context("churn stdout")?;
+        let connections = connections.clone();
+        std::thread::spawn(move || read_churn(out, &connections))
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let (held_ns, churn_ns) = (Arc::new(held_ns), Arc::new(churn_ns));
+    let clients = {
+        let (stop, latencies, failures) = (stop.clone(), latencies.clone(), failures.clone());
+        let (netmon, socket) = (netmon.to_owned(), socket.clone());
+        let (held_ns, churn_ns) = (held_ns.clone(), churn_ns.clone());
+        std::thread::spawn(move || {
+            let clients = Clients {
+                netmon: &netmon,
+                socket: &socket,
+                held_ns: &held_ns,
+                churn_ns: &churn_ns,
+            };
+            clients.run(&stop, &latencies, &failures);
+        })
+    };
+    let misbehaving = {
+        let (stop, socket, netmon) = (stop.clone(), socket.clone(), netmon.to_owned());
+        std::thread::spawn(move || misbehave(&netmon, &socket, &stop))
+    };
+
+    println!(
+        "soak: {:.1} min, churn {} conn/s, {} long-lived connections, sample every {} s",
+        args.minutes, args.rate, args.long_lived, args.interval
+    );
+    println!("{}", header());
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let end = started + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let next = (Instant::now() + Duration::from_secs(args.interval)).min(end);
+        while Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Some(status) = agent.exited()? {
+                bail!("the agent exited during the soak ({status})");
+            }
+            if let Some(status) = watch.exited()? {
+                bail!("watch exited during the soak ({status})");
+            }
+        }
+        let lat = std::mem::take(&mut *latencies.lock().unwrap());
+        let s = Sample {
+            at_s: started.elapsed().as_secs_f64(),
+            agent_rss_kib: sys::vm_kib(agent.pid(), "VmRSS")?,
+            agent_fds: fds(agent.pid()),
+            watch_rss_kib: sys::vm_kib(watch.pid(), "VmRSS")?,
+            watch_fds: fds(watch.pid()),
+            connections: connections.load(Ordering::Relaxed),
+            transitions: counts.transitions.load(Ordering::Relaxed),
+            lost_reported: counts.lost.load(Ordering::Relaxed),
+            snapshots: lat.len(),
+            snapshot_p99_ms: p99(&lat),
+            snapshot_failures: failures.swap(0, Ordering::Relaxed),
+        };
+        println!("{}", row(&s));
+        samples.push(s);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let churn_status = churn.wait(Duration::from_secs(60))?;
+    let made = churn_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("churn reader panicked"))??;
+    if !churn_status.success() {
+        bail!("the churn failed ({churn_status})");
+    }
+    let _ = clients.join();
+    let _ = misbehaving.join();
+    // Every churn connection ends within a few ms; then watch has drained (it reads at least
+    // every 50 ms) and flushes on SIGINT.
+    std::thread::sleep(Duration::from_secs(2));
+    let watch_status = watch.stop(libc::SIGINT, Duration::from_secs(30))?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("watch reader panicked"))??;
+    let agent_status = agent.stop(libc::SIGTERM, Duration::from_secs(30))?;
+    drop(held);
+    drop(churn_ns);
+
+    let expected = made.connections * 10 + made.listeners * 2;
+    let seen = counts.transitions.load(Ordering::Relaxed);
+    let lost = counts.lost.load(Ordering::Relaxed);
+    let report = verdict(&samples, expected, seen, lost);
+    println!("\n{report}");
+    println!(
+        "exits: watch {watch_status}, agent {agent_status}; churn made {} connections ({} errors)",
+        made.connections, made.errors
+    );
+    let path = dir.join("report.md");
+    let mut text = format!("{}\n", header());
+    for s in &samples {
+        text.push_str(&row(s));
+        text.push('\n');
+    }
+    text.push_str(&format!("\n{report}\n"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("soak: report written to {}", path.display());
+    Ok(())
+}
+
+fn header() -> String {
+    format!(
+        "{:>6} {:>10} {:>6} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
+        "min",
+        "agent_MB",
+        "fds",
+        "watch_MB",
+        "fds",
+        "conns",
+        "transitions",
+        "lost",
+        "snaps",
+        "p99_ms",
+        "failed"
+    )
+}
+
+fn row(s: &Sample) -> String {
+    format!(
+        "{:>6.1} {:>10.1} {:>6} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
+        s.at_s / 60.0,
+        s.agent_rss_kib as f64 / 1024.0,
+        s.agent_fds,
+        s.watch_rss_kib as f64 / 1024.0,
+        s.watch_fds,
+        s.connections,
+        s.transitions,
+        s.lost_reported,
+        s.snapshots,
+        s.snapshot_p99_ms,
+        s.snapshot_failures
+    )
+}
+
+/// The targets of issue 10: RSS of both flat within 10 % after minute 2, no unaccounted loss.
+fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
+    let mut out = String::new();
+    let after2: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= 120.0).collect();
+    for (name, rss) in [
+        (
+            "agent",
+            &(|s: &Sample| s.agent_rss_kib) as &dyn Fn(&Sample) -> u64,
+        ),
+        ("watch", &|s: &Sample| s.watch_rss_kib),
+    ] {
+        match spread(&after2.iter().map(|s| rss(s)).collect::<Vec<_>>()) {
+            Some((lo, hi)) => {
+                let growth = (hi as f64 / lo as f64 - 1.0) * 100.0;
+                out.push_str(&format!(
+                    "{name} RSS after minute 2: {:.1}-{:.1} MB, spread {growth:.1} % ({})\n",
+                    lo as f64 / 1024.0,
+                    hi as f64 / 1024.0,
+                    if growth <= 10.0 {
+                        "flat: met"
+                    } else {
+                        "NOT met"
+                    }
+                ));
+            }
+            None => out.push_str(&format!(
+                "{name} RSS after minute 2: no samples (run longer than 2 minutes)\n"
+            )),
+        }
+    }
+    let unaccounted = expected as i64 - seen as i64 - lost as i64;
+    out.push_str(&format!(
+        "transitions in the churn namespace: {expected} made (10 per connection + 2 per \
+         listener, counted by the load), {seen} shown by watch, {lost} reported lost: \
+         {unaccounted} unaccounted ({})\n",
+        if unaccounted == 0 { "met" } else { "NOT met" }
+    ));
+    let p99s: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.snapshots > 0)
+        .map(|s| s.snapshot_p99_ms)
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        p99s.iter().copied().reduce(f64::min),
+        p99s.iter().copied().reduce(f64::max),
+    ) {
+        out.push_str(&format!(
+            "snapshot latency p99 per sample: {lo:.1}-{hi:.1} ms; failed snapshots: {}\n",
+            samples.iter().map(|s| s.snapshot_failures).sum::<u64>()
+        ));
+    }
+    out
+}
+
+fn spread(xs: &[u64]) -> Option<(u64, u64)> {
+    Some((*xs.iter().min()?, *xs.iter().max()?))
+}
+
+fn p99(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn wait_serving(agent: &mut Proc, socket: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(socket).is_err() {
+        if agent.exited()?.is_some() || Instant::now() > deadline {
+            bail!("the agent did not start serving {}", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Counts transitions and reported losses in watch's JSON Lines (docs/json.md).
+fn read_watch(out: impl Read, counts: &WatchCounts) -> Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, out);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        if line.starts_with("{\"type\":\"transition\"") {
+            counts.transitions.fetch_add(1, Ordering::Relaxed);
+        } else if line.starts_with("{\"type\":\"loss\"") {
+            let count = line
+                .split("\"count\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            counts.lost.fetch_add(count, Ordering::Relaxed);
+        }
+        line.clear();
+    }
+    Ok(())
+}
+
+/// The churn's final count.
+#[derive(Debug, Default)]
+struct Made {
+    connections: u64,
+    listeners: u64,
+    errors: u64,
+}
+
+/// Follows the churn's progress lines (`connections=N`) and parses its last one.
+fn read_churn(out: impl Read, connections: &AtomicU64) -> Result<Made> {
+    let mut made = Made::default();
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(n) = field("connections") {
+            connections.store(n, Ordering::Relaxed);
+            made.connections = n;
+        }
+        if let (Some(l), Some(e)) = (field("listeners"), field("errors")) {
+            made.listeners = l;
+            made.errors = e;
+        }
+    }
+    Ok(made)
+}
+
+/// The well-behaved snapshot clients.
+struct Clients<'a> {
+    netmon: &'a Path,
+    socket: &'a Path,
+    held_ns: &'a Netns,
+    churn_ns: &'a Netns,
+}
+
+impl Clients<'_> {
+    /// `netmon snapshot -tan` in the long-lived namespace every second, timed, and
+    /// `--closed` in the churn namespace every 10 s; failures counted.
+    fn run(&self, stop: &AtomicBool, latencies: &Mutex<Vec<f64>>, failures: &AtomicU64) {
+        let mut round = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            round += 1;
+            let t0 = Instant::now();
+            let closed = round.is_multiple_of(10);
+            let (ns, args): (&Netns, &[&str]) = if closed {
+                (self.churn_ns, &["--closed", "10s"])
+            } else {
+                (self.held_ns, &["-tan"])
+            };
+            let status = ns
+                .command(self.netmon)
+                .arg("snapshot")
+                .args(args)
+                .env("NETMON_AGENT_SOCKET", self.socket)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            match status {
+                Ok(s) if s.success() => {
+                    if !closed {
+                        let ms = t0.elapsed().as_secs_f64() * 1e3;
+                        latencies.lock().unwrap().push(ms);
+                    }
+                }
+                _ => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(t0.elapsed()));
+        }
+    }
+}
+
+/// A client that does everything wrong, a little every second: a request cut in the middle
+/// and left hanging, garbage, a `snapshot --all-netns` whose output nobody reads (so it stops
+/// reading its reply) stopped after 10 s, and 20 idle connections held for 10 s every 10 s.
+/// Bounded: about 60 connections and 10 processes at once at most.
+fn misbehave(netmon: &Path, socket: &Path, stop: &AtomicBool) {
+    let mut idle: Vec<(Instant, UnixStream)> = Vec::new();
+    let mut stuck: Vec<(Instant, Proc)> = Vec::new();
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        idle.retain(|(since, _)| since.elapsed() < Duration::from_secs(10));
+        // Dropping a Proc stops it (SIGTERM, by pid).
+        stuck.retain(|(since, _)| since.elapsed() < Duration::from_secs(10));
+        if let Ok(mut s) = UnixStream::connect(socket) {
+            let _ = s.write_all(br#"{"snapshot":{"tcp":tr"#);
+            idle.push((Instant::now(), s));
+        }
+        if let Ok(mut s) = UnixStream::connect(socket) {
+            let _ = s.write_all(b"\x00\xff garbage\n");
+        }
+        let slow = Command::new(netmon)
+            .args(["snapshot", "-tan", "--all-netns"])
+            .env("NETMON_AGENT_SOCKET", socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(child) = slow {
+            stuck.push((
+                Instant::now(),
+                Proc::adopt(child, "a stuck snapshot client"),
+            ));
+        }
+        if round.is_multiple_of(10) {
+            for _ in 0..20 {
+                if let Ok(s) = UnixStream::connect(socket) {
+                    idle.push((Instant::now(), s));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `xtask soak-churn`: one client and one accepting thread, connect + close at `rate` per
+/// second for `secs` (count bounded by rate x secs), to loopback addresses spread over
+/// 127.1.0.0/16 so that ephemeral ports never run out under TIME-WAIT. Prints
+/// `connections=N` every second and, at the end, `connections=N listeners=1 errors=E`.
+pub fn churn(rate: u32, secs: f64) -> Result<()> {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    let port = listener.local_addr()?.port();
+    let max = (f64::from(rate) * secs) as u64;
+    // Detached: it ends with the process.
+    std::thread::spawn(move || {
+        // Read to EOF, then close: the client closes first, as in the bench's storm. An
+        // accept error (EMFILE...) ends it, and the count then shows the loss of connections.
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    });
+    let t0 = Instant::now();
+    let (mut n, mut errors) = (0u64, 0u64);
+    let mut last_print = Instant::now();
+    let mut out = std::io::stdout().lock();
+    while n < max && t0.elapsed().as_secs_f64() < secs {
+        let k = n + errors;
+        let ip = Ipv4Addr::new(127, 1, (k % 1000 / 250) as u8, (k % 250) as u8 + 1);
+        match TcpStream::connect(SocketAddr::V4(SocketAddrV4::new(ip, port))) {
+            Ok(s) => {
+                drop(s);
+                n += 1;
+            }
+            Err(_) => errors += 1,
+        }
+        // Paced: connection n is due at n / rate.
+        let due = Duration::from_secs_f64(n as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            writeln!(out, "connections={n}")?;
+            out.flush()?;
+            last_print = Instant::now();
+        }
+    }
+    // Let the last connections finish their handshakes and closes.
+    std::thread::sleep(Duration::from_millis(500));
+    writeln!(out, "connections={n} listeners=1 errors={errors}")?;
+    out.flush()?;
+    Ok(())
+}
