@@ -47,10 +47,100 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
 /// itself causes a loss cannot chain into the next.
-const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
-/// Rendered output goes to the client in frames of this size; a few in flight per client.
+pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
+/// Rendered output goes to the client in frames of this size.
 const CHUNK: usize = 64 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What one agent spends on its clients, at most. Connections are cheap but each holds a
+/// descriptor; snapshots are not (a dump and a render of every socket of a namespace); unsent
+/// replies hold memory until a slow client reads them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open client connections, in all.
+    pub clients: usize,
+    /// Open client connections of one non-root user.
+    pub clients_per_uid: usize,
+    /// Snapshots being collected and rendered at once (each on a blocking thread).
+    pub snapshots: usize,
+    /// Rendered bytes waiting for slow clients, in all.
+    pub bytes_in_flight: usize,
+    /// A reply must be read by its client within this time.
+    pub reply_deadline: Duration,
+    /// Filter words, in bytes: the work per row is bounded by the filter's size.
+    pub filter_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            clients: 512,
+            clients_per_uid: 64,
+            snapshots: 4,
+            bytes_in_flight: 256 << 20,
+            reply_deadline: Duration::from_secs(30),
+            filter_bytes: 4096,
+        }
+    }
+}
+
+/// Who holds how many connections; a connection's [`Admitted`] gives its place back on drop.
+#[derive(Debug, Default)]
+struct Admission {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<u32, usize>)>,
+}
+
+struct Admitted {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Admits a connection of `uid` within the limits, or says which limit it hit.
+fn admit(shared: &Arc<Shared>, uid: u32) -> Result<Admitted, String> {
+    let limits = shared.limits;
+    let mut open = shared
+        .admission
+        .open
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if open.0 >= limits.clients {
+        return Err(format!(
+            "the agent serves {} clients at most and is full; try again",
+            limits.clients
+        ));
+    }
+    let mine = open.1.get(&uid).copied().unwrap_or(0);
+    // Root is the administrator: only the global limit holds it back.
+    if uid != 0 && mine >= limits.clients_per_uid {
+        return Err(format!(
+            "uid {uid} has {mine} connections to the agent open, the most one user may; close \
+             some and try again"
+        ));
+    }
+    open.0 += 1;
+    *open.1.entry(uid).or_insert(0) += 1;
+    Ok(Admitted {
+        shared: shared.clone(),
+        uid,
+    })
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -67,6 +157,10 @@ pub struct AgentArgs {
     /// directory beside it (agent.d/). [default: /etc/netmon/agent.toml, if it exists]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Trace only the network namespace of this inode (hidden: tests that count their own
+    /// losses on a machine where others make traffic).
+    #[arg(long, hide = true, value_name = "INODE")]
+    pub only_netns: Option<u32>,
 }
 
 /// What every request needs, shared by the blocking threads that serve them.
@@ -74,6 +168,12 @@ struct Shared {
     table: TracerHandle,
     services: Services,
     clock: Clock,
+    limits: Limits,
+    admission: Admission,
+    /// Snapshots collected and rendered at once.
+    snapshots: Arc<tokio::sync::Semaphore>,
+    /// Unsent reply bytes, in KiB.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -89,11 +189,16 @@ pub async fn run(
     };
     let config = TracerConfig {
         ring_bytes: args.ring_size,
-        filter: netmon_common::KernelFilter::ALL,
+        filter: netmon_common::KernelFilter {
+            netns: args.only_netns.unwrap_or(0),
+            ..netmon_common::KernelFilter::ALL
+        },
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+        netns: args.only_netns,
     };
+    raise_nofile_limit();
     let mut tracer = Tracer::attach(&config)?;
     tracer.seed();
     let (std_listener, socket) = match serving {
@@ -118,12 +223,17 @@ pub async fn run(
         eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
     }
     let (table, queries) = TracerHandle::new();
-    let context = Arc::new(Shared {
+    let limits = Limits::default();
+    let shared = Arc::new(Shared {
         table,
         services: Services::system().unwrap_or_default(),
         clock: Clock::now(),
+        limits,
+        admission: Admission::default(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
     });
-    let server = tokio::spawn(accept_loop(listener, context));
+    let server = tokio::spawn(accept_loop(listener, shared));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
     server.abort();
     // Removes the socket file, if it is still ours.
@@ -152,15 +262,36 @@ impl crate::tracer::Sink for LossLog {
     }
 }
 
-async fn accept_loop(listener: UnixListener, context: Arc<Shared>) {
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(context.clone(), stream));
+                tokio::spawn(handle(shared.clone(), stream));
             }
             // Out of descriptors (or another transient failure): the pending connection stays
             // queued and would fail again at once; wait for clients to leave instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each client holds a descriptor, and
+/// the default soft limit (1024) is a fraction of what the limits above allow.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                eprintln!(
+                    "netmon agent: cannot raise the open-files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 }
@@ -193,9 +324,17 @@ pub struct Prepared {
 pub fn prepare(
     request: Request,
     peer: &Peer,
+    limits: &Limits,
     services: &Services,
     open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
 ) -> anyhow::Result<Prepared> {
+    let filter_bytes: usize = request.snapshot.filter.iter().map(|w| w.len() + 1).sum();
+    if filter_bytes > limits.filter_bytes {
+        anyhow::bail!(
+            "the filter is {filter_bytes} bytes long; the agent accepts {} at most",
+            limits.filter_bytes
+        );
+    }
     if request.version != wire::VERSION {
         anyhow::bail!(
             "this agent speaks protocol version {}, the client {}: use the same netmon version \
@@ -241,10 +380,16 @@ pub fn serve(
     Ok(notes)
 }
 
-/// Frames what the renderer writes and hands full frames to the connection's writer.
+/// A frame and the share of the in-flight budget it holds until it is sent.
+type Frame = (Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Frames what the renderer writes and queues full frames for the connection's writer. The
+/// renderer never waits for the client: a frame takes its bytes from the agent's in-flight
+/// budget, and a reply that finds the budget spent fails instead of holding a thread.
 struct FrameWriter {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::UnboundedSender<Frame>,
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl FrameWriter {
@@ -252,11 +397,21 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(self.buf.len() + 8);
         wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
+        let kib = u32::try_from(frame.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                std::io::Error::other(
+                    "the agent holds as many unsent replies as it may (slow clients); try again",
+                )
+            })?;
         self.buf.clear();
         self.tx
-            .blocking_send(frame.freeze())
+            .send((frame.freeze(), permit))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
     }
 }
@@ -276,12 +431,23 @@ impl Write for FrameWriter {
     }
 }
 
-async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
+async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
+    let peer = match peer_of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
+    };
+    let _admitted = match admit(&shared, peer.uid) {
+        Ok(a) => a,
+        Err(e) => return refuse(stream, &e).await,
+    };
     let prepared = match read_request(&mut stream).await {
-        Ok(request) => match peer_of(&stream) {
-            Ok(peer) => prepare(request, &peer, &context.services, Netns::of_pid),
-            Err(e) => Err(e),
-        },
+        Ok(request) => prepare(
+            request,
+            &peer,
+            &shared.limits,
+            &shared.services,
+            Netns::of_pid,
+        ),
         Err(e) => Err(e),
     };
     let prepared = match prepared {
@@ -296,68 +462,67 @@ async fn handle(context: Arc<Shared>, mut stream: UnixStream) {
     if write_line(&mut stream, &header).await.is_err() {
         return;
     }
-    let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let Ok(slot) = shared.snapshots.clone().acquire_owned().await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let job = {
-        let context = context.clone();
+        let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = FrameWriter {
                 buf: Vec::with_capacity(CHUNK),
                 tx,
+                budget: shared.in_flight.clone(),
             };
-            let mut table = context.table.clone();
+            let mut table = shared.table.clone();
             let result = serve(
                 prepared,
                 &LiveSource,
                 &mut table,
-                &context.services,
-                context.clock,
+                &shared.services,
+                shared.clock,
                 &mut out,
             );
+            drop(slot);
             let losses = table.losses().unwrap_or_default();
             (result, losses)
         })
     };
-    let mut client_gone = false;
-    while let Some(frame) = rx.recv().await {
-        let write = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
-        if !matches!(write, Ok(Ok(()))) {
-            // Dropping the receiver stops the renderer at its next frame.
-            client_gone = true;
-            break;
+    // The whole reply, trailer included, must be read within the deadline.
+    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
+    let send = async {
+        while let Some((frame, _permit)) = rx.recv().await {
+            stream.write_all(&frame).await?;
         }
-    }
-    drop(rx);
-    let Ok((result, losses)) = job.await else {
-        return;
-    };
-    if client_gone {
-        return;
-    }
-    let trailer = match result {
-        Ok(notes) => Trailer {
-            ok: true,
-            error: None,
-            notes,
-            losses,
-        },
-        Err(e) => Trailer {
-            ok: false,
-            error: Some(format!("{e:#}")),
-            notes: Vec::new(),
-            losses,
-        },
-    };
-    let mut frame = BytesMut::new();
-    wire::put_frame(
-        &mut frame,
-        FRAME_TRAILER,
-        &serde_json::to_vec(&trailer).unwrap_or_default(),
-    );
-    let finish = async {
+        let Ok((result, losses)) = job.await else {
+            return Err(std::io::Error::other("the snapshot job panicked"));
+        };
+        let trailer = match result {
+            Ok(notes) => Trailer {
+                ok: true,
+                error: None,
+                notes,
+                losses,
+            },
+            Err(e) => Trailer {
+                ok: false,
+                error: Some(format!("{e:#}")),
+                notes: Vec::new(),
+                losses,
+            },
+        };
+        let mut frame = BytesMut::new();
+        wire::put_frame(
+            &mut frame,
+            FRAME_TRAILER,
+            &serde_json::to_vec(&trailer).unwrap_or_default(),
+        );
         stream.write_all(&frame).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+    // A client too slow for the deadline is dropped; dropping the receiver then ends the
+    // renderer at its next frame, and the unsent frames give their budget back.
+    let _ = tokio::time::timeout_at(deadline, send).await;
     // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -569,11 +734,25 @@ mod tests {
         let services = Services::default();
         let mut old = request(&[]);
         old.version = 0;
-        let e = prepare(old, &peer(), &services, own_netns).unwrap_err();
+        let e = prepare(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
         assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
-        let e = prepare(request(&["dport", "="]), &peer(), &services, own_netns).unwrap_err();
+        let e = prepare(
+            request(&["dport", "="]),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("dport"), "{e:#}");
-        let ok = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        let ok = prepare(
+            request(&[]),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
         assert!(matches!(ok.scope, Scope::Caller(_)));
     }
 
@@ -607,7 +786,14 @@ mod tests {
             ]),
         };
         let mut table = Table::new();
-        let prepared = prepare(request(&[]), &peer(), &services, own_netns).unwrap();
+        let prepared = prepare(
+            request(&[]),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
         let mut out = Vec::new();
         serve(
             prepared,
@@ -663,5 +849,69 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("dumping sockets"), "{e}");
         assert!(!e.may_fall_back());
+    }
+
+    fn shared(limits: Limits) -> Arc<Shared> {
+        Arc::new(Shared {
+            table: TracerHandle::new().0,
+            services: Services::default(),
+            clock: Clock::now(),
+            limits,
+            admission: Admission::default(),
+            snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+        })
+    }
+
+    #[test]
+    fn connections_are_limited_per_user_and_in_all_and_given_back() {
+        let s = shared(Limits {
+            clients: 5,
+            clients_per_uid: 2,
+            ..Limits::default()
+        });
+        let a = admit(&s, 1000).unwrap();
+        let _b = admit(&s, 1000).unwrap();
+        let e = admit(&s, 1000).err().unwrap();
+        assert!(e.contains("uid 1000 has 2 connections"), "{e}");
+        let _c = admit(&s, 1001).unwrap();
+        drop(a);
+        let _d = admit(&s, 1000).unwrap();
+        let _root: Vec<_> = (0..2).map(|_| admit(&s, 0).unwrap()).collect();
+        let e = admit(&s, 0).err().unwrap();
+        assert!(e.contains("5 clients at most"), "{e}");
+    }
+
+    #[test]
+    fn a_filter_larger_than_the_limit_is_refused() {
+        let big = vec!["dport = :1 or"; 400].join(" ");
+        let mut words: Vec<&str> = big.split(' ').collect();
+        words.push("sport = :2");
+        let e = prepare(
+            request(&words),
+            &peer(),
+            &Limits::default(),
+            &Services::default(),
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e}").contains("accepts 4096 at most"), "{e}");
+    }
+
+    #[test]
+    fn a_reply_beyond_the_in_flight_budget_fails_instead_of_waiting() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(100)); // KiB
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut w = FrameWriter {
+            buf: Vec::new(),
+            tx,
+            budget: budget.clone(),
+        };
+        w.write_all(&[b'x'; CHUNK]).unwrap();
+        let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();
+        assert!(e.to_string().contains("unsent replies"), "{e}");
+        // Sending the first frame gives its budget back.
+        drop(rx.try_recv().unwrap());
+        assert_eq!(budget.available_permits(), 100);
     }
 }

@@ -1,6 +1,9 @@
 //! Command-line interface: argument definitions and dispatch to the commands.
 
-use std::io::{IsTerminal, Write};
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -97,6 +100,13 @@ pub struct WatchArgs {
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// How often the table of sockets is reconciled with the kernel's (hidden: for tests).
+    #[arg(long, hide = true, default_value = "60s", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub resync_every: Duration,
+    /// At exit, say how many sockets the table holds (hidden: for tests).
+    #[arg(long, hide = true)]
+    pub table_stats: bool,
     /// An ss filter, e.g. `dst 127.0.0.0/8 and dport ge :1024` or `state established`; a
     /// transition passes if its old or new state is selected (default: every state).
     #[arg(value_name = "FILTER")]
@@ -112,13 +122,17 @@ impl WatchArgs {
 
     /// The kernel applies what it can of the filter: families, ports, states, netns.
     fn tracer_config(&self, filter: &Filter) -> TracerConfig {
+        let kernel = filter.kernel_filter();
         TracerConfig {
             ring_bytes: self.ring_size,
-            filter: filter.kernel_filter(),
+            filter: kernel,
             // Live state, timing and owners only: no closed history.
             closed_capacity: 0,
-            resync_every: None,
-            resync_after_loss: None,
+            // Entries whose final `-> CLOSE` the kernel filter hid, or whose CLOSE was lost,
+            // leave the table only when a dump no longer finds them.
+            resync_every: Some(self.resync_every),
+            resync_after_loss: Some(agent::RECONCILE_AFTER_LOSS),
+            netns: (kernel.netns != 0).then_some(kernel.netns),
         }
     }
 }
@@ -220,6 +234,12 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     let duplicates = tracer.pipeline.duplicates();
     if duplicates > 0 {
         eprintln!("netmon: {duplicates} transitions the kernel delivered twice were shown once");
+    }
+    if args.table_stats {
+        eprintln!(
+            "netmon: the table holds {} sockets",
+            tracer.pipeline.table.len()
+        );
     }
     let malformed = tracer.pipeline.losses().malformed;
     if malformed > 0 {

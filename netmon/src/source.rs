@@ -39,13 +39,17 @@ pub trait SocketSource {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LiveSource;
 
+/// Dumps one namespace now.
+pub fn dump(ns: &Netns) -> NsDump {
+    NsDump {
+        netns: ns.inum,
+        t0_ns: Clock::mono_now_ns(),
+        dump: ns.dump(),
+    }
+}
+
 impl SocketSource for LiveSource {
     fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
-        let dump = |ns: &Netns| NsDump {
-            netns: ns.inum,
-            t0_ns: Clock::mono_now_ns(),
-            dump: ns.dump(),
-        };
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
             Scope::All => netns::all().iter().map(dump).collect(),

@@ -17,13 +17,14 @@ use netmon_common::{DEFAULT_WAKEUP_BYTES, KernelFilter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    attach::{AttachError, KernelCounters, Probe, ProbeConfig, RingWaiter},
+    attach::{AttachError, Drained, KernelCounters, Probe, ProbeConfig, RingWaiter},
     decode::{self, Event, Transition},
+    netns,
     output::{Clock, LossKind},
     procfs,
     snapshot::Row,
     sock_diag::DiagSock,
-    source::{Enrich, LiveSource, NsDump, Scope, SocketSource, TracerStopped},
+    source::{self, Enrich, NsDump, TracerStopped},
     table::{Closed, Owner, Table},
 };
 
@@ -34,6 +35,8 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 /// At most this many ring batches are drained before a reconcile: what the ring held when the
 /// dump ended, without chasing a producer as fast as the reader for ever.
 const DRAIN_BEFORE_RECONCILE: usize = 4;
+/// How often TIME-WAIT entries older than the kernel keeps them are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// How to trace.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +51,9 @@ pub struct TracerConfig {
     pub resync_every: Option<Duration>,
     /// After a counted loss, reconcile every namespace, at most once per this interval.
     pub resync_after_loss: Option<Duration>,
+    /// Only this namespace's sockets are of interest (the kernel filter's): seed and reconcile
+    /// only it.
+    pub netns: Option<u32>,
 }
 
 impl TracerConfig {
@@ -239,9 +245,14 @@ impl Pipeline {
     }
 }
 
-/// Dumps every namespace on the machine (blocking: run it off the draining thread).
-fn dump_all() -> Vec<NsDump> {
-    LiveSource.dumps(&Scope::All)
+/// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
+/// thread).
+fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
+    let mut namespaces = netns::all();
+    if let Some(only) = netns {
+        namespaces.retain(|ns| ns.inum == only);
+    }
+    namespaces.iter().map(source::dump).collect()
 }
 
 /// What other threads may ask of the table; the loop answers between two drains.
@@ -322,30 +333,54 @@ impl Enrich for TracerHandle {
     }
 }
 
-/// The attached probe, the pipeline and the loop.
-pub struct Tracer {
-    probe: Probe,
+/// Where ring records and loss counters come from: the attached [`Probe`], or recorded
+/// records in tests.
+pub trait Ring {
+    /// Calls `f` with each waiting record, oldest first, up to a batch.
+    fn drain(&mut self, f: impl FnMut(&[u8])) -> Drained;
+    fn counters(&self) -> Result<KernelCounters, AttachError>;
+}
+
+impl Ring for Probe {
+    fn drain(&mut self, f: impl FnMut(&[u8])) -> Drained {
+        Probe::drain(self, f)
+    }
+
+    fn counters(&self) -> Result<KernelCounters, AttachError> {
+        Probe::counters(self)
+    }
+}
+
+/// The ring, the pipeline and the loop.
+pub struct Tracer<R: Ring = Probe> {
+    probe: R,
     pub pipeline: Pipeline,
     config: TracerConfig,
 }
 
-impl Tracer {
+impl Tracer<Probe> {
     /// Attaches the program. Events start filling the ring at once; call [`Tracer::seed`]
     /// next, then [`Tracer::run`].
     pub fn attach(config: &TracerConfig) -> Result<Self, AttachError> {
         let probe = Probe::attach(&config.probe_config())?;
-        Ok(Self {
-            probe,
+        Ok(Self::new(probe, config))
+    }
+}
+
+impl<R: Ring> Tracer<R> {
+    pub fn new(ring: R, config: &TracerConfig) -> Self {
+        Self {
+            probe: ring,
             pipeline: Pipeline::new(Table::with_capacity(config.closed_capacity)),
             config: *config,
-        })
+        }
     }
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
     pub fn seed(&mut self) {
         let owners = procfs::socket_owners();
-        for d in dump_all() {
+        for d in dump_scope(self.config.netns) {
             self.apply_dump(&mut (), d, Some(&owners)).ok();
         }
     }
@@ -428,7 +463,9 @@ impl Tracer {
         let now = self.probe.counters()?;
         Ok(!self.pipeline.counters(&now, sink)?.is_empty())
     }
+}
 
+impl Tracer<Probe> {
     /// Drains the ring into `sink`, answers `queries`, reconciles as configured, until `stop`
     /// resolves or the sink fails (e.g. its output closed).
     pub async fn run(
@@ -441,25 +478,14 @@ impl Tracer {
         tokio::pin!(stop);
         let mut more = false;
         let mut counters_read = Instant::now();
-        let mut last_resync = Instant::now();
-        let mut loss_pending = false;
+        let mut expired = Instant::now();
+        let mut policy = Resync::new(&self.config, Instant::now());
+        let scope = self.config.netns;
         // A reconcile's dumps run on a blocking thread while the ring keeps draining.
         let mut resync: Option<tokio::task::JoinHandle<Vec<NsDump>>> = None;
         loop {
-            let due = resync.is_none()
-                && (self
-                    .config
-                    .resync_every
-                    .is_some_and(|every| last_resync.elapsed() >= every)
-                    || (loss_pending
-                        && self
-                            .config
-                            .resync_after_loss
-                            .is_some_and(|gap| last_resync.elapsed() >= gap)));
-            if due {
-                loss_pending = false;
-                last_resync = Instant::now();
-                resync = Some(tokio::task::spawn_blocking(dump_all));
+            if resync.is_none() && policy.due(Instant::now()) {
+                resync = Some(tokio::task::spawn_blocking(move || dump_scope(scope)));
             }
             tokio::select! {
                 biased;
@@ -475,9 +501,13 @@ impl Tracer {
                     if counters_read.elapsed() >= COUNTERS_EVERY {
                         counters_read = Instant::now();
                         if self.read_counters(sink)? {
-                            loss_pending = true;
+                            policy.lost();
                         }
                         sink.end_batch()?;
+                    }
+                    if expired.elapsed() >= EXPIRE_EVERY {
+                        expired = Instant::now();
+                        self.pipeline.table.expire(Clock::mono_now_ns());
                     }
                 }
                 Some(q) = async { match queries.as_mut() {
@@ -496,6 +526,44 @@ impl Tracer {
                 }
             }
         }
+    }
+}
+
+/// When to reconcile every namespace with a dump: on a period, and after a counted loss
+/// (the table may be wrong), but never more often than `after_loss` allows, so that a
+/// reconcile that itself costs a loss cannot chain into the next.
+#[derive(Debug)]
+struct Resync {
+    every: Option<Duration>,
+    after_loss: Option<Duration>,
+    last: Instant,
+    loss_pending: bool,
+}
+
+impl Resync {
+    fn new(config: &TracerConfig, now: Instant) -> Self {
+        Self {
+            every: config.resync_every,
+            after_loss: config.resync_after_loss,
+            last: now,
+            loss_pending: false,
+        }
+    }
+
+    fn lost(&mut self) {
+        self.loss_pending = true;
+    }
+
+    /// True if a reconcile should start now (and counts it as started).
+    fn due(&mut self, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.last);
+        let due = self.every.is_some_and(|every| since >= every)
+            || (self.loss_pending && self.after_loss.is_some_and(|gap| since >= gap));
+        if due {
+            self.last = now;
+            self.loss_pending = false;
+        }
+        due
     }
 }
 
@@ -564,6 +632,7 @@ mod tests {
             closed_capacity: 0,
             resync_every: None,
             resync_after_loss: None,
+            netns: None,
         };
         assert_eq!(config(65536).probe_config().wakeup_bytes, 16384);
         assert_eq!(
@@ -651,5 +720,116 @@ mod tests {
                 malformed: 0
             }
         );
+    }
+
+    /// Records waiting in a ring, as the kernel left them.
+    #[derive(Default)]
+    struct FakeRing(std::collections::VecDeque<Vec<u8>>);
+
+    impl Ring for FakeRing {
+        fn drain(&mut self, mut f: impl FnMut(&[u8])) -> Drained {
+            let records = self.0.len();
+            for r in self.0.drain(..) {
+                f(&r);
+            }
+            Drained {
+                records,
+                more: false,
+            }
+        }
+
+        fn counters(&self) -> Result<KernelCounters, AttachError> {
+            Ok(KernelCounters::default())
+        }
+    }
+
+    fn config() -> TracerConfig {
+        TracerConfig {
+            ring_bytes: 1 << 16,
+            filter: KernelFilter::ALL,
+            closed_capacity: 100,
+            resync_every: None,
+            resync_after_loss: None,
+            netns: None,
+        }
+    }
+
+    fn of(cookie: u64, ts: u64, old: u8, new: u8) -> Vec<u8> {
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], old, new);
+        ev.ts_ns = ts;
+        ev.cookie = cookie;
+        bytes(&ev)
+    }
+
+    #[test]
+    fn events_from_before_a_dump_still_in_the_ring_are_not_lost_to_the_reconcile() {
+        let mut tracer = Tracer::new(FakeRing::default(), &config());
+        // Socket 1 connected, and socket 2 connected and closed, before the dump started at
+        // 1_000; their events were still in the ring when the dump's answer came back.
+        tracer.probe.0.extend([
+            of(1, 100, 7, 2),
+            of(1, 200, 2, 1),
+            of(2, 300, 7, 2),
+            of(2, 400, 2, 7),
+        ]);
+        let netns = 4026531840;
+        let mut found = crate::sock_diag::DiagSock {
+            cookie: 1,
+            state: netmon_common::TcpState::Established,
+            local: "127.0.0.1:41000".parse().unwrap(),
+            remote: "127.0.0.1:8080".parse().unwrap(),
+            recv_q: 0,
+            send_q: 0,
+            uid: 0,
+            inode: 0,
+            ifindex: 0,
+            v6only: false,
+            timer: None,
+        };
+        found.cookie = 1;
+        let (tx, mut rx) = oneshot::channel();
+        tracer
+            .answer(
+                Query::Merge {
+                    netns,
+                    t0_ns: 1_000,
+                    dump: vec![found],
+                    reply: tx,
+                },
+                &mut (),
+            )
+            .unwrap();
+        let rows = rx.try_recv().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].born_ns, Some(100), "the socket's age survived");
+        assert_eq!(rows[0].since_ns, Some(200), "and its time in state");
+        assert_eq!(rows[0].owner.map(|o| o.task.pid), Some(7), "and its owner");
+        let closed: Vec<_> = tracer.pipeline.table.closed().collect();
+        assert_eq!(closed.len(), 1, "the connection that ended before the dump");
+        assert_eq!(closed[0].born_ns, Some(300));
+        assert_eq!(closed[0].owner.map(|o| o.task.pid), Some(7));
+    }
+
+    #[test]
+    fn reconciles_after_losses_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut policy = Resync::new(
+            &TracerConfig {
+                resync_every: Some(Duration::from_secs(60)),
+                resync_after_loss: Some(Duration::from_secs(5)),
+                ..config()
+            },
+            t0,
+        );
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!policy.due(at(1)), "nothing lost, not yet a minute");
+        policy.lost();
+        assert!(!policy.due(at(2)), "too soon after the last one");
+        assert!(policy.due(at(5)));
+        policy.lost();
+        assert!(!policy.due(at(6)), "a loss right after a reconcile waits");
+        assert!(policy.due(at(10)));
+        assert!(!policy.due(at(11)), "nothing pending");
+        assert!(policy.due(at(70)), "the period");
     }
 }

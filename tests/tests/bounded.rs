@@ -1,0 +1,230 @@
+//! netmon under misbehaving clients and long runs: the agent's limits, slow readers, a
+//! reader that leaves, and `watch`'s table staying bounded.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netmon::wire::{Request, SnapshotRequest, VERSION};
+use netmon_tests::{
+    AgentProcess, TestNetns, agent_socket_path, connect_and_close, connect_and_close_many,
+    interrupt, lines, netmon_bin, spawn_watch, stderr_of, wait_attached, wait_with_timeout,
+};
+
+const CLIENTS: &str = env!("CARGO_BIN_EXE_unix-clients");
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the agent's fds")
+        .count()
+}
+
+/// `netmon snapshot ARGS` through `agent` in `ns`: (stdout, stderr, time taken).
+fn timed_snapshot(
+    agent: &AgentProcess,
+    ns: &TestNetns,
+    args: &[&str],
+) -> (String, String, Duration) {
+    let mut cmd = Command::new(netmon_bin());
+    cmd.arg("snapshot")
+        .args(args)
+        .env("NETMON_AGENT_SOCKET", &agent.socket);
+    let start = Instant::now();
+    let out = ns.run(move || cmd.output().expect("run netmon snapshot"));
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "snapshot failed: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr, took)
+}
+
+#[test]
+fn agent_stays_responsive_with_1000_idle_clients_of_one_user() {
+    let ns = TestNetns::new();
+    let agent = AgentProcess::start();
+    // Let an unprivileged user reach this test's socket (the default is root only).
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut idle = Command::new(CLIENTS)
+        .arg(&agent.socket)
+        .arg("1000")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn unix-clients");
+    let mut line = String::new();
+    BufReader::new(idle.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("connected "), "{line}");
+    // The connections are held now; the agent must answer root at once, and hold few of them.
+    let fds = open_fds(agent.pid());
+    let (out, _, took) = timed_snapshot(&agent, &ns, &["-a"]);
+    assert!(out.starts_with("State"), "{out}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "a snapshot took {took:?} while idle clients were held"
+    );
+    assert!(
+        fds < 200,
+        "the agent held {fds} descriptors for 1000 idle clients of one user"
+    );
+    drop(idle.stdin.take());
+    idle.wait().unwrap();
+    // Still serving, and the clients' places were given back.
+    let (out, _, _) = timed_snapshot(&agent, &ns, &["-a"]);
+    assert!(out.starts_with("State"), "{out}");
+}
+
+#[test]
+fn slow_readers_hold_up_neither_other_clients_nor_the_ring() {
+    let ns = TestNetns::new();
+    // Rows for big replies: every connection leaves a TIME-WAIT socket for a minute.
+    connect_and_close_many(&ns, 5000);
+    // Only this namespace's events: other tests on the machine must not fill its ring.
+    let only_ours = ns.inum.to_string();
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &["--ring-size", "4194304", "--only-netns", &only_ours],
+    );
+    // Clients that ask for every namespace's sockets and never read the answer.
+    let request = Request {
+        version: VERSION,
+        snapshot: SnapshotRequest {
+            all: true,
+            all_netns: true,
+            extended: true,
+            ..Default::default()
+        },
+    };
+    let mut line = serde_json::to_vec(&request).unwrap();
+    line.push(b'\n');
+    let slow: Vec<UnixStream> = (0..20)
+        .map(|_| {
+            let mut s = UnixStream::connect(&agent.socket).unwrap();
+            s.write_all(&line).unwrap();
+            s
+        })
+        .collect();
+    // A storm in the namespace while the big replies are rendered and wait for their readers.
+    // (A thread started from inside the namespace stays in it.)
+    let storm = ns.run(|| {
+        std::thread::spawn(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let end = Instant::now() + Duration::from_secs(3);
+            let mut n = 0u32;
+            while Instant::now() < end && n < 30_000 {
+                connect_and_close(&listener);
+                n += 1;
+            }
+            n
+        })
+    });
+    // Their replies are rendered (during the storm) and wait for readers that never come:
+    // wait until each has filled its socket's buffer.
+    let pending = |s: &UnixStream| {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(s), libc::FIONREAD, &mut n) };
+        n as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.iter().any(|s| pending(s) < 128 << 10) {
+        assert!(
+            Instant::now() < deadline,
+            "the slow readers' replies never came"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let (out, _, took) = timed_snapshot(&agent, &ns, &["-a", "-H"]);
+        assert!(out.lines().count() >= 5000, "{} rows", out.lines().count());
+        worst = worst.max(took);
+    }
+    let made = storm.join().unwrap();
+    assert!(made > 0);
+    let (_, stderr, _) = timed_snapshot(&agent, &ns, &["-l"]);
+    assert!(
+        !stderr.contains("lost"),
+        "the agent lost events while serving slow readers ({made} storm connections): {stderr}"
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "a snapshot took {worst:?} beside 20 slow readers"
+    );
+    drop(slow);
+}
+
+#[test]
+fn snapshot_into_a_closed_pipe_exits_quietly() {
+    let ns = TestNetns::new();
+    // More rows than a pipe holds.
+    connect_and_close_many(&ns, 2000);
+    let agent = AgentProcess::start();
+    let mut cmd = Command::new(netmon_bin());
+    cmd.args(["snapshot", "-a"])
+        .env("NETMON_AGENT_SOCKET", &agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ns.run(move || cmd.spawn().expect("spawn netmon snapshot"));
+    // `| head -1`: read a line, then go away.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("State"), "{first}");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert_eq!(stderr, "", "no false agent failure, no fallback");
+}
+
+#[test]
+fn watch_forgets_sockets_whose_close_its_filter_hid() {
+    let ns = TestNetns::new();
+    // No TIME-WAIT sockets in this namespace: whatever the table still holds after a
+    // reconcile, it holds wrongly.
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0"))
+        .expect("set tcp_max_tw_buckets in the test namespace");
+    let only_ours = format!("netns = {}", ns.inum);
+    // `state established` shows ESTAB -> FIN-WAIT-1 and ESTAB -> CLOSE-WAIT, and hides each
+    // socket's later transitions, its `-> CLOSE` included.
+    let mut child = spawn_watch(&[
+        "--resync-every",
+        "1s",
+        "--table-stats",
+        "state",
+        "established",
+        &only_ours,
+    ]);
+    let rx = lines(child.stdout.take().unwrap());
+    wait_attached(&ns, &rx, &mut Vec::new());
+    connect_and_close_many(&ns, 1000);
+    // Two reconciles.
+    std::thread::sleep(Duration::from_millis(2500));
+    interrupt(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    let err = stderr_of(&mut child);
+    assert!(status.success(), "{err}");
+    let held: usize = err
+        .lines()
+        .find_map(|l| l.strip_prefix("netmon: the table holds "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no table size on stderr: {err}"));
+    assert!(
+        held < 10,
+        "after 1000 connections whose CLOSE was filtered out, the table holds {held} sockets"
+    );
+}
