@@ -317,6 +317,9 @@ pub struct Peer {
 pub struct Prepared {
     pub request: SnapshotRequest,
     pub scope: Scope,
+    /// Whether the client may see `SO_MARK`s: the kernel sends them to the agent because it
+    /// has CAP_NET_ADMIN, so only a root client gets them.
+    pub show_mark: bool,
 }
 
 /// Checks a request and decides what its client may see. Every check on who may ask for what
@@ -344,16 +347,20 @@ pub fn prepare(
         );
     }
     let request = request.snapshot;
-    request
-        .args()
-        .filter(services)
+    let args = request.args();
+    args.check().map_err(|e| anyhow::anyhow!(e))?;
+    args.filter(services)
         .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
     let scope = if request.all_netns {
         Scope::All
     } else {
         Scope::Caller(open_netns(peer.pid).context("opening the client's network namespace")?)
     };
-    Ok(Prepared { request, scope })
+    Ok(Prepared {
+        request,
+        scope,
+        show_mark: peer.uid == 0,
+    })
 }
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
@@ -372,9 +379,12 @@ pub fn serve(
         .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
     let what = What {
         closed_within_ns: prepared.request.closed_ns,
+        ext: args.diag_ext(),
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
-    let data = collected.data(clock);
+    let mut data = collected.data(clock);
+    // This runs off the thread that drains the ring, so -r may wait on the resolver.
+    data.add_names(&args, prepared.show_mark);
     let notes = snapshot::render(&args, &filter, services, &data, out)?;
     out.flush()?;
     Ok(notes)
@@ -772,6 +782,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         };
         let source = ReplaySource {
             namespaces: BTreeMap::from([

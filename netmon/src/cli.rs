@@ -13,10 +13,11 @@ use crate::{
     agent::{self, AgentArgs, ClientError},
     config, docs,
     filter::{Filter, Services, StateSet},
-    netns::Netns,
+    netns::{self, Netns},
     output::{Clock, Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
+    sockstat::SockStat,
     source::{self, LiveSource, ProcOwners, Scope, What},
     tracer::TracerConfig,
     watch::{self, Watcher},
@@ -186,13 +187,33 @@ pub fn parse() -> anyhow::Result<Cli> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // ss -N: the whole process moves, before the runtime starts threads, so the agent (which
+    // reads the client's namespace) and the fallback dump both see the named namespace.
+    if let Command::Snapshot(SnapshotArgs {
+        net: Some(name), ..
+    }) = &cli.command
+    {
+        netns::enter_named(name).with_context(|| {
+            format!("entering network namespace {name:?} (-N needs root, as ss -N)")
+        })?;
+    }
+    // ss -s reads the namespace's counters before it opens any socket of its own, so its
+    // `Total` does not count itself: so does this, before the runtime makes its signal
+    // socket pair, and here rather than in the agent.
+    let summary = match &cli.command {
+        Command::Snapshot(a) if a.summary => Some(
+            SockStat::read(std::path::Path::new("/proc/thread-self/net"))
+                .context("reading /proc/net/sockstat for -s")?,
+        ),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
-        Command::Snapshot(args) => runtime.block_on(snapshot_command(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout().lock());
@@ -249,12 +270,30 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn snapshot_command(args: SnapshotArgs) -> anyhow::Result<()> {
+async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> anyhow::Result<()> {
+    args.check().map_err(Rendered)?;
+    // ss takes `state`/`exclude` words from the command line and the expression from the
+    // file: the file's words follow the command line's.
+    if let Some(path) = &args.filter_file {
+        let words = filter_words_from_file(path)?;
+        args.filter.extend(words);
+    }
     let services = Services::system().unwrap_or_default();
     // Parse here too, so a bad filter fails the same way with or without an agent.
     let filter = args.filter(&services).map_err(|e| Rendered(e.render()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    if let Some(s) = summary {
+        match args.format {
+            Format::Text => s.write_text(&mut out)?,
+            Format::Json => s.write_json(&mut out)?,
+        }
+        if !args.table_after_summary() {
+            out.flush()?;
+            return Ok(());
+        }
+        args.summary = false;
+    }
     let path = agent::socket_path();
     let notes = match agent::request(&path, &args, &mut out).await {
         Ok(answer) => {
@@ -328,9 +367,32 @@ fn fallback_snapshot(
     };
     // Like ss -p: walk /proc on every run (the agent does not).
     let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
-    let mut collected = source::collect(&LiveSource, &scope, &mut owners, What::default())?;
-    let data = collected.data(Clock::now());
+    let what = What {
+        ext: args.diag_ext(),
+        ..What::default()
+    };
+    let mut collected = source::collect(&LiveSource, &scope, &mut owners, what)?;
+    let mut data = collected.data(Clock::now());
+    // The kernel sent marks only if we may see them.
+    data.add_names(args, true);
     Ok(snapshot::render(args, filter, services, &data, out)?)
+}
+
+/// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of
+/// its line.
+fn filter_words_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the filter from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the filter file {}", path.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

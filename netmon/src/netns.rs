@@ -38,21 +38,22 @@ impl Netns {
         Self::open(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
     }
 
-    /// Every TCP socket in this namespace, in the states ss lists.
-    pub fn dump(&self) -> Result<Vec<DiagSock>, DiagError> {
+    /// Every TCP socket in this namespace, in the states ss lists, with the optional
+    /// attributes in `ext` (bits of [`crate::diag_ext::want`]).
+    pub fn dump(&self, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
         let own = current_inum().ok() == Some(self.inum);
         if own {
-            sock_diag::dump_tcp(Families::ALL, sock_diag::SS_STATES)
+            sock_diag::dump_tcp_ext(Families::ALL, sock_diag::SS_STATES, ext)
         } else {
-            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES)
+            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES, ext)
         }
     }
 }
 
-/// Dumps `ns` and makes `table` agree with it; returns the dump.
-pub fn resync(table: &mut Table, ns: &Netns) -> Result<Vec<DiagSock>, DiagError> {
+/// Dumps `ns` (with the attributes in `ext`) and makes `table` agree with it; returns the dump.
+pub fn resync(table: &mut Table, ns: &Netns, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
     let t0 = Clock::mono_now_ns();
-    let dump = ns.dump()?;
+    let dump = ns.dump(ext)?;
     table.reconcile(ns.inum, &dump, t0);
     Ok(dump)
 }
@@ -61,7 +62,7 @@ pub fn resync(table: &mut Table, ns: &Netns) -> Result<Vec<DiagSock>, DiagError>
 /// A namespace that cannot be dumped is reported on stderr and left as it was.
 pub fn resync_all(table: &mut Table, owners: Option<&HashMap<u32, Owner>>) {
     for ns in all() {
-        match resync(table, &ns) {
+        match resync(table, &ns, 0) {
             Ok(dump) => {
                 if let Some(owners) = owners {
                     table.set_owners(&dump, owners);
@@ -75,6 +76,29 @@ pub fn resync_all(table: &mut Table, owners: Option<&HashMap<u32, Owner>>) {
         }
     }
     table.expire(Clock::mono_now_ns());
+}
+
+/// Moves the calling thread into the namespace `ip netns` calls `name` (/run/netns/NAME; a
+/// name with a `/` is taken as a path). Needs CAP_SYS_ADMIN. Call it before other threads
+/// start: they keep the namespace they had.
+pub fn enter_named(name: &str) -> io::Result<()> {
+    let path = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/run/netns").join(name)
+    };
+    let ns = Netns::open(&path)?;
+    // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
+    if unsafe {
+        libc::setns(
+            std::os::fd::AsRawFd::as_raw_fd(&ns.file),
+            libc::CLONE_NEWNET,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn current_inum() -> io::Result<u32> {

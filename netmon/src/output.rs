@@ -17,10 +17,13 @@ use crate::{
 };
 
 /// Output format of `watch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Columns like ss and tcpstates.
+    #[default]
     Text,
     /// JSON Lines, one object per transition (schema: docs/json.md).
     Json,
@@ -52,6 +55,12 @@ impl LossKind {
 pub struct Clock {
     /// Wall-clock time at monotonic zero.
     epoch: SystemTime,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::now()
+    }
 }
 
 impl Clock {

@@ -1,10 +1,13 @@
 //! `netmon snapshot`: its options, and rendering socket rows and closed connections as ss-style
-//! tables, a summary, or JSON Lines. The same code renders in the agent and in fallback mode.
+//! tables, ss's summary, counts, or JSON Lines. The same code renders in the agent and in
+//! fallback mode.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     io::{self, Write},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -13,27 +16,35 @@ use netmon_common::TcpState;
 use serde::Serialize;
 
 use crate::{
+    cgroup::CgroupNames,
+    columns::{Column, Grid},
+    count::{self, CountBy},
+    diag_ext::{self, TcpInfo},
     filter::{Filter, FilterInput, Services, StateSet},
     output::{Clock, Format, JsonClosed, JsonOwner, duration, states_text, time_of_day},
-    sock_diag::DiagSock,
+    sock_diag::{DiagSock, TimerKind},
     table::{Closed, Owner, Table},
 };
 
 /// Options of `netmon snapshot` (the agent receives them as a `wire::SnapshotRequest`).
-#[derive(Clone, Debug, Args)]
+/// Flags combine as in ss: the last of `-a`/`-l` wins, `-e` implies `-o`.
+#[derive(Clone, Debug, Default, Args)]
 pub struct SnapshotArgs {
     /// TCP sockets (accepted for ss compatibility: netmon shows only TCP).
     #[arg(short = 't', long)]
     pub tcp: bool,
     /// Show listening and non-listening sockets (ss -a).
-    #[arg(short = 'a', long)]
+    #[arg(short = 'a', long, overrides_with = "listening")]
     pub all: bool,
     /// Show only listening sockets (ss -l).
-    #[arg(short = 'l', long)]
+    #[arg(short = 'l', long, overrides_with = "all")]
     pub listening: bool,
     /// Numeric ports: do not show service names (ss -n).
     #[arg(short = 'n', long)]
     pub numeric: bool,
+    /// Resolve host names (ss -r), through the C library's resolver.
+    #[arg(short = 'r', long)]
+    pub resolve: bool,
     /// Only IPv4 sockets.
     #[arg(short = '4', long = "ipv4")]
     pub ipv4: bool,
@@ -43,16 +54,45 @@ pub struct SnapshotArgs {
     /// Do not print the header line (ss -H).
     #[arg(short = 'H', long = "no-header")]
     pub no_header: bool,
-    /// Print a summary: totals and per-state counts (ss -s).
+    /// Print ss's summary of the namespace's socket counters (ss -s); with -t or a filter,
+    /// the table follows.
     #[arg(short = 's', long)]
     pub summary: bool,
     /// Show the process owning each socket (ss -p), from the agent's table; without the
     /// agent, from a walk of /proc like ss.
     #[arg(short = 'p', long)]
     pub processes: bool,
-    /// Beyond ss: socket details, age and time in the current state (from the agent).
+    /// Timers (ss -o): `timer:(keepalive,119min,0)`; with -i, the negotiated TCP options.
+    #[arg(short = 'o', long)]
+    pub options: bool,
+    /// Socket details as ss -e (uid, ino, sk cookie, cgroup, v6only, shutdown), then netmon's
+    /// `age:` and `in-state:` (from the agent).
     #[arg(short = 'e', long)]
     pub extended: bool,
+    /// Socket memory (ss -m): `skmem:(r0,rb131072,...)`.
+    #[arg(short = 'm', long)]
+    pub memory: bool,
+    /// TCP internals (ss -i): rtt, cwnd, retransmissions, bytes acked...
+    #[arg(short = 'i', long)]
+    pub info: bool,
+    /// Each socket on one line (ss -O): -m and -i do not start a second line.
+    #[arg(short = 'O', long)]
+    pub oneline: bool,
+    /// SELinux contexts (ss -Z): refused where SELinux is not enabled, as ss does.
+    #[arg(short = 'Z', long)]
+    pub context: bool,
+    /// SELinux process and socket contexts (ss -z): as -Z.
+    #[arg(short = 'z', long)]
+    pub contexts: bool,
+    /// Refused: netmon does not destroy sockets (use `ss -K` as root); see the README.
+    #[arg(short = 'K', long)]
+    pub kill: bool,
+    /// Show the sockets of the named network namespace (`ip netns` names; needs root, as ss -N).
+    #[arg(short = 'N', long = "net", value_name = "NAME")]
+    pub net: Option<String>,
+    /// Read the filter from FILE (`-` for stdin), as ss -F; `#` starts a comment.
+    #[arg(short = 'F', long = "filter", value_name = "FILE")]
+    pub filter_file: Option<PathBuf>,
     /// Sockets of every network namespace, with a netns column (needs the agent or root).
     #[arg(long)]
     pub all_netns: bool,
@@ -61,6 +101,10 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s",
           value_parser = humantime::parse_duration)]
     pub closed: Option<Duration>,
+    /// Count sockets by BY[,BY] (state, peer, peer-port, local-port, owner; end-reason with
+    /// --closed), most frequent first, like `| sort | uniq -c | sort -rn`.
+    #[arg(long, value_name = "BY", value_delimiter = ',', value_enum)]
+    pub count: Vec<CountBy>,
     /// Output format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -79,10 +123,59 @@ impl SnapshotArgs {
                 .restrict_families(self.ipv4, self.ipv6),
         )
     }
+
+    /// ss -o (also implied by -e).
+    pub fn timers(&self) -> bool {
+        self.options || self.extended
+    }
+
+    /// The sock_diag attributes the options need (`idiag_ext`).
+    pub fn diag_ext(&self) -> u8 {
+        let mut ext = 0;
+        if self.memory {
+            ext |= diag_ext::want::MEMORY;
+        }
+        if self.info {
+            ext |= diag_ext::want::INFO;
+        }
+        ext
+    }
+
+    /// Whether the table follows the summary: ss prints only the summary for `ss -s` alone
+    /// (ss.c: `if (do_default && argc == 0) exit(0)`).
+    pub fn table_after_summary(&self) -> bool {
+        self.tcp || !self.filter.is_empty()
+    }
+
+    /// Combinations that cannot be served, as one line for the user.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kill {
+            return Err(
+                "-K: netmon does not destroy sockets; use `ss -K` as root (see README)".into(),
+            );
+        }
+        if self.context || self.contexts {
+            if !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+                return Err("SELinux is not enabled.".into());
+            }
+            return Err("-Z/-z: netmon does not show SELinux contexts yet; use `ss -Z`".into());
+        }
+        if self.summary && self.all_netns {
+            return Err(
+                "-s summarises one namespace, as ss; drop --all-netns (or use -N NAME)".into(),
+            );
+        }
+        if self.count.contains(&CountBy::EndReason) && self.closed.is_none() {
+            return Err(
+                "--count end-reason needs --closed (only closed connections have one)".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One live socket: what sock_diag reported, plus what only the event stream knows.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Row {
     pub sock: DiagSock,
     pub netns: u32,
@@ -99,12 +192,13 @@ impl Row {
         let ages = table
             .map(|t| t.ages(sock.cookie, sock.state))
             .unwrap_or_default();
+        let owner = table.and_then(|t| t.get(sock.cookie)).and_then(|s| s.owner);
         Self {
             sock,
             netns,
             born_ns: ages.born_ns,
             since_ns: ages.since_ns,
-            owner: table.and_then(|t| t.get(sock.cookie)).and_then(|s| s.owner),
+            owner,
         }
     }
 
@@ -122,6 +216,7 @@ impl Row {
 }
 
 /// Everything a snapshot shows.
+#[derive(Default)]
 pub struct Data<'a> {
     pub rows: Vec<Row>,
     pub closed: Vec<&'a Closed>,
@@ -130,6 +225,40 @@ pub struct Data<'a> {
     /// CLOCK_MONOTONIC now, for ages.
     pub now_ns: u64,
     pub clock: Clock,
+    /// cgroup paths, for -e.
+    pub cgroups: Option<CgroupNames>,
+    /// Host names, for -r.
+    pub names: HashMap<IpAddr, String>,
+    /// Whether `SO_MARK` may be shown: the kernel reports it only to CAP_NET_ADMIN, and the
+    /// agent shows it only to root.
+    pub show_mark: bool,
+}
+
+impl Data<'_> {
+    /// Loads what the options print beyond the dump: cgroup paths (-e) and host names (-r,
+    /// blocking on the resolver: not on a thread that drains the ring). `show_mark`: see
+    /// [`Data::show_mark`].
+    pub fn add_names(&mut self, args: &SnapshotArgs, show_mark: bool) {
+        if args.extended {
+            self.cgroups = Some(CgroupNames::load());
+        }
+        if args.resolve {
+            self.names = crate::hosts::resolve(self.addresses());
+        }
+        self.show_mark = show_mark;
+    }
+
+    /// The addresses -r has to look up.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .rows
+            .iter()
+            .flat_map(|r| [r.sock.local.ip(), r.sock.remote.ip()])
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 /// Renders `data` as `args` asks; returns notes for stderr.
@@ -148,7 +277,11 @@ pub fn render(
             .copied()
             .filter(|c| filter.matches_socket(&closed_input(c)))
             .collect();
-        render_closed(args, &closed, data, out)?;
+        if args.count.is_empty() {
+            render_closed(args, &closed, data, out)?;
+        } else {
+            count::closed(args, &closed, out)?;
+        }
         if data.evicted > 0 {
             notes.push(format!(
                 "{} older closed connections were evicted from the history (raise the agent's \
@@ -163,11 +296,12 @@ pub fn render(
         .iter()
         .filter(|r| filter.matches(&r.input()))
         .collect();
-    if args.summary {
-        return render_summary(&rows, out).map(|()| notes);
+    if !args.count.is_empty() {
+        count::live(args, &rows, out)?;
+        return Ok(notes);
     }
     match args.format {
-        Format::Json => render_json(&rows, data, out)?,
+        Format::Json => render_json(args, &rows, data, out)?,
         Format::Text => {
             let show_state = !filter.one_state_selected();
             render_table(args, services, show_state, &rows, data, out)?
@@ -188,24 +322,30 @@ fn closed_input(c: &Closed) -> FilterInput<'_> {
     }
 }
 
-/// ss's address column halves: `addr` (right-aligned) and `port` (left-aligned). A port 0 is
-/// `*`, and so is the `[::]` of an IPv6 socket that is not v6-only (it also takes IPv4).
-fn addr_parts(
+/// How ss writes an address half: IPv4 as it is, IPv6 in brackets, the `[::]` of an IPv6
+/// socket that is not v6-only (it also takes IPv4) as `*`; with -r, a host name.
+fn write_host(
     a: &SocketAddr,
     v6only: bool,
-    numeric: bool,
-    services: &Services,
+    names: Option<&HashMap<IpAddr, String>>,
     buf: &mut String,
-) -> usize {
+) {
+    if let Some(name) = names.and_then(|n| n.get(&a.ip())) {
+        buf.push_str(name);
+        return;
+    }
     match a {
         SocketAddr::V4(v) => write!(buf, "{}", v.ip()),
         SocketAddr::V6(v) if v.ip().is_unspecified() && !v6only => buf.write_str("*"),
         SocketAddr::V6(v) => write!(buf, "[{}]", v.ip()),
     }
     .ok();
-    let split = buf.len();
+}
+
+/// ss's `:port` half: `*` for 0, a service name unless numeric.
+fn write_port(port: u16, numeric: bool, services: &Services, buf: &mut String) {
     buf.push(':');
-    match (a.port(), numeric) {
+    match (port, numeric) {
         (0, _) => buf.push('*'),
         (p, false) if services.name(p).is_some() => {
             buf.push_str(services.name(p).unwrap_or_default())
@@ -214,29 +354,7 @@ fn addr_parts(
             write!(buf, "{p}").ok();
         }
     }
-    split
 }
-
-/// Cells of one row, formatted once into a shared buffer; widths are measured over all rows
-/// before anything is printed, as ss does.
-struct Cells {
-    /// End offsets of each cell in the row's slice of the arena.
-    ends: [u32; COLS],
-    /// Where the local and peer address cells split into address and `:port`.
-    local_split: u32,
-    peer_split: u32,
-}
-
-const COLS: usize = 7;
-const HEADERS: [&str; COLS] = [
-    "State",
-    "Recv-Q",
-    "Send-Q",
-    "Local Address:Port",
-    "Peer Address:Port",
-    "Netns",
-    "Details",
-];
 
 /// `show_state` false drops the State column, as ss does when one state is selected.
 fn render_table(
@@ -247,169 +365,89 @@ fn render_table(
     data: &Data<'_>,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let mut arena = String::with_capacity(rows.len() * 64);
-    let mut cells = Vec::with_capacity(rows.len());
+    // ss's columns (ss.c `columns[]`), plus netmon's netns before Process.
+    let mut grid = Grid::with_capacity(
+        vec![
+            Column::left("State").hidden_if(!show_state),
+            Column::left("Recv-Q").min_width(6),
+            Column::left("Send-Q").min_width(6),
+            Column::right("Local Address"),
+            Column::left(":Port").glued(),
+            Column::right("Peer Address"),
+            Column::left(":Port").glued(),
+            Column::left("Netns").hidden_if(!args.all_netns),
+            Column::left("Process").glued(),
+            Column::free(),
+        ],
+        rows.len(),
+    );
+    let names = args.resolve.then_some(&data.names);
     for r in rows {
-        let start = arena.len();
-        let mut ends = [0u32; COLS];
-        let mut end = |arena: &String, i: usize| ends[i] = (arena.len() - start) as u32;
-        arena.push_str(r.sock.state.ss_name());
-        end(&arena, 0);
-        write!(arena, "{}", r.sock.recv_q).ok();
-        end(&arena, 1);
-        write!(arena, "{}", r.sock.send_q).ok();
-        end(&arena, 2);
-        // Returns where the `:port` half starts, relative to the row.
-        let addr = |arena: &mut String, a: &SocketAddr| {
-            (addr_parts(a, r.sock.v6only, args.numeric, services, arena) - start) as u32
-        };
-        let local_split = addr(&mut arena, &r.sock.local);
-        end(&arena, 3);
-        let peer_split = addr(&mut arena, &r.sock.remote);
-        end(&arena, 4);
+        let s = &r.sock;
+        grid.cell(s.state.ss_name());
+        write!(grid.buf(), "{}", s.recv_q).ok();
+        grid.end_cell();
+        write!(grid.buf(), "{}", s.send_q).ok();
+        grid.end_cell();
+        for a in [&s.local, &s.remote] {
+            write_host(a, s.v6only, names, grid.buf());
+            grid.end_cell();
+            write_port(a.port(), args.numeric, services, grid.buf());
+            grid.end_cell();
+        }
         if args.all_netns {
-            write!(arena, "{}", r.netns).ok();
+            write!(grid.buf(), "{}", r.netns).ok();
         }
-        end(&arena, 5);
-        if args.processes
-            && let Some(o) = &r.owner
-        {
-            arena.push_str(&users(o));
+        grid.end_cell();
+        process_cell(args, r, data, grid.buf());
+        grid.end_cell();
+        if args.memory || args.info {
+            let buf = grid.buf();
+            buf.push_str(if args.oneline { "" } else { "\n\t" });
+            let ext = s.attrs.ext.as_deref();
+            let listening = s.state == TcpState::Listen;
+            diag_ext::info_text(ext, listening, args.timers(), args.numeric, buf);
         }
-        if args.extended {
-            if args.processes {
-                arena.push(' ');
-            }
-            extended_details(r, data, &mut arena);
-        }
-        end(&arena, 6);
-        cells.push((
-            start,
-            Cells {
-                ends,
-                local_split,
-                peer_split,
-            },
-        ));
+        grid.end_cell();
     }
-
-    // Widths: simple columns, and the address halves (before and after the colon).
-    let mut width = [0usize; COLS];
-    let (mut laddr_w, mut lport_w, mut paddr_w, mut pport_w) = (0, 0, 0, 0);
-    let cell = |c: &Cells, i: usize| {
-        let from = if i == 0 { 0 } else { c.ends[i - 1] as usize };
-        (from, c.ends[i] as usize)
-    };
-    for (_, c) in &cells {
-        for (i, w) in width.iter_mut().enumerate() {
-            let (from, to) = cell(c, i);
-            *w = (*w).max(to - from);
-        }
-        let (from3, to3) = cell(c, 3);
-        laddr_w = laddr_w.max(c.local_split as usize - from3);
-        lport_w = lport_w.max(to3 - c.local_split as usize);
-        let (from4, to4) = cell(c, 4);
-        paddr_w = paddr_w.max(c.peer_split as usize - from4);
-        pport_w = pport_w.max(to4 - c.peer_split as usize);
-    }
-    // The address headers split at their colon like the cells.
-    laddr_w = laddr_w.max("Local Address".len());
-    lport_w = lport_w.max(":Port".len());
-    paddr_w = paddr_w.max("Peer Address".len());
-    pport_w = pport_w.max(":Port".len());
-    for (i, h) in HEADERS.iter().enumerate().take(3) {
-        width[i] = width[i].max(h.len());
-    }
-    let show_netns = args.all_netns;
-    let show_details = args.extended || args.processes;
-    if !show_netns && !show_details {
-        // Last column: no trailing padding.
-        pport_w = 0;
-    }
-
-    let netns_w = width[5].max(HEADERS[5].len());
-    // One line: State (unless one state is selected, as ss), queues, the address halves
-    // aligned on their colons, then netns and details when shown.
-    let line = |out: &mut dyn Write, f: [&str; 9]| -> io::Result<()> {
-        if show_state {
-            write!(out, "{:<w0$} ", f[0], w0 = width[0])?;
-        }
-        write!(
-            out,
-            "{:<w1$} {:<w2$} {:>la$}{:<lp$} {:>pa$}{:<pp$}",
-            f[1],
-            f[2],
-            f[3],
-            f[4],
-            f[5],
-            f[6],
-            w1 = width[1],
-            w2 = width[2],
-            la = laddr_w,
-            lp = lport_w,
-            pa = paddr_w,
-            pp = pport_w,
-        )?;
-        if show_netns {
-            write!(out, " {:<netns_w$}", f[7])?;
-        }
-        if show_details {
-            write!(out, " {}", f[8])?;
-        }
-        out.write_all(b"\n")
-    };
-    if !args.no_header {
-        let details = if args.processes {
-            "Process"
-        } else {
-            HEADERS[6]
-        };
-        let header = [
-            HEADERS[0],
-            HEADERS[1],
-            HEADERS[2],
-            "Local Address",
-            ":Port",
-            "Peer Address",
-            ":Port",
-            HEADERS[5],
-            details,
-        ];
-        line(out, header)?;
-    }
-    for (start, c) in &cells {
-        let row = &arena[*start..*start + c.ends[COLS - 1] as usize];
-        let text = |i: usize| {
-            let (from, to) = cell(c, i);
-            &row[from..to]
-        };
-        let (from3, to3) = cell(c, 3);
-        let (from4, to4) = cell(c, 4);
-        let (ls, ps) = (c.local_split as usize, c.peer_split as usize);
-        let fields = [
-            text(0),
-            text(1),
-            text(2),
-            &row[from3..ls],
-            &row[ls..to3],
-            &row[from4..ps],
-            &row[ps..to4],
-            text(5),
-            text(6),
-        ];
-        line(out, fields)?;
-    }
-    Ok(())
+    grid.print(out, !args.no_header)
 }
 
-/// `ss -e`'s `uid:N ino:N sk:COOKIE`, then netmon's `age:` and `state:` times.
+/// What ss prints after the addresses, each with its leading space: `users:(...)` (-p), the
+/// timer (-o), the details (-e), then netmon's ages (-e).
+fn process_cell(args: &SnapshotArgs, r: &Row, data: &Data<'_>, buf: &mut String) {
+    if args.processes
+        && let Some(o) = &r.owner
+    {
+        buf.push(' ');
+        buf.push_str(&users(o));
+    }
+    if args.timers() {
+        diag_ext::timer_text(r.sock.timer.as_ref(), buf);
+    }
+    if args.extended {
+        extended_details(r, data, buf);
+    }
+}
+
+/// ss -e: `uid:N` (when not 0), `ino:N sk:COOKIE`, the attribute details, then netmon's
+/// `age:` and `in-state:` times (`-` when the agent did not see the moment).
 fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
-    write!(
-        buf,
-        "uid:{} ino:{} sk:{:x}",
-        r.sock.uid, r.sock.inode, r.sock.cookie
-    )
-    .ok();
+    let s = &r.sock;
+    if s.uid != 0 {
+        write!(buf, " uid:{}", s.uid).ok();
+    }
+    write!(buf, " ino:{} sk:{:x}", s.inode, s.cookie).ok();
+    let cgroup = |id: u64| {
+        data.cgroups
+            .as_ref()
+            .map_or_else(|| format!("unreachable:{id:x}"), |c| c.path(id))
+    };
+    let mut attrs = s.attrs.clone();
+    if !data.show_mark {
+        attrs.mark = None;
+    }
+    diag_ext::details_text(&attrs, &cgroup, buf);
     let ago = |ns: Option<u64>| ns.map(|t| Duration::from_nanos(data.now_ns.saturating_sub(t)));
     match ago(r.born_ns) {
         Some(d) => write!(buf, " age:{}", duration(d.as_nanos() as u64)),
@@ -423,46 +461,6 @@ fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
     .ok();
 }
 
-fn render_summary(rows: &[&Row], out: &mut impl Write) -> io::Result<()> {
-    let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
-    let estab = count(&|r| r.sock.state == TcpState::Established);
-    let closed = count(&|r| r.sock.state == TcpState::Close);
-    let timewait = count(&|r| r.sock.state == TcpState::TimeWait);
-    // An orphan: a full socket no file refers to any more (closed by its process, still in a
-    // closing state); TIME-WAIT and request sockets have no inode either and are not orphans.
-    let orphaned = count(&|r| {
-        r.sock.inode == 0
-            && !matches!(
-                r.sock.state,
-                TcpState::TimeWait | TcpState::SynRecv | TcpState::Listen
-            )
-    });
-    writeln!(
-        out,
-        "TCP:   {} (estab {estab}, closed {closed}, orphaned {orphaned}, timewait {timewait})\n",
-        rows.len()
-    )?;
-    writeln!(
-        out,
-        "{:<14} {:>8} {:>8} {:>8}",
-        "State", "Total", "IP", "IPv6"
-    )?;
-    let v4 = |r: &Row| r.sock.local.is_ipv4();
-    let line = |out: &mut dyn Write, name: &str, pick: &dyn Fn(&Row) -> bool| {
-        let total = count(pick);
-        let ip = count(&|r| pick(r) && v4(r));
-        writeln!(out, "{name:<14} {total:>8} {ip:>8} {:>8}", total - ip)
-    };
-    line(out, "TCP", &|_| true)?;
-    for state in TcpState::ALL {
-        if state == TcpState::NewSynRecv || state == TcpState::BoundInactive {
-            continue;
-        }
-        line(out, state.ss_name(), &|r| r.sock.state == state)?;
-    }
-    Ok(())
-}
-
 #[derive(Serialize)]
 struct JsonSocket<'a> {
     r#type: &'static str,
@@ -473,44 +471,137 @@ struct JsonSocket<'a> {
     local: SocketAddr,
     #[serde(serialize_with = "display")]
     peer: SocketAddr,
-    local_addr: std::net::IpAddr,
+    local_addr: IpAddr,
     local_port: u16,
-    peer_addr: std::net::IpAddr,
+    peer_addr: IpAddr,
     peer_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_host: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_host: Option<&'a str>,
     netns: u32,
     cookie: u64,
     uid: u32,
     inode: u32,
+    timer: Option<JsonTimer>,
+    shutdown: Option<&'static str>,
+    v6only: Option<bool>,
+    cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mark: Option<u32>,
     age_ns: Option<u64>,
     state_ns: Option<u64>,
     owner: Option<JsonOwner<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skmem: Option<JsonSkmem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_info: Option<&'a TcpInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cong: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonTimer {
+    kind: &'static str,
+    expires_ms: u32,
+    retrans: u8,
+}
+
+/// `SK_MEMINFO_*`, named.
+#[derive(Serialize)]
+struct JsonSkmem {
+    rmem_alloc: u32,
+    rcvbuf: u32,
+    wmem_alloc: u32,
+    sndbuf: u32,
+    fwd_alloc: u32,
+    wmem_queued: u32,
+    optmem: u32,
+    backlog: Option<u32>,
+    drops: Option<u32>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
-fn render_json(rows: &[&Row], data: &Data<'_>, out: &mut impl Write) -> io::Result<()> {
+fn render_json(
+    args: &SnapshotArgs,
+    rows: &[&Row],
+    data: &Data<'_>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     for r in rows {
+        let s = &r.sock;
         let ago = |t: Option<u64>| t.map(|t| data.now_ns.saturating_sub(t));
+        let ext = s.attrs.ext.as_deref();
+        let host = |ip: IpAddr| {
+            args.resolve
+                .then(|| data.names.get(&ip).map(String::as_str))
+                .flatten()
+        };
         let rec = JsonSocket {
             r#type: "socket",
-            state: r.sock.state.ss_name(),
-            recv_q: r.sock.recv_q,
-            send_q: r.sock.send_q,
-            local: r.sock.local,
-            peer: r.sock.remote,
-            local_addr: r.sock.local.ip(),
-            local_port: r.sock.local.port(),
-            peer_addr: r.sock.remote.ip(),
-            peer_port: r.sock.remote.port(),
+            state: s.state.ss_name(),
+            recv_q: s.recv_q,
+            send_q: s.send_q,
+            local: s.local,
+            peer: s.remote,
+            local_addr: s.local.ip(),
+            local_port: s.local.port(),
+            peer_addr: s.remote.ip(),
+            peer_port: s.remote.port(),
+            local_host: host(s.local.ip()),
+            peer_host: host(s.remote.ip()),
             netns: r.netns,
-            cookie: r.sock.cookie,
-            uid: r.sock.uid,
-            inode: r.sock.inode,
+            cookie: s.cookie,
+            uid: s.uid,
+            inode: s.inode,
+            timer: s.timer.map(|t| JsonTimer {
+                kind: match t.kind {
+                    TimerKind::Retransmit => "on",
+                    TimerKind::KeepAlive => "keepalive",
+                    TimerKind::TimeWait => "timewait",
+                    TimerKind::Probe => "persist",
+                    TimerKind::Unknown(_) => "unknown",
+                },
+                expires_ms: t.expires_ms,
+                retrans: t.retrans,
+            }),
+            shutdown: s.attrs.shutdown.map(|m| match m & 3 {
+                0 => "<->",
+                1 => "-->",
+                2 => "<--",
+                _ => "---",
+            }),
+            v6only: s.attrs.v6only,
+            cgroup_id: s.attrs.cgroup_id,
+            cgroup: s
+                .attrs
+                .cgroup_id
+                .and_then(|id| data.cgroups.as_ref().map(|c| c.path(id))),
+            mark: s.attrs.mark.filter(|_| data.show_mark),
             age_ns: ago(r.born_ns),
             state_ns: ago(r.since_ns),
             owner: r.owner.as_ref().map(JsonOwner::new),
+            skmem: ext
+                .and_then(|e| e.skmem.as_ref())
+                .filter(|m| m.len() >= 7)
+                .map(|m| JsonSkmem {
+                    rmem_alloc: m[0],
+                    rcvbuf: m[1],
+                    wmem_alloc: m[2],
+                    sndbuf: m[3],
+                    fwd_alloc: m[4],
+                    wmem_queued: m[5],
+                    optmem: m[6],
+                    backlog: m.get(7).copied(),
+                    drops: m.get(8).copied(),
+                }),
+            tcp_info: ext.and_then(|e| e.info.as_ref()),
+            cong: ext.and_then(|e| e.cong.as_deref()),
         };
         serde_json::to_writer(&mut *out, &rec)?;
         out.write_all(b"\n")?;
@@ -534,71 +625,40 @@ fn render_closed(
         }
         return Ok(());
     }
-    let addr = |a: &SocketAddr| {
-        let mut s = String::new();
-        addr_parts(a, true, true, &Services::default(), &mut s);
-        s
-    };
-    let lines: Vec<[String; 7]> = closed
-        .iter()
-        .map(|c| {
-            [
-                time_of_day(&data.clock, c.closed_ns),
-                c.lifespan_ns().map_or_else(|| "-".into(), duration),
-                addr(&c.local),
-                addr(&c.remote),
-                c.end.name().to_owned(),
-                c.owner.map_or_else(|| "-".into(), |o| users(&o)),
-                states_text(c),
-            ]
-        })
-        .collect();
-    let headers = [
-        "Closed(UTC)",
-        "Lifespan",
-        "Local Address:Port",
-        "Peer Address:Port",
-        "End",
-        "Process",
-        "States",
-    ];
-    let mut w = headers.map(str::len);
-    for l in &lines {
-        for (i, cell) in l.iter().enumerate() {
-            w[i] = w[i].max(cell.len());
+    let mut grid = Grid::with_capacity(
+        vec![
+            Column::left("Closed(UTC)"),
+            Column::right("Lifespan"),
+            Column::right("Local Address"),
+            Column::left(":Port").glued(),
+            Column::right("Peer Address"),
+            Column::left(":Port").glued(),
+            Column::left("End"),
+            Column::left("Process"),
+            Column::left("States"),
+        ],
+        closed.len(),
+    );
+    let services = Services::default();
+    for c in closed {
+        grid.cell(&time_of_day(&data.clock, c.closed_ns));
+        grid.cell(&c.lifespan_ns().map_or_else(|| "-".into(), duration));
+        for a in [&c.local, &c.remote] {
+            write_host(a, true, None, grid.buf());
+            grid.end_cell();
+            write_port(a.port(), true, &services, grid.buf());
+            grid.end_cell();
         }
+        grid.cell(c.end.name());
+        grid.cell(&c.owner.map_or_else(|| "-".into(), |o| users(&o)));
+        grid.cell(&states_text(c));
     }
-    let mut row = |cells: [&str; 7]| {
-        writeln!(
-            out,
-            "{:<a$} {:>b$} {:>c$} {:<d$} {:<e$} {:<f$} {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            cells[5],
-            cells[6],
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3],
-            e = w[4],
-            f = w[5],
-        )
-    };
-    if !args.no_header {
-        row(headers)?;
-    }
-    for l in &lines {
-        row(l.each_ref().map(String::as_str))?;
-    }
-    Ok(())
+    grid.print(out, !args.no_header)
 }
 
 /// ss -p's process column: `users:(("comm",pid=N,fd=F))`, the fd only when known.
 /// The name is escaped (controls, and the quote): it is whatever the process chose.
-fn users(o: &Owner) -> String {
+pub fn users(o: &Owner) -> String {
     let comm = crate::escape::escaped(o.task.comm(), Some(b'"'));
     match o.fd {
         Some(fd) => format!("users:((\"{comm}\",pid={},fd={fd}))", o.task.pid),
@@ -625,6 +685,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         }
     }
 
@@ -648,6 +709,7 @@ mod tests {
             evicted: 0,
             now_ns: 5_000_000_000,
             clock: Clock::fixed(UNIX_EPOCH),
+            ..Data::default()
         };
         let mut out = Vec::new();
         render(&a, &filter, &services, &data, &mut out).unwrap();
@@ -691,7 +753,7 @@ mod tests {
     fn ss_tan_layout_with_aligned_colons() {
         let out = show(&["-a", "-n"], fixture());
         let expected = "\
-State     Recv-Q Send-Q      Local Address:Port        Peer Address:Port
+State     Recv-Q Send-Q      Local Address:Port        Peer Address:Port Process
 LISTEN    1      128             127.0.0.1:22               0.0.0.0:*
 ESTAB     5      0               127.0.0.1:22             127.0.0.1:50264
 TIME-WAIT 0      0                   [::1]:50278              [::1]:8080
@@ -725,7 +787,7 @@ ESTAB     0      0      [::ffff:127.0.0.1]:8080  [::ffff:127.0.0.1]:41000
     fn one_selected_state_drops_the_state_column_as_in_ss() {
         let out = show(&["-n", "state", "listening"], fixture());
         let expected = "\
-Recv-Q Send-Q Local Address:Port Peer Address:Port
+Recv-Q Send-Q Local Address:Port Peer Address:PortProcess
 1      128        127.0.0.1:22        0.0.0.0:*
 0      4096               *:8080            *:*
 ";
@@ -748,23 +810,71 @@ Recv-Q Send-Q Local Address:Port Peer Address:Port
     fn extended_shows_age_and_time_in_state_when_known() {
         let out = show(&["-H", "-n", "-e", "sport = :8080"], fixture());
         assert!(
-            out.contains("uid:0 ino:11352 sk:1011 age:4.00s in-state:500.0ms"),
+            out.ends_with(":41000 ino:11352 sk:1011 age:4.00s in-state:500.0ms\n"),
             "{out}"
         );
     }
 
     #[test]
-    fn summary_counts_states_and_families() {
-        let out = show(&["-s", "-a"], fixture());
+    fn summary_alone_unless_tcp_or_a_filter_asks_for_the_table_as_ss() {
+        assert!(!args(&["-s"]).table_after_summary());
+        assert!(!args(&["-s", "-a", "-n"]).table_after_summary());
+        assert!(args(&["-s", "-t"]).table_after_summary());
+        assert!(args(&["-s", "state", "established"]).table_after_summary());
+    }
+
+    #[test]
+    fn last_of_all_and_listening_wins_as_in_ss() {
+        let listeners = |words: &[&str]| {
+            show(words, fixture())
+                .lines()
+                .filter(|l| !l.starts_with("LISTEN"))
+                .count()
+        };
+        assert_eq!(listeners(&["-H", "-n", "-a", "-l"]), 0);
+        assert_eq!(listeners(&["-H", "-n", "-al"]), 0);
+        assert_eq!(listeners(&["-H", "-n", "-la"]), 3);
+        assert_eq!(listeners(&["-H", "-n", "-l", "-a"]), 3);
+    }
+
+    #[test]
+    fn timers_and_one_line_info() {
+        let mut rows = fixture();
+        rows[2].sock.timer = Some(crate::sock_diag::Timer {
+            kind: TimerKind::TimeWait,
+            expires_ms: 59_000,
+            retrans: 0,
+        });
+        let out = show(&["-H", "-n", "-o", "state", "time-wait"], rows.clone());
+        assert!(out.ends_with(":8080 timer:(timewait,59sec,0)\n"), "{out}");
+        // -e implies -o, as in ss.
+        let out = show(&["-H", "-n", "-e", "state", "time-wait"], rows.clone());
         assert!(
-            out.starts_with("TCP:   5 (estab 2, closed 0, orphaned 0, timewait 1)"),
+            out.contains(":8080 timer:(timewait,59sec,0) ino:11352 sk:1011"),
             "{out}"
         );
-        let listen = out.lines().find(|l| l.starts_with("LISTEN")).unwrap();
+        // -m starts a second line; -O keeps it on the first.
+        let out = show(&["-H", "-n", "-m", "state", "time-wait"], rows.clone());
+        assert!(out.ends_with(":8080\n\t\n"), "{out:?}");
+        let out = show(&["-H", "-n", "-m", "-O", "state", "time-wait"], rows);
+        assert!(out.ends_with(":8080\n"), "{out:?}");
+    }
+
+    #[test]
+    fn counts_sorted_like_uniq_c_sort_rn() {
+        let out = show(&["-a", "-n", "--count", "state"], fixture());
         assert_eq!(
-            listen.split_whitespace().collect::<Vec<_>>(),
-            ["LISTEN", "2", "1", "1"]
+            out,
+            "Count State\n    2 ESTAB\n    2 LISTEN\n    1 TIME-WAIT\n"
         );
+        let out = show(
+            &["-a", "--count", "state,local-port", "-f", "json"],
+            fixture(),
+        );
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(first["count"], 1);
+        assert_eq!(first["type"], "count");
+        assert!(first["local_port"].is_u64(), "{first}");
     }
 
     #[test]

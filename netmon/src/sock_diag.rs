@@ -11,6 +11,8 @@ use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use netmon_common::TcpState;
 
+use crate::diag_ext::Attrs;
+
 // The few sock_diag constants needed are defined here rather than taken from
 // netlink-packet-sock-diag: its message types allocate per attribute (parsing 84k replies took
 // 44 ms with it against 1.1 ms here) and it would bring zerocopy and its derive macro along.
@@ -78,8 +80,9 @@ pub struct Timer {
     pub retrans: u8,
 }
 
-/// One TCP socket of a dump, with the columns of `ss -tan`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// One TCP socket of a dump, with the columns of `ss -tan` and the attributes ss's options
+/// print.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DiagSock {
     /// Socket cookie (`idiag_cookie`), the value `bpf_get_socket_cookie()` returns for it.
     pub cookie: u64,
@@ -114,6 +117,8 @@ pub struct DiagSock {
     /// dual-stack wildcard) as `*`, e.g. `*:80` and peer `*:*`.
     pub v6only: bool,
     pub timer: Option<Timer>,
+    /// The attributes after the header (see [`crate::diag_ext`]).
+    pub attrs: Attrs,
 }
 
 /// Length of `struct inet_diag_msg`, the fixed header of every dump reply.
@@ -122,8 +127,8 @@ pub const INET_DIAG_MSG_LEN: usize = 72;
 impl DiagSock {
     /// Decodes the fixed `struct inet_diag_msg` at the start of a `SOCK_DIAG_BY_FAMILY` reply
     /// payload. `None` if `payload` is shorter than [`INET_DIAG_MSG_LEN`] or the family is
-    /// neither `AF_INET` nor `AF_INET6`. Of the attributes after the header only
-    /// `INET_DIAG_SKV6ONLY` is read; the rest are skipped.
+    /// neither `AF_INET` nor `AF_INET6`. The attributes after the header go to
+    /// [`Attrs::parse`].
     ///
     /// Layout, from [include/uapi/linux/inet_diag.h](https://github.com/torvalds/linux/blob/master/include/uapi/linux/inet_diag.h)
     /// (`__be` fields are big-endian, the rest host-endian):
@@ -187,6 +192,7 @@ impl DiagSock {
                 retrans: m[3],
             }),
         };
+        let attrs = Attrs::parse(&payload[INET_DIAG_MSG_LEN..]);
         Some(Self {
             cookie: u64::from(ne32(44)) | (u64::from(ne32(48)) << 32),
             state: TcpState::from_kernel(m[1]),
@@ -197,29 +203,11 @@ impl DiagSock {
             uid: ne32(64),
             inode: ne32(68),
             ifindex: ne32(40),
-            v6only: m[0] == AF_INET6 && skv6only(&payload[INET_DIAG_MSG_LEN..]),
+            v6only: m[0] == AF_INET6 && attrs.v6only == Some(true),
             timer,
+            attrs,
         })
     }
-}
-
-/// `INET_DIAG_SKV6ONLY` (u8), sent unasked for IPv6 sockets in LISTEN or CLOSE.
-const INET_DIAG_SKV6ONLY: u16 = 11;
-
-/// Looks for `INET_DIAG_SKV6ONLY` in the `struct nlattr` list after `inet_diag_msg`.
-fn skv6only(mut attrs: &[u8]) -> bool {
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & netlink_packet_core::NLA_TYPE_MASK;
-        if len < 4 || len > attrs.len() {
-            return false;
-        }
-        if ty == INET_DIAG_SKV6ONLY {
-            return attrs.get(4).is_some_and(|&v| v != 0);
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
-    }
-    false
 }
 
 /// What went wrong in a dump. `Display` names the failing step.
@@ -328,7 +316,14 @@ impl Dump {
 /// (about 0.45 µs a socket here; parsing is 1-2% of it): 84k sockets take about 40 ms,
 /// against 140 ms for `ss -tan`.
 pub fn dump_tcp(families: Families, states: u32) -> Result<Vec<DiagSock>, DiagError> {
+    dump_tcp_ext(families, states, 0)
+}
+
+/// [`dump_tcp`], asking the kernel for the optional attributes in `ext` (`idiag_ext`, bits of
+/// [`crate::diag_ext::want`]).
+pub fn dump_tcp_ext(families: Families, states: u32, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
     let mut d = Dumper::new()?;
+    d.ext = ext;
     if families == Families::ALL {
         match d.dump(Dump::Both, states) {
             // Refused before anything was sent: this kernel lacks the legacy interface.
@@ -348,6 +343,7 @@ pub fn dump_tcp_in_netns(
     netns: &File,
     families: Families,
     states: u32,
+    ext: u8,
 ) -> Result<Vec<DiagSock>, DiagError> {
     let fd = netns.as_raw_fd();
     std::thread::scope(|scope| {
@@ -359,7 +355,7 @@ pub fn dump_tcp_in_netns(
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                     return Err(io_err("setns")(io::Error::last_os_error()));
                 }
-                dump_tcp(families, states)
+                dump_tcp_ext(families, states, ext)
             })
             .map_err(io_err("thread spawn"))?;
         worker.join().map_err(|_| DiagError::ThreadPanicked)?
@@ -433,6 +429,8 @@ impl Budget {
 struct Dumper {
     sock: Socket,
     buf: Vec<u8>,
+    /// `idiag_ext` of the requests.
+    ext: u8,
     out: Vec<DiagSock>,
     budget: Budget,
 }
@@ -456,6 +454,7 @@ impl Dumper {
         Ok(Self {
             sock,
             buf: vec![0u8; RECV_BUF],
+            ext: 0,
             out: Vec::new(),
             budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
         })
@@ -474,7 +473,7 @@ impl Dumper {
     fn dump(&mut self, what: Dump, states: u32) -> Result<(), DiagError> {
         let seq = next_seq();
         let mut req = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
-        let req = request(&mut req, what, states, seq);
+        let req = request(&mut req, what, states, self.ext, seq);
         loop {
             match self.sock.send(req, 0) {
                 Ok(n) if n == req.len() => break,
@@ -552,6 +551,7 @@ fn request(
     buf: &mut [u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN],
     what: Dump,
     states: u32,
+    ext: u8,
     seq: u32,
 ) -> &[u8] {
     let (ty, len) = match what {
@@ -563,17 +563,21 @@ fn request(
     buf[4..6].copy_from_slice(&ty.to_ne_bytes());
     buf[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0: the kernel fills in our port id. Extensions (idiag_ext) 0: no attributes
-    // asked for. inet_diag_sockid all zero: ignored by a dump.
+    // nlmsg_pid 0: the kernel fills in our port id. inet_diag_sockid all zero: ignored by a
+    // dump.
     let r = &mut buf[NLMSG_HDR_LEN..];
     match what {
         Dump::Family(family) => {
             r[0] = family;
             r[1] = IPPROTO_TCP;
+            r[2] = ext;
             r[4..8].copy_from_slice(&states.to_ne_bytes());
         }
         // The protocol comes from the message type, the family is ignored (AF_UNSPEC).
-        Dump::Both => r[52..56].copy_from_slice(&states.to_ne_bytes()),
+        Dump::Both => {
+            r[3] = ext;
+            r[52..56].copy_from_slice(&states.to_ne_bytes());
+        }
     }
     &buf[..len]
 }
@@ -693,7 +697,7 @@ mod tests {
     #[test]
     fn requests_are_inet_diag_req_v2_or_legacy_inet_diag_req() {
         let mut buf = [0xff; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
-        let r = request(&mut buf, V6, SS_STATES, 7);
+        let r = request(&mut buf, V6, SS_STATES, 0, 7);
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
@@ -702,7 +706,7 @@ mod tests {
         assert_eq!(&r[16..20], &[10, 6, 0, 0]);
         assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 0x1ffe);
         assert!(r[24..].iter().all(|&b| b == 0));
-        let r = request(&mut buf, Dump::Both, ALL_STATES, 8);
+        let r = request(&mut buf, Dump::Both, ALL_STATES, 0, 8);
         assert_eq!(r.len(), 76);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 76);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 18);
@@ -850,7 +854,7 @@ mod tests {
                 "ESTAB 5 0 127.0.0.1:32775 127.0.0.1:50264 ino:11354 sk:1017",
             ]
         );
-        let tw = out[3];
+        let tw = out[3].clone();
         assert_eq!(tw.state, TcpState::TimeWait);
         assert_eq!(
             tw.timer,
@@ -983,7 +987,7 @@ mod tests {
     fn errors_carry_the_errno() {
         let mut out = Vec::new();
         let mut e = (-libc::EINVAL).to_ne_bytes().to_vec();
-        e.extend_from_slice(&request(&mut [0; 76], V4, 1, 5)[..16]);
+        e.extend_from_slice(&request(&mut [0; 76], V4, 1, 0, 5)[..16]);
         let err = parse_datagram(&nlmsg(NLMSG_ERROR, 0, 5, &e), V4, 5, &mut out).unwrap_err();
         assert_eq!(err.errno(), Some(libc::EINVAL));
         assert!(err.to_string() == "sock_diag dump of IPv4 sockets failed");

@@ -32,24 +32,27 @@ pub struct NsDump {
 /// Lists the sockets of the namespaces in a scope. Blocking: keep it off the thread that
 /// drains the ring.
 pub trait SocketSource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump>;
+    /// `ext`: the optional sock_diag attributes to ask for (bits of
+    /// [`crate::diag_ext::want`]).
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump>;
 }
 
 /// The kernel, over sock_diag.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LiveSource;
 
-/// Dumps one namespace now.
-pub fn dump(ns: &Netns) -> NsDump {
+/// Dumps one namespace now, with the optional attributes in `ext`.
+pub fn dump(ns: &Netns, ext: u8) -> NsDump {
     NsDump {
         netns: ns.inum,
         t0_ns: Clock::mono_now_ns(),
-        dump: ns.dump(),
+        dump: ns.dump(ext),
     }
 }
 
 impl SocketSource for LiveSource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
+        let dump = |ns: &Netns| dump(ns, ext);
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
             Scope::All => netns::all().iter().map(dump).collect(),
@@ -64,7 +67,8 @@ pub struct ReplaySource {
 }
 
 impl SocketSource for ReplaySource {
-    fn dumps(&self, scope: &Scope) -> Vec<NsDump> {
+    /// Replays the attributes that were recorded, whatever `ext` asks.
+    fn dumps(&self, scope: &Scope, _ext: u8) -> Vec<NsDump> {
         let replay = |(netns, socks): (&u32, &Vec<DiagSock>)| NsDump {
             netns: *netns,
             t0_ns: Clock::mono_now_ns(),
@@ -170,6 +174,8 @@ impl Enrich for ProcOwners {
 pub struct What {
     /// Closed connections of the last this-many nanoseconds instead of live sockets.
     pub closed_within_ns: Option<u64>,
+    /// The sock_diag attributes the options print (`SnapshotArgs::diag_ext`).
+    pub ext: u8,
 }
 
 /// A snapshot's data, owned (it may be rendered on another thread than the table's).
@@ -190,6 +196,7 @@ impl Collected {
             evicted: self.evicted,
             now_ns: self.now_ns,
             clock,
+            ..Data::default()
         }
     }
 }
@@ -227,7 +234,7 @@ pub fn collect(
         out.now_ns = now_ns;
         return Ok(out);
     }
-    for d in source.dumps(scope) {
+    for d in source.dumps(scope, what.ext) {
         let dump = d.dump.map_err(|source| CollectError::Dump {
             netns: d.netns,
             source,
@@ -257,6 +264,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         }
     }
 

@@ -807,7 +807,7 @@ mod tests {
         let mut table = Table::new();
         let mut d = diag(9, TcpState::Listen);
         d.inode = 4242;
-        table.reconcile(7, &[d], 0);
+        table.reconcile(7, &[d.clone()], 0);
         let owner = Owner {
             task: Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
@@ -829,6 +829,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         }
     }
 

@@ -252,7 +252,7 @@ fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
     if let Some(only) = netns {
         namespaces.retain(|ns| ns.inum == only);
     }
-    namespaces.iter().map(source::dump).collect()
+    namespaces.iter().map(|ns| source::dump(ns, 0)).collect()
 }
 
 /// What other threads may ask of the table; the loop answers between two drains.
@@ -785,6 +785,7 @@ mod tests {
             ifindex: 0,
             v6only: false,
             timer: None,
+            attrs: Default::default(),
         };
         found.cookie = 1;
         let (tx, mut rx) = oneshot::channel();

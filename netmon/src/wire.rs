@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::{output::Format, snapshot::SnapshotArgs, tracer::LossTotals};
+use crate::{count::CountBy, output::Format, snapshot::SnapshotArgs, tracer::LossTotals};
 
 /// Bumped when a request or reply changes incompatibly.
 pub const VERSION: u32 = 1;
@@ -58,6 +58,12 @@ pub struct SnapshotRequest {
     pub closed_ns: Option<u64>,
     pub json: bool,
     pub filter: Vec<String>,
+    pub resolve: bool,
+    pub options: bool,
+    pub memory: bool,
+    pub info: bool,
+    pub oneline: bool,
+    pub count: Vec<CountBy>,
 }
 
 impl From<&SnapshotArgs> for SnapshotRequest {
@@ -78,6 +84,12 @@ impl From<&SnapshotArgs> for SnapshotRequest {
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             json: a.format == Format::Json,
             filter: a.filter.clone(),
+            resolve: a.resolve,
+            options: a.options,
+            memory: a.memory,
+            info: a.info,
+            oneline: a.oneline,
+            count: a.count.clone(),
         }
     }
 }
@@ -104,6 +116,13 @@ impl SnapshotRequest {
                 Format::Text
             },
             filter: self.filter.clone(),
+            resolve: self.resolve,
+            options: self.options,
+            memory: self.memory,
+            info: self.info,
+            oneline: self.oneline,
+            count: self.count.clone(),
+            ..SnapshotArgs::default()
         }
     }
 }

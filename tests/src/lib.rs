@@ -55,6 +55,17 @@ impl TestNetns {
         .expect("netns thread")
     }
 
+    /// A namespace made by someone else (`ip netns add` pins it at /run/netns/NAME), with `lo`
+    /// brought up.
+    pub fn open(path: &str) -> Self {
+        require_root();
+        let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        let inum = netns_inum(&file);
+        let ns = Self { file, inum };
+        ns.run(set_loopback_up);
+        ns
+    }
+
     /// Runs `f` on a thread inside the namespace.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         let fd = self.file.try_clone().expect("dup netns fd");
@@ -370,7 +381,11 @@ fn connect_nonblocking(to: SocketAddr) -> std::os::fd::OwnedFd {
     };
     // SAFETY: plain socket calls; the sockaddr built below matches `to`'s family and length.
     unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        let fd = libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
