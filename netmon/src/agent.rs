@@ -382,10 +382,12 @@ pub fn serve(
         ext: args.diag_ext(),
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(clock);
     // This runs off the thread that drains the ring, so -r may wait on the resolver.
     data.add_names(&args, prepared.show_mark);
-    let notes = snapshot::render(&args, &filter, services, &data, out)?;
+    let mut notes = snapshot::render(&args, &filter, services, &data, out)?;
+    notes.extend(missing);
     out.flush()?;
     Ok(notes)
 }
@@ -448,7 +450,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     };
     let _admitted = match admit(&shared, peer.uid) {
         Ok(a) => a,
-        Err(e) => return refuse(stream, &e).await,
+        Err(e) => return refuse_at_once(stream, &e).await,
     };
     let prepared = match read_request(&mut stream).await {
         Ok(request) => prepare(
@@ -563,7 +565,16 @@ async fn write_line<T: serde::Serialize>(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn refuse(mut stream: UnixStream, error: &str) {
+async fn refuse(stream: UnixStream, error: &str) {
+    refuse_within(stream, error, REQUEST_TIMEOUT).await
+}
+
+/// Refuses a connection over the limits: it is not counted, so it must not linger either.
+async fn refuse_at_once(stream: UnixStream, error: &str) {
+    refuse_within(stream, error, Duration::ZERO).await
+}
+
+async fn refuse_within(mut stream: UnixStream, error: &str, linger: Duration) {
     let header = ReplyHeader {
         ok: false,
         error: Some(error.to_string()),
@@ -573,10 +584,14 @@ async fn refuse(mut stream: UnixStream, error: &str) {
         let _ = stream.shutdown().await;
     }
     // Closing with unread input resets the connection, and the client would see the reset
-    // instead of the error reply: discard what is left of a refused request, briefly.
+    // instead of the error reply: discard what is left of a refused request: what has arrived,
+    // and for `linger` what is still coming.
     let mut sink = [0u8; 16 * 1024];
-    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    if !linger.is_zero() {
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(linger, drain).await;
+    }
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
@@ -795,6 +810,7 @@ mod tests {
                     vec![sock(2, TcpState::Established, "127.0.0.1:8081")],
                 ),
             ]),
+            ..Default::default()
         };
         let mut table = Table::new();
         let prepared = prepare(

@@ -372,10 +372,13 @@ fn fallback_snapshot(
         ..What::default()
     };
     let mut collected = source::collect(&LiveSource, &scope, &mut owners, what)?;
+    let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(Clock::now());
     // The kernel sent marks only if we may see them.
     data.add_names(args, true);
-    Ok(snapshot::render(args, filter, services, &data, out)?)
+    let mut notes = snapshot::render(args, filter, services, &data, out)?;
+    notes.extend(missing);
+    Ok(notes)
 }
 
 /// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of

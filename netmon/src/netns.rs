@@ -2,18 +2,14 @@
 //! the TCP sockets of one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeSet,
     fs::File,
     io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use crate::{
-    output::Clock,
-    sock_diag::{self, DiagError, DiagSock, Families},
-    table::{Owner, Table},
-};
+use crate::sock_diag::{self, DiagError, DiagSock, Families};
 
 /// An open network namespace: the file keeps it alive while we use it.
 #[derive(Debug)]
@@ -50,34 +46,6 @@ impl Netns {
     }
 }
 
-/// Dumps `ns` (with the attributes in `ext`) and makes `table` agree with it; returns the dump.
-pub fn resync(table: &mut Table, ns: &Netns, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
-    let t0 = Clock::mono_now_ns();
-    let dump = ns.dump(ext)?;
-    table.reconcile(ns.inum, &dump, t0);
-    Ok(dump)
-}
-
-/// Resyncs every namespace; with `owners` (a /proc scan), also names the sockets' owners.
-/// A namespace that cannot be dumped is reported on stderr and left as it was.
-pub fn resync_all(table: &mut Table, owners: Option<&HashMap<u32, Owner>>) {
-    for ns in all() {
-        match resync(table, &ns, 0) {
-            Ok(dump) => {
-                if let Some(owners) = owners {
-                    table.set_owners(&dump, owners);
-                }
-            }
-            Err(e) => eprintln!(
-                "netmon: dumping sockets of netns {}: {:#}",
-                ns.inum,
-                anyhow::Error::new(e)
-            ),
-        }
-    }
-    table.expire(Clock::mono_now_ns());
-}
-
 /// Moves the calling thread into the namespace `ip netns` calls `name` (/run/netns/NAME; a
 /// name with a `/` is taken as a path). Needs CAP_SYS_ADMIN. Call it before other threads
 /// start: they keep the namespace they had.
@@ -107,9 +75,18 @@ pub fn current_inum() -> io::Result<u32> {
 
 /// Every namespace on the machine that can be reached: those processes live in, those
 /// `ip netns` pins (/run/netns), and those held open by a process's fd (`net:[inode]`), once
-/// each. Processes that exit while we look are skipped.
+/// each, held open together. Prefer [`each`], which holds one at a time.
 pub fn all() -> Vec<Netns> {
-    let mut found = BTreeMap::new();
+    let mut found = Vec::new();
+    each(|_, ns| found.extend(ns.ok()));
+    found
+}
+
+/// Calls `f` with every reachable namespace (see [`all`]) in turn, or with why it could not
+/// be opened; each is closed before the next is opened, so that their number is not bounded
+/// by the open-files limit. Processes that exit while we look are skipped.
+pub fn each(mut f: impl FnMut(u32, io::Result<Netns>)) {
+    let mut seen = BTreeSet::new();
     let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -147,14 +124,17 @@ pub fn all() -> Vec<Netns> {
             continue;
         };
         let inum = meta.ino() as u32;
-        if found.contains_key(&inum) {
+        if !seen.insert(inum) {
             continue;
         }
-        if let Ok(ns) = Netns::open(&path) {
-            found.insert(ns.inum, ns);
+        match Netns::open(&path) {
+            // Its process exited meanwhile: nothing to report.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                seen.remove(&inum);
+            }
+            opened => f(inum, opened),
         }
     }
-    found.into_values().collect()
 }
 
 #[cfg(test)]

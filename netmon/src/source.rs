@@ -55,7 +55,23 @@ impl SocketSource for LiveSource {
         let dump = |ns: &Netns| dump(ns, ext);
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
-            Scope::All => netns::all().iter().map(dump).collect(),
+            Scope::All => {
+                let mut dumps = Vec::new();
+                netns::each(|inum, ns| {
+                    dumps.push(match ns {
+                        Ok(ns) => dump(&ns),
+                        Err(source) => NsDump {
+                            netns: inum,
+                            t0_ns: Clock::mono_now_ns(),
+                            dump: Err(DiagError::Io {
+                                call: "open netns",
+                                source,
+                            }),
+                        },
+                    })
+                });
+                dumps
+            }
         }
     }
 }
@@ -64,6 +80,8 @@ impl SocketSource for LiveSource {
 #[derive(Clone, Debug, Default)]
 pub struct ReplaySource {
     pub namespaces: BTreeMap<u32, Vec<DiagSock>>,
+    /// Namespaces that could not be opened (e.g. the agent was out of descriptors).
+    pub unreachable: Vec<u32>,
 }
 
 impl SocketSource for ReplaySource {
@@ -72,7 +90,14 @@ impl SocketSource for ReplaySource {
         let replay = |(netns, socks): (&u32, &Vec<DiagSock>)| NsDump {
             netns: *netns,
             t0_ns: Clock::mono_now_ns(),
-            dump: Ok(socks.clone()),
+            dump: if self.unreachable.contains(netns) {
+                Err(DiagError::Io {
+                    call: "open netns",
+                    source: std::io::Error::from_raw_os_error(libc::EMFILE),
+                })
+            } else {
+                Ok(socks.clone())
+            },
         };
         match scope {
             Scope::Caller(ns) => self
@@ -185,6 +210,8 @@ pub struct Collected {
     pub closed: Vec<Closed>,
     pub evicted: u64,
     pub now_ns: u64,
+    /// What the user must know about what is missing (namespaces that could not be dumped).
+    pub notes: Vec<String>,
 }
 
 impl Collected {
@@ -234,12 +261,26 @@ pub fn collect(
         out.now_ns = now_ns;
         return Ok(out);
     }
+    let mut skipped = Vec::new();
     for d in source.dumps(scope, what.ext) {
-        let dump = d.dump.map_err(|source| CollectError::Dump {
-            netns: d.netns,
-            source,
-        })?;
-        out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?);
+        match (d.dump, scope) {
+            (Ok(dump), _) => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
+            // Every namespace: say which are missing rather than fail them all.
+            (Err(e), Scope::All) => skipped.push(format!("{} ({e})", d.netns)),
+            (Err(source), Scope::Caller(_)) => {
+                return Err(CollectError::Dump {
+                    netns: d.netns,
+                    source,
+                });
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        out.notes.push(format!(
+            "{} network namespaces are missing from this snapshot: {}",
+            skipped.len(),
+            skipped.join(", ")
+        ));
     }
     out.now_ns = Clock::mono_now_ns();
     Ok(out)
@@ -282,6 +323,7 @@ mod tests {
                     vec![diag(2, TcpState::Established, "10.0.0.1:1", "10.0.0.2:2")],
                 ),
             ]),
+            ..Default::default()
         };
         let mut table = Table::new();
         let got = collect(&source, &Scope::Caller(me), &mut table, What::default()).unwrap();
@@ -294,6 +336,35 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_that_cannot_be_dumped_are_reported_not_skipped() {
+        let me = Netns::current().unwrap();
+        let listener = || vec![diag(1, TcpState::Listen, "127.0.0.1:80", "0.0.0.0:0")];
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([(me.inum, listener()), (7, listener())]),
+            unreachable: vec![7],
+        };
+        let got = collect(&source, &Scope::All, &mut Table::new(), What::default()).unwrap();
+        assert_eq!(got.rows.len(), 1);
+        assert_eq!(got.notes.len(), 1);
+        assert!(
+            got.notes[0].starts_with("1 network namespaces are missing from this snapshot: 7 ("),
+            "{:?}",
+            got.notes
+        );
+        let source = ReplaySource {
+            unreachable: vec![me.inum],
+            ..source
+        };
+        let e = collect(
+            &source,
+            &Scope::Caller(me),
+            &mut Table::new(),
+            What::default(),
+        );
+        assert!(matches!(e, Err(CollectError::Dump { .. })), "{e:?}");
+    }
+
+    #[test]
     fn the_fallback_names_owners_from_a_proc_walk() {
         let me = Netns::current().unwrap();
         let source = ReplaySource {
@@ -301,6 +372,7 @@ mod tests {
                 me.inum,
                 vec![diag(7, TcpState::Listen, "127.0.0.1:80", "0.0.0.0:0")],
             )]),
+            ..Default::default()
         };
         let owner = Owner {
             task: crate::decode::Task::new(55, 55, 0, "sshd"),

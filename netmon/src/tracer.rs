@@ -248,11 +248,16 @@ impl Pipeline {
 /// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
 /// thread).
 fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
-    let mut namespaces = netns::all();
-    if let Some(only) = netns {
-        namespaces.retain(|ns| ns.inum == only);
-    }
-    namespaces.iter().map(|ns| source::dump(ns, 0)).collect()
+    let mut dumps = Vec::new();
+    netns::each(|inum, ns| {
+        if netns.is_none_or(|only| only == inum) {
+            match ns {
+                Ok(ns) => dumps.push(source::dump(&ns, 0)),
+                Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+            }
+        }
+    });
+    dumps
 }
 
 /// What other threads may ask of the table; the loop answers between two drains.
@@ -425,7 +430,12 @@ impl<R: Ring> Tracer<R> {
                     self.pipeline.table.set_owners(&dump, owners);
                 }
             }
-            Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+            // `{:#}` walks the sources: the failed step, then the errno.
+            Err(e) => eprintln!(
+                "netmon: dumping sockets of netns {}: {:#}",
+                d.netns,
+                anyhow::Error::new(e)
+            ),
         }
         Ok(())
     }

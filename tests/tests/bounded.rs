@@ -65,6 +65,7 @@ fn agent_stays_responsive_with_1000_idle_clients_of_one_user() {
     let fds = open_fds(agent.pid());
     let (out, _, took) = timed_snapshot(&agent, &ns, &["-a"]);
     assert!(out.starts_with("State"), "{out}");
+    eprintln!("1000 idle clients held: the agent has {fds} descriptors; a snapshot took {took:?}");
     assert!(
         took < Duration::from_millis(1500),
         "a snapshot took {took:?} while idle clients were held"
