@@ -265,9 +265,17 @@ impl crate::tracer::Sink for LossLog {
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(shared.clone(), stream));
-            }
+            // Admitted here, before a task exists: a flood of connections over the limits
+            // costs one descriptor at a time, never one per waiting task.
+            Ok((stream, _)) => match peer_of(&stream)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|peer| Ok((peer, admit(&shared, peer.uid)?)))
+            {
+                Ok((peer, admitted)) => {
+                    tokio::spawn(handle(shared.clone(), stream, peer, admitted));
+                }
+                Err(e) => refuse_at_once(stream, &e),
+            },
             // Out of descriptors (or another transient failure): the pending connection stays
             // queued and would fail again at once; wait for clients to leave instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -443,16 +451,12 @@ impl Write for FrameWriter {
     }
 }
 
-async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
-    let peer = match peer_of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => return refuse(stream, &format!("{e:#}")).await,
-    };
-    let _admitted = match admit(&shared, peer.uid) {
-        Ok(a) => a,
-        Err(e) => return refuse_at_once(stream, &e).await,
-    };
+/// Serves one admitted connection; its place is given back when `_admitted` drops.
+async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitted: Admitted) {
     let prepared = match read_request(&mut stream).await {
+        Ok(request) if request.top.is_some() => {
+            return handle_top(shared, stream, request, peer).await;
+        }
         Ok(request) => prepare(
             request,
             &peer,
@@ -541,6 +545,106 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// A checked `netmon top` request: what to count, the filter, the namespace (`None`: all).
+#[derive(Debug)]
+pub struct PreparedTop {
+    pub query: crate::top::model::Query,
+    pub filter: crate::filter::Filter,
+    pub netns: Option<u32>,
+}
+
+/// Checks a `top` request through [`prepare`], as the snapshot with the same scope and filter
+/// would be: whoever may not see that snapshot may not see these numbers either.
+pub fn prepare_top(
+    request: Request,
+    peer: &Peer,
+    limits: &Limits,
+    services: &Services,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> anyhow::Result<PreparedTop> {
+    let query = request.top.context("not a top request")?;
+    let as_snapshot = Request {
+        version: request.version,
+        snapshot: SnapshotRequest {
+            all: true,
+            all_netns: query.all_netns,
+            filter: query.filter.clone(),
+            ..SnapshotRequest::default()
+        },
+        top: None,
+    };
+    let prepared = prepare(as_snapshot, peer, limits, services, open_netns)?;
+    let filter = crate::top::feed::parse_filter(&query, services).map_err(anyhow::Error::msg)?;
+    let netns = match prepared.scope {
+        Scope::Caller(ns) => Some(ns.inum),
+        Scope::All => None,
+    };
+    Ok(PreparedTop {
+        query,
+        filter,
+        netns,
+    })
+}
+
+/// Serves a `top` request: the tracer counts (see [`crate::tracer::Query::Top`]); the reply
+/// is the header, the JSON numbers in data frames, and the trailer.
+async fn handle_top(shared: Arc<Shared>, mut stream: UnixStream, request: Request, peer: Peer) {
+    let prepared = match prepare_top(
+        request,
+        &peer,
+        &shared.limits,
+        &shared.services,
+        Netns::of_pid,
+    ) {
+        Ok(p) => p,
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
+    };
+    let header = ReplyHeader {
+        ok: true,
+        error: None,
+        version: wire::VERSION,
+    };
+    if write_line(&mut stream, &header).await.is_err() {
+        return;
+    }
+    let table = shared.table.clone();
+    let clock = shared.clock;
+    let answer = tokio::task::spawn_blocking(move || {
+        let model = table.top(prepared.query, prepared.filter, prepared.netns, clock)?;
+        serde_json::to_vec(&model).map_err(anyhow::Error::from)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let mut frames = BytesMut::new();
+    let trailer = match answer {
+        Ok(json) => {
+            for chunk in json.chunks(CHUNK) {
+                wire::put_frame(&mut frames, FRAME_DATA, chunk);
+            }
+            Trailer {
+                ok: true,
+                ..Trailer::default()
+            }
+        }
+        Err(e) => Trailer {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            ..Trailer::default()
+        },
+    };
+    wire::put_frame(
+        &mut frames,
+        FRAME_TRAILER,
+        &serde_json::to_vec(&trailer).unwrap_or_default(),
+    );
+    let finish = async {
+        stream.write_all(&frames).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+}
+
 fn peer_of(stream: &UnixStream) -> anyhow::Result<Peer> {
     let cred = stream
         .peer_cred()
@@ -565,16 +669,23 @@ async fn write_line<T: serde::Serialize>(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn refuse(stream: UnixStream, error: &str) {
-    refuse_within(stream, error, REQUEST_TIMEOUT).await
+/// Refuses a connection over the limits, without waiting: it is not counted, so it must not
+/// linger. The reply goes out if the socket takes it at once (a fresh one always does).
+fn refuse_at_once(stream: UnixStream, error: &str) {
+    let header = ReplyHeader {
+        ok: false,
+        error: Some(error.to_string()),
+        version: wire::VERSION,
+    };
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
+    // Unread input would turn the close into a reset that hides the reply.
+    let mut sink = [0u8; 16 * 1024];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
-/// Refuses a connection over the limits: it is not counted, so it must not linger either.
-async fn refuse_at_once(stream: UnixStream, error: &str) {
-    refuse_within(stream, error, Duration::ZERO).await
-}
-
-async fn refuse_within(mut stream: UnixStream, error: &str, linger: Duration) {
+async fn refuse(mut stream: UnixStream, error: &str) {
     let header = ReplyHeader {
         ok: false,
         error: Some(error.to_string()),
@@ -584,14 +695,10 @@ async fn refuse_within(mut stream: UnixStream, error: &str, linger: Duration) {
         let _ = stream.shutdown().await;
     }
     // Closing with unread input resets the connection, and the client would see the reset
-    // instead of the error reply: discard what is left of a refused request: what has arrived,
-    // and for `linger` what is still coming.
+    // instead of the error reply: discard what is left of a refused request, briefly.
     let mut sink = [0u8; 16 * 1024];
-    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
-    if !linger.is_zero() {
-        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(linger, drain).await;
-    }
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
 async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
@@ -740,6 +847,7 @@ mod tests {
 
     fn request(words: &[&str]) -> Request {
         Request {
+            top: None,
             version: wire::VERSION,
             snapshot: SnapshotRequest {
                 all: true,
@@ -779,6 +887,52 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(ok.scope, Scope::Caller(_)));
+    }
+
+    #[test]
+    fn top_requests_are_checked_like_the_snapshot_of_the_same_scope() {
+        let services = Services::default();
+        let top = |filter: &[&str], all_netns: bool| {
+            let line = serde_json::to_string(&Request::top(crate::top::model::Query {
+                filter: filter.iter().map(|w| w.to_string()).collect(),
+                all_netns,
+                ..Default::default()
+            }))
+            .unwrap();
+            // As the agent reads it.
+            serde_json::from_str::<Request>(&line).unwrap()
+        };
+        let ok = prepare_top(
+            top(&["dport", "=", ":80"], false),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
+        assert_eq!(ok.netns, Some(Netns::current().unwrap().inum));
+        let all = prepare_top(
+            top(&[], true),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap();
+        assert_eq!(all.netns, None);
+        let e = prepare_top(
+            top(&["dport", "="], false),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("dport"), "{e:#}");
+        let mut old = top(&[], false);
+        old.version = 0;
+        let e = prepare_top(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
+        assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
     }
 
     #[test]

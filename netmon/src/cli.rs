@@ -54,9 +54,15 @@ pub enum Command {
     /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
     Snapshot(SnapshotArgs),
-    /// Keep the live connection table and serve `netmon snapshot` (needs root).
+    /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
+    /// root).
     #[command(args_override_self = true, after_long_help = AGENT_FILES)]
     Agent(AgentArgs),
+    /// A live screen of who opens and fails connections, how fast, to whom, how long they
+    /// live, and the ones that just ended; from the agent (or, as root without an agent,
+    /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
+    /// space pause, Tab pane, Enter details.
+    Top(crate::top::TopArgs),
     /// Print a completion script: `netmon completions bash > /etc/bash_completion.d/netmon`.
     #[command(hide = true)]
     Completions {
@@ -215,6 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Top(args) => crate::top::run(args),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout().lock());
             Ok(())

@@ -10,8 +10,9 @@ use clap_complete::Shell;
 
 use crate::cli::Cli;
 
-/// netmon(1) and one page per visible subcommand: netmon-watch(1), netmon-snapshot(1), and
-/// netmon-agent(8), in section 8 because it is a daemon an administrator runs. Each comes with
+/// netmon(1) and one page per visible subcommand: netmon-watch(1), netmon-snapshot(1),
+/// netmon-top(1), and netmon-agent(8), in section 8 because it is a daemon an administrator
+/// runs. Each comes with
 /// its path under a man directory (`man1/netmon.1`).
 pub fn man_pages() -> Vec<(PathBuf, clap_mangen::Man)> {
     let mut cmd = Cli::command().disable_help_subcommand(true);
@@ -75,7 +76,8 @@ mod tests {
                 "man1/netmon.1",
                 "man1/netmon-watch.1",
                 "man1/netmon-snapshot.1",
-                "man8/netmon-agent.8"
+                "man8/netmon-agent.8",
+                "man1/netmon-top.1"
             ]
         );
     }
@@ -118,7 +120,7 @@ mod tests {
             let mut out = Vec::new();
             completions(shell, &mut out);
             let text = String::from_utf8(out).unwrap();
-            for word in ["watch", "snapshot", "agent"] {
+            for word in ["watch", "snapshot", "agent", "top"] {
                 assert!(text.contains(word), "{shell:?} completion lacks {word}");
             }
         }

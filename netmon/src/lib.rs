@@ -31,6 +31,7 @@ pub mod sock_diag;
 pub mod sockstat;
 pub mod source;
 pub mod table;
+pub mod top;
 pub mod tracer;
 pub mod watch;
 pub mod wire;

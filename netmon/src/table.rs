@@ -629,6 +629,11 @@ impl Table {
         }
     }
 
+    /// TIME-WAIT sockets in the namespaces `netns` accepts.
+    pub fn time_wait_count(&self, netns: impl Fn(u32) -> bool) -> usize {
+        self.time_wait.values().filter(|t| netns(t.netns)).count()
+    }
+
     pub fn live(&self) -> impl Iterator<Item = (u64, &Sock)> {
         self.live.iter().map(|(c, s)| (*c, s))
     }

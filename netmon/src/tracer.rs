@@ -279,6 +279,16 @@ pub enum Query {
     },
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
+    /// The numbers of one `netmon top` screen, counted in place: one pass over the table,
+    /// no copy of it (a client asks once a second; the pass costs a few ms at storm rates,
+    /// while the ring holds well over 100 ms of events).
+    Top {
+        query: crate::top::model::Query,
+        filter: crate::filter::Filter,
+        netns: Option<u32>,
+        clock: Clock,
+        reply: oneshot::Sender<crate::top::model::Model>,
+    },
 }
 
 /// A handle on a running tracer's table, for blocking threads (it implements [`Enrich`]).
@@ -306,6 +316,23 @@ impl TracerHandle {
     /// Loss totals so far (blocking).
     pub fn losses(&self) -> Result<LossTotals, TracerStopped> {
         self.ask(|reply| Query::Losses { reply })
+    }
+
+    /// A `netmon top` screen for namespace `netns` (every one with `None`), blocking.
+    pub fn top(
+        &self,
+        query: crate::top::model::Query,
+        filter: crate::filter::Filter,
+        netns: Option<u32>,
+        clock: Clock,
+    ) -> Result<crate::top::model::Model, TracerStopped> {
+        self.ask(|reply| Query::Top {
+            query,
+            filter,
+            netns,
+            clock,
+            reply,
+        })
     }
 }
 
@@ -463,6 +490,28 @@ impl<R: Ring> Tracer<R> {
             }
             Query::Losses { reply } => {
                 let _ = reply.send(self.pipeline.losses());
+            }
+            Query::Top {
+                query,
+                filter,
+                netns,
+                clock,
+                reply,
+            } => {
+                self.drain(sink)?;
+                let now = Clock::mono_now_ns();
+                // TIME-WAIT entries are otherwise expired only at the minutely reconcile.
+                self.pipeline.table.expire(now);
+                let losses = self.pipeline.losses();
+                let model = crate::top::feed::from_table(
+                    &self.pipeline.table,
+                    losses,
+                    clock,
+                    &query,
+                    &filter,
+                    netns,
+                );
+                let _ = reply.send(model);
             }
         }
         Ok(())

@@ -28,7 +28,13 @@ const FRAME_HEADER: usize = 5;
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub version: u32,
+    #[serde(default)]
     pub snapshot: SnapshotRequest,
+    /// A `netmon top` screen instead of a snapshot: the reply's data is one JSON
+    /// [`crate::top::model::Model`]. (An agent older than this field refuses it as an
+    /// unknown field.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<crate::top::model::Query>,
 }
 
 impl Request {
@@ -36,6 +42,15 @@ impl Request {
         Self {
             version: VERSION,
             snapshot: SnapshotRequest::from(args),
+            top: None,
+        }
+    }
+
+    pub fn top(query: crate::top::model::Query) -> Self {
+        Self {
+            version: VERSION,
+            snapshot: SnapshotRequest::default(),
+            top: Some(query),
         }
     }
 }
@@ -234,6 +249,7 @@ mod tests {
         let line = serde_json::to_string(&Request {
             version: VERSION,
             snapshot: req.clone(),
+            top: None,
         })
         .unwrap();
         let back: Request = serde_json::from_str(&line).unwrap();

@@ -80,6 +80,11 @@ impl TestNetns {
         .expect("thread in test netns panicked")
     }
 
+    /// A path that names this namespace while the test runs, for `nsenter --net=PATH`.
+    pub fn path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+    }
+
     /// A program filtered on this namespace.
     pub fn probe(&self, ring_bytes: u32) -> Probe {
         let config = ProbeConfig {

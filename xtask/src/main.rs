@@ -41,6 +41,9 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("systemd-socket-activate", "systemd"),
     ("man", "man-db"),
     ("addgroup", "adduser"),
+    ("nsenter", "util-linux"),
+    // `netmon top` is tested in a real terminal: tmux runs it, sends keys, captures the screen.
+    ("tmux", "tmux"),
 ];
 
 #[derive(Parser)]

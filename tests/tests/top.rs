@@ -1,0 +1,266 @@
+//! `netmon top` in a real terminal (tmux) against a running agent, while the test makes
+//! refused, reset and normal connections in its own namespace.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use netmon_tests::{AgentProcess, TestNetns, connect_and_close, netmon_bin};
+
+/// A tmux server of the test's own (its own socket), killed on drop.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16, command: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = PathBuf::from(format!("/tmp/netmon-test-tmux-{}-{n}", std::process::id()));
+        let tmux = Self { socket };
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&tmux.socket)
+            .args(["new-session", "-d", "-x", &width.to_string(), "-y"])
+            .arg(height.to_string())
+            .arg(command)
+            .status()
+            .expect("run tmux (cargo xtask setup installs it)");
+        assert!(status.success(), "tmux new-session failed: {status}");
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p"])
+    }
+
+    /// Sends keys one at a time: a burst would reach the program as one read, and an Esc
+    /// followed at once by a letter reads as Alt+letter.
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.run(&["send-keys", k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Waits until `check` accepts the screen; panics with the last screen after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not on screen within {timeout:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The numbers of the table row whose key is `key`: NEW FAIL REFUSED TIMEOUT RST ...
+fn row(screen: &str, key: &str) -> Option<Vec<String>> {
+    screen.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(key)).then(|| words.map(str::to_owned).collect())
+    })
+}
+
+/// Closes with SO_LINGER 0: the kernel sends a RST instead of a FIN.
+fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn top_in_a_terminal_shows_refused_reset_and_normal_connections() {
+    let ns = TestNetns::new();
+    let agent = AgentProcess::start();
+    let command = format!(
+        "NETMON_AGENT_SOCKET={socket} nsenter --net={ns} {bin} top --total --group peer-port \
+         --sort key; echo EXIT=$?; stty -a; sleep 60",
+        socket = agent.socket.display(),
+        ns = ns.path(),
+        bin = netmon_bin().display(),
+    );
+    let tmux = Tmux::start(160, 48, &command);
+    tmux.wait_for("the first screen", Duration::from_secs(20), |s| {
+        s.contains("via agent") && s.contains("PPORT")
+    });
+
+    let (refused_port, server_port, _listener) = ns.run(|| {
+        // A port nobody listens on.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        for _ in 0..3 {
+            let err = TcpStream::connect(("127.0.0.1", refused_port)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server_port = listener.local_addr().unwrap().port();
+        for _ in 0..2 {
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (child, _) = listener.accept().unwrap();
+            reset(client);
+            std::thread::sleep(Duration::from_millis(20));
+            drop(child);
+        }
+        for _ in 0..4 {
+            connect_and_close(&listener);
+        }
+        // Kept open: its close would be one more ended connection.
+        (refused_port, server_port, listener)
+    });
+
+    let refused_key = refused_port.to_string();
+    let server_key = server_port.to_string();
+    // Columns: NEW FAIL REFUSED TIMEOUT RST ...
+    let screen = tmux.wait_for("the failure counters", Duration::from_secs(15), |s| {
+        let refused = row(s, &refused_key);
+        let server = row(s, &server_key);
+        refused.is_some_and(|r| r[0] == "3" && r[1] == "3" && r[2] == "3")
+            && server.is_some_and(|r| r[0] == "6" && r[1] == "2" && r[4] == "2")
+    });
+    // Listeners (peer 0.0.0.0:0) end too: the one that made the refused port free.
+    let recent: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !l.contains("recently ended"))
+        .filter(|l| !l.contains("-> 0.0.0.0:0"))
+        .collect();
+    let count = |what: &str| recent.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("refused"), 3, "{screen}");
+    assert_eq!(count("reset-sent"), 2, "{screen}");
+    assert_eq!(count("reset-received"), 2, "{screen}");
+    assert_eq!(count(" normal "), 8, "4 connections, both ends:\n{screen}");
+    assert!(
+        screen.contains("failed 7"),
+        "3 refused + 4 reset ends:\n{screen}"
+    );
+
+    // Keys: the next grouping (by owner), then quit.
+    tmux.keys(&["g"]);
+    tmux.wait_for("grouping by owner", Duration::from_secs(5), |s| {
+        s.contains("by owner (g)")
+    });
+    tmux.keys(&["q"]);
+    let after = tmux.wait_for("the exit", Duration::from_secs(10), |s| s.contains("EXIT="));
+    assert!(after.contains("EXIT=0"), "{after}");
+    // Restored: the main screen, a visible cursor, and a cooked tty.
+    let state = tmux.run(&["display", "-p", "#{alternate_on} #{cursor_flag}"]);
+    assert_eq!(state.trim(), "0 1", "alternate screen off, cursor on");
+    let words: Vec<&str> = after.split_whitespace().collect();
+    for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(
+            words.contains(&flag),
+            "tty flag {flag} not restored:\n{after}"
+        );
+    }
+}
+
+#[test]
+fn top_once_prints_one_plain_screen_and_sigterm_restores_the_terminal() {
+    let ns = TestNetns::new();
+    let agent = AgentProcess::start();
+    // --once, piped: plain text, no escape sequences.
+    let out = ns.run({
+        let socket = agent.socket.clone();
+        move || {
+            Command::new(netmon_bin())
+                .args(["top", "--once", "--size", "80x24"])
+                .env("NETMON_AGENT_SOCKET", socket)
+                .output()
+                .expect("run netmon top --once")
+        }
+    });
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 24, "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    assert!(!text.contains('\x1b'), "no escape sequences:\n{text}");
+    assert!(text.starts_with("netmon top"), "{text}");
+    assert!(text.contains(&format!("netns {}", ns.inum)), "{text}");
+
+    // A bad filter: one clear error, exit 1.
+    let out = Command::new(netmon_bin())
+        .args(["top", "--once", "dport", "="])
+        .env("NETMON_AGENT_SOCKET", &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("netmon: filter:"), "{err}");
+
+    // SIGTERM while the screen is up: the terminal comes back.
+    let command = format!(
+        "NETMON_AGENT_SOCKET={} {} top; echo EXIT=$?; stty -a; sleep 60",
+        agent.socket.display(),
+        netmon_bin().display(),
+    );
+    let tmux = Tmux::start(80, 24, &command);
+    tmux.wait_for("the screen", Duration::from_secs(20), |s| {
+        s.contains("via agent")
+    });
+    // The pane runs `sh -c COMMAND`; netmon is its child.
+    let shell = tmux.run(&["display", "-p", "#{pane_pid}"]);
+    let shell: i32 = shell.trim().parse().expect("pane pid");
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the shell's children");
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child of the pane's shell: {children:?}"));
+    // SAFETY: signalling the netmon this test started, by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let after = tmux.wait_for("the exit", Duration::from_secs(10), |s| s.contains("EXIT="));
+    assert!(after.contains("EXIT=0"), "{after}");
+    let state = tmux.run(&["display", "-p", "#{alternate_on} #{cursor_flag}"]);
+    assert_eq!(state.trim(), "0 1", "alternate screen off, cursor on");
+    let words: Vec<&str> = after.split_whitespace().collect();
+    assert!(
+        words.contains(&"icanon") && words.contains(&"echo"),
+        "{after}"
+    );
+}
