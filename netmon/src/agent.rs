@@ -29,9 +29,9 @@ use tokio::{
 
 use crate::{
     agent_socket,
+    clock::Clock,
     filter::Services,
     netns::Netns,
-    output::Clock,
     snapshot::{self, SnapshotArgs},
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -157,6 +157,10 @@ pub struct AgentArgs {
     /// directory beside it (agent.d/). [default: /etc/netmon/agent.toml, if it exists]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
+    /// copy of the program for then go unnoticed (no resync for them).
+    #[arg(long)]
+    pub no_fire_count: bool,
     /// Trace only the network namespace of this inode (hidden: tests that count their own
     /// losses on a machine where others make traffic).
     #[arg(long, hide = true, value_name = "INODE")]
@@ -196,6 +200,7 @@ pub async fn run(
         closed_capacity: args.closed_capacity,
         resync_every: Some(RECONCILE_EVERY),
         resync_after_loss: Some(RECONCILE_AFTER_LOSS),
+        count_fires: !args.no_fire_count,
         netns: args.only_netns,
     };
     raise_nofile_limit();
@@ -255,7 +260,7 @@ struct LossLog;
 impl crate::tracer::Sink for LossLog {
     fn loss(&mut self, loss: &crate::tracer::Loss) -> std::io::Result<()> {
         eprintln!(
-            "netmon agent: {} {:?} losses, {} so far; resyncing",
+            "netmon agent: {} {} losses, {} so far; resyncing",
             loss.count, loss.kind, loss.total
         );
         Ok(())

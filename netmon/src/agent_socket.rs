@@ -113,11 +113,21 @@ impl Lock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
+                // The holder writes its pid just after taking the lock: two agents started
+                // together get here before it has, so give it a moment.
+                let mut pid = None;
+                for _ in 0..20 {
+                    let mut text = String::new();
+                    let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+                    pid = text.trim().parse().ok();
+                    if pid.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
                 return Err(SocketError::Busy {
                     path: socket.to_owned(),
-                    pid: text.trim().parse().ok(),
+                    pid,
                 });
             }
             return Err(io_err("flock", &lock_path)(e));

@@ -14,7 +14,10 @@ use netmon_common::{
     SockOffsets, TRACEPOINT, TRANSITION_PROGRAMS,
 };
 
-use crate::offsets;
+use crate::{
+    fires::{FireCounter, FiresError, NotRun},
+    offsets,
+};
 
 /// The compiled eBPF object, built by build.rs from the netmon-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon"));
@@ -59,6 +62,10 @@ pub enum AttachError {
     },
     #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes (a page)")]
     RingSize { bytes: u32 },
+    #[error(transparent)]
+    Fires(#[from] FiresError),
+    #[error("reading the tracepoint's perf counters: {0}")]
+    FiresRead(std::io::Error),
 }
 
 /// How to load the program.
@@ -72,6 +79,9 @@ pub struct ProbeConfig {
     pub filter: KernelFilter,
     /// Also attach the owner and reset hint programs (see netmon-ebpf).
     pub hints: bool,
+    /// Count the tracepoint's fires with perf counters too, to report those no copy of the
+    /// program was run for ([`KernelCounters::not_run`]).
+    pub count_fires: bool,
 }
 
 impl Default for ProbeConfig {
@@ -81,6 +91,7 @@ impl Default for ProbeConfig {
             wakeup_bytes: DEFAULT_WAKEUP_BYTES,
             filter: KernelFilter::ALL,
             hints: true,
+            count_fires: true,
         }
     }
 }
@@ -98,8 +109,13 @@ pub struct KernelCounters {
     pub recovered: u64,
     /// Owner and reset hints dropped because the ring was full.
     pub hints_ring_full: u64,
-    /// Transitions the kernel fired (all namespaces and inet protocols), handled or missed.
+    /// Times the kernel reached the first copy of the program: its runs plus its recursion
+    /// misses (all namespaces and inet protocols).
     pub fired: u64,
+    /// Fires the perf counters on the tracepoint saw that the kernel ran no copy of the
+    /// program for, not even to count a recursion miss (all namespaces and inet protocols);
+    /// `None` without fire counting.
+    pub not_run: Option<u64>,
 }
 
 impl KernelCounters {
@@ -120,6 +136,9 @@ pub struct Probe {
     /// Most records one [`Probe::drain`] takes: a full ring's worth, so that a reader facing a
     /// producer as fast as itself still returns to check for Ctrl-C.
     batch: usize,
+    /// The independent count of fires, what the first copy had counted when it was opened,
+    /// and the check of one against the other.
+    fires: Option<(FireCounter, u64, NotRun)>,
 }
 
 impl Probe {
@@ -176,16 +195,26 @@ impl Probe {
             name: MAP_COUNTERS,
             source,
         })?;
-        // Parsing the kernel's BTF (twice: for offsets and for attaching) peaks at tens of MB
-        // that are free again now; hand them back so a long-running agent does not keep them.
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
-        Ok(Self {
+        let mut probe = Self {
             ebpf,
             ring,
             counters,
             batch: bytes as usize / (size_of::<netmon_common::SockEvent>() + 8),
-        })
+            fires: None,
+        };
+        if config.count_fires {
+            // Opened after the programs are attached, so every fire it counts could reach them;
+            // the baseline is read before it, so a fire in between counts as run, never as
+            // lost.
+            let base = probe.read_counters()?.fired;
+            let counter = FireCounter::open()?;
+            probe.fires = Some((counter, base, NotRun::default()));
+        }
+        // Parsing the kernel's BTF (twice: for offsets and for attaching) peaks at tens of MB
+        // that are free again now; hand them back so a long-running agent does not keep them.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+        Ok(probe)
     }
 
     /// Calls `f` with each waiting record, oldest first, up to a ring's worth; returns how
@@ -208,8 +237,22 @@ impl Probe {
         }
     }
 
-    /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event).
-    pub fn counters(&self) -> Result<KernelCounters, AttachError> {
+    /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event). A
+    /// fire no copy ran for shows in `not_run` from the second reading that sees it on.
+    pub fn counters(&mut self) -> Result<KernelCounters, AttachError> {
+        // perf first: a fire it counts has reached, or is about to reach, the programs.
+        let perf = match &self.fires {
+            Some((counter, _, _)) => Some(counter.read().map_err(AttachError::FiresRead)?),
+            None => None,
+        };
+        let mut now = self.read_counters()?;
+        if let (Some(perf), Some((_, base, not_run))) = (perf, &mut self.fires) {
+            now.not_run = Some(not_run.update(perf, now.fired.saturating_sub(*base)));
+        }
+        Ok(now)
+    }
+
+    fn read_counters(&self) -> Result<KernelCounters, AttachError> {
         let sum = |c: Counter| -> Result<u64, AttachError> {
             let mut total = 0;
             for prog in 0..PROGRAM_SLOTS {
@@ -234,6 +277,7 @@ impl Probe {
             hints_ring_full: sum(Counter::HintRingFull)?,
             fired: sum(Counter::Fired)? + primary_misses,
             primary_misses,
+            not_run: None,
         })
     }
 

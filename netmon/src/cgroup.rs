@@ -51,10 +51,20 @@ impl CgroupNames {
     }
 
     pub fn path(&self, id: u64) -> String {
-        self.paths
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("unreachable:{id:x}"))
+        let mut s = String::new();
+        self.write_path(id, &mut s);
+        s
+    }
+
+    /// [`CgroupNames::path`], appended to `out` (no allocation per row).
+    pub fn write_path(&self, id: u64, out: &mut String) {
+        match self.paths.get(&id) {
+            Some(p) => out.push_str(p),
+            None => {
+                use std::fmt::Write as _;
+                write!(out, "unreachable:{id:x}").ok();
+            }
+        }
     }
 }
 

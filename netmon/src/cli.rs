@@ -11,10 +11,11 @@ use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
+    clock::Clock,
     config, docs,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
-    output::{Clock, Format, Printer},
+    output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
     sockstat::SockStat,
@@ -107,6 +108,10 @@ pub struct WatchArgs {
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
+    /// copy of the program for then go unreported (see "Exact or loud" in the README).
+    #[arg(long)]
+    pub no_fire_count: bool,
     /// How often the table of sockets is reconciled with the kernel's (hidden: for tests).
     #[arg(long, hide = true, default_value = "60s", value_name = "DURATION",
           value_parser = humantime::parse_duration)]
@@ -135,6 +140,7 @@ impl WatchArgs {
             filter: kernel,
             // Live state, timing and owners only: no closed history.
             closed_capacity: 0,
+            count_fires: !self.no_fire_count,
             // Entries whose final `-> CLOSE` the kernel filter hid, or whose CLOSE was lost,
             // leave the table only when a dump no longer finds them.
             resync_every: Some(self.resync_every),
@@ -336,12 +342,13 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
 /// What the agent's tracer lost, for the user: the table may lack ages, owners or history.
 fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     let mut notes = Vec::new();
-    let lost = l.ring_full + l.recursion;
+    let lost = l.ring_full + l.recursion + l.not_run;
     if lost > 0 {
         notes.push(format!(
-            "the agent lost {lost} transitions since it started ({} ring full, {} recursion): \
-             rows are exact, but some ages, owners or closed records may be missing",
-            l.ring_full, l.recursion
+            "the agent lost {lost} transitions since it started ({} ring full, {} recursion, {} \
+             not run by the kernel): rows are exact, but some ages, owners or closed records \
+             may be missing",
+            l.ring_full, l.recursion, l.not_run
         ));
     }
     if l.hints_ring_full > 0 {

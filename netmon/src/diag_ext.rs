@@ -354,12 +354,20 @@ pub fn ms_timer(timeout: u32) -> String {
 /// ss -e's fields after `ino:`/`sk:` that come from attributes: `fwmark:0x..`, `cgroup:PATH`,
 /// `v6only:N`, and the shutdown arrows (`<->` open, `-->` receive side shut, `<--` send side
 /// shut, `---` both).
-pub fn details_text(a: &Attrs, cgroup_path: &dyn Fn(u64) -> String, out: &mut String) {
-    if let Some(mark) = a.mark.filter(|&m| m != 0) {
+/// `show_mark` false leaves the mark out (see `snapshot::Data::show_mark`); `cgroup_path`
+/// writes the path of an id.
+pub fn details_text(
+    a: &Attrs,
+    show_mark: bool,
+    cgroup_path: &dyn Fn(u64, &mut String),
+    out: &mut String,
+) {
+    if let Some(mark) = a.mark.filter(|&m| m != 0 && show_mark) {
         write!(out, " fwmark:{mark:#x}").ok();
     }
     if let Some(id) = a.cgroup_id.filter(|&id| id != 0) {
-        write!(out, " cgroup:{}", cgroup_path(id)).ok();
+        out.push_str(" cgroup:");
+        cgroup_path(id, out);
     }
     if let Some(v6only) = a.v6only {
         write!(out, " v6only:{}", u8::from(v6only)).ok();
@@ -755,7 +763,7 @@ mod tests {
         assert_eq!(a.shutdown, Some(2));
         assert_eq!(a.cgroup_id, Some(1));
         let mut s = String::new();
-        details_text(&a, &|_| "/".into(), &mut s);
+        details_text(&a, true, &|_, out| out.push('/'), &mut s);
         assert_eq!(s, " cgroup:/ v6only:0 <--");
         let mut s = String::new();
         info_text(a.ext.as_deref(), false, true, true, &mut s);

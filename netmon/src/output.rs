@@ -5,13 +5,14 @@
 
 use std::{
     io::{self, Write},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use netmon_common::TcpState;
 use serde::Serialize;
 
 use crate::{
+    clock::{Clock, time_of_day},
     decode::{Task, Transition},
     table::{Closed, Owner},
 };
@@ -38,6 +39,22 @@ pub enum LossKind {
     /// Owner or reset hints (not transitions) dropped on a full ring: owners and endings of
     /// some connections may be unknown.
     HintsRingFull,
+    /// Fires of the tracepoint that the kernel ran no copy of the program for, found by
+    /// netmon's own perf counters on the tracepoint (all namespaces, not only the filtered).
+    NotRun,
+}
+
+/// The name `loss` records carry in JSON (`ring_full`, `recursion`, `hints_ring_full`,
+/// `not_run`); the stderr lines use it too, so scripts read one spelling.
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RingFull => "ring_full",
+            Self::Recursion => "recursion",
+            Self::HintsRingFull => "hints_ring_full",
+            Self::NotRun => "not_run",
+        })
+    }
 }
 
 impl LossKind {
@@ -46,49 +63,11 @@ impl LossKind {
             Self::RingFull => "ring buffer full; raise --ring-size",
             Self::Recursion => "skipped by the kernel's recursion guard",
             Self::HintsRingFull => "owner/reset hints, ring buffer full; raise --ring-size",
+            Self::NotRun => {
+                "the kernel ran no copy of the program (counted by perf on the tracepoint; \
+                 any namespace)"
+            }
         }
-    }
-}
-
-/// Converts kernel CLOCK_MONOTONIC timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Wall-clock time at monotonic zero.
-    epoch: SystemTime,
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::now()
-    }
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = Duration::from_nanos(Self::mono_now_ns());
-        Self {
-            epoch: SystemTime::now() - mono,
-        }
-    }
-
-    /// CLOCK_MONOTONIC now, in the kernel timestamps' unit (`bpf_ktime_get_ns`).
-    pub fn mono_now_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
-
-    /// A clock whose monotonic zero is `epoch`: for tests.
-    pub fn fixed(epoch: SystemTime) -> Self {
-        Self { epoch }
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        self.epoch + Duration::from_nanos(mono_ns)
     }
 }
 
@@ -511,12 +490,6 @@ impl<'a> JsonClosed<'a> {
     }
 }
 
-/// `HH:MM:SS.micros` (UTC) of a kernel timestamp.
-pub fn time_of_day(clock: &Clock, mono_ns: u64) -> String {
-    let full = humantime::format_rfc3339_micros(clock.wall(mono_ns)).to_string();
-    full.get(11..26).map_or_else(|| full.clone(), str::to_owned)
-}
-
 /// `SYN-SENT(40us) ESTAB(1.2ms) ...`: the states a closed connection passed, and how long.
 pub fn states_text(c: &Closed) -> String {
     let mut out = String::new();
@@ -549,7 +522,8 @@ struct JsonLoss {
     total: u64,
 }
 
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+/// Serializes a field with its `Display` text (addresses as `"addr:port"`).
+pub fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -571,6 +545,18 @@ mod tests {
         let mut p = Printer::new(Vec::new(), format, clock(), true);
         f(&mut p);
         String::from_utf8(p.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn loss_kinds_display_their_json_names() {
+        for k in [
+            LossKind::RingFull,
+            LossKind::Recursion,
+            LossKind::HintsRingFull,
+            LossKind::NotRun,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.to_string());
+        }
     }
 
     #[test]

@@ -17,11 +17,12 @@ use serde::Serialize;
 
 use crate::{
     cgroup::CgroupNames,
+    clock::{Clock, time_of_day},
     columns::{Column, Grid},
     count::{self, CountBy},
     diag_ext::{self, TcpInfo},
     filter::{Filter, FilterInput, Services, StateSet},
-    output::{Clock, Format, JsonClosed, JsonOwner, duration, states_text, time_of_day},
+    output::{Format, JsonClosed, JsonOwner, display, duration, states_text},
     sock_diag::{DiagSock, TimerKind},
     table::{Closed, Owner, Table},
 };
@@ -438,16 +439,13 @@ fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
         write!(buf, " uid:{}", s.uid).ok();
     }
     write!(buf, " ino:{} sk:{:x}", s.inode, s.cookie).ok();
-    let cgroup = |id: u64| {
-        data.cgroups
-            .as_ref()
-            .map_or_else(|| format!("unreachable:{id:x}"), |c| c.path(id))
+    let cgroup = |id: u64, out: &mut String| match &data.cgroups {
+        Some(c) => c.write_path(id, out),
+        None => {
+            write!(out, "unreachable:{id:x}").ok();
+        }
     };
-    let mut attrs = s.attrs.clone();
-    if !data.show_mark {
-        attrs.mark = None;
-    }
-    diag_ext::details_text(&attrs, &cgroup, buf);
+    diag_ext::details_text(&s.attrs, data.show_mark, &cgroup, buf);
     let ago = |ns: Option<u64>| ns.map(|t| Duration::from_nanos(data.now_ns.saturating_sub(t)));
     match ago(r.born_ns) {
         Some(d) => write!(buf, " age:{}", duration(d.as_nanos() as u64)),
@@ -521,10 +519,6 @@ struct JsonSkmem {
     optmem: u32,
     backlog: Option<u32>,
     drops: Option<u32>,
-}
-
-fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 fn render_json(

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
+    clock::Clock,
     netns::{self, Netns},
-    output::Clock,
     snapshot::{Data, Row},
     sock_diag::{DiagError, DiagSock},
     table::{Closed, Owner, Table},

@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     attach::{AttachError, Drained, KernelCounters, Probe, ProbeConfig, RingWaiter},
+    clock::Clock,
     decode::{self, Event, Transition},
     netns,
-    output::{Clock, LossKind},
+    output::LossKind,
     procfs,
     snapshot::Row,
     sock_diag::DiagSock,
@@ -51,6 +52,9 @@ pub struct TracerConfig {
     pub resync_every: Option<Duration>,
     /// After a counted loss, reconcile every namespace, at most once per this interval.
     pub resync_after_loss: Option<Duration>,
+    /// Count the tracepoint's fires with perf counters, to report those no copy of the
+    /// program was run for (`LossKind::NotRun`).
+    pub count_fires: bool,
     /// Only this namespace's sockets are of interest (the kernel filter's): seed and reconcile
     /// only it.
     pub netns: Option<u32>,
@@ -66,6 +70,7 @@ impl TracerConfig {
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(u64::from(self.ring_bytes) / 4),
             filter: self.filter,
             hints: true,
+            count_fires: self.count_fires,
         }
     }
 }
@@ -87,6 +92,10 @@ pub struct LossTotals {
     pub recursion: u64,
     /// Owner and reset hints dropped on a full ring.
     pub hints_ring_full: u64,
+    /// Fires of the tracepoint the kernel ran no copy of the program for (perf's count), in
+    /// any namespace.
+    #[serde(default)]
+    pub not_run: u64,
     /// Ring records that did not decode (a build mismatch).
     pub malformed: u64,
 }
@@ -154,8 +163,8 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
 /// Ring records and counter readings to table updates and sink calls.
 pub struct Pipeline {
     pub table: Table,
-    /// Losses reported so far: ring full, recursion, hints.
-    reported: [u64; 3],
+    /// Losses reported so far: ring full, recursion, hints, not run.
+    reported: [u64; 4],
     /// Records that did not decode: counted, never silently dropped.
     malformed: u64,
 }
@@ -164,7 +173,7 @@ impl Pipeline {
     pub fn new(table: Table) -> Self {
         Self {
             table,
-            reported: [0; 3],
+            reported: [0; 4],
             malformed: 0,
         }
     }
@@ -211,6 +220,7 @@ impl Pipeline {
                 now.recursion_lost(self.table.duplicates),
             ),
             (LossKind::HintsRingFull, now.hints_ring_full),
+            (LossKind::NotRun, now.not_run.unwrap_or(0)),
         ];
         for (slot, (kind, total)) in totals.into_iter().enumerate() {
             // Totals only grow; a racy reading that lags is reported later, never twice.
@@ -235,6 +245,7 @@ impl Pipeline {
             ring_full: self.reported[0],
             recursion: self.reported[1],
             hints_ring_full: self.reported[2],
+            not_run: self.reported[3],
             malformed: self.malformed,
         }
     }
@@ -280,8 +291,9 @@ pub enum Query {
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
     /// The numbers of one `netmon top` screen, counted in place: one pass over the table,
-    /// no copy of it (a client asks once a second; the pass costs a few ms at storm rates,
-    /// while the ring holds well over 100 ms of events).
+    /// no copy of it. A client asks once a second; a pass over 100k closed connections (a
+    /// second of storm) took 7-9 ms of CPU (`counting_a_full_history` in top/model.rs), while
+    /// the ring holds well over 100 ms of events.
     Top {
         query: crate::top::model::Query,
         filter: crate::filter::Filter,
@@ -370,7 +382,8 @@ impl Enrich for TracerHandle {
 pub trait Ring {
     /// Calls `f` with each waiting record, oldest first, up to a batch.
     fn drain(&mut self, f: impl FnMut(&[u8])) -> Drained;
-    fn counters(&self) -> Result<KernelCounters, AttachError>;
+    /// `&mut`: the probe keeps state between readings (see `fires::NotRun`).
+    fn counters(&mut self) -> Result<KernelCounters, AttachError>;
 }
 
 impl Ring for Probe {
@@ -378,7 +391,7 @@ impl Ring for Probe {
         Probe::drain(self, f)
     }
 
-    fn counters(&self) -> Result<KernelCounters, AttachError> {
+    fn counters(&mut self) -> Result<KernelCounters, AttachError> {
         Probe::counters(self)
     }
 }
@@ -410,10 +423,23 @@ impl<R: Ring> Tracer<R> {
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
+    ///
+    /// The ring is not drained here: what it holds goes through the consumer's sink on the
+    /// first drain of [`Tracer::run`], in order, after every namespace and owner is known (a
+    /// dump of a busy machine takes long enough for thousands of transitions, and draining them
+    /// into the table alone would drop them from the consumer's stream). The events from
+    /// before a dump then come after it, and the table converges on the newest state as it
+    /// does for events from during a dump (see `Table::reconcile`).
     pub fn seed(&mut self) {
         let owners = procfs::socket_owners();
         for d in dump_scope(self.config.netns) {
-            self.apply_dump(&mut (), d, Some(&owners)).ok();
+            match d.dump {
+                Ok(dump) => {
+                    self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
+                    self.pipeline.table.set_owners(&dump, &owners);
+                }
+                Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+            }
         }
     }
 
@@ -550,6 +576,10 @@ impl Tracer<Probe> {
                 biased;
                 () = &mut stop => {
                     self.drain(sink)?;
+                    self.read_counters(sink)?;
+                    // A fire the programs never ran for is confirmed by a second reading
+                    // (see `fires::NotRun`).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     self.read_counters(sink)?;
                     sink.end_batch()?;
                     return Ok(());
@@ -691,6 +721,7 @@ mod tests {
             closed_capacity: 0,
             resync_every: None,
             resync_after_loss: None,
+            count_fires: false,
             netns: None,
         };
         assert_eq!(config(65536).probe_config().wakeup_bytes, 16384);
@@ -746,6 +777,7 @@ mod tests {
             seen: 10,
             hints_ring_full: 0,
             fired: 0,
+            not_run: None,
         };
         let kinds = |l: &[Loss]| {
             l.iter()
@@ -764,18 +796,24 @@ mod tests {
             seen: 20,
             hints_ring_full: 3,
             fired: 0,
+            not_run: Some(7),
         };
         assert_eq!(
             kinds(&p.counters(&c2, &mut log).unwrap()),
-            [(LossKind::RingFull, 2, 6), (LossKind::HintsRingFull, 3, 3)]
+            [
+                (LossKind::RingFull, 2, 6),
+                (LossKind::HintsRingFull, 3, 3),
+                (LossKind::NotRun, 7, 7)
+            ]
         );
-        assert_eq!(log.losses.len(), 4);
+        assert_eq!(log.losses.len(), 5);
         assert_eq!(
             p.losses(),
             LossTotals {
                 ring_full: 6,
                 recursion: 2,
                 hints_ring_full: 3,
+                not_run: 7,
                 malformed: 0
             }
         );
@@ -797,7 +835,7 @@ mod tests {
             }
         }
 
-        fn counters(&self) -> Result<KernelCounters, AttachError> {
+        fn counters(&mut self) -> Result<KernelCounters, AttachError> {
             Ok(KernelCounters::default())
         }
     }
@@ -809,6 +847,7 @@ mod tests {
             closed_capacity: 100,
             resync_every: None,
             resync_after_loss: None,
+            count_fires: false,
             netns: None,
         }
     }

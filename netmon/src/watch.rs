@@ -100,7 +100,7 @@ impl<W: Write> Sink for Watcher<W> {
         if *kind == LossKind::HintsRingFull {
             eprintln!("netmon: dropped {count} owner/reset hints (ring full), {total} since start");
         } else {
-            eprintln!("netmon: lost {count} transitions ({kind:?}), {total} since start");
+            eprintln!("netmon: lost {count} transitions ({kind}), {total} since start");
         }
         Ok(())
     }
@@ -133,12 +133,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        attach::KernelCounters,
-        decode::tests::event,
-        filter::StateSet,
-        output::{Clock, Format},
-        table::Table,
-        tracer::Pipeline,
+        attach::KernelCounters, clock::Clock, decode::tests::event, filter::StateSet,
+        output::Format, table::Table, tracer::Pipeline,
     };
 
     /// A watcher fed by a pipeline, as the tracer feeds it.

@@ -96,6 +96,7 @@ impl TestNetns {
                 ..KernelFilter::ALL
             },
             hints: true,
+            count_fires: true,
         };
         Probe::attach(&config)
             .unwrap_or_else(|e| panic!("attaching the eBPF program: {:#}", anyhow::Error::new(e)))
@@ -655,4 +656,131 @@ pub fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut s).ok();
     s
+}
+
+/// The kernel's own count of a tracepoint's fires (`inet_sock_set_state` unless said), outside
+/// any BPF program: one perf
+/// counter per online CPU on the tracepoint (what `perf stat -a -e sock:inet_sock_set_state`
+/// opens), with a tracepoint filter evaluated by perf.
+pub struct PerfFires {
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl PerfFires {
+    /// Starts counting fires that match `filter` (ftrace filter syntax, e.g.
+    /// `sport == 947 || dport == 947`).
+    pub fn open(filter: &str) -> Self {
+        Self::open_on("sock/inet_sock_set_state", filter)
+    }
+
+    /// The same on another tracepoint (`system/name`).
+    pub fn open_on(tracepoint: &str, filter: &str) -> Self {
+        use std::os::fd::FromRawFd;
+        require_root();
+        let id = tracepoint_id(tracepoint);
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+        let filter = std::ffi::CString::new(filter).unwrap();
+        let fds = cpu_list(&online)
+            .into_iter()
+            .map(|cpu| {
+                // struct perf_event_attr: type PERF_TYPE_TRACEPOINT, size, config = id.
+                let mut attr = [0u8; 128];
+                attr[0..4].copy_from_slice(&2u32.to_ne_bytes());
+                attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
+                attr[8..16].copy_from_slice(&id.to_ne_bytes());
+                // SAFETY: a zero-extended perf_event_attr of the size it declares.
+                let fd = unsafe {
+                    libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1, cpu, -1, 8)
+                };
+                assert!(
+                    fd >= 0,
+                    "perf_event_open on CPU {cpu}: {}",
+                    std::io::Error::last_os_error()
+                );
+                // SAFETY: a new fd owned by nothing else.
+                let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+                const PERF_EVENT_IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
+                // SAFETY: a NUL-terminated filter string on a tracepoint perf fd.
+                let rc = unsafe {
+                    libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_FILTER, filter.as_ptr())
+                };
+                assert_eq!(
+                    rc,
+                    0,
+                    "setting perf filter {filter:?}: {}",
+                    std::io::Error::last_os_error()
+                );
+                fd
+            })
+            .collect();
+        Self { fds }
+    }
+
+    /// Matching fires since [`PerfFires::open`].
+    pub fn read(&self) -> u64 {
+        self.fds
+            .iter()
+            .map(|fd| {
+                let mut v = 0u64;
+                // SAFETY: 8 bytes into a u64 from a counting perf fd.
+                let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+                assert_eq!(
+                    n,
+                    8,
+                    "read perf counter: {}",
+                    std::io::Error::last_os_error()
+                );
+                v
+            })
+            .sum()
+    }
+
+    /// Waits until the count stops moving (every transition of a storm has fired), at most
+    /// `max`; returns it.
+    pub fn settled(&self, max: Duration) -> u64 {
+        let deadline = Instant::now() + max;
+        let mut last = self.read();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.read();
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+/// A tracepoint's perf id from tracefs, mounted in a private mount namespace by `unshare` if
+/// the machine has none mounted.
+fn tracepoint_id(name: &str) -> u64 {
+    let path = format!("/sys/kernel/tracing/events/{name}/id");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tracefs tracefs /sys/kernel/tracing && cat {path}"
+            ))
+            .output()
+            .expect("run unshare to mount tracefs privately");
+        assert!(
+            out.status.success(),
+            "reading {path} from a private tracefs mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    });
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{path}: {text:?}"))
+}
+
+fn cpu_list(text: &str) -> Vec<i32> {
+    text.trim()
+        .split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<i32>().unwrap()..=b.parse().unwrap()).collect::<Vec<_>>(),
+            None => vec![part.parse().unwrap()],
+        })
+        .collect()
 }

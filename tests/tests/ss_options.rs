@@ -502,3 +502,116 @@ fn unsupported_options_refuse_in_one_line() {
         );
     }
 }
+
+/// `awk '{print $1}' | sort | uniq -c | sort -rn` over ss's own rows: the ground truth for
+/// `--count`.
+fn uniq_c(ss: &str, field: impl Fn(&[&str]) -> String) -> Vec<(u64, String)> {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for l in ss.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if !w.is_empty() {
+            *counts.entry(field(&w)).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(u64, String)> = counts.into_iter().map(|(k, n)| (n, k)).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    v
+}
+
+fn count_rows(out: &str) -> Vec<(u64, String)> {
+    out.lines()
+        .map(|l| {
+            let (n, key) = l.trim_start().split_once(char::is_whitespace).unwrap();
+            (
+                n.parse().unwrap(),
+                key.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn count_equals_uniq_c_over_ss_and_summarises_closed_connections() {
+    let ns = TestNetns::new();
+    let agent = AgentProcess::start();
+    let _v4 = hold_every_state(&ns, Stack::V4);
+    let _v6 = hold_every_state(&ns, Stack::V6);
+    let ss = ss_in(&ns, &["-tanH"]);
+    let by_state = uniq_c(&ss, |w| w[0].to_owned());
+    // A peer is the address half of ss's 5th column.
+    let by_peer_port = uniq_c(&ss, |w| {
+        let p = w[4].rsplit_once(':').unwrap().1;
+        if p == "*" { "0".into() } else { p.to_owned() }
+    });
+    for out in [
+        agent.snapshot(&ns, &["-tanH", "--count", "state"]),
+        snapshot_without_agent(&ns, &["-tanH", "--count", "state"]),
+    ] {
+        assert_eq!(count_rows(&out), by_state, "{out}\nss:\n{ss}");
+    }
+    let out = agent.snapshot(&ns, &["-tanH", "--count", "peer-port"]);
+    assert_eq!(count_rows(&out), by_peer_port, "{out}");
+
+    // Closed connections: every one of a burst, grouped by how it ended and by port.
+    let port = netmon_tests::connect_and_close_many(&ns, 200);
+    let out = agent.snapshot(
+        &ns,
+        &[
+            "--closed",
+            "--count",
+            "end-reason,local-port",
+            "--format",
+            "json",
+            &format!("sport = :{port}"),
+        ],
+    );
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    let r = &rows[0];
+    assert_eq!(r["type"], "count");
+    // The 200 accepted sockets, and the listener, closed when the burst ended.
+    assert_eq!(r["count"], 201, "{r}");
+    assert_eq!(r["end"], "normal");
+    assert_eq!(r["local_port"], port);
+    assert_eq!(r["resets"], 0);
+    let (p50, p99) = (
+        r["lifespan_p50_ns"].as_u64().unwrap(),
+        r["lifespan_p99_ns"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 < 60_000_000_000, "{r}");
+    let text = agent.snapshot(&ns, &["--closed", "--count", "end-reason"]);
+    assert!(
+        text.starts_with("Count End") && text.contains("Lifespan-p50"),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_carries_what_the_options_print() {
+    let ns = TestNetns::new();
+    let _fx = hold_every_state(&ns, Stack::V4);
+    let out = snapshot_without_agent(&ns, &["-tanmie", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let estab: Vec<_> = rows.iter().filter(|r| r["state"] == "ESTAB").collect();
+    assert!(!estab.is_empty(), "{out}");
+    for r in estab {
+        assert!(r["tcp_info"]["rtt"].as_u64().is_some_and(|v| v > 0), "{r}");
+        assert!(r["tcp_info"]["snd_cwnd"].as_u64().is_some(), "{r}");
+        assert!(r["skmem"]["rcvbuf"].as_u64().is_some_and(|v| v > 0), "{r}");
+        assert!(r["cong"].is_string(), "{r}");
+        assert_eq!(r["shutdown"], "<->", "{r}");
+        assert!(r["cgroup"].is_string(), "{r}");
+    }
+    let tw = rows
+        .iter()
+        .find(|r| r["state"] == "TIME-WAIT")
+        .expect("TIME-WAIT row");
+    assert_eq!(tw["timer"]["kind"], "timewait", "{tw}");
+    assert!(tw.get("tcp_info").is_none(), "{tw}");
+}

@@ -264,3 +264,57 @@ fn top_once_prints_one_plain_screen_and_sigterm_restores_the_terminal() {
         "{after}"
     );
 }
+
+#[test]
+fn without_an_agent_top_as_root_traces_itself_and_says_so() {
+    let ns = TestNetns::new();
+    let mut cmd = Command::new(netmon_bin());
+    cmd.args(["top", "--once", "--total", "--group", "peer-port"])
+        .env("NETMON_AGENT_SOCKET", "/nonexistent/netmon.sock")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = ns.run(move || cmd.spawn().expect("spawn netmon top"));
+    // Refused connects until it prints: it attaches, waits an interval, then counts.
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = child
+            .lock()
+            .unwrap()
+            .try_wait()
+            .expect("try_wait")
+            .is_some();
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netmon top --once did not finish"
+        );
+        ns.run(move || {
+            let _ = TcpStream::connect(("127.0.0.1", port));
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let child = std::sync::Arc::try_unwrap(child)
+        .unwrap()
+        .into_inner()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tracing in this process"),
+        "it says so: {stderr}"
+    );
+    assert!(stdout.contains("via own probe"), "{stdout}");
+    let refused = row(&stdout, &port.to_string()).unwrap_or_else(|| panic!("{stdout}"));
+    let refused: u64 = refused[2].parse().unwrap();
+    assert!(refused > 0, "the refused connects are counted:\n{stdout}");
+    assert!(stdout.contains("refused"), "{stdout}");
+}

@@ -112,6 +112,12 @@ enum Task {
         secs: f64,
         #[arg(long)]
         max: u64,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        v6: bool,
+        #[arg(long, default_value_t = 0.0)]
+        linger: f64,
     },
     /// (bench internal) Holds connections open until stdin closes.
     #[command(hide = true)]
@@ -150,7 +156,14 @@ fn run(task: Task) -> Result<()> {
             let bin = build(true)?;
             bench::bench(&args, &bin, &target_dir())
         }
-        Task::BenchStorm { threads, secs, max } => bench::storm(threads, secs, max),
+        Task::BenchStorm {
+            threads,
+            secs,
+            max,
+            port,
+            v6,
+            linger,
+        } => bench::storm(threads, secs, max, port, v6, linger),
         Task::Soak(args) => {
             setup()?;
             let bin = build(true)?;

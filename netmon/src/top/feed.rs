@@ -14,9 +14,9 @@ use bytes::BytesMut;
 
 use super::model::{self, Input, Losses, Model, Query};
 use crate::{
+    clock::Clock,
     filter::{Filter, Services, StateSet},
     netns,
-    output::Clock,
     table::Table,
     tracer::{LossTotals, Tracer, TracerConfig, TracerHandle},
     wire::{self, FRAME_DATA, ReplyHeader, Request, Trailer},
@@ -176,6 +176,7 @@ impl Local {
                     closed_capacity: crate::table::DEFAULT_CLOSED_CAPACITY,
                     resync_every: Some(Duration::from_secs(60)),
                     resync_after_loss: Some(Duration::from_secs(5)),
+                    count_fires: true,
                     // Every namespace: `--all-netns` may ask for them.
                     netns: None,
                 };

@@ -22,7 +22,7 @@ use self::{
     model::{GroupBy, MAX_GROUPS, MAX_RECENT, SortKey},
     ui::{Action, Mode, Ui},
 };
-use crate::{filter::Services, output::Clock};
+use crate::{clock::Clock, filter::Services};
 
 #[derive(Clone, Debug, Args)]
 pub struct TopArgs {

@@ -7,6 +7,7 @@ use std::{
         Once,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use ratatui::{
@@ -62,6 +63,7 @@ impl Screen {
                 restore();
                 previous(info);
             }));
+            spawn_watchdog();
         });
         terminal::enable_raw_mode()?;
         let screen = (|| {
@@ -75,6 +77,45 @@ impl Screen {
         }
         screen
     }
+}
+
+/// How long the loop has to leave by itself once asked to stop.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// Ends the process if a stop request is not honoured in time. crossterm 0.29 reads a hung-up
+/// terminal in a loop that never returns (`read` gives 0, not `WouldBlock`, in
+/// src/event/source/unix/mio.rs), so once the terminal is gone (tmux killed, ssh dropped) the
+/// event loop never looks at [`stop_requested`] again and would spin on `read` for ever. The
+/// watchdog also notices the hang-up itself (POLLHUP on stdin), for when no SIGHUP comes.
+fn spawn_watchdog() {
+    let spawned = std::thread::Builder::new()
+        .name("top-watchdog".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                if stdin_hung_up() {
+                    STOP.store(true, Ordering::SeqCst);
+                }
+                if stop_requested() {
+                    std::thread::sleep(GRACE);
+                    restore();
+                    std::process::exit(0);
+                }
+            }
+        });
+    // Without the watchdog, top still works; only a hung-up terminal is not noticed.
+    drop(spawned);
+}
+
+fn stdin_hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait; POLLHUP is reported even with no events asked for.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 impl Drop for Screen {

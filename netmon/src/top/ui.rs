@@ -89,7 +89,7 @@ impl Ui {
                     self.interval_ns
                 };
                 m.now_ns
-                    .min(crate::output::Clock::mono_now_ns().saturating_sub(interval))
+                    .min(crate::clock::Clock::mono_now_ns().saturating_sub(interval))
             }),
         };
         Query {
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(ui.query(10, 10).since_ns, Some(11_000_000_000));
         ui.model.as_mut().unwrap().now_ns = u64::MAX;
         let since = ui.query(10, 10).since_ns.unwrap();
-        let ago = crate::output::Clock::mono_now_ns() - since;
+        let ago = crate::clock::Clock::mono_now_ns() - since;
         assert!((1_000_000_000..2_000_000_000).contains(&ago), "{ago}");
         assert_eq!(Ui::default().query(10, 10).since_ns, None);
     }

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd,
     sync::{
         Arc, Barrier,
@@ -22,8 +22,12 @@ const DESTINATIONS: u32 = 1000;
 /// A listener on every local address (all of 127/8 is local once `lo` is up) with the
 /// kernel's largest backlog: a full accept queue drops SYNs, and the client would then wait a
 /// second for its retransmission.
-fn listener(port: u16) -> Result<TcpListener> {
-    let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+fn listener(port: u16, v6: bool) -> Result<TcpListener> {
+    let l = if v6 {
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?
+    } else {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?
+    };
     // SAFETY: listen() again on a listening socket only raises its backlog (std uses 128).
     if unsafe { libc::listen(l.as_raw_fd(), 4096) } != 0 {
         return Err(std::io::Error::last_os_error()).context("listen");
@@ -31,7 +35,12 @@ fn listener(port: u16) -> Result<TcpListener> {
     Ok(l)
 }
 
-fn destination(thread: usize, k: u64, port: u16) -> SocketAddr {
+fn destination(thread: usize, k: u64, port: u16, v6: bool) -> SocketAddr {
+    if v6 {
+        // One loopback address: ports of TIME-WAIT sockets are reused on loopback
+        // (net.ipv4.tcp_tw_reuse = 2, the default), which keeps the storm going.
+        return SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+    }
     let k = (k % u64::from(DESTINATIONS)) as u32;
     let ip = Ipv4Addr::new(127, 1 + thread as u8, (k / 250) as u8, (k % 250) as u8 + 1);
     SocketAddr::V4(SocketAddrV4::new(ip, port))
@@ -40,13 +49,18 @@ fn destination(thread: usize, k: u64, port: u16) -> SocketAddr {
 /// The connect+close storm: `threads` clients, each with an accepting thread of its own, for
 /// `secs` seconds or `max` connections in all, whichever comes first. Each connection is 10
 /// transitions (5 per side, whoever closes first, no RST: nothing is left unread) and each
-/// listener 2 (CLOSE -> LISTEN, LISTEN -> CLOSE). Prints one line of `key=value`.
-pub fn storm(threads: usize, secs: f64, max: u64) -> Result<()> {
+/// listener 2 (CLOSE -> LISTEN, LISTEN -> CLOSE). Listeners take ports `port`, `port + 1`, ...
+/// (any free ones if 0) on IPv4 or IPv6; `linger` seconds after the last connection closed,
+/// the storm prints one line of `key=value`.
+pub fn storm(threads: usize, secs: f64, max: u64, port: u16, v6: bool, linger: f64) -> Result<()> {
     if threads == 0 || threads > 100 {
         bail!("--threads must be 1..=100");
     }
+    if !(0.0..=10.0).contains(&linger) {
+        bail!("--linger must be 0..=10 seconds");
+    }
     let listeners = (0..threads)
-        .map(|_| listener(0))
+        .map(|i| listener(if port == 0 { 0 } else { port + i as u16 }, v6))
         .collect::<Result<Vec<_>>>()?;
     let per_thread = max.div_ceil(threads as u64);
     let start = Arc::new(Barrier::new(threads + 1));
@@ -65,7 +79,7 @@ pub fn storm(threads: usize, secs: f64, max: u64) -> Result<()> {
             let (mut n, mut errors) = (0u64, 0u64);
             while n < per_thread && t0.elapsed() < deadline {
                 // Connect, then close at once: the server side is closed by the acceptor.
-                match TcpStream::connect(destination(i, n + errors, port)) {
+                match TcpStream::connect(destination(i, n + errors, port, v6)) {
                     Ok(s) => {
                         drop(s);
                         n += 1;
@@ -96,6 +110,7 @@ pub fn storm(threads: usize, secs: f64, max: u64) -> Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("acceptor thread panicked"))??;
     }
+    std::thread::sleep(Duration::from_secs_f64(linger));
     println!(
         "connections={total} listeners={threads} secs={:.6} errors={errors} unaccepted={unaccepted}",
         elapsed.as_secs_f64()
@@ -152,7 +167,7 @@ pub fn hold(conns: u32, id: u8) -> Result<()> {
     if conns > 60_000 || id > 100 {
         bail!("--conns must be at most 60000 and --id at most 100");
     }
-    let l = listener(0)?;
+    let l = listener(0, false)?;
     let port = l.local_addr()?.port();
     let mut keep = Vec::with_capacity(2 * conns as usize);
     for k in 0..conns {
