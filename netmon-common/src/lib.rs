@@ -176,7 +176,45 @@ pub struct KernelFilter {
     pub dport_max: u16,
 }
 
+/// What [`KernelFilter::passes`] decides on: read from the socket by the eBPF program, from a
+/// transition by the userspace oracle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterFields {
+    /// `(old, new)` kernel states of a transition; `None` for a hint, which has no states to
+    /// select on.
+    pub states: Option<(u8, u8)>,
+    /// AF_INET or AF_INET6; anything else never passes.
+    pub family: u8,
+    pub netns: u32,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+}
+
 impl KernelFilter {
+    /// The in-kernel filter: the eBPF program applies exactly this, and the userspace tests
+    /// check it against the full filter (it may pass more, never less).
+    #[inline(always)]
+    pub fn passes(&self, f: &FilterFields) -> bool {
+        let in_mask = |s: u8| s < 32 && self.state_mask & (1u32 << s) != 0;
+        let states = match f.states {
+            Some((old, new)) => in_mask(old) || in_mask(new),
+            None => true,
+        };
+        let family_bit = match f.family {
+            AF_INET => 1,
+            AF_INET6 => 2,
+            _ => 0,
+        };
+        states
+            && self.family_mask & family_bit != 0
+            && (self.netns == 0 || self.netns == f.netns)
+            && self.sport_min <= f.sport
+            && f.sport <= self.sport_max
+            && self.dport_min <= f.dport
+            && f.dport <= self.dport_max
+    }
+
     pub const ALL: Self = Self {
         state_mask: u32::MAX,
         family_mask: 0b11,
@@ -315,6 +353,72 @@ impl TcpState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_filter_decides_on_states_family_netns_and_ports() {
+        let f = FilterFields {
+            states: Some((1, 4)),
+            family: AF_INET,
+            netns: 7,
+            sport: 80,
+            dport: 5000,
+        };
+        assert!(KernelFilter::ALL.passes(&f));
+        let only = |k: KernelFilter, f: FilterFields| k.passes(&f);
+        let estab = KernelFilter {
+            state_mask: 1 << 1,
+            ..KernelFilter::ALL
+        };
+        assert!(only(estab, f), "old state selected");
+        assert!(!only(
+            estab,
+            FilterFields {
+                states: Some((2, 3)),
+                ..f
+            }
+        ));
+        assert!(
+            only(estab, FilterFields { states: None, ..f }),
+            "hints have no states"
+        );
+        assert!(
+            !only(
+                KernelFilter::ALL,
+                FilterFields {
+                    states: Some((40, 40)),
+                    ..f
+                }
+            ),
+            "states past the mask never pass"
+        );
+        let v6 = KernelFilter {
+            family_mask: 2,
+            ..KernelFilter::ALL
+        };
+        assert!(!only(v6, f));
+        assert!(!only(KernelFilter::ALL, FilterFields { family: 1, ..f }));
+        let ns = KernelFilter {
+            netns: 8,
+            ..KernelFilter::ALL
+        };
+        assert!(!only(ns, f));
+        let ports = KernelFilter {
+            sport_min: 80,
+            sport_max: 80,
+            dport_min: 1024,
+            dport_max: u16::MAX,
+            ..KernelFilter::ALL
+        };
+        assert!(only(ports, f));
+        assert!(!only(ports, FilterFields { sport: 81, ..f }));
+        assert!(!only(ports, FilterFields { dport: 1023, ..f }));
+        let empty = KernelFilter {
+            sport_min: u16::MAX,
+            sport_max: 0,
+            ..KernelFilter::ALL
+        };
+        assert!(!only(empty, f), "an empty range passes nothing");
+    }
 
     #[test]
     fn kernel_numbering_round_trips_and_unknown_is_kept() {

@@ -59,7 +59,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netmon_common::{
-    AF_INET, AF_INET6, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, IPPROTO_TCP,
+    AF_INET, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, FilterFields, IPPROTO_TCP,
     KernelFilter, PROGRAM_SLOTS, SockEvent, SockOffsets, TRANSITION_COPIES,
 };
 
@@ -157,11 +157,6 @@ fn copy(ctx: &BtfTracePointContext, level: u32) {
     if level > 0 {
         count(Counter::Recovered, level);
     }
-    // SAFETY: plain read of a global userspace fills before load.
-    let filter = unsafe { read_volatile(&FILTER) };
-    if filter.state_mask & (state_bit(oldstate) | state_bit(newstate)) == 0 {
-        return;
-    }
     emit(sk, cookie, EventKind::State, oldstate, newstate, level);
 }
 
@@ -256,12 +251,8 @@ fn read<T>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) }.ok()
 }
 
-#[inline(always)]
-fn state_bit(state: i32) -> u32 {
-    1u32.wrapping_shl(state as u32 & 31)
-}
-
-/// Filters on what the socket says (protocol, family, netns, ports), then fills and submits one
+/// Filters on the states and on what the socket says (protocol, then the user's filter:
+/// `KernelFilter::passes`, the same function userspace tests), then fills and submits one
 /// event; every transition that gets this far is counted, and so is a full ring. Inlined: a
 /// BPF call takes at most five arguments.
 #[inline(always)]
@@ -284,26 +275,18 @@ fn emit(
         return None;
     }
     let family = load::<u16>(sk, off.skc_family) as u8;
-    let family_bit = match family {
-        AF_INET => 1,
-        AF_INET6 => 2,
-        _ => return None,
-    };
-    if filter.family_mask & family_bit == 0 {
-        return None;
-    }
     let net: *const u8 = load(sk, off.skc_net);
     let netns: u32 = load(net, off.net_ns_inum);
-    if filter.netns != 0 && filter.netns != netns {
-        return None;
-    }
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
     let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
-    if sport < filter.sport_min
-        || sport > filter.sport_max
-        || dport < filter.dport_min
-        || dport > filter.dport_max
-    {
+    let fields = FilterFields {
+        states: is_transition.then_some((oldstate as u8, newstate as u8)),
+        family,
+        netns,
+        sport,
+        dport,
+    };
+    if !filter.passes(&fields) {
         return None;
     }
 

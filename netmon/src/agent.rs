@@ -3,8 +3,9 @@
 //!
 //! Threads: the runtime's thread drains the ring ([`Tracer::run`]) and answers the table
 //! queries of requests between two drains; everything slow about a request (the sock_diag
-//! dump, the filter, rendering) runs on a blocking thread, and the reply streams to the client
-//! through a small bounded channel, so a slow client holds neither the ring nor much memory.
+//! dump, the filter, rendering) runs on a blocking thread, at most [`Limits::snapshots`] at
+//! once; the rendered frames wait for the client within a global byte budget, so a slow client
+//! holds neither the ring, nor a thread, nor unbounded memory.
 //!
 //! Lifecycle of the table: attach first, then seed every namespace from sock_diag, then apply
 //! events. Each snapshot dumps the caller's namespace again and reconciles the table with it,
@@ -14,6 +15,7 @@
 
 use std::{
     io::Write,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -22,16 +24,19 @@ use std::{
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use tokio::{
+    io::Interest,
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::mpsc,
 };
 
 use crate::{
+    access::{self, Access},
     agent_socket,
     clock::Clock,
     filter::Services,
     netns::Netns,
+    peer,
     snapshot::{self, SnapshotArgs},
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -42,7 +47,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmon/agent.sock";
 /// Members of this group may query the agent; everyone else needs root.
 pub const GROUP: &str = "netmon";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// A client that reads nothing of its reply for this long is dropped.
+/// A client that takes this long to accept one line is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
@@ -165,6 +170,14 @@ pub struct AgentArgs {
     /// losses on a machine where others make traffic).
     #[arg(long, hide = true, value_name = "INODE")]
     pub only_netns: Option<u32>,
+    /// Members of this group may query the agent: their own network namespace, and the
+    /// owners and closed history of their own sockets only.
+    #[arg(long, default_value = GROUP, value_name = "NAME")]
+    pub group: String,
+    /// Members of this group see what root sees: every namespace (--all-netns), every
+    /// socket's owner, the whole closed history.
+    #[arg(long, default_value = access::ADMIN_GROUP, value_name = "NAME")]
+    pub admin_group: String,
 }
 
 /// What every request needs, shared by the blocking threads that serve them.
@@ -178,6 +191,8 @@ struct Shared {
     snapshots: Arc<tokio::sync::Semaphore>,
     /// Unsent reply bytes, in KiB.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The admin group's id, if it exists (else only root is an admin).
+    admin_gid: Option<u32>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -212,7 +227,7 @@ pub async fn run(
             (passed, None)
         }
         Serving::Own(lock) => {
-            let socket = lock.bind(group_id(GROUP))?;
+            let socket = lock.bind(group_id(&args.group))?;
             eprintln!("netmon agent: serving {}", socket.path().display());
             let listener = socket.listener.try_clone().context("dup socket")?;
             (listener, Some(socket))
@@ -237,6 +252,7 @@ pub async fn run(
         admission: Admission::default(),
         snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
         in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+        admin_gid: group_id(&args.admin_group),
     });
     let server = tokio::spawn(accept_loop(listener, shared));
     let result = tracer.run(&mut LossLog, Some(queries), stop).await;
@@ -272,7 +288,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         match listener.accept().await {
             // Admitted here, before a task exists: a flood of connections over the limits
             // costs one descriptor at a time, never one per waiting task.
-            Ok((stream, _)) => match peer_of(&stream)
+            Ok((stream, _)) => match peer_of(&stream, shared.admin_gid)
                 .map_err(|e| format!("{e:#}"))
                 .and_then(|peer| Ok((peer, admit(&shared, peer.uid)?)))
             {
@@ -317,12 +333,15 @@ fn group_id(name: &str) -> Option<u32> {
     (!group.is_null()).then(|| unsafe { (*group).gr_gid })
 }
 
-/// Who is asking, from the kernel (SO_PEERCRED), not from anything the client says.
+/// Who is asking, from the kernel (SO_PEERCRED, SO_PEERGROUPS), not from anything the client
+/// says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    /// What it may see, from its uid and groups.
+    pub access: Access,
 }
 
 /// A request checked and ready to serve.
@@ -330,6 +349,8 @@ pub struct Peer {
 pub struct Prepared {
     pub request: SnapshotRequest,
     pub scope: Scope,
+    /// What of the snapshot the client may see.
+    pub access: Access,
     /// Whether the client may see `SO_MARK`s: the kernel sends them to the agent because it
     /// has CAP_NET_ADMIN, so only a root client gets them.
     pub show_mark: bool,
@@ -360,6 +381,9 @@ pub fn prepare(
         );
     }
     let request = request.snapshot;
+    if let Some(why) = peer.access.refuse(request.all_netns) {
+        anyhow::bail!(why);
+    }
     let args = request.args();
     args.check().map_err(|e| anyhow::anyhow!(e))?;
     args.filter(services)
@@ -372,8 +396,39 @@ pub fn prepare(
     Ok(Prepared {
         request,
         scope,
+        access: peer.access,
         show_mark: peer.uid == 0,
     })
+}
+
+/// The namespace a request is about: the one the client passed with it (SCM_RIGHTS). A
+/// non-admin client must pass its own: it must be the namespace its pid is in, so that a
+/// recycled pid can only cause a refusal, and holding an fd of another namespace shows nothing
+/// of it. An admin's client that passed none (an older netmon) gets its pid's.
+pub fn caller_netns(
+    access: Access,
+    pid: i32,
+    passed: Option<Netns>,
+    of_pid: impl FnOnce(i32) -> std::io::Result<Netns>,
+) -> std::io::Result<Netns> {
+    match (passed, access) {
+        (Some(ns), Access::Admin) => Ok(ns),
+        (Some(ns), Access::User { .. }) => {
+            if of_pid(pid)?.inum != ns.inum {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the network namespace passed is not the client's own; without root or the \
+                     admin group a client sees only its own",
+                ));
+            }
+            Ok(ns)
+        }
+        (None, Access::Admin) => of_pid(pid),
+        (None, Access::User { .. }) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the client passed no network namespace: use the netmon of the agent's version",
+        )),
+    }
 }
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
@@ -395,6 +450,7 @@ pub fn serve(
         ext: args.diag_ext(),
     };
     let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    prepared.access.redact(&mut collected);
     let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(clock);
     // This runs off the thread that drains the ring, so -r may wait on the resolver.
@@ -458,19 +514,18 @@ impl Write for FrameWriter {
 
 /// Serves one admitted connection; its place is given back when `_admitted` drops.
 async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitted: Admitted) {
-    let prepared = match read_request(&mut stream).await {
-        Ok(request) if request.top.is_some() => {
-            return handle_top(shared, stream, request, peer).await;
-        }
-        Ok(request) => prepare(
-            request,
-            &peer,
-            &shared.limits,
-            &shared.services,
-            Netns::of_pid,
-        ),
-        Err(e) => Err(e),
+    let (request, passed) = match read_request(&mut stream).await {
+        Ok((request, passed)) => match passed.map(Netns::from_fd).transpose() {
+            Ok(passed) => (request, passed),
+            Err(e) => return refuse(stream, &format!("the fd passed with the request: {e}")).await,
+        },
+        Err(e) => return refuse(stream, &format!("{e:#}")).await,
     };
+    let open_netns = |pid| caller_netns(peer.access, pid, passed, Netns::of_pid);
+    if request.top.is_some() {
+        return handle_top(shared, stream, request, peer, open_netns).await;
+    }
+    let prepared = prepare(request, &peer, &shared.limits, &shared.services, open_netns);
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return refuse(stream, &format!("{e:#}")).await,
@@ -593,14 +648,14 @@ pub fn prepare_top(
 
 /// Serves a `top` request: the tracer counts (see [`crate::tracer::Query::Top`]); the reply
 /// is the header, the JSON numbers in data frames, and the trailer.
-async fn handle_top(shared: Arc<Shared>, mut stream: UnixStream, request: Request, peer: Peer) {
-    let prepared = match prepare_top(
-        request,
-        &peer,
-        &shared.limits,
-        &shared.services,
-        Netns::of_pid,
-    ) {
+async fn handle_top(
+    shared: Arc<Shared>,
+    mut stream: UnixStream,
+    request: Request,
+    peer: Peer,
+    open_netns: impl FnOnce(i32) -> std::io::Result<Netns>,
+) {
+    let prepared = match prepare_top(request, &peer, &shared.limits, &shared.services, open_netns) {
         Ok(p) => p,
         Err(e) => return refuse(stream, &format!("{e:#}")).await,
     };
@@ -650,16 +705,14 @@ async fn handle_top(shared: Arc<Shared>, mut stream: UnixStream, request: Reques
     let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
 }
 
-fn peer_of(stream: &UnixStream) -> anyhow::Result<Peer> {
-    let cred = stream
-        .peer_cred()
+fn peer_of(stream: &UnixStream, admin_gid: Option<u32>) -> anyhow::Result<Peer> {
+    let cred = peer::peer_cred(stream.as_raw_fd())
         .context("cannot identify the client process (SO_PEERCRED)")?;
     Ok(Peer {
-        pid: cred
-            .pid()
-            .context("cannot identify the client process (SO_PEERCRED)")?,
-        uid: cred.uid(),
-        gid: cred.gid(),
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        access: Access::of(cred.uid, cred.gid, &cred.groups, admin_gid),
     })
 }
 
@@ -706,17 +759,64 @@ async fn refuse(mut stream: UnixStream, error: &str) {
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
-async fn read_request(stream: &mut UnixStream) -> anyhow::Result<Request> {
+/// Reads the request line, and the namespace fd that came with it (SCM_RIGHTS), if any.
+async fn read_request(stream: &mut UnixStream) -> anyhow::Result<(Request, Option<OwnedFd>)> {
     let mut line = Vec::new();
-    let mut reader = BufReader::new(stream).take(wire::MAX_REQUEST as u64 + 1);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line));
-    read.await
+    let mut passed = None;
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            stream.readable().await?;
+            let got = stream.try_io(Interest::READABLE, || {
+                peer::recv_with_fd(stream.as_raw_fd(), &mut buf, &mut passed)
+            });
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            line.extend_from_slice(&buf[..n]);
+            if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                line.truncate(end + 1);
+                return Ok(());
+            }
+            if n == 0 || line.len() > wire::MAX_REQUEST {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read)
+        .await
         .map_err(|_| anyhow::anyhow!("request timed out after {REQUEST_TIMEOUT:?}"))?
         .context("reading the request")?;
     if line.len() > wire::MAX_REQUEST {
         anyhow::bail!("request larger than {} bytes", wire::MAX_REQUEST);
     }
-    serde_json::from_slice(&line).context("malformed request")
+    let request = serde_json::from_slice(&line).context("malformed request")?;
+    Ok((request, passed))
+}
+
+/// Sends the request line with the caller's network namespace attached: the agent shows that
+/// namespace (it never guesses it from the pid).
+async fn send_request(stream: &UnixStream, line: &[u8]) -> std::io::Result<()> {
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let mut sent = 0;
+    while sent < line.len() {
+        stream.writable().await?;
+        let wrote = if sent == 0 {
+            stream.try_io(Interest::WRITABLE, || {
+                peer::send_with_fd(stream.as_raw_fd(), line, netns.as_raw_fd())
+            })
+        } else {
+            stream.try_write(&line[sent..])
+        };
+        match wrote {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Why a snapshot could not come from the agent.
@@ -770,16 +870,15 @@ pub async fn request(
         path: shown.clone(),
         source,
     };
-    let mut stream =
-        UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: shown.clone(),
-                source,
-            })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            path: shown.clone(),
+            source,
+        })?;
     let mut line = serde_json::to_vec(&Request::new(args)).map_err(|e| io(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line).await.map_err(io)?;
+    send_request(&stream, &line).await.map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut header = Vec::new();
     reader.read_until(b'\n', &mut header).await.map_err(io)?;
@@ -847,6 +946,7 @@ mod tests {
             pid: std::process::id() as i32,
             uid: 1000,
             gid: 1000,
+            access: Access::User { uid: 1000 },
         }
     }
 
@@ -916,15 +1016,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.netns, Some(Netns::current().unwrap().inum));
+        // Every namespace: for an admin only, as the snapshot.
+        let admin = Peer {
+            access: Access::Admin,
+            ..peer()
+        };
         let all = prepare_top(
             top(&[], true),
-            &peer(),
+            &admin,
             &Limits::default(),
             &services,
             own_netns,
         )
         .unwrap();
         assert_eq!(all.netns, None);
+        let e = prepare_top(
+            top(&[], true),
+            &peer(),
+            &Limits::default(),
+            &services,
+            own_netns,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--all-netns"), "{e:#}");
         let e = prepare_top(
             top(&["dport", "="], false),
             &peer(),
@@ -938,6 +1052,38 @@ mod tests {
         old.version = 0;
         let e = prepare_top(old, &peer(), &Limits::default(), &services, own_netns).unwrap_err();
         assert!(format!("{e:#}").contains("protocol version"), "{e:#}");
+    }
+
+    #[test]
+    fn a_member_sees_the_namespace_it_passes_only_if_it_is_its_own() {
+        let user = Access::User { uid: 1000 };
+        let own = || Netns::current();
+        // Any other nsfs file stands in for another namespace: its inode differs.
+        let other = || Netns::open(std::path::Path::new("/proc/self/ns/uts"));
+        let me = Netns::current().unwrap().inum;
+        assert_eq!(
+            caller_netns(user, 1, Some(own().unwrap()), |_| own())
+                .unwrap()
+                .inum,
+            me
+        );
+        let e = caller_netns(user, 1, Some(own().unwrap()), |_| other()).unwrap_err();
+        assert!(e.to_string().contains("not the client's own"), "{e}");
+        let e = caller_netns(user, 1, None, |_| own()).unwrap_err();
+        assert!(e.to_string().contains("passed no network namespace"), "{e}");
+        // An admin may pass any; without one it gets its pid's.
+        assert_eq!(
+            caller_netns(Access::Admin, 1, Some(own().unwrap()), |_| other())
+                .unwrap()
+                .inum,
+            me
+        );
+        assert_eq!(
+            caller_netns(Access::Admin, 1, None, |_| own())
+                .unwrap()
+                .inum,
+            me
+        );
     }
 
     #[test]
@@ -1046,6 +1192,7 @@ mod tests {
             admission: Admission::default(),
             snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+            admin_gid: None,
         })
     }
 

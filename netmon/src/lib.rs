@@ -6,6 +6,7 @@
 //! sent as [`wire`] frames); [`cli`] parses arguments; [`offsets`] resolves the kernel struct
 //! layout from BTF for the program.
 
+pub mod access;
 pub mod activation;
 pub mod agent;
 pub mod agent_socket;
@@ -26,6 +27,7 @@ pub mod hosts;
 pub mod netns;
 pub mod offsets;
 pub mod output;
+pub mod peer;
 pub mod privileges;
 pub mod procfs;
 pub mod snapshot;

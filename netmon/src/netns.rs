@@ -30,6 +30,20 @@ impl Netns {
         Self::open(Path::new("/proc/thread-self/ns/net"))
     }
 
+    /// A namespace fd received from elsewhere (a client's SCM_RIGHTS); refused unless it is a
+    /// network namespace.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        if !crate::peer::is_netns(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a network namespace",
+            ));
+        }
+        let file = File::from(fd);
+        let inum = file.metadata()?.ino() as u32;
+        Ok(Self { inum, file })
+    }
+
     pub fn of_pid(pid: i32) -> io::Result<Self> {
         Self::open(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
     }

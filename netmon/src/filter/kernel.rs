@@ -137,14 +137,16 @@ impl Expr {
 /// What the eBPF program does with a [`KernelFilter`]; the fuzz check holds
 /// [`Filter::kernel_filter`] to it.
 pub(super) fn kernel_passes(k: &KernelFilter, old: TcpState, input: &FilterInput) -> bool {
-    let in_mask = |s: TcpState| {
-        1u32.checked_shl(u32::from(s.to_kernel()))
-            .is_some_and(|b| k.state_mask & b != 0)
-    };
-    let (sport, dport) = (input.local.port(), input.remote.port());
-    (in_mask(old) || in_mask(input.state))
-        && k.family_mask & input.family() != 0
-        && (k.netns == 0 || input.netns == Some(k.netns))
-        && (k.sport_min..=k.sport_max).contains(&sport)
-        && (k.dport_min..=k.dport_max).contains(&dport)
+    // The predicate the eBPF program runs, on what it would read from the socket.
+    k.passes(&netmon_common::FilterFields {
+        states: Some((old.to_kernel(), input.state.to_kernel())),
+        family: if input.family() == FAMILY_V6 {
+            netmon_common::AF_INET6
+        } else {
+            netmon_common::AF_INET
+        },
+        netns: input.netns.unwrap_or(0),
+        sport: input.local.port(),
+        dport: input.remote.port(),
+    })
 }

@@ -102,8 +102,16 @@ fn ask_agent(path: &Path, query: &Query) -> anyhow::Result<Model> {
     stream.set_write_timeout(Some(AGENT_TIMEOUT))?;
     let mut line = serde_json::to_vec(&Request::top(query.clone()))?;
     line.push(b'\n');
+    // Our network namespace goes with the request: the agent shows that one.
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let sent = crate::peer::send_with_fd(
+        std::os::fd::AsRawFd::as_raw_fd(&stream),
+        &line,
+        std::os::fd::AsRawFd::as_raw_fd(&netns),
+    )
+    .with_context(|| format!("asking the agent at {shown}"))?;
     stream
-        .write_all(&line)
+        .write_all(&line[sent..])
         .with_context(|| format!("asking the agent at {shown}"))?;
     let mut reader = BufReader::new(stream);
     let mut header = Vec::new();

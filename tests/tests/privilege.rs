@@ -1,0 +1,250 @@
+//! The privilege model (README, "Who may see what"): what root, members of the admin group
+//! and other members of the agent's group see through the agent, checked by running
+//! `netmon snapshot` as an unprivileged user (`setpriv`) in a namespace of the test's.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use netmon_tests::{AgentProcess, TestNetns, agent_socket_path, netmon_bin, wait_with_timeout};
+use serde_json::Value;
+
+const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
+const NOBODY: &str = "65534";
+
+fn gid(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: getgrnam returns NULL or a static struct read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    assert!(!g.is_null(), "group {name} must exist on this machine");
+    // SAFETY: checked non-null.
+    unsafe { (*g).gr_gid }
+}
+
+/// Who runs the client: root, or `nobody` with the given supplementary groups.
+#[derive(Clone)]
+enum As {
+    Root,
+    Nobody(Vec<u32>),
+}
+
+fn command(who: &As, program: &str) -> Command {
+    match who {
+        As::Root => Command::new(program),
+        As::Nobody(groups) => {
+            let mut c = Command::new("setpriv");
+            let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+            c.args(["--reuid", NOBODY, "--regid", NOBODY]);
+            if groups.is_empty() {
+                c.arg("--clear-groups");
+            } else {
+                c.arg("--groups").arg(groups.join(","));
+            }
+            c.arg(program);
+            c
+        }
+    }
+}
+
+fn snapshot(agent: &AgentProcess, ns: &TestNetns, who: &As, args: &[&str]) -> Output {
+    let mut cmd = command(who, netmon_bin().to_str().unwrap());
+    cmd.arg("snapshot")
+        .args(args)
+        .env("NETMON_AGENT_SOCKET", &agent.socket);
+    ns.run(move || cmd.output().expect("run netmon snapshot"))
+}
+
+fn ok_json(out: Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A child killed (by pid) when dropped, also when the test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `tcp-peer server` in `ns`, run by `who`; its port.
+fn server(ns: &TestNetns, who: As) -> (Child, u16) {
+    let mut child = ns.run(move || {
+        command(&who, PEER)
+            .args(["server", "127.0.0.1:0", "normal"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-peer server")
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+fn client(ns: &TestNetns, who: As, port: u16) {
+    let mut c = ns.run(move || {
+        command(&who, PEER)
+            .args(["client", &format!("127.0.0.1:{port}"), "normal"])
+            .spawn()
+            .expect("spawn tcp-peer client")
+    });
+    assert!(wait_with_timeout(&mut c, Duration::from_secs(10)).success());
+}
+
+/// Owners by local port of the listeners a client sees.
+fn listener_owners(rows: &[Value]) -> Vec<(u64, Option<u64>)> {
+    rows.iter()
+        .filter(|r| r["state"] == "LISTEN")
+        .map(|r| {
+            (
+                r["local_port"].as_u64().unwrap(),
+                r["owner"]["pid"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn group_members_see_their_own_namespace_owners_and_history_only() {
+    // The agent's group and admin group are existing system groups, so the test changes
+    // nothing on the machine: `users` may query, `staff` sees everything.
+    let (users, staff) = (gid("users"), gid("staff"));
+    let ns = TestNetns::new();
+    let other = TestNetns::new();
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &["--group", "users", "--admin-group", "staff"],
+    );
+    let (mut root_srv, root_port) = server(&ns, As::Root);
+    let (mut user_srv, user_port) = server(&ns, As::Nobody(vec![]));
+    let _other_srv = Killed(server(&other, As::Root).0);
+    let member = As::Nobody(vec![users]);
+    let admin = As::Nobody(vec![users, staff]);
+
+    // Every socket of its namespace, like ss, but only its own sockets' owners.
+    let seen = listener_owners(&ok_json(snapshot(
+        &agent,
+        &ns,
+        &member,
+        &["-tlnp", "-f", "json"],
+    )));
+    let ports: BTreeSet<u64> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        ports,
+        BTreeSet::from([u64::from(root_port), u64::from(user_port)]),
+        "{seen:?}"
+    );
+    for (port, pid) in &seen {
+        if *port == u64::from(user_port) {
+            assert_eq!(
+                *pid,
+                Some(u64::from(user_srv.id())),
+                "its own listener's owner"
+            );
+        } else {
+            assert_eq!(*pid, None, "root's listener's owner is not shown: {seen:?}");
+        }
+    }
+    // A filter on the hidden owner finds nothing.
+    let probe = format!("pid = {}", root_srv.id());
+    let found = ok_json(snapshot(
+        &agent,
+        &ns,
+        &member,
+        &["-tln", "-f", "json", &probe],
+    ));
+    assert!(found.is_empty(), "{found:?}");
+    // The text table hides it too.
+    let out = snapshot(&agent, &ns, &member, &["-tlnpH"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(&format!("pid={}", root_srv.id())), "{text}");
+
+    // Not every namespace.
+    let out = snapshot(&agent, &ns, &member, &["-tan", "--all-netns"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--all-netns") && err.contains("admin group"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Its own closed connections only.
+    client(&ns, As::Root, root_port);
+    client(&ns, member.clone(), user_port);
+    assert!(wait_with_timeout(&mut root_srv, Duration::from_secs(10)).success());
+    assert!(wait_with_timeout(&mut user_srv, Duration::from_secs(10)).success());
+    let ports_of = |rows: &[Value]| -> BTreeSet<u64> {
+        rows.iter()
+            .flat_map(|r| [r["local_port"].as_u64(), r["peer_port"].as_u64()])
+            .flatten()
+            .filter(|p| [root_port, user_port].map(u64::from).contains(p))
+            .collect()
+    };
+    let closed = ok_json(snapshot(&agent, &ns, &member, &["--closed", "-f", "json"]));
+    assert_eq!(
+        ports_of(&closed),
+        BTreeSet::from([u64::from(user_port)]),
+        "{closed:?}"
+    );
+
+    // The admin group and root see all of it.
+    for who in [admin, As::Root] {
+        let closed = ok_json(snapshot(&agent, &ns, &who, &["--closed", "-f", "json"]));
+        assert_eq!(
+            ports_of(&closed),
+            BTreeSet::from([u64::from(root_port), u64::from(user_port)])
+        );
+        let all = ok_json(snapshot(
+            &agent,
+            &ns,
+            &who,
+            &["-tln", "--all-netns", "-f", "json"],
+        ));
+        let namespaces: BTreeSet<u64> = all.iter().filter_map(|r| r["netns"].as_u64()).collect();
+        assert!(
+            namespaces.contains(&u64::from(other.inum)),
+            "{namespaces:?}"
+        );
+    }
+}
+
+/// The namespace shown is the one the client passes with its request, and a member of the
+/// group may pass only its own: holding an fd of another namespace shows nothing of it.
+#[test]
+fn a_member_cannot_see_another_namespace_by_passing_its_fd() {
+    let users = gid("users");
+    let ns = TestNetns::new();
+    let other = TestNetns::new();
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &["--group", "users", "--admin-group", "staff"],
+    );
+    // A process of nobody's in `other`: nobody may open its /proc/PID/ns/net.
+    let holder = Killed(server(&other, As::Nobody(vec![])).0);
+    let path = format!("/proc/{}/ns/net", holder.0.id());
+    let mut cmd = command(&As::Nobody(vec![users]), env!("CARGO_BIN_EXE_ns-client"));
+    cmd.arg(&agent.socket).arg(&path);
+    let out = ns.run(move || cmd.output().expect("run ns-client"));
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("not the client's own"),
+        "{reply} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
