@@ -206,13 +206,19 @@ impl KernelFilter {
             AF_INET6 => 2,
             _ => 0,
         };
+        // On 6.1 and 6.12 (not 6.18) a new child's LISTEN -> SYN-RECV fires before the child
+        // has its own ports (its peer port is still 0): its ports cannot be judged here;
+        // userspace gives it its identity and filters it (netmon/src/clones.rs).
+        let unaddressed_child = f.states == Some((10, 3)) && f.dport == 0;
+        let ports = unaddressed_child
+            || (self.sport_min <= f.sport
+                && f.sport <= self.sport_max
+                && self.dport_min <= f.dport
+                && f.dport <= self.dport_max);
         states
             && self.family_mask & family_bit != 0
             && (self.netns == 0 || self.netns == f.netns)
-            && self.sport_min <= f.sport
-            && f.sport <= self.sport_max
-            && self.dport_min <= f.dport
-            && f.dport <= self.dport_max
+            && ports
     }
 
     pub const ALL: Self = Self {
@@ -418,6 +424,30 @@ mod tests {
             ..KernelFilter::ALL
         };
         assert!(!only(empty, f), "an empty range passes nothing");
+    }
+
+    #[test]
+    fn a_child_reported_before_it_has_ports_passes_port_ranges_only() {
+        let ports = KernelFilter {
+            dport_min: 1024,
+            ..KernelFilter::ALL
+        };
+        // 6.1/6.12: LISTEN -> SYN-RECV of a new child, peer port still 0.
+        let early = FilterFields {
+            states: Some((10, 3)),
+            family: AF_INET,
+            netns: 7,
+            sport: 8080,
+            dport: 0,
+        };
+        assert!(ports.passes(&early));
+        let other_ns = KernelFilter { netns: 8, ..ports };
+        assert!(!other_ns.passes(&early), "only the port ranges are waived");
+        let listener_close = FilterFields {
+            states: Some((10, 7)),
+            ..early
+        };
+        assert!(!ports.passes(&listener_close));
     }
 
     #[test]

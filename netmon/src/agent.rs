@@ -34,8 +34,11 @@ use crate::{
     access::{self, Access},
     agent_socket,
     clock::Clock,
+    export::Export,
     filter::Services,
+    metrics::{self, Metrics, MetricsConfig, groups::PeerGroup},
     netns::Netns,
+    otlp::{self, Endpoint},
     peer,
     snapshot::{self, SnapshotArgs},
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
@@ -162,6 +165,29 @@ pub struct AgentArgs {
     /// directory beside it (agent.d/). [default: /etc/netmon/agent.toml, if it exists]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
+    /// listens on 127.0.0.1 (e.g. 9464; [::]:9464 for every address). Default: off.
+    #[arg(long, value_name = "ADDR", value_parser = metrics::http::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Also count connections per named peer group: NAME=CIDR[:PORT], e.g. db=10.0.0.0/8:5432
+    /// or web=[2001:db8::/32]:443 (repeatable; first match wins; the rest is `other`).
+    #[arg(long, value_name = "NAME=CIDR[:PORT]", requires = "metrics_listen")]
+    pub metrics_peer: Vec<PeerGroup>,
+    /// Also count connections per owner command name, for the first N names seen (later
+    /// names count as `other`; at most 1000). Default: off.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "metrics_listen",
+        value_parser = clap::value_parser!(u16).range(0..=metrics::groups::MAX_COMMS as i64)
+    )]
+    pub metrics_by_comm: u16,
+    /// Send one OTLP log record per ended connection to this OTLP/HTTP endpoint
+    /// (http://HOST:PORT[/PATH]; the path defaults to /v1/logs), e.g. a local OpenTelemetry
+    /// Collector.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<Endpoint>,
     /// Do not count the tracepoint's fires with perf counters: transitions the kernel ran no
     /// copy of the program for then go unnoticed (no resync for them).
     #[arg(long)]
@@ -219,7 +245,33 @@ pub async fn run(
         netns: args.only_netns,
     };
     raise_nofile_limit();
+    let clock = Clock::now();
+    // Bound before attaching, so that a taken port fails at once.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics scrapes on {addr}"))?,
+        ),
+        None => None,
+    };
+    let otlp = match &args.otlp_endpoint {
+        Some(e) => Some(
+            otlp::Exporter::start(e.clone(), clock).context("starting the OTLP exporter thread")?,
+        ),
+        None => None,
+    };
+    let metrics = metrics_listener.is_some().then(|| {
+        let config = MetricsConfig {
+            peers: args.metrics_peer.clone(),
+            comms: usize::from(args.metrics_by_comm),
+        };
+        Metrics::new(&config, otlp.as_ref().map(|o| &o.stats))
+    });
     let mut tracer = Tracer::attach(&config)?;
+    for missing in &tracer.support().missing {
+        eprintln!("netmon agent: this kernel lacks {missing}");
+    }
     tracer.seed();
     let (std_listener, socket) = match serving {
         Serving::Passed(passed) => {
@@ -243,11 +295,29 @@ pub async fn run(
         eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
     }
     let (table, queries) = TracerHandle::new();
+    let scraper = match (metrics_listener, &metrics) {
+        (Some(listener), Some(m)) => {
+            eprintln!(
+                "netmon agent: metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            let (table, exposition) = (table.clone(), m.exposition());
+            let render = move |openmetrics| {
+                let (table, exposition) = (table.clone(), exposition.clone());
+                async move {
+                    let view = table.metrics_view().await.ok()?;
+                    Some(exposition.render(view, openmetrics))
+                }
+            };
+            Some(tokio::spawn(metrics::http::serve(listener, render)))
+        }
+        _ => None,
+    };
     let limits = Limits::default();
     let shared = Arc::new(Shared {
         table,
         services: Services::system().unwrap_or_default(),
-        clock: Clock::now(),
+        clock,
         limits,
         admission: Admission::default(),
         snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
@@ -255,8 +325,14 @@ pub async fn run(
         admin_gid: group_id(&args.admin_group),
     });
     let server = tokio::spawn(accept_loop(listener, shared));
-    let result = tracer.run(&mut LossLog, Some(queries), stop).await;
+    let mut sink = (LossLog, Export { metrics, otlp });
+    let result = tracer.run(&mut sink, Some(queries), stop).await;
     server.abort();
+    if let Some(s) = scraper {
+        s.abort();
+    }
+    // Dropping the exporter sends what it holds (one try) and stops its thread.
+    drop(sink);
     // Removes the socket file, if it is still ours.
     drop(socket);
     result

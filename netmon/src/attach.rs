@@ -1,5 +1,8 @@
 //! Loads the eBPF program into the kernel, attaches it to `inet_sock_set_state`, and reads the
 //! kernel-side loss counters. The only module that talks to the BPF syscall.
+//!
+//! Only the transition programs are required; the hint programs attach where the kernel has
+//! their tracepoints (see [`crate::features`]), and what is missing is reported, not fatal.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -15,6 +18,8 @@ use netmon_common::{
 };
 
 use crate::{
+    clones::Clones,
+    features::{Feature, Support},
     fires::{FireCounter, FiresError, NotRun},
     offsets,
 };
@@ -62,6 +67,11 @@ pub enum AttachError {
     },
     #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes (a page)")]
     RingSize { bytes: u32 },
+    #[error(
+        "this kernel has no BTF tracepoint {name}: netmon needs Linux 5.12 or later built with \
+         CONFIG_DEBUG_INFO_BTF (`netmon features` lists what it found)"
+    )]
+    NoTracepoint { name: &'static str },
     #[error(transparent)]
     Fires(#[from] FiresError),
     #[error("reading the tracepoint's perf counters: {0}")]
@@ -77,7 +87,8 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u64,
     /// What the program may drop before it reaches the ring.
     pub filter: KernelFilter,
-    /// Also attach the owner and reset hint programs (see netmon-ebpf).
+    /// Also attach the owner and reset hint programs (see netmon-ebpf), where the kernel has
+    /// their tracepoints.
     pub hints: bool,
     /// Count the tracepoint's fires with perf counters too, to report those no copy of the
     /// program was run for ([`KernelCounters::not_run`]).
@@ -136,6 +147,10 @@ pub struct Probe {
     /// Most records one [`Probe::drain`] takes: a full ring's worth, so that a reader facing a
     /// producer as fast as itself still returns to check for Ctrl-C.
     batch: usize,
+    /// What this kernel lacks, and so was not attached or is not counted.
+    support: Support,
+    /// Gives new accepted sockets their own identity on kernels that report them early.
+    clones: Clones,
     /// The independent count of fires, what the first copy had counted when it was opened,
     /// and the check of one against the other.
     fires: Option<(FireCounter, u64, NotRun)>,
@@ -154,7 +169,13 @@ impl Probe {
         if bytes < 4096 || !bytes.is_power_of_two() {
             return Err(AttachError::RingSize { bytes });
         }
-        let offsets: SockOffsets = offsets::from_kernel()?;
+        let kernel_btf = offsets::kernel_btf()?;
+        let offsets: SockOffsets = offsets::resolve(&kernel_btf)?;
+        let mut support = Support::probe(&kernel_btf);
+        drop(kernel_btf);
+        if !support.transitions {
+            return Err(AttachError::NoTracepoint { name: TRACEPOINT });
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .override_global(GLOBAL_FILTER, &config.filter, true)
@@ -165,25 +186,25 @@ impl Probe {
         let btf = Btf::from_sys_fs()?;
         // Order matters: the kernel runs a tracepoint's probes in attach order, and the
         // fallbacks must run after the first copy (see netmon-ebpf).
-        let mut programs: Vec<_> = TRANSITION_PROGRAMS
-            .iter()
-            .map(|p| (*p, TRACEPOINT))
-            .collect();
-        if config.hints {
-            programs.extend(HINT_PROGRAMS);
+        for name in TRANSITION_PROGRAMS {
+            attach_program(&mut ebpf, &btf, name, TRACEPOINT)?;
         }
-        for (name, tracepoint) in programs {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(AttachError::Missing {
-                    what: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| AttachError::Program { name, source })?;
-            prog.load(tracepoint, &btf)
-                .and_then(|()| prog.attach().map(drop))
-                .map_err(|source| AttachError::Program { name, source })?;
+        if config.hints {
+            for (name, tracepoint) in HINT_PROGRAMS {
+                let Some(feature) = Feature::of_program(name) else {
+                    attach_program(&mut ebpf, &btf, name, tracepoint)?;
+                    continue;
+                };
+                if !support.has(feature) {
+                    continue;
+                }
+                match attach_program(&mut ebpf, &btf, name, tracepoint) {
+                    Ok(()) => {}
+                    // The program is a build mismatch, not the kernel's doing.
+                    Err(e @ AttachError::Missing { .. }) => return Err(e),
+                    Err(e) => support.lack(feature, e.to_string()),
+                }
+            }
         }
         let ring = take_map(&mut ebpf, MAP_EVENTS)?;
         let ring = RingBuf::try_from(ring).map_err(|source| AttachError::Map {
@@ -200,6 +221,8 @@ impl Probe {
             ring,
             counters,
             batch: bytes as usize / (size_of::<netmon_common::SockEvent>() + 8),
+            support,
+            clones: Clones::default(),
             fires: None,
         };
         if config.count_fires {
@@ -217,24 +240,37 @@ impl Probe {
         Ok(probe)
     }
 
+    /// What this kernel lacks: each missing feature was left out, not fatal.
+    pub fn support(&self) -> &Support {
+        &self.support
+    }
+
+    /// LISTEN -> SYN-RECV records that never met their socket's next transition and were
+    /// passed on with the identity the kernel gave them (see [`crate::clones`]).
+    pub fn unpaired_clones(&self) -> u64 {
+        self.clones.unpaired
+    }
+
     /// Calls `f` with each waiting record, oldest first, up to a ring's worth; returns how
     /// many there were and whether more may be waiting.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> Drained {
         let mut n = 0;
+        let mut more = true;
         while n < self.batch {
             let Some(item) = self.ring.next() else {
-                return Drained {
-                    records: n,
-                    more: false,
-                };
+                more = false;
+                break;
             };
-            f(&item);
+            self.clones.push(&item, &mut f);
             n += 1;
         }
-        Drained {
-            records: n,
-            more: true,
+        // Records held for their socket's next transition go out once it is overdue; not
+        // while the ring still holds records, among which the next transition may wait.
+        if !more {
+            self.clones
+                .expire(crate::clock::Clock::mono_now_ns(), &mut f);
         }
+        Drained { records: n, more }
     }
 
     /// Reads the cumulative counters (a few syscalls: call it on a timer, not per event). A
@@ -269,7 +305,11 @@ impl Probe {
         };
         // Misses before recoveries: the kernel counts a miss before the fallback copy runs
         // and counts its recovery, so in this order `recursion_lost()` can lag, never exceed.
-        let primary_misses = self.recursion_misses(TRANSITION_PROGRAMS[0])?;
+        let primary_misses = if self.support.has(Feature::RecursionCounts) {
+            self.recursion_misses(TRANSITION_PROGRAMS[0])?
+        } else {
+            0
+        };
         Ok(KernelCounters {
             seen: sum(Counter::Seen)?,
             ring_full: sum(Counter::RingFull)?,
@@ -342,6 +382,26 @@ impl RingWaiter {
         }
         Ok(())
     }
+}
+
+/// Loads program `name` and attaches it to BTF tracepoint `tracepoint`.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<(), AttachError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(AttachError::Missing {
+            what: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })?;
+    prog.load(tracepoint, btf)
+        .and_then(|()| prog.attach().map(drop))
+        .map_err(|source| AttachError::Program { name, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, AttachError> {

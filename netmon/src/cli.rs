@@ -13,8 +13,10 @@ use crate::{
     agent::{self, AgentArgs, ClientError},
     clock::Clock,
     config, docs,
+    features::Support,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
+    offsets,
     output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
@@ -59,6 +61,9 @@ pub enum Command {
     /// root).
     #[command(args_override_self = true, after_long_help = AGENT_FILES)]
     Agent(AgentArgs),
+    /// List the optional kernel hooks netmon uses, whether this kernel has each, and what a
+    /// missing one costs (reads the kernel's BTF; no root needed).
+    Features,
     /// A live screen of who opens and fails connections, how fast, to whom, how long they
     /// live, and the ones that just ended; from the agent (or, as root without an agent,
     /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
@@ -227,6 +232,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Features => {
+            let btf = offsets::kernel_btf()?;
+            let support = Support::probe(&btf);
+            std::io::stdout().write_all(support.render().as_bytes())?;
+            if !support.transitions {
+                anyhow::bail!(
+                    "this kernel has no BTF tracepoint {}: netmon cannot run here",
+                    netmon_common::TRACEPOINT
+                );
+            }
+            Ok(())
+        }
         Command::Top(args) => crate::top::run(args),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout().lock());

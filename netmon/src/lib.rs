@@ -4,7 +4,8 @@
 //! one event loop: [`decode`], [`table`], losses) -> consumers: [`watch`] (printed by
 //! [`output`]) and [`agent`] (snapshots assembled by [`source`], rendered by [`snapshot`],
 //! sent as [`wire`] frames); [`cli`] parses arguments; [`offsets`] resolves the kernel struct
-//! layout from BTF for the program.
+//! layout from BTF for the program; [`features`] says which optional hooks the kernel has;
+//! [`clones`] repairs the identity of new children on kernels that report them early.
 
 pub mod access;
 pub mod activation;
@@ -14,6 +15,7 @@ pub mod attach;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod clones;
 pub mod columns;
 pub mod config;
 pub mod count;
@@ -21,11 +23,15 @@ pub mod decode;
 pub mod diag_ext;
 pub mod docs;
 pub mod escape;
+pub mod export;
+pub mod features;
 pub mod filter;
 pub mod fires;
 pub mod hosts;
+pub mod metrics;
 pub mod netns;
 pub mod offsets;
+pub mod otlp;
 pub mod output;
 pub mod peer;
 pub mod privileges;

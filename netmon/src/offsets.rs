@@ -37,11 +37,24 @@ pub fn from_kernel() -> Result<SockOffsets, OffsetError> {
 }
 
 pub fn from_file(path: &Path) -> Result<SockOffsets, OffsetError> {
-    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
+    resolve(&read_btf(path)?)
+}
+
+/// Parses the running kernel's BTF, for callers that look up more than the offsets.
+pub fn kernel_btf() -> Result<Btf, OffsetError> {
+    read_btf(Path::new(VMLINUX_BTF))
+}
+
+fn read_btf(path: &Path) -> Result<Btf, OffsetError> {
+    Btf::from_file(path).map_err(|source| OffsetError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    resolve(&btf)
+    })
+}
+
+/// Whether struct `strukt` has the member `path` (of any size).
+pub fn has_field(btf: &Btf, strukt: &str, path: &[&str]) -> bool {
+    field_offset(btf, strukt, path, 0).is_ok()
 }
 
 /// Resolves the offsets; each field's size is checked so that a kernel whose layout changed

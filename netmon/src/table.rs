@@ -226,6 +226,8 @@ struct TimeWait {
     born_ns: Option<u64>,
     since_ns: u64,
     since_exact: bool,
+    /// IPv6 (v4-mapped included), for the metrics' per-family counts.
+    v6: bool,
 }
 
 /// When a socket was created and entered its state, as far as the table saw.
@@ -317,6 +319,17 @@ impl Table {
 
     /// Applies a transition.
     pub fn apply(&mut self, t: &Transition) -> Applied {
+        if t.old == TcpState::Listen
+            && t.new == TcpState::SynRecv
+            && self
+                .live
+                .get(&t.cookie)
+                .is_some_and(|s| s.state == TcpState::Listen)
+        {
+            // A new child reported with its listener's identity (see `clones`): it is not the
+            // listener's own transition, and there is no other identity to file it under.
+            return Applied::default();
+        }
         if self.is_duplicate(t) {
             self.duplicates += 1;
             return Applied {
@@ -522,6 +535,7 @@ impl Table {
                     born_ns: sock.born_ns,
                     since_ns: t.ts_ns,
                     since_exact: true,
+                    v6: sock.local.is_ipv6(),
                 },
             );
         }
@@ -570,6 +584,7 @@ impl Table {
                     born_ns: None,
                     since_ns: t0_ns,
                     since_exact: false,
+                    v6: d.local.is_ipv6(),
                 });
                 continue;
             }
@@ -641,6 +656,20 @@ impl Table {
     /// Closed connections, oldest first.
     pub fn closed(&self) -> impl DoubleEndedIterator<Item = &Closed> {
         self.closed.iter()
+    }
+
+    /// Closed connections remembered.
+    pub fn closed_len(&self) -> usize {
+        self.closed.len()
+    }
+
+    /// TIME-WAIT sockets that entered the state after `since_ns`: IPv4, IPv6.
+    pub fn time_wait_by_family(&self, since_ns: u64) -> [u64; 2] {
+        let mut out = [0; 2];
+        for tw in self.time_wait.values().filter(|t| t.since_ns >= since_ns) {
+            out[usize::from(tw.v6)] += 1;
+        }
+        out
     }
 
     /// Sockets the table holds, TIME-WAIT included.

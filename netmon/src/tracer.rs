@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     attach::{AttachError, Drained, KernelCounters, Probe, ProbeConfig, RingWaiter},
     clock::Clock,
-    decode::{self, Event, Transition},
+    decode::{self, Event, Hint, Transition},
     netns,
     output::LossKind,
     procfs,
@@ -120,6 +120,11 @@ pub trait Sink {
         Ok(())
     }
 
+    /// An owner or reset hint, after the table applied it.
+    fn hint(&mut self, _h: &Hint) -> io::Result<()> {
+        Ok(())
+    }
+
     /// A connection that ended, at the end of the batch its CLOSE came in (so that a reset
     /// reported just after the CLOSE is part of it).
     fn closed(&mut self, _c: &Closed) -> io::Result<()> {
@@ -146,6 +151,10 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
         self.0.transition(t, o, p)?;
         self.1.transition(t, o, p)
     }
+    fn hint(&mut self, h: &Hint) -> io::Result<()> {
+        self.0.hint(h)?;
+        self.1.hint(h)
+    }
     fn closed(&mut self, c: &Closed) -> io::Result<()> {
         self.0.closed(c)?;
         self.1.closed(c)
@@ -167,6 +176,16 @@ pub struct Pipeline {
     reported: [u64; 4],
     /// Records that did not decode: counted, never silently dropped.
     malformed: u64,
+    /// Reconciles with a dump, by why: a counted loss, the periodic check, a snapshot request.
+    pub resyncs: Resyncs,
+}
+
+/// Reconciles of the table with sock_diag dumps, counted per namespace dumped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resyncs {
+    pub loss: u64,
+    pub periodic: u64,
+    pub snapshot: u64,
 }
 
 impl Pipeline {
@@ -175,6 +194,7 @@ impl Pipeline {
             table,
             reported: [0; 4],
             malformed: 0,
+            resyncs: Resyncs::default(),
         }
     }
 
@@ -188,8 +208,9 @@ impl Pipeline {
         if applied.duplicate {
             return Ok(());
         }
-        let Event::Transition(t) = event else {
-            return Ok(());
+        let t = match event {
+            Event::Transition(t) => t,
+            Event::Hint(h) => return sink.hint(&h),
         };
         let owner = applied
             .closed
@@ -290,6 +311,10 @@ pub enum Query {
     },
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
+    /// What a metrics scrape reads from the table and the kernel, as of now.
+    Metrics {
+        reply: oneshot::Sender<crate::metrics::TableView>,
+    },
     /// The numbers of one `netmon top` screen, counted in place: one pass over the table,
     /// no copy of it. A client asks once a second; a pass over 100k closed connections (a
     /// second of storm) took 7-9 ms of CPU (`counting_a_full_history` in top/model.rs), while
@@ -323,6 +348,16 @@ impl TracerHandle {
             .blocking_send(make(tx))
             .map_err(|_| TracerStopped)?;
         rx.blocking_recv().map_err(|_| TracerStopped)
+    }
+
+    /// The table's view for a metrics scrape (async: from the runtime's tasks).
+    pub async fn metrics_view(&self) -> Result<crate::metrics::TableView, TracerStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Metrics { reply: tx })
+            .await
+            .map_err(|_| TracerStopped)?;
+        rx.await.map_err(|_| TracerStopped)
     }
 
     /// Loss totals so far (blocking).
@@ -409,6 +444,11 @@ impl Tracer<Probe> {
     pub fn attach(config: &TracerConfig) -> Result<Self, AttachError> {
         let probe = Probe::attach(&config.probe_config())?;
         Ok(Self::new(probe, config))
+    }
+
+    /// What this kernel lacks (optional hooks not attached, counters not read).
+    pub fn support(&self) -> &crate::features::Support {
+        self.probe.support()
     }
 }
 
@@ -502,6 +542,7 @@ impl<R: Ring> Tracer<R> {
                 reply,
             } => {
                 self.drain_for_reconcile(sink)?;
+                self.pipeline.resyncs.snapshot += 1;
                 let rows = self.pipeline.table.rows(netns, t0_ns, dump);
                 let _ = reply.send(rows.unwrap_or_default());
             }
@@ -516,6 +557,18 @@ impl<R: Ring> Tracer<R> {
             }
             Query::Losses { reply } => {
                 let _ = reply.send(self.pipeline.losses());
+            }
+            Query::Metrics { reply } => {
+                self.drain(sink)?;
+                let p = &self.pipeline;
+                let mut view = crate::metrics::TableView::of(&p.table, Clock::mono_now_ns());
+                view.malformed = p.malformed;
+                view.resyncs = p.resyncs;
+                // The totals the loop last read from the kernel (every 250 ms): reading the
+                // counters here would take their deltas from the loop.
+                let l = p.losses();
+                view.lost = [l.ring_full, l.recursion, l.hints_ring_full, l.not_run];
+                let _ = reply.send(view);
             }
             Query::Top {
                 query,
@@ -568,8 +621,11 @@ impl Tracer<Probe> {
         let scope = self.config.netns;
         // A reconcile's dumps run on a blocking thread while the ring keeps draining.
         let mut resync: Option<tokio::task::JoinHandle<Vec<NsDump>>> = None;
+        let mut after_loss = false;
         loop {
+            let loss_pending = policy.loss_pending;
             if resync.is_none() && policy.due(Instant::now()) {
+                after_loss = loss_pending;
                 resync = Some(tokio::task::spawn_blocking(move || dump_scope(scope)));
             }
             tokio::select! {
@@ -608,7 +664,14 @@ impl Tracer<Probe> {
                     None => std::future::pending().await,
                 } } => {
                     resync = None;
-                    for d in dumps.unwrap_or_default() {
+                    let dumps = dumps.unwrap_or_default();
+                    let counted = if after_loss {
+                        &mut self.pipeline.resyncs.loss
+                    } else {
+                        &mut self.pipeline.resyncs.periodic
+                    };
+                    *counted += dumps.len() as u64;
+                    for d in dumps {
                         self.apply_dump(sink, d, None)?;
                     }
                     self.pipeline.table.expire(Clock::mono_now_ns());

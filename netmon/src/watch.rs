@@ -119,6 +119,9 @@ pub async fn run<W: Write>(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Tracer> {
     let mut tracer = Tracer::attach(config)?;
+    for missing in &tracer.support().missing {
+        eprintln!("netmon: this kernel lacks {missing}");
+    }
     tracer.seed();
     ready();
     tracer.run(watcher, None, stop).await?;

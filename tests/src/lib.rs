@@ -21,6 +21,17 @@ use netmon::{
 };
 use netmon_common::KernelFilter;
 
+/// `d` scaled by `NETMON_TEST_SLOWDOWN` (an integer, default 1): `cargo xtask vm` sets it for
+/// guests under emulation (TCG), where code runs 15-30x slower than on the host.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("NETMON_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * factor
+}
+
 /// Panics with a clear message unless the tests run as root: they must never skip.
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
@@ -455,6 +466,8 @@ pub fn normalise(table: &str, columns: usize) -> Vec<String> {
 pub struct AgentProcess {
     child: std::process::Child,
     pub socket: PathBuf,
+    /// The agent's stderr lines, when started with [`AgentProcess::start_reading_stderr`].
+    pub stderr: Option<Receiver<String>>,
 }
 
 /// A socket path of its own for each agent a test starts.
@@ -482,7 +495,8 @@ fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> C
 
 /// Waits until something answers on `socket`.
 pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait = patience(Duration::from_secs(20));
+    let deadline = Instant::now() + wait;
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
         if let Some(status) = child.try_wait().expect("try_wait") {
             let err = match child.stderr {
@@ -493,7 +507,7 @@ pub fn wait_serving(socket: &std::path::Path, child: &mut Child) {
         }
         assert!(
             Instant::now() < deadline,
-            "the agent did not start serving within 20 s"
+            "the agent did not start serving within {wait:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -513,7 +527,11 @@ impl AgentProcess {
     pub fn start_with(socket: PathBuf, args: &[&str]) -> Self {
         let mut child = spawn_agent_with(&socket, args, Stdio::inherit());
         wait_serving(&socket, &mut child);
-        Self { child, socket }
+        Self {
+            child,
+            socket,
+            stderr: None,
+        }
     }
 
     /// Takes over an agent spawned with [`spawn_agent`] and already serving `socket`; its
@@ -522,11 +540,57 @@ impl AgentProcess {
         if let Some(mut err) = child.stderr.take() {
             std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         }
-        Self { child, socket }
+        Self {
+            child,
+            socket,
+            stderr: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// An agent with more arguments (e.g. `--metrics-listen 0`) whose stderr lines the test
+    /// reads with [`AgentProcess::stderr_line`].
+    pub fn start_reading_stderr(args: &[&str]) -> Self {
+        let socket = agent_socket_path();
+        let mut child = spawn_agent_with(&socket, args, Stdio::piped());
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end even when the test stopped listening: the agent never meets a
+            // closed pipe.
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        wait_serving(&socket, &mut child);
+        Self {
+            child,
+            socket,
+            stderr: Some(rx),
+        }
+    }
+
+    /// The first stderr line containing `needle` within 20 s (start with
+    /// [`AgentProcess::start_reading_stderr`]).
+    pub fn stderr_line(&self, needle: &str) -> String {
+        let rx = self
+            .stderr
+            .as_ref()
+            .expect("started with start_reading_stderr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("the agent said nothing with {needle:?} within 20 s: {seen:#?}");
     }
 
     /// `netmon snapshot ARGS` through this agent, run inside `ns`.
@@ -617,7 +681,8 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
     });
     let (port, listener) = canary;
     let needle = format!(":{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let wait = patience(Duration::from_secs(20));
+    let deadline = Instant::now() + wait;
     let listener = std::sync::Arc::new(listener);
     while Instant::now() < deadline {
         let l = listener.clone();
@@ -630,7 +695,7 @@ pub fn wait_attached(ns: &TestNetns, rx: &Receiver<String>, seen: &mut Vec<Strin
             }
         }
     }
-    panic!("netmon watch showed no event within 20 s; output: {seen:#?}");
+    panic!("netmon watch showed no event within {wait:?}; output: {seen:#?}");
 }
 
 pub fn interrupt(child: &Child) {

@@ -1,6 +1,7 @@
 //! Project tasks: set-up of a fresh machine, build, run, test (unit and root integration).
 //!
-//! `cargo xtask bench` measures what netmon costs and catches (see bench.rs).
+//! `cargo xtask bench` measures what netmon costs and catches (see bench.rs); `cargo xtask vm`
+//! runs the kernel checks in VMs of other kernels (see vm.rs).
 //!
 //! `cargo xtask setup` installs what the eBPF build needs and is a no-op in well under a second
 //! when everything is there; `run` and `test` call it first.
@@ -8,6 +9,7 @@
 mod bench;
 mod package;
 mod soak;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -44,6 +46,9 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     // `netmon top` is tested in a real terminal: tmux runs it, sends keys, captures the screen.
     ("tmux", "tmux"),
+    // A real Prometheus scrapes the agent in the metrics test; promtool lints the exposition.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 #[derive(Parser)]
@@ -64,9 +69,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit tests, then the root
-    /// integration tests that load the real eBPF program (they fail, never skip, when they
-    /// cannot run).
+    /// Set up, then run every check and test: fmt, clippy, unit tests, the root integration
+    /// tests that load the real eBPF program (they fail, never skip, when they cannot run),
+    /// then, without a filter, the kernel matrix of `cargo xtask vm`.
     Test {
         #[arg(long)]
         release: bool,
@@ -91,6 +96,9 @@ enum Task {
     /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
     /// CPU. Prints one table and writes it to target/bench/report.md.
     Bench(bench::BenchArgs),
+    /// Set up, then boot Debian kernels (default: 6.1 6.12) under QEMU and run the root kernel
+    /// checks inside each; one line per kernel.
+    Vm(vm::VmArgs),
     /// Run `netmon agent` and `netmon watch` for N minutes under a mixed load (churn,
     /// long-lived connections, snapshot clients, a misbehaving client) and print their RSS,
     /// fds, losses and snapshot latency over time (root; loads the machine; not in CI).
@@ -155,6 +163,15 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             let bin = build(true)?;
             bench::bench(&args, &bin, &target_dir())
+        }
+        Task::Vm(args) => {
+            setup()?;
+            if !is_root() {
+                bail!(
+                    "the VMs are set up with apt and run root tests: run `sudo -E cargo xtask vm`"
+                );
+            }
+            vm::vm(&args, &target_dir())
         }
         Task::BenchStorm {
             threads,
@@ -458,7 +475,19 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         let score = package::check(&deb).context(PACKAGE_TEST)?;
         eprintln!("xtask: {PACKAGE_TEST}: ok ({})", score.trim());
     }
-    Ok(())
+    if filter.is_some() {
+        eprintln!("xtask: a filter was given: the kernel matrix (cargo xtask vm) is not run");
+        return Ok(());
+    }
+    // Other kernels, after this one passed: the same checks in a VM of each.
+    vm::vm(
+        &vm::VmArgs {
+            kernels: Vec::new(),
+            release,
+            timeout: vm::DEFAULT_TIMEOUT_SECS,
+        },
+        &target_dir(),
+    )
 }
 
 /// Tests in the output of `cargo test -- --list --format terse` (`name: test` lines, one

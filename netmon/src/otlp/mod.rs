@@ -1,0 +1,652 @@
+//! OTLP/HTTP export of ended connections as log records: a bounded queue filled from the
+//! agent's event loop without ever waiting, and a thread of its own that batches, encodes,
+//! posts and retries with backoff. What cannot be queued or delivered is counted, never
+//! silently lost.
+//!
+//! The HTTP side is a plain HTTP/1.1 POST over a kept-alive TCP connection: OTLP/HTTP needs
+//! nothing more, and the recommended deployment sends to a local OpenTelemetry Collector,
+//! which then speaks TLS, Kafka, Loki or remote write onwards.
+
+pub mod proto;
+pub mod record;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpStream, ToSocketAddrs},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus_client::{encoding::EncodeMetric, metrics::counter::Counter, registry::Registry};
+use prost::Message;
+
+use crate::{
+    clock::Clock,
+    metrics::labels::{Direction, Reason},
+    table::Closed,
+};
+
+/// Records waiting for the exporter; past this they are dropped and counted.
+pub const QUEUE: usize = 16 * 1024;
+/// Records per request.
+pub const BATCH: usize = 1024;
+/// A batch goes out at the latest this long after its first record.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Tries per batch: the first and three retries, 0.25 s, 0.5 s, 1 s apart.
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where to post: `http://HOST:PORT[/PATH]`; the path defaults to OTLP's `/v1/logs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as given, for connecting and the Host header.
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error(
+        "`{0}`: https is not supported; send to a local OpenTelemetry Collector over http (e.g. http://127.0.0.1:4318) and let it forward over TLS"
+    )]
+    Https(String),
+    #[error("`{0}`: expected an http:// URL, e.g. http://127.0.0.1:4318")]
+    Scheme(String),
+    #[error("`{0}`: no host in the URL")]
+    Host(String),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("https://") {
+            return Err(EndpointError::Https(url.to_owned()));
+        }
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| EndpointError::Scheme(url.to_owned()))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(EndpointError::Host(url.to_owned()));
+        }
+        // OTLP/HTTP's default port when none is given.
+        let has_port = match authority.rsplit_once(':') {
+            Some((host, port)) => !host.ends_with(':') && port.parse::<u16>().is_ok(),
+            None => false,
+        };
+        let authority = if has_port && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:4318")
+        };
+        let path = match path {
+            "" | "/" => "/v1/logs".to_owned(),
+            p => p.to_owned(),
+        };
+        Ok(Self { authority, path })
+    }
+}
+
+/// The exporter's counters, shared with the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub exported: Counter,
+    pub queue_full: Counter,
+    pub failed: Counter,
+    pub rejected: Counter,
+    pub retries: Counter,
+}
+
+impl Stats {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "netmon_otlp_exported_records",
+            "Log records the OTLP endpoint accepted",
+            self.exported.clone(),
+        );
+        r.register(
+            "netmon_otlp_dropped_records",
+            "Log records not delivered: the queue was full, the endpoint failed after retries, or it rejected them",
+            DroppedFamily(self.clone()),
+        );
+        r.register(
+            "netmon_otlp_export_retries",
+            "Export requests retried after a failure",
+            self.retries.clone(),
+        );
+    }
+}
+
+/// `netmon_otlp_dropped_records_total{reason}` from the three counters.
+#[derive(Debug)]
+struct DroppedFamily(Stats);
+
+impl prometheus_client::metrics::TypedMetric for DroppedFamily {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Counter;
+}
+
+impl EncodeMetric for DroppedFamily {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (reason, c) in [
+            ("queue_full", &self.0.queue_full),
+            ("export_failed", &self.0.failed),
+            ("rejected", &self.0.rejected),
+        ] {
+            c.encode(encoder.encode_family(&Reason { reason })?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
+
+/// The agent's handle: queue records; dropping it flushes what is queued (one try) and stops
+/// the thread.
+pub struct Exporter {
+    tx: Option<SyncSender<Closed>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Stats,
+}
+
+impl Exporter {
+    pub fn start(endpoint: Endpoint, clock: Clock) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let stats = Stats::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            endpoint,
+            clock,
+            host: hostname(),
+            stats: stats.clone(),
+            stopping: stopping.clone(),
+            conn: None,
+            failing: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("netmon-otlp".into())
+            .spawn(move || worker.run(&rx))?;
+        Ok(Self {
+            tx: Some(tx),
+            stopping,
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// Queues an ended connection; never waits. Listeners are not connections: not sent.
+    pub fn push(&self, c: &Closed) {
+        if Direction::of(c).is_none() {
+            return;
+        }
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(*c)
+        {
+            self.stats.queue_full.inc();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    endpoint: Endpoint,
+    clock: Clock,
+    host: String,
+    stats: Stats,
+    stopping: Arc<AtomicBool>,
+    conn: Option<BufReader<TcpStream>>,
+    /// Whether the last batch failed: failures and recoveries are said once on stderr.
+    failing: bool,
+}
+
+/// Why a post failed, and whether trying again may help.
+#[derive(Debug)]
+enum PostError {
+    Retry(String),
+    Permanent(String),
+}
+
+impl Worker {
+    fn run(mut self, rx: &Receiver<Closed>) {
+        let mut batch: Vec<Closed> = Vec::with_capacity(BATCH);
+        loop {
+            let open = fill(rx, &mut batch);
+            if !batch.is_empty() {
+                self.send(&batch);
+                batch.clear();
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, batch: &[Closed]) {
+        let observed = SystemTime::now();
+        let records = batch
+            .iter()
+            .filter_map(|c| {
+                Some(record::log_record(
+                    c,
+                    Direction::of(c)?,
+                    &self.clock,
+                    observed,
+                ))
+            })
+            .collect::<Vec<_>>();
+        let n = records.len() as u64;
+        let body = record::request(records, &self.host).encode_to_vec();
+        let mut backoff = FIRST_BACKOFF;
+        let attempts = if self.stopping.load(Ordering::Relaxed) {
+            1
+        } else {
+            ATTEMPTS
+        };
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                self.stats.retries.inc();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            match self.post(&body) {
+                Ok(rejected) => {
+                    self.stats.exported.inc_by(n.saturating_sub(rejected));
+                    self.stats.rejected.inc_by(rejected.min(n));
+                    if self.failing {
+                        eprintln!("netmon agent: OTLP export to {} works again", self.url());
+                        self.failing = false;
+                    }
+                    return;
+                }
+                Err(PostError::Retry(e)) => last = e,
+                Err(PostError::Permanent(e)) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        self.stats.failed.inc_by(n);
+        if !self.failing {
+            eprintln!(
+                "netmon agent: OTLP export to {} failed ({last}); dropping records and counting them in netmon_otlp_dropped_records_total",
+                self.url()
+            );
+            self.failing = true;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.endpoint.authority, self.endpoint.path)
+    }
+
+    /// One POST; the number of records the endpoint said it rejected.
+    fn post(&mut self, body: &[u8]) -> Result<u64, PostError> {
+        let result = self.post_on_connection(body);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn post_on_connection(&mut self, body: &[u8]) -> Result<u64, PostError> {
+        let retry = |what: &str, e: std::io::Error| PostError::Retry(format!("{what}: {e}"));
+        if self.conn.is_none() {
+            self.conn = Some(BufReader::new(connect(&self.endpoint.authority)?));
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: netmon/{}\r\n\r\n",
+            self.endpoint.path,
+            self.endpoint.authority,
+            body.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        let stream = conn.get_mut();
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .map_err(|e| retry("sending", e))?;
+        let response = read_response(conn).map_err(|e| retry("reading the response", e))?;
+        if !response.keep_alive {
+            self.conn = None;
+        }
+        match response.status {
+            200..=299 => Ok(rejected(&response.body)),
+            // OTLP/HTTP: these may succeed later; everything else will not.
+            429 | 502 | 503 | 504 => Err(PostError::Retry(format!("HTTP {}", response.status))),
+            s => Err(PostError::Permanent(format!("HTTP {s}"))),
+        }
+    }
+}
+
+/// Waits for the first record up to `FLUSH_EVERY`, then takes what arrives until the batch is
+/// full or the time is up; false once the agent dropped its end.
+fn fill(rx: &Receiver<Closed>, batch: &mut Vec<Closed>) -> bool {
+    let mut deadline = None::<Instant>;
+    while batch.len() < BATCH {
+        let wait = deadline.map_or(FLUSH_EVERY, |d| d.saturating_duration_since(Instant::now()));
+        match rx.recv_timeout(wait) {
+            Ok(c) => {
+                batch.push(c);
+                deadline.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !batch.is_empty() {
+                    return true;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    true
+}
+
+fn connect(authority: &str) -> Result<TcpStream, PostError> {
+    let addrs = authority
+        .to_socket_addrs()
+        .map_err(|e| PostError::Retry(format!("resolving {authority}: {e}")))?;
+    let mut last = PostError::Retry(format!("{authority} resolved to no address"));
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(s) => {
+                s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+                s.set_write_timeout(Some(IO_TIMEOUT)).ok();
+                s.set_nodelay(true).ok();
+                return Ok(s);
+            }
+            Err(e) => last = PostError::Retry(format!("connecting to {addr}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+struct Response {
+    status: u16,
+    keep_alive: bool,
+    body: Vec<u8>,
+}
+
+/// Bound on a response body: an OTLP response is a few bytes.
+const MAX_RESPONSE: u64 = 1 << 20;
+
+fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| bad("not an HTTP/1.x response"))?;
+    let mut keep_alive = version == "HTTP/1.1";
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(bad("response ended in its head"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<u64>().ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            if size == 0 {
+                // Trailers end with a blank line.
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            if body.len() as u64 + size > MAX_RESPONSE {
+                return Err(bad("response too large"));
+            }
+            r.by_ref().take(size).read_to_end(&mut body)?;
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(n) = length {
+        if n > MAX_RESPONSE {
+            return Err(bad("response too large"));
+        }
+        r.by_ref().take(n).read_to_end(&mut body)?;
+        if (body.len() as u64) < n {
+            return Err(bad("response body cut short"));
+        }
+    } else {
+        r.by_ref().take(MAX_RESPONSE).read_to_end(&mut body)?;
+        keep_alive = false;
+    }
+    Ok(Response {
+        status,
+        keep_alive,
+        body,
+    })
+}
+
+/// Records a 2xx response says it rejected (OTLP partial success); 0 if it says nothing.
+fn rejected(body: &[u8]) -> u64 {
+    proto::ExportLogsServiceResponse::decode(body)
+        .ok()
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_default_to_otlp_port_and_path() {
+        let e: Endpoint = "http://127.0.0.1:4318".parse().unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.path.as_str()),
+            ("127.0.0.1:4318", "/v1/logs")
+        );
+        let e: Endpoint = "http://collector/".parse().unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.path.as_str()),
+            ("collector:4318", "/v1/logs")
+        );
+        let e: Endpoint = "http://[::1]:9000/custom/logs".parse().unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.path.as_str()),
+            ("[::1]:9000", "/custom/logs")
+        );
+        let e: Endpoint = "http://[::1]".parse().unwrap();
+        assert_eq!(e.authority, "[::1]:4318");
+        assert!(matches!(
+            "https://x:4318".parse::<Endpoint>(),
+            Err(EndpointError::Https(_))
+        ));
+        assert!(matches!(
+            "127.0.0.1:4318".parse::<Endpoint>(),
+            Err(EndpointError::Scheme(_))
+        ));
+        assert!(matches!(
+            "http://:4318".parse::<Endpoint>(),
+            Err(EndpointError::Host(_))
+        ));
+    }
+
+    #[test]
+    fn responses_with_length_chunks_or_close() {
+        let read = |s: &str| read_response(&mut BufReader::new(s.as_bytes())).unwrap();
+        let r = read("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcNEXT");
+        assert_eq!(
+            (r.status, r.keep_alive, r.body.as_slice()),
+            (200, true, &b"abc"[..])
+        );
+        let r = read(
+            "HTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
+        );
+        assert_eq!((r.status, r.body.as_slice()), (503, &b"abc"[..]));
+        let r = read("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nrest");
+        assert_eq!((r.keep_alive, r.body.as_slice()), (false, &b"rest"[..]));
+        let bad = |s: &str| read_response(&mut BufReader::new(s.as_bytes())).is_err();
+        assert!(bad("SSH-2.0-OpenSSH\r\n"));
+        assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn partial_success_counts_rejections() {
+        let body = proto::ExportLogsServiceResponse {
+            partial_success: Some(proto::ExportLogsPartialSuccess {
+                rejected_log_records: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(rejected(&body), 3);
+        assert_eq!(rejected(&[]), 0);
+    }
+
+    fn closed(cookie: u64) -> Closed {
+        let addr = |s: &str| s.parse().unwrap();
+        Closed {
+            cookie,
+            netns: 1,
+            local: addr("127.0.0.1:40000"),
+            remote: addr("127.0.0.1:80"),
+            born_ns: Some(1_000),
+            closed_ns: 2_000,
+            last: netmon_common::TcpState::SynSent,
+            path: Default::default(),
+            owner: None,
+            end: crate::table::End::Refused,
+            bytes_acked: 0,
+            bytes_received: 0,
+        }
+    }
+
+    /// Answers every post with 200 and passes on how many records each held.
+    fn receiver() -> (String, mpsc::Receiver<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut out = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    match line.trim_end().split_once(':') {
+                        Some((name, v)) if name.eq_ignore_ascii_case("content-length") => {
+                            length = v.trim().parse().unwrap();
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let request = proto::ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
+                let n = request.resource_logs[0].scope_logs[0].log_records.len();
+                out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                let _ = tx.send(n);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn queued_records_reach_the_receiver_and_listeners_are_not_sent() {
+        let (addr, posts) = receiver();
+        let exporter =
+            Exporter::start(format!("http://{addr}").parse().unwrap(), Clock::now()).unwrap();
+        let stats = exporter.stats.clone();
+        for cookie in 0..3 {
+            exporter.push(&closed(cookie));
+        }
+        let mut listener = closed(9);
+        listener.last = netmon_common::TcpState::Listen;
+        exporter.push(&listener);
+        // Dropping it sends what it holds.
+        drop(exporter);
+        assert_eq!(posts.recv_timeout(Duration::from_secs(10)), Ok(3));
+        assert_eq!(stats.exported.get(), 3);
+        assert_eq!(stats.failed.get() + stats.queue_full.get(), 0);
+    }
+
+    #[test]
+    fn a_batch_nobody_takes_is_counted_as_failed() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let exporter = Exporter::start(
+            format!("http://127.0.0.1:{port}").parse().unwrap(),
+            Clock::now(),
+        )
+        .unwrap();
+        let stats = exporter.stats.clone();
+        exporter.push(&closed(1));
+        exporter.push(&closed(2));
+        drop(exporter);
+        assert_eq!((stats.exported.get(), stats.failed.get()), (0, 2));
+    }
+}
