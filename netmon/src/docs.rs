@@ -77,6 +77,7 @@ mod tests {
                 "man1/netmon-watch.1",
                 "man1/netmon-snapshot.1",
                 "man8/netmon-agent.8",
+                "man1/netmon-features.1",
                 "man1/netmon-top.1"
             ]
         );

@@ -45,6 +45,7 @@ pub fn package(root: &Path, target: &Path) -> Result<PathBuf> {
         "man1/netmon-watch.1",
         "man1/netmon-snapshot.1",
         "man1/netmon-top.1",
+        "man1/netmon-features.1",
     ]
     .iter()
     .chain(&["man8/netmon-agent.8"])

@@ -32,6 +32,7 @@ files="/usr/bin/netmon
 /usr/share/man/man1/netmon-watch.1.gz
 /usr/share/man/man1/netmon-snapshot.1.gz
 /usr/share/man/man1/netmon-top.1.gz
+/usr/share/man/man1/netmon-features.1.gz
 /usr/share/man/man8/netmon-agent.8.gz
 /usr/share/bash-completion/completions/netmon
 /usr/share/zsh/vendor-completions/_netmon
@@ -52,7 +53,7 @@ version=$(in_root netmon --version)
 case $version in *without*) fail "the packaged netmon has no eBPF program: $version" ;; esac
 echo "ok: $version"
 
-for page in netmon netmon-watch netmon-snapshot netmon-top netmon-agent; do
+for page in netmon netmon-watch netmon-snapshot netmon-top netmon-features netmon-agent; do
     path=$(in_root man -w "$page")
     rendered=$(in_root env MANWIDTH=80 man --warnings -l "$path" 2>"$work/man.err")
     [ -s "$work/man.err" ] && fail "man $page warns: $(cat "$work/man.err")"
