@@ -161,6 +161,10 @@ pub struct AgentArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = netmon_common::DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Settings file, read before the flags (flags win); then `*.toml` in the drop-in
+    /// directory beside it (agent.d/). [default: /etc/netmon/agent.toml, if it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; a port alone
     /// listens on 127.0.0.1 (e.g. 9464; [::]:9464 for every address). Default: off.
     #[arg(long, value_name = "ADDR", value_parser = metrics::http::parse_listen)]
@@ -222,8 +226,12 @@ pub async fn run(
     args: &AgentArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // First, so that a second agent says so before the slow start.
-    let lock = agent_socket::Lock::take(&args.socket)?;
+    // A socket passed by systemd (netmon-agent.socket) is systemd's: no lock, no bind.
+    // Otherwise the lock comes first, so that a second agent says so before the slow start.
+    let serving = match crate::activation::listener()? {
+        Some(passed) => Serving::Passed(passed),
+        None => Serving::Own(agent_socket::Lock::take(&args.socket)?),
+    };
     let config = TracerConfig {
         ring_bytes: args.ring_size,
         filter: netmon_common::KernelFilter {
@@ -265,14 +273,27 @@ pub async fn run(
         eprintln!("netmon agent: this kernel lacks {missing}");
     }
     tracer.seed();
-    let socket = lock.bind(group_id(&args.group))?;
-    socket
-        .listener
+    let (std_listener, socket) = match serving {
+        Serving::Passed(passed) => {
+            eprintln!("netmon agent: serving the socket passed by the service manager");
+            (passed, None)
+        }
+        Serving::Own(lock) => {
+            let socket = lock.bind(group_id(&args.group))?;
+            eprintln!("netmon agent: serving {}", socket.path().display());
+            let listener = socket.listener.try_clone().context("dup socket")?;
+            (listener, Some(socket))
+        }
+    };
+    std_listener
         .set_nonblocking(true)
         .context("setting the socket non-blocking")?;
-    let listener = UnixListener::from_std(socket.listener.try_clone().context("dup socket")?)
-        .context("registering the socket")?;
-    eprintln!("netmon agent: serving {}", socket.path().display());
+    let listener = UnixListener::from_std(std_listener).context("registering the socket")?;
+    // Attached and serving: answering needs three capabilities from here on (privileges.rs).
+    // Threads started later (requests, namespace dumps) inherit the reduced sets.
+    if let Err(e) = crate::privileges::keep_only(crate::privileges::AGENT_KEEPS) {
+        eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
+    }
     let (table, queries) = TracerHandle::new();
     let scraper = match (metrics_listener, &metrics) {
         (Some(listener), Some(m)) => {
@@ -315,6 +336,14 @@ pub async fn run(
     // Removes the socket file, if it is still ours.
     drop(socket);
     result
+}
+
+/// Where the agent's socket comes from.
+enum Serving {
+    /// Passed by a service manager (sd_listen_fds); it stays the manager's to remove.
+    Passed(std::os::unix::net::UnixListener),
+    /// Bound here once attached, under this lock.
+    Own(agent_socket::Lock),
 }
 
 /// The agent's only consumer of records besides the table: losses on stderr.
@@ -869,13 +898,13 @@ async fn send_request(stream: &UnixStream, line: &[u8]) -> std::io::Result<()> {
 /// Why a snapshot could not come from the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no agent at {path} ({source})")]
+    #[error("no agent at {path}")]
     Unreachable {
         path: String,
         source: std::io::Error,
     },
     /// Failed before any output was written: the caller may show a one-shot dump instead.
-    #[error("the agent at {path} failed: {source}")]
+    #[error("the agent at {path} failed")]
     Io {
         path: String,
         source: std::io::Error,

@@ -42,7 +42,7 @@ pub enum SocketError {
     Writable { path: PathBuf, mode: u32 },
     #[error("another agent{} is already serving {path}: stop it first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Busy { path: PathBuf, pid: Option<u32> },
-    #[error("{call} {path}: {source}")]
+    #[error("{call} {path}")]
     Io {
         call: &'static str,
         path: PathBuf,

@@ -30,22 +30,27 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error(
+        "this netmon was built without its eBPF program (AYA_BUILD_SKIP, or no bpf-linker): \
+         run `cargo xtask setup`, then build again"
+    )]
+    NoProgram,
+    #[error(
         "loading eBPF programs needs privileges: run as root (sudo), or grant CAP_BPF and \
          CAP_PERFMON (CAP_SYS_ADMIN on older kernels)"
     )]
     Privileges,
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetError),
-    #[error("reading kernel BTF for the tracepoint: {0}")]
+    #[error("reading kernel BTF for the tracepoint")]
     Btf(#[from] aya::BtfError),
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}")]
     Program {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         source: aya::maps::MapError,
@@ -55,7 +60,7 @@ pub enum AttachError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("reading info of eBPF program {name}: {source}")]
+    #[error("reading info of eBPF program {name}")]
     ProgInfo {
         name: &'static str,
         source: std::io::Error,
@@ -154,6 +159,9 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges, resolves offsets from BTF, loads and attaches the programs.
     pub fn attach(config: &ProbeConfig) -> Result<Self, AttachError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(AttachError::NoProgram);
+        }
         if !has_bpf_privileges() {
             return Err(AttachError::Privileges);
         }
@@ -407,8 +415,16 @@ fn permission_or(
     wrap: fn(aya::EbpfError) -> AttachError,
 ) -> impl Fn(aya::EbpfError) -> AttachError {
     move |e| {
-        let text = e.to_string();
-        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+        // The errno sits somewhere down the chain of sources, worded by each layer.
+        let mut cause: Option<&dyn std::error::Error> = Some(&e);
+        let mut denied = false;
+        while let Some(c) = cause {
+            let text = c.to_string();
+            denied |=
+                text.contains("Operation not permitted") || text.contains("Permission denied");
+            cause = c.source();
+        }
+        if denied {
             AttachError::Privileges
         } else {
             wrap(e)

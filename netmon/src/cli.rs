@@ -6,12 +6,13 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
     clock::Clock,
+    config, docs,
     features::Support,
     filter::{Filter, Services, StateSet},
     netns::{self, Netns},
@@ -31,10 +32,19 @@ use crate::{
 #[error("{0}")]
 pub struct Rendered(pub String);
 
+/// `--version`; a build without the eBPF program says so, and `cargo xtask package` checks.
+#[cfg(not(netmon_ebpf_stub))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(netmon_ebpf_stub)]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (built without its eBPF program)"
+);
+
 /// Trace TCP connections with eBPF: every state transition as it happens, like `ss -E` for
 /// every change, plus live socket tables like `ss -tan`.
 #[derive(Debug, Parser)]
-#[command(name = "netmon", version, propagate_version = true)]
+#[command(name = "netmon", version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +59,7 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
     /// root).
+    #[command(args_override_self = true, after_long_help = AGENT_FILES)]
     Agent(AgentArgs),
     /// List the optional kernel hooks netmon uses, whether this kernel has each, and what a
     /// missing one costs (reads the kernel's BTF; no root needed).
@@ -58,7 +69,28 @@ pub enum Command {
     /// from a probe of its own). Keys: q quit, g group, s sort, / filter, t rate/total,
     /// space pause, Tab pane, Enter details.
     Top(crate::top::TopArgs),
+    /// Print a completion script: `netmon completions bash > /etc/bash_completion.d/netmon`.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages under DIR/man1 and DIR/man8, e.g. `netmon man /usr/local/share/man`.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
+
+/// The agent page's FILES and ENVIRONMENT (also in `netmon agent --help`).
+const AGENT_FILES: &str = "\
+Files: /etc/netmon/agent.toml holds settings, one key per long flag (`ring-size = 8388608`),
+then /etc/netmon/agent.d/*.toml in name order; flags on the command line win.
+/run/netmon/agent.sock is the query socket (root and group netmon).
+
+Socket activation: started by netmon-agent.socket (systemd), the agent serves the listening
+socket passed as fd 3 (LISTEN_FDS=1, LISTEN_PID=its pid) instead of binding --socket.";
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -123,6 +155,53 @@ impl WatchArgs {
     }
 }
 
+/// Parses the command line. For `agent`, the config file's settings go before the flags given
+/// here, so these win (the agent's flags override earlier occurrences of themselves).
+pub fn parse() -> anyhow::Result<Cli> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&args);
+    let Command::Agent(agent) = &cli.command else {
+        return Ok(cli);
+    };
+    let (config, required) = match &agent.config {
+        Some(path) => (path.clone(), true),
+        None => (config::DEFAULT_CONFIG.into(), false),
+    };
+    let files = config::files(&config, required)?;
+    let command = Cli::command();
+    let flags: Vec<config::Flag> = command
+        .find_subcommand("agent")
+        .into_iter()
+        .flat_map(|a| a.get_arguments())
+        .filter_map(|a| {
+            Some(config::Flag {
+                long: a.get_long().filter(|l| !matches!(*l, "config" | "help"))?,
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect();
+    let settings = config::load(&files, &flags)?;
+    if settings.is_empty() {
+        return Ok(cli);
+    }
+    let at = args.iter().position(|a| a == "agent").unwrap_or(1);
+    let mut merged = args[..=at].to_vec();
+    merged.extend(settings.iter().map(Into::into));
+    // Checked alone first, so a bad value is reported against the files, not the command line.
+    if let Err(e) = Cli::try_parse_from(&merged) {
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        anyhow::bail!(
+            "in {}: {}",
+            shown.join(", "),
+            first.trim_start_matches("error: ")
+        );
+    }
+    merged.extend(args[at + 1..].iter().cloned());
+    Ok(Cli::parse_from(merged))
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // ss -N: the whole process moves, before the runtime starts threads, so the agent (which
@@ -166,6 +245,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top(args) => crate::top::run(args),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for path in docs::write_man_pages(&dir)
+                .with_context(|| format!("writing man pages under {}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -249,10 +340,12 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
             return Err(e.into());
         }
         Err(e) if args.closed.is_some() => {
-            anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e}")
+            let e = anyhow::Error::new(e);
+            anyhow::bail!("--closed needs the agent (start it with `sudo netmon agent`): {e:#}")
         }
         Err(e) => {
-            eprintln!("netmon: {e}; showing a one-shot sock_diag dump (no ages, no history)");
+            let e = anyhow::Error::new(e);
+            eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
             fallback_snapshot(&args, &filter, &services, &mut out)?
         }
     };

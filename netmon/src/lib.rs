@@ -8,6 +8,7 @@
 //! [`clones`] repairs the identity of new children on kernels that report them early.
 
 pub mod access;
+pub mod activation;
 pub mod agent;
 pub mod agent_socket;
 pub mod attach;
@@ -16,9 +17,11 @@ pub mod cli;
 pub mod clock;
 pub mod clones;
 pub mod columns;
+pub mod config;
 pub mod count;
 pub mod decode;
 pub mod diag_ext;
+pub mod docs;
 pub mod escape;
 pub mod export;
 pub mod features;
@@ -31,6 +34,7 @@ pub mod offsets;
 pub mod otlp;
 pub mod output;
 pub mod peer;
+pub mod privileges;
 pub mod procfs;
 pub mod snapshot;
 pub mod sock_diag;

@@ -1,10 +1,10 @@
+// The library uses the dependencies; this thin binary target sees only a few of them.
+#![allow(unused_crate_dependencies)]
+
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = netmon::cli::Cli::parse();
-    match netmon::cli::run(cli) {
+    match netmon::cli::parse().and_then(netmon::cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         // `netmon watch | head`: the reader left; that is a normal end.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

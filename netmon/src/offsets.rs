@@ -14,9 +14,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error(
-        "cannot read kernel BTF from {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF)"
-    )]
+    #[error("cannot read kernel BTF from {path} (the kernel needs CONFIG_DEBUG_INFO_BTF)")]
     Read { path: String, source: btf_rs::Error },
     #[error("kernel BTF has no struct `{name}`")]
     NoStruct { name: String },
@@ -29,7 +27,7 @@ pub enum OffsetError {
         found: String,
         expected: String,
     },
-    #[error("kernel BTF lookup failed: {0}")]
+    #[error("kernel BTF lookup failed")]
     Btf(#[from] btf_rs::Error),
 }
 

@@ -523,7 +523,12 @@ impl<R: Ring> Tracer<R> {
                     self.pipeline.table.set_owners(&dump, owners);
                 }
             }
-            Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+            // `{:#}` walks the sources: the failed step, then the errno.
+            Err(e) => eprintln!(
+                "netmon: dumping sockets of netns {}: {:#}",
+                d.netns,
+                anyhow::Error::new(e)
+            ),
         }
         Ok(())
     }

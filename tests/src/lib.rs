@@ -109,7 +109,8 @@ impl TestNetns {
             hints: true,
             count_fires: true,
         };
-        Probe::attach(&config).unwrap_or_else(|e| panic!("attaching the eBPF program: {e}"))
+        Probe::attach(&config)
+            .unwrap_or_else(|e| panic!("attaching the eBPF program: {:#}", anyhow::Error::new(e)))
     }
 }
 

@@ -7,6 +7,7 @@
 //! when everything is there; `run` and `test` call it first.
 
 mod bench;
+mod package;
 mod soak;
 mod vm;
 
@@ -37,6 +38,11 @@ const APT_TEST_TOOLS: &[(&str, &str)] = &[
     ("netstat", "net-tools"),
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
+    // The package check: units, man pages, socket activation as systemd does it.
+    ("systemd-analyze", "systemd"),
+    ("systemd-socket-activate", "systemd"),
+    ("man", "man-db"),
+    ("addgroup", "adduser"),
     ("nsenter", "util-linux"),
     // `netmon top` is tested in a real terminal: tmux runs it, sends keys, captures the screen.
     ("tmux", "tmux"),
@@ -79,6 +85,12 @@ enum Task {
         iterations: u64,
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
+    },
+    /// Set up, build the .deb (target/debian/): release build, man pages, completions, units.
+    /// With --check, also install it into a throwaway root, inspect it and remove it (root).
+    Package {
+        #[arg(long)]
+        check: bool,
     },
     /// Set up, build netmon in release, and measure it as root: storm rate with and without
     /// netmon, transitions captured, snapshot times against ss and netstat, agent memory and
@@ -176,6 +188,15 @@ fn run(task: Task) -> Result<()> {
         }
         Task::SoakChurn { rate, secs } => soak::churn(rate, secs),
         Task::BenchHold { conns, id } => bench::hold(conns, id),
+        Task::Package { check } => {
+            setup()?;
+            let deb = package::package(&workspace_root(), &target_dir())?;
+            println!("{}", deb.display());
+            if check {
+                package::check(&deb)?;
+            }
+            Ok(())
+        }
         Task::Fuzz { iterations, seed } => {
             setup()?;
             let status = Command::new("cargo")
@@ -215,6 +236,7 @@ fn setup() -> Result<()> {
     let start = Instant::now();
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_cargo_deb()?;
     ensure_test_tools()?;
     eprintln!(
         "xtask: set-up complete in {:.1} s",
@@ -293,6 +315,23 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+fn ensure_cargo_deb() -> Result<()> {
+    let installed = capture("cargo", &["deb", "--version"]).unwrap_or_default();
+    if installed.contains(package::CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    sh(
+        "cargo",
+        &[
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            package::CARGO_DEB_VERSION,
+        ],
+    )
+}
+
 fn ensure_test_tools() -> Result<()> {
     let missing: Vec<&str> = APT_TEST_TOOLS
         .iter()
@@ -368,7 +407,13 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     }
     let profile: &[&str] = if release { &["--release"] } else { &[] };
     sh("cargo", &["fmt", "--all", "--", "--check"])?;
-    let mut clippy = vec!["clippy", "--all-targets"];
+    let mut clippy = vec![
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "netmon-ebpf",
+        "--all-targets",
+    ];
     clippy.extend(profile);
     clippy.extend(["--", "-D", "warnings"]);
     sh("cargo", &clippy)?;
@@ -422,6 +467,13 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
         .context("running cargo test")?;
     if !status.success() {
         bail!("integration tests failed ({status})");
+    }
+    // The .deb, as a test named like the others, so `cargo xtask test package` runs it alone.
+    const PACKAGE_TEST: &str = "package_installs_checks_and_removes_cleanly";
+    if filter.is_none_or(|f| PACKAGE_TEST.contains(f)) {
+        let deb = package::package(&workspace_root(), &target_dir())?;
+        let score = package::check(&deb).context(PACKAGE_TEST)?;
+        eprintln!("xtask: {PACKAGE_TEST}: ok ({})", score.trim());
     }
     if filter.is_some() {
         eprintln!("xtask: a filter was given: the kernel matrix (cargo xtask vm) is not run");

@@ -464,8 +464,8 @@ impl BpfStats {
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("BPF_ENABLE_STATS");
         }
-        // SAFETY: a fresh fd from the kernel.
         Ok(Self {
+            // SAFETY: a fresh fd from the kernel, owned by nothing else.
             _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
     }
