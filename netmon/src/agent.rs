@@ -606,12 +606,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         Ok(p) => p,
         Err(e) => return refuse(stream, &format!("{e:#}")).await,
     };
-    let header = ReplyHeader {
-        ok: true,
-        error: None,
-        version: wire::VERSION,
-    };
-    if write_line(&mut stream, &header).await.is_err() {
+    if write_line(&mut stream, &ReplyHeader::accepted())
+        .await
+        .is_err()
+    {
         return;
     }
     let Ok(slot) = shared.snapshots.clone().acquire_owned().await else {
@@ -735,12 +733,10 @@ async fn handle_top(
         Ok(p) => p,
         Err(e) => return refuse(stream, &format!("{e:#}")).await,
     };
-    let header = ReplyHeader {
-        ok: true,
-        error: None,
-        version: wire::VERSION,
-    };
-    if write_line(&mut stream, &header).await.is_err() {
+    if write_line(&mut stream, &ReplyHeader::accepted())
+        .await
+        .is_err()
+    {
         return;
     }
     let table = shared.table.clone();
@@ -806,11 +802,7 @@ async fn write_line<T: serde::Serialize>(
 /// Refuses a connection over the limits, without waiting: it is not counted, so it must not
 /// linger. The reply goes out if the socket takes it at once (a fresh one always does).
 fn refuse_at_once(stream: UnixStream, error: &str) {
-    let header = ReplyHeader {
-        ok: false,
-        error: Some(error.to_string()),
-        version: wire::VERSION,
-    };
+    let header = ReplyHeader::refused(error);
     let mut line = serde_json::to_vec(&header).unwrap_or_default();
     line.push(b'\n');
     let _ = stream.try_write(&line);
@@ -820,11 +812,7 @@ fn refuse_at_once(stream: UnixStream, error: &str) {
 }
 
 async fn refuse(mut stream: UnixStream, error: &str) {
-    let header = ReplyHeader {
-        ok: false,
-        error: Some(error.to_string()),
-        version: wire::VERSION,
-    };
+    let header = ReplyHeader::refused(error);
     if write_line(&mut stream, &header).await.is_ok() {
         let _ = stream.shutdown().await;
     }

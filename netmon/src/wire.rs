@@ -151,6 +151,26 @@ pub struct ReplyHeader {
     pub version: u32,
 }
 
+impl ReplyHeader {
+    /// The request was accepted: data frames and a trailer follow.
+    pub fn accepted() -> Self {
+        Self {
+            ok: true,
+            error: None,
+            version: VERSION,
+        }
+    }
+
+    /// The request was refused: nothing follows.
+    pub fn refused(error: &str) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.to_string()),
+            version: VERSION,
+        }
+    }
+}
+
 /// The end of a reply: whether the output before it is complete, and what to tell the user.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Trailer {
