@@ -128,9 +128,56 @@ pub struct SockEvent {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
+    /// The cgroup v2 id (kernfs inode number) the event is attributed to, 0 if none; see
+    /// [`CgroupSource`] for where it came from.
+    pub cgroup_id: u64,
+    /// A [`CgroupSource`].
+    pub cgroup_source: u8,
+    pub _pad: [u8; 7],
 }
 
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 120);
+
+/// Where a [`SockEvent`]'s `cgroup_id` came from.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupSource {
+    /// No id: the fallback could not attribute this event (not in the owner's process).
+    None = 0,
+    /// The socket's own cgroup (`sk->sk_cgrp_data.cgroup`), set when it was created and copied
+    /// to accepted children: right in softirq too.
+    Socket = 1,
+    /// `bpf_get_current_cgroup_id()` of the task on the CPU, taken only where that task owns
+    /// the socket (connect, listen, close, I/O): kernels whose BTF lacks the socket's cgroup.
+    Task = 2,
+    /// From a sock_diag dump (`INET_DIAG_CGROUP_ID`): sockets that predate netmon.
+    Dump = 3,
+}
+
+impl CgroupSource {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Socket,
+            2 => Self::Task,
+            3 => Self::Dump,
+            _ => Self::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Socket => "socket",
+            Self::Task => "task",
+            Self::Dump => "dump",
+        }
+    }
+}
+
+/// [`SockOffsets::cgroup_mode`]: read the socket's cgroup.
+pub const CGROUP_MODE_SOCKET: u32 = 1;
+/// [`SockOffsets::cgroup_mode`]: the task's cgroup at owner-context transitions.
+pub const CGROUP_MODE_TASK: u32 = 2;
 
 /// Byte offsets of the kernel struct fields the program reads, resolved from
 /// /sys/kernel/btf/vmlinux by userspace at load time: Rust eBPF has no CO-RE relocations.
@@ -157,6 +204,13 @@ pub struct SockOffsets {
     /// `struct tcp_sock.bytes_acked` and `.bytes_received` (u64 each).
     pub tcp_bytes_acked: u32,
     pub tcp_bytes_received: u32,
+    /// `struct sock.sk_cgrp_data.cgroup` (`struct cgroup *`, Linux 5.15+), `struct
+    /// cgroup.kn` and `struct kernfs_node.id`: the socket's cgroup v2 id.
+    pub sk_cgrp_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// [`CGROUP_MODE_SOCKET`] or [`CGROUP_MODE_TASK`] (0: no cgroup at all).
+    pub cgroup_mode: u32,
 }
 
 /// The part of a user's filter the eBPF program can decide cheaply; everything passes by default.
@@ -174,6 +228,9 @@ pub struct KernelFilter {
     pub sport_max: u16,
     pub dport_min: u16,
     pub dport_max: u16,
+    pub _pad: u32,
+    /// cgroup v2 id to keep; 0 keeps every cgroup (and events without one).
+    pub cgroup_id: u64,
 }
 
 /// What [`KernelFilter::passes`] decides on: read from the socket by the eBPF program, from a
@@ -189,6 +246,8 @@ pub struct FilterFields {
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
+    /// The event's cgroup id (0: none).
+    pub cgroup_id: u64,
 }
 
 impl KernelFilter {
@@ -218,6 +277,7 @@ impl KernelFilter {
         states
             && self.family_mask & family_bit != 0
             && (self.netns == 0 || self.netns == f.netns)
+            && (self.cgroup_id == 0 || self.cgroup_id == f.cgroup_id)
             && ports
     }
 
@@ -229,6 +289,8 @@ impl KernelFilter {
         sport_max: u16::MAX,
         dport_min: 0,
         dport_max: u16::MAX,
+        _pad: 0,
+        cgroup_id: 0,
     };
 }
 
@@ -244,7 +306,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockEvent {}
     // SAFETY: u32 fields only.
     unsafe impl aya::Pod for super::SockOffsets {}
-    // SAFETY: u32/u16 fields, no padding.
+    // SAFETY: u32/u16/u64 fields, explicit padding.
     unsafe impl aya::Pod for super::KernelFilter {}
 }
 
@@ -368,9 +430,20 @@ mod tests {
             netns: 7,
             sport: 80,
             dport: 5000,
+            cgroup_id: 99,
         };
         assert!(KernelFilter::ALL.passes(&f));
         let only = |k: KernelFilter, f: FilterFields| k.passes(&f);
+        let cg = KernelFilter {
+            cgroup_id: 99,
+            ..KernelFilter::ALL
+        };
+        assert!(only(cg, f));
+        assert!(!only(cg, FilterFields { cgroup_id: 98, ..f }));
+        assert!(
+            !only(cg, FilterFields { cgroup_id: 0, ..f }),
+            "no id never matches an id"
+        );
         let estab = KernelFilter {
             state_mask: 1 << 1,
             ..KernelFilter::ALL
@@ -439,6 +512,7 @@ mod tests {
             netns: 7,
             sport: 8080,
             dport: 0,
+            cgroup_id: 0,
         };
         assert!(ports.passes(&early));
         let other_ns = KernelFilter { netns: 8, ..ports };

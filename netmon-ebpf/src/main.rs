@@ -52,21 +52,29 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, generated::bpf_get_socket_cookie,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use netmon_common::{
-    AF_INET, COUNTER_SLOTS, Counter, DEFAULT_RING_BYTES, EventKind, FilterFields, IPPROTO_TCP,
-    KernelFilter, PROGRAM_SLOTS, SockEvent, SockOffsets, TRANSITION_COPIES,
+    AF_INET, CGROUP_MODE_SOCKET, CGROUP_MODE_TASK, COUNTER_SLOTS, CgroupSource, Counter,
+    DEFAULT_RING_BYTES, EventKind, FilterFields, IPPROTO_TCP, KernelFilter, PROGRAM_SLOTS,
+    SockEvent, SockOffsets, TRANSITION_COPIES,
 };
 
 /// Counter slots of the hint programs come after the transition copies'.
 const HINT_SLOT: u32 = TRANSITION_COPIES;
 
-/// TCP_CLOSE, TCP_TIME_WAIT, TCP_NEW_SYN_RECV (include/net/tcp_states.h).
+/// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE: i32 = 7;
 const TCP_TIME_WAIT: i32 = 6;
 const TCP_NEW_SYN_RECV: i32 = 12;
@@ -105,6 +113,10 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     skc_state: 0,
     tcp_bytes_acked: 0,
     tcp_bytes_received: 0,
+    sk_cgrp_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    cgroup_mode: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -279,12 +291,14 @@ fn emit(
     let netns: u32 = load(net, off.net_ns_inum);
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
     let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
+    let (cgroup_id, cgroup_source) = cgroup(sk, &off, kind, oldstate, newstate);
     let fields = FilterFields {
         states: is_transition.then_some((oldstate as u8, newstate as u8)),
         family,
         netns,
         sport,
         dport,
+        cgroup_id,
     };
     if !filter.passes(&fields) {
         return None;
@@ -346,9 +360,53 @@ fn emit(
         };
         (*ev).bytes_acked = acked;
         (*ev).bytes_received = received;
+        (*ev).cgroup_id = cgroup_id;
+        (*ev).cgroup_source = cgroup_source as u8;
+        (*ev)._pad = [0; 7];
     }
     entry.submit(wakeup_flags());
     Some(())
+}
+
+/// The cgroup v2 id of the event and where it came from. Mode socket: the socket's own cgroup,
+/// three loads (`sk->sk_cgrp_data.cgroup->kn->id`, each checked by the verifier against BTF
+/// like `load`), right for every event including softirq ones. Mode task (a kernel without
+/// the socket's cgroup pointer): the current task's cgroup, but only where the kernel runs in
+/// the owner's process (the rule the table uses for owners: connect, listen, the two closes,
+/// and I/O), since elsewhere it is the peer's or an idle task's.
+#[inline(always)]
+fn cgroup(
+    sk: *const u8,
+    off: &SockOffsets,
+    kind: EventKind,
+    old: i32,
+    new: i32,
+) -> (u64, CgroupSource) {
+    if off.cgroup_mode == CGROUP_MODE_SOCKET {
+        let cgrp: *const u8 = load(sk, off.sk_cgrp_cgroup);
+        let kn: *const u8 = load(cgrp, off.cgroup_kn);
+        let id: u64 = load(kn, off.kn_id);
+        return if id == 0 {
+            (0, CgroupSource::None)
+        } else {
+            (id, CgroupSource::Socket)
+        };
+    }
+    let owner_context = match kind {
+        EventKind::State => {
+            (old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN))
+                || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
+                || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK)
+        }
+        EventKind::Io => true,
+        _ => false,
+    };
+    if off.cgroup_mode == CGROUP_MODE_TASK && owner_context {
+        // SAFETY: a helper without arguments.
+        (unsafe { bpf_get_current_cgroup_id() }, CgroupSource::Task)
+    } else {
+        (0, CgroupSource::None)
+    }
 }
 
 /// Batches wake-ups: the reader is woken each time the waiting data crosses a multiple of

@@ -132,6 +132,8 @@ mod tests {
             end: crate::table::End::Normal,
             bytes_acked: 0,
             bytes_received: 0,
+            cgroup_id: 0,
+            cgroup_source: netmon_common::CgroupSource::None,
         };
         let user = Access::User { uid: 1000 };
         assert!(user.closed(&closed(Some(owner(1000)))));

@@ -176,9 +176,15 @@ impl Probe {
         if !support.transitions {
             return Err(AttachError::NoTracepoint { name: TRACEPOINT });
         }
+        let mut filter = config.filter;
+        if offsets.cgroup_mode != netmon_common::CGROUP_MODE_SOCKET {
+            // The task fallback has no id for softirq transitions: userspace gives them the
+            // socket's (see `Pipeline::record`) and filters them there.
+            filter.cgroup_id = 0;
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_OFFSETS, &offsets, true)
-            .override_global(GLOBAL_FILTER, &config.filter, true)
+            .override_global(GLOBAL_FILTER, &filter, true)
             .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
             .map_max_entries(MAP_EVENTS, bytes)
             .load(EBPF_OBJECT)

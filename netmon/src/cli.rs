@@ -11,6 +11,7 @@ use netmon_common::DEFAULT_RING_BYTES;
 
 use crate::{
     agent::{self, AgentArgs, ClientError},
+    cgroup::CgroupNames,
     clock::Clock,
     config, docs,
     features::Support,
@@ -110,6 +111,10 @@ pub struct WatchArgs {
     /// state, how it ended, bytes; instead of one line per transition.
     #[arg(long)]
     pub lifecycle: bool,
+    /// Add a CGROUP column: the socket's cgroup v2 path, as `ss --cgroup` prints it (JSON
+    /// records always carry the cgroup and its unit, container and pod labels).
+    #[arg(long)]
+    pub cgroup: bool,
     /// Ring buffer size in bytes (a power of two); raise it if losses are reported.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     pub ring_size: u32,
@@ -137,10 +142,20 @@ impl WatchArgs {
             .map_err(|e| Rendered(e.render()))
     }
 
-    /// The kernel applies what it can of the filter: families, ports, states, netns.
-    fn tracer_config(&self, filter: &Filter) -> TracerConfig {
-        let kernel = filter.kernel_filter();
-        TracerConfig {
+    /// The kernel applies what it can of the filter: families, ports, states, netns, and one
+    /// cgroup (`cgroups` resolves its path to the id the kernel compares).
+    fn tracer_config(
+        &self,
+        filter: &Filter,
+        cgroups: &CgroupNames,
+    ) -> anyhow::Result<TracerConfig> {
+        let mut kernel = filter.kernel_filter();
+        if let Some(path) = filter.required_cgroup() {
+            kernel.cgroup_id = cgroups
+                .id_of(path)
+                .map_err(|e| Rendered(format!("netmon: {e}")))?;
+        }
+        Ok(TracerConfig {
             ring_bytes: self.ring_size,
             filter: kernel,
             // Live state, timing and owners only: no closed history.
@@ -151,7 +166,7 @@ impl WatchArgs {
             resync_every: Some(self.resync_every),
             resync_after_loss: Some(agent::RECONCILE_AFTER_LOSS),
             netns: (kernel.netns != 0).then_some(kernel.netns),
-        }
+        })
     }
 }
 
@@ -266,21 +281,19 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let interactive = stdout.is_terminal();
     let out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let printer = Printer::new(out, args.format, Clock::now(), !args.no_header);
-    let mut watcher = Watcher::new(printer, filter.clone(), args.lifecycle);
+    let printer = Printer::new(out, args.format, Clock::now(), !args.no_header)
+        .with_cgroup_column(args.cgroup);
+    let cgroups = CgroupNames::load();
+    let config = args.tracer_config(&filter, &cgroups)?;
+    let mut watcher = Watcher::new(printer, filter.clone(), args.lifecycle, cgroups);
     let ready = || {
         if interactive {
             eprintln!("netmon: watching TCP state transitions; Ctrl-C to stop");
         }
     };
-    let tracer = watch::run(
-        &args.tracer_config(&filter),
-        &mut watcher,
-        ready,
-        stop_signal(),
-    )
-    .await
-    .context("watch")?;
+    let tracer = watch::run(&config, &mut watcher, ready, stop_signal())
+        .await
+        .context("watch")?;
     watcher.flush().ok();
     let duplicates = tracer.pipeline.duplicates();
     if duplicates > 0 {
@@ -460,7 +473,8 @@ mod tests {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
             Command::Watch(w) => {
                 let f = w.filter(&Services::default()).unwrap();
-                w.tracer_config(&f).filter.family_mask
+                let cgroups = CgroupNames::default();
+                w.tracer_config(&f, &cgroups).unwrap().filter.family_mask
             }
             _ => unreachable!(),
         };

@@ -179,6 +179,9 @@ mod tests {
             saddr: v6(local),
             daddr: v6(remote),
             comm: [0; 16],
+            cgroup_id: 0,
+            cgroup_source: 0,
+            _pad: [0; 7],
         }
     }
 

@@ -11,6 +11,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    cgroup::{CgroupNames, Labels},
     columns::{Column, Grid},
     output::{Format, duration, state_name},
     snapshot::{Row, SnapshotArgs},
@@ -43,6 +44,10 @@ pub enum CountBy {
     Owner,
     /// How a closed connection ended (--closed only).
     EndReason,
+    /// The systemd unit of the socket's cgroup, `-` when it has none.
+    Unit,
+    /// The container id of the socket's cgroup, `-` when it has none.
+    Container,
 }
 
 impl CountBy {
@@ -54,6 +59,8 @@ impl CountBy {
             Self::LocalPort => "Local-Port",
             Self::Owner => "Owner",
             Self::EndReason => "End",
+            Self::Unit => "Unit",
+            Self::Container => "Container",
         }
     }
 
@@ -65,6 +72,8 @@ impl CountBy {
             Self::LocalPort => "local_port",
             Self::Owner => "owner",
             Self::EndReason => "end",
+            Self::Unit => "unit",
+            Self::Container => "container_id",
         }
     }
 }
@@ -76,6 +85,7 @@ struct Item<'a> {
     remote: SocketAddr,
     owner: Option<&'a Owner>,
     end: Option<End>,
+    cgroup: Option<&'a Labels>,
 }
 
 fn key(by: CountBy, i: &Item) -> String {
@@ -90,6 +100,14 @@ fn key(by: CountBy, i: &Item) -> String {
             |o| format!("{}({})", o.task.comm(), o.task.pid),
         ),
         CountBy::EndReason => i.end.map_or("-", End::name).to_owned(),
+        CountBy::Unit => i
+            .cgroup
+            .and_then(|l| l.unit.clone())
+            .unwrap_or_else(|| "-".into()),
+        CountBy::Container => i
+            .cgroup
+            .and_then(|l| l.container_id.clone())
+            .unwrap_or_else(|| "-".into()),
     }
 }
 
@@ -139,7 +157,12 @@ fn percentile(v: &[u64], p: u64) -> Option<u64> {
 }
 
 /// `--count` over live sockets (already filtered).
-pub fn live(args: &SnapshotArgs, rows: &[&Row], out: &mut impl Write) -> io::Result<()> {
+pub fn live(
+    args: &SnapshotArgs,
+    rows: &[&Row],
+    cgroups: Option<&CgroupNames>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let items = rows.iter().map(|r| {
         (
             Item {
@@ -148,6 +171,7 @@ pub fn live(args: &SnapshotArgs, rows: &[&Row], out: &mut impl Write) -> io::Res
                 remote: r.sock.remote,
                 owner: r.owner.as_ref(),
                 end: None,
+                cgroup: labels(cgroups, r.sock.attrs.cgroup_id.unwrap_or(0)),
             },
             None,
         )
@@ -156,7 +180,17 @@ pub fn live(args: &SnapshotArgs, rows: &[&Row], out: &mut impl Write) -> io::Res
 }
 
 /// `--count` over closed connections (already filtered).
-pub fn closed(args: &SnapshotArgs, closed: &[&Closed], out: &mut impl Write) -> io::Result<()> {
+/// The labels of cgroup `id`, as the snapshot's walk found them.
+pub fn labels(cgroups: Option<&CgroupNames>, id: u64) -> Option<&Labels> {
+    cgroups.and_then(|c| c.get(id))
+}
+
+pub fn closed(
+    args: &SnapshotArgs,
+    closed: &[&Closed],
+    cgroups: Option<&CgroupNames>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let names: Vec<_> = closed.iter().map(|c| state_name(c.last)).collect();
     let items = closed.iter().zip(&names).map(|(c, name)| {
         (
@@ -166,6 +200,7 @@ pub fn closed(args: &SnapshotArgs, closed: &[&Closed], out: &mut impl Write) -> 
                 remote: c.remote,
                 owner: c.owner.as_ref(),
                 end: Some(c.end),
+                cgroup: labels(cgroups, c.cgroup_id),
             },
             c.lifespan_ns(),
         )

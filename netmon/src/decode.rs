@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use netmon_common::{AF_INET, AF_INET6, EventKind, SockEvent, TcpState};
+use netmon_common::{AF_INET, AF_INET6, CgroupSource, EventKind, SockEvent, TcpState};
 
 /// The task that was on the CPU when the kernel fired the transition. For transitions run from
 /// softirq or timers this is not the socket's owner (often the peer, or pid 0).
@@ -58,6 +58,9 @@ pub struct Transition {
     /// Bytes the peer acknowledged and bytes received, read as the socket moves to CLOSE.
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// The cgroup v2 id the kernel attributed the transition to (0: none) and how.
+    pub cgroup_id: u64,
+    pub cgroup_source: CgroupSource,
 }
 
 /// Something the kernel said about a socket that is not a transition.
@@ -79,6 +82,8 @@ pub struct Hint {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub task: Task,
+    pub cgroup_id: u64,
+    pub cgroup_source: CgroupSource,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +131,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         local: t.local,
         remote: t.remote,
         task: t.task,
+        cgroup_id: t.cgroup_id,
+        cgroup_source: t.cgroup_source,
     }))
 }
 
@@ -155,6 +162,12 @@ pub fn from_event(ev: &SockEvent) -> Result<Transition, DecodeError> {
         },
         bytes_acked: ev.bytes_acked,
         bytes_received: ev.bytes_received,
+        cgroup_id: ev.cgroup_id,
+        cgroup_source: if ev.cgroup_id == 0 {
+            CgroupSource::None
+        } else {
+            CgroupSource::from_u8(ev.cgroup_source)
+        },
     })
 }
 
@@ -186,6 +199,9 @@ pub(crate) mod tests {
             saddr: [0; 16],
             daddr: [0; 16],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            cgroup_id: 0,
+            cgroup_source: 0,
+            _pad: [0; 7],
         };
         ev.saddr[..saddr.len()].copy_from_slice(saddr);
         ev.daddr[..daddr.len()].copy_from_slice(daddr);
@@ -194,7 +210,7 @@ pub(crate) mod tests {
 
     fn bytes(ev: &SockEvent) -> Vec<u8> {
         // SAFETY: SockEvent is plain data without padding.
-        unsafe { std::slice::from_raw_parts((ev as *const SockEvent).cast::<u8>(), 104) }.to_vec()
+        unsafe { std::slice::from_raw_parts((ev as *const SockEvent).cast::<u8>(), 120) }.to_vec()
     }
 
     fn transition(bytes: &[u8]) -> Result<Transition, DecodeError> {
@@ -262,7 +278,7 @@ pub(crate) mod tests {
             decode(&[0u8; 10]),
             Err(DecodeError::Size {
                 len: 10,
-                expected: 104
+                expected: 120
             })
         );
         let ev = event(1, &[], &[], 1, 2);

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use netmon_common::SockOffsets;
+use netmon_common::{CGROUP_MODE_SOCKET, CGROUP_MODE_TASK, SockOffsets};
 
 /// Where the kernel publishes its own BTF (CONFIG_DEBUG_INFO_BTF).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -88,6 +88,29 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         skc_state: common("skc_state", 1)?,
         tcp_bytes_acked: field_offset(btf, "tcp_sock", &["bytes_acked"], 8)?,
         tcp_bytes_received: field_offset(btf, "tcp_sock", &["bytes_received"], 8)?,
+        ..cgroup_offsets(btf)
+    })
+}
+
+/// The socket's cgroup: `sk->sk_cgrp_data.cgroup->kn->id`. Since Linux 5.15 `struct
+/// sock_cgroup_data` holds `struct cgroup *cgroup` (then `classid`/`prioidx` when
+/// CONFIG_CGROUP_NET_CLASSID/PRIO are set, which is why the offsets come from BTF); before,
+/// a union packed with v1 net_cls/net_prio data, which a plain load cannot tell apart. There,
+/// or without a cgroup at all, the program falls back to the task's cgroup
+/// ([`CGROUP_MODE_TASK`]).
+fn cgroup_offsets(btf: &Btf) -> SockOffsets {
+    let socket = (|| {
+        Ok::<_, OffsetError>(SockOffsets {
+            sk_cgrp_cgroup: field_offset(btf, "sock", &["sk_cgrp_data", "cgroup"], 8)?,
+            cgroup_kn: field_offset(btf, "cgroup", &["kn"], 8)?,
+            kn_id: field_offset(btf, "kernfs_node", &["id"], 8)?,
+            cgroup_mode: CGROUP_MODE_SOCKET,
+            ..SockOffsets::default()
+        })
+    })();
+    socket.unwrap_or(SockOffsets {
+        cgroup_mode: CGROUP_MODE_TASK,
+        ..SockOffsets::default()
     })
 }
 
@@ -199,5 +222,9 @@ mod tests {
         assert!(off.inet_sport > off.sk_protocol);
         assert_eq!(off.skc_state, 18);
         assert!(off.tcp_bytes_acked > off.inet_sport && off.tcp_bytes_received > off.inet_sport);
+        // 6.x: `struct sock_cgroup_data` is a plain struct with the cgroup pointer first.
+        assert_eq!(off.cgroup_mode, CGROUP_MODE_SOCKET);
+        assert!(off.sk_cgrp_cgroup > off.skc_v6_rcv_saddr, "{off:?}");
+        assert!(off.cgroup_kn > 0 && off.kn_id > 0, "{off:?}");
     }
 }

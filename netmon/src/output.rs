@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
-use netmon_common::TcpState;
+use netmon_common::{CgroupSource, TcpState};
 use serde::Serialize;
 
 use crate::{
+    cgroup::{Labels, Unknown},
     clock::{Clock, time_of_day},
     decode::{Task, Transition},
     table::{Closed, Owner},
@@ -82,7 +83,12 @@ pub struct Printer<W: Write> {
     local: Vec<u8>,
     peer: Vec<u8>,
     stamp: Stamp,
+    /// Text: a last column with the cgroup path (`watch --cgroup`).
+    cgroup_column: bool,
 }
+
+/// What netmon knows of a record's cgroup: its labels, or why there are none.
+pub type CgroupLabels<'a> = Result<&'a Labels, Unknown>;
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, format: Format, clock: Clock, header: bool) -> Self {
@@ -95,7 +101,19 @@ impl<W: Write> Printer<W> {
             local: Vec::with_capacity(64),
             peer: Vec::with_capacity(64),
             stamp: Stamp::default(),
+            cgroup_column: false,
         }
+    }
+
+    /// Adds the text column CGROUP (the path, as `ss --cgroup` prints it).
+    pub fn with_cgroup_column(mut self, on: bool) -> Self {
+        self.cgroup_column = on;
+        self
+    }
+
+    /// Whether records need their cgroup labels (JSON always has them).
+    pub fn shows_cgroup(&self) -> bool {
+        self.cgroup_column || self.format == Format::Json
     }
 
     /// One transition; `owner` is who owns the socket, when known (text shows it, falling
@@ -105,28 +123,30 @@ impl<W: Write> Printer<W> {
         t: &Transition,
         owner: Option<&Owner>,
         prev_state_ns: Option<u64>,
+        cgroup: CgroupLabels,
     ) -> io::Result<()> {
         match self.format {
-            Format::Text => self.text(t, owner, prev_state_ns),
-            Format::Json => self.json(t, owner, prev_state_ns),
+            Format::Text => self.text(t, owner, prev_state_ns, cgroup),
+            Format::Json => self.json(t, owner, prev_state_ns, cgroup),
         }
     }
 
     /// One record for a connection that ended (`watch --lifecycle`).
-    pub fn lifecycle(&mut self, c: &Closed) -> io::Result<()> {
+    pub fn lifecycle(&mut self, c: &Closed, cgroup: CgroupLabels) -> io::Result<()> {
         match self.format {
             Format::Json => {
                 serde_json::to_writer(
                     &mut self.out,
-                    &JsonClosed::new(c, &self.clock, "lifecycle"),
+                    &JsonClosed::new(c, &self.clock, "lifecycle", cgroup),
                 )?;
                 self.out.write_all(b"\n")
             }
             Format::Text => {
                 if std::mem::take(&mut self.header) {
+                    let column = if self.cgroup_column { " CGROUP" } else { "" };
                     writeln!(
                         self.out,
-                        "{:<15} {:>7} {:<15} {:>22} {:<22} {:<15} {:>9} {:>10} {:>10} STATES",
+                        "{:<15} {:>7} {:<15} {:>22} {:<22} {:<15} {:>9} {:>10} {:>10} STATES{column}",
                         "TIME(UTC)",
                         "PID",
                         "COMM",
@@ -143,7 +163,7 @@ impl<W: Write> Printer<W> {
                     (o.task.pid, crate::escape::escaped(o.task.comm(), None))
                 });
                 let lifespan = c.lifespan_ns().map_or_else(|| "-".into(), duration);
-                writeln!(
+                write!(
                     self.out,
                     "{time:<15} {pid:>7} {comm:<15} {:>22} {:<22} {:<15} {lifespan:>9} {:>10} {:>10} {}",
                     c.local,
@@ -152,7 +172,14 @@ impl<W: Write> Printer<W> {
                     c.bytes_acked,
                     c.bytes_received,
                     states_text(c),
-                )
+                )?;
+                if self.cgroup_column {
+                    self.line.clear();
+                    self.line.push(b' ');
+                    push_cgroup_text(&mut self.line, c.cgroup_id, cgroup);
+                    self.out.write_all(&self.line)?;
+                }
+                self.out.write_all(b"\n")
             }
         }
     }
@@ -193,12 +220,20 @@ impl<W: Write> Printer<W> {
         t: &Transition,
         owner: Option<&Owner>,
         prev_state_ns: Option<u64>,
+        cgroup: CgroupLabels,
     ) -> io::Result<()> {
         if std::mem::take(&mut self.header) {
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<15} {:>22} {:<22} {:<26} {:>10}",
-                "TIME(UTC)", "PID", "COMM", "LOCAL", "PEER", "TRANSITION", "PREV_MS"
+                "{:<15} {:>7} {:<15} {:>22} {:<22} {:<26} {:>10}{}",
+                "TIME(UTC)",
+                "PID",
+                "COMM",
+                "LOCAL",
+                "PEER",
+                "TRANSITION",
+                "PREV_MS",
+                if self.cgroup_column { " CGROUP" } else { "" }
             )?;
         }
         let who = owner.map_or(&t.task, |o| &o.task);
@@ -242,6 +277,10 @@ impl<W: Write> Printer<W> {
             }
             None => pad_left(line, b"-", 10),
         }
+        if self.cgroup_column {
+            line.push(b' ');
+            push_cgroup_text(line, t.cgroup_id, cgroup);
+        }
         line.push(b'\n');
         self.out.write_all(line)
     }
@@ -251,6 +290,7 @@ impl<W: Write> Printer<W> {
         t: &Transition,
         owner: Option<&Owner>,
         prev_state_ns: Option<u64>,
+        cgroup: CgroupLabels,
     ) -> io::Result<()> {
         let line = &mut self.line;
         line.clear();
@@ -294,8 +334,56 @@ impl<W: Write> Printer<W> {
             Some(o) => push_task(line, &o.task),
             None => line.extend_from_slice(b"null"),
         }
-        line.extend_from_slice(b"}\n");
+        // The cgroup fields, serialised as an object whose braces become this record's.
+        let start = line.len();
+        let _ = serde_json::to_writer(
+            &mut *line,
+            &JsonCgroup::new(t.cgroup_id, t.cgroup_source, cgroup),
+        );
+        if let Some(open) = line.get_mut(start) {
+            *open = b',';
+        }
+        line.extend_from_slice(b"\n");
         self.out.write_all(line)
+    }
+}
+
+/// The text column: the path ss prints for the id, `-` without one.
+fn push_cgroup_text(line: &mut Vec<u8>, id: u64, cgroup: CgroupLabels) {
+    match cgroup {
+        // A cgroup's name is chosen by whoever may create it: never raw on a terminal.
+        Ok(l) => crate::escape::push_escaped(line, &l.path, None),
+        Err(Unknown::NotFound) => {
+            let _ = write!(line, "unreachable:{id:x}");
+        }
+        Err(_) => line.push(b'-'),
+    }
+}
+
+/// A record's cgroup in JSON: the id and its source, the labels, or why they are unknown.
+#[derive(Serialize)]
+pub struct JsonCgroup<'a> {
+    cgroup_id: Option<u64>,
+    cgroup_source: Option<&'static str>,
+    cgroup: Option<&'a str>,
+    unit: Option<&'a str>,
+    container_id: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    cgroup_unknown: Option<&'static str>,
+}
+
+impl<'a> JsonCgroup<'a> {
+    pub fn new(id: u64, source: CgroupSource, labels: CgroupLabels<'a>) -> Self {
+        let l = labels.ok();
+        Self {
+            cgroup_id: (id != 0).then_some(id),
+            cgroup_source: (id != 0).then_some(source.name()),
+            cgroup: l.map(|l| l.path.as_str()),
+            unit: l.and_then(|l| l.unit.as_deref()),
+            container_id: l.and_then(|l| l.container_id.as_deref()),
+            pod_uid: l.and_then(|l| l.pod_uid.as_deref()),
+            cgroup_unknown: labels.err().map(Unknown::reason),
+        }
     }
 }
 
@@ -433,6 +521,8 @@ pub struct JsonClosed<'a> {
     states: Vec<JsonStep>,
     bytes_acked: u64,
     bytes_received: u64,
+    #[serde(flatten)]
+    cgroup: JsonCgroup<'a>,
 }
 
 #[derive(Serialize)]
@@ -461,7 +551,12 @@ struct JsonStep {
 }
 
 impl<'a> JsonClosed<'a> {
-    pub fn new(c: &'a Closed, clock: &Clock, r#type: &'static str) -> Self {
+    pub fn new(
+        c: &'a Closed,
+        clock: &Clock,
+        r#type: &'static str,
+        cgroup: CgroupLabels<'a>,
+    ) -> Self {
         Self {
             r#type,
             closed: humantime::format_rfc3339_micros(clock.wall(c.closed_ns)),
@@ -486,6 +581,7 @@ impl<'a> JsonClosed<'a> {
                 .collect(),
             bytes_acked: c.bytes_acked,
             bytes_received: c.bytes_received,
+            cgroup: JsonCgroup::new(c.cgroup_id, c.cgroup_source, cgroup),
         }
     }
 }
@@ -565,8 +661,9 @@ mod tests {
         let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
         let v6 = from_event(&event(AF_INET6, &lo6, &lo6, 1, 200)).unwrap();
         let out = render(Format::Text, |p| {
-            p.transition(&v4, None, Some(52_000)).unwrap();
-            p.transition(&v6, None, None).unwrap();
+            p.transition(&v4, None, Some(52_000), Err(Unknown::NoId))
+                .unwrap();
+            p.transition(&v6, None, None, Err(Unknown::NoId)).unwrap();
         });
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
@@ -585,10 +682,16 @@ mod tests {
 
     #[test]
     fn json_lines_follow_the_documented_schema() {
-        let t = from_event(&event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 10, 3)).unwrap();
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 10, 3);
+        ev.cgroup_id = 77;
+        ev.cgroup_source = CgroupSource::Socket as u8;
+        let t = from_event(&ev).unwrap();
+        let labels = Labels::parse("/system.slice/a\\x2db.service");
         let out = render(Format::Json, |p| {
-            p.transition(&t, None, None).unwrap();
+            p.transition(&t, None, None, Ok(&labels)).unwrap();
             p.loss(LossKind::RingFull, 5, 9).unwrap();
+            p.transition(&t, None, None, Err(Unknown::NotFound))
+                .unwrap();
         });
         let recs: Vec<serde_json::Value> = out
             .lines()
@@ -608,10 +711,49 @@ mod tests {
         assert_eq!(r["task"]["comm"], "curl");
         assert_eq!(r["task"]["pid"], 7);
         assert_eq!(r["cookie"], 42);
+        assert_eq!(r["cgroup_id"], 77);
+        assert_eq!(r["cgroup_source"], "socket");
+        assert_eq!(r["cgroup"], "/system.slice/a\\x2db.service");
+        assert_eq!(r["unit"], "a-b.service");
+        assert_eq!(r["container_id"], serde_json::Value::Null);
+        assert_eq!(r["cgroup_unknown"], serde_json::Value::Null);
         assert_eq!(
             recs[1],
             serde_json::json!({"type":"loss","kind":"ring_full","count":5,"total":9})
         );
+        assert_eq!(recs[2]["cgroup"], serde_json::Value::Null);
+        assert_eq!(recs[2]["cgroup_id"], 77);
+        assert_eq!(
+            recs[2]["cgroup_unknown"],
+            "not below the cgroup2 mount (removed, or another cgroup namespace)"
+        );
+        // Every field docs/json.md lists for a transition is there, and nothing else.
+        let doc = include_str!("../../docs/json.md");
+        let section = doc
+            .split("### `\"type\": \"transition\"`")
+            .nth(1)
+            .and_then(|s| s.split("###").next())
+            .unwrap();
+        for key in r.as_object().unwrap().keys().filter(|k| *k != "type") {
+            assert!(section.contains(&format!("`{key}`")), "{key} undocumented");
+        }
+    }
+
+    #[test]
+    fn the_cgroup_column_prints_the_path_as_ss() {
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 2, 1);
+        ev.cgroup_id = 0x2a;
+        let t = from_event(&ev).unwrap();
+        let labels = Labels::parse("/a.slice/b.service");
+        let mut p = Printer::new(Vec::new(), Format::Text, clock(), true).with_cgroup_column(true);
+        p.transition(&t, None, None, Ok(&labels)).unwrap();
+        p.transition(&t, None, None, Err(Unknown::NotFound))
+            .unwrap();
+        let out = String::from_utf8(p.into_inner()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("PREV_MS CGROUP"), "{out}");
+        assert!(lines[1].ends_with(" - /a.slice/b.service"), "{out}");
+        assert!(lines[2].ends_with(" unreachable:2a"), "{out}");
     }
 
     #[test]

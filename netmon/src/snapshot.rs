@@ -16,7 +16,7 @@ use netmon_common::TcpState;
 use serde::Serialize;
 
 use crate::{
-    cgroup::CgroupNames,
+    cgroup::{CgroupNames, Unknown},
     clock::{Clock, time_of_day},
     columns::{Column, Grid},
     count::{self, CountBy},
@@ -70,6 +70,9 @@ pub struct SnapshotArgs {
     /// `age:` and `in-state:` (from the agent).
     #[arg(short = 'e', long)]
     pub extended: bool,
+    /// The socket's cgroup v2 path (ss --cgroup): `cgroup:/system.slice/x.service`.
+    #[arg(long)]
+    pub cgroup: bool,
     /// Socket memory (ss -m): `skmem:(r0,rb131072,...)`.
     #[arg(short = 'm', long)]
     pub memory: bool,
@@ -102,8 +105,8 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "60s",
           value_parser = humantime::parse_duration)]
     pub closed: Option<Duration>,
-    /// Count sockets by BY[,BY] (state, peer, peer-port, local-port, owner; end-reason with
-    /// --closed), most frequent first, like `| sort | uniq -c | sort -rn`.
+    /// Count sockets by BY[,BY] (state, peer, peer-port, local-port, owner, unit, container;
+    /// end-reason with --closed), most frequent first, like `| sort | uniq -c | sort -rn`.
     #[arg(long, value_name = "BY", value_delimiter = ',', value_enum)]
     pub count: Vec<CountBy>,
     /// Output format.
@@ -123,6 +126,24 @@ impl SnapshotArgs {
             Filter::parse(&self.filter, services, defaults)?
                 .restrict_families(self.ipv4, self.ipv6),
         )
+    }
+
+    /// Whether the output or the filter needs cgroup paths: one walk of the cgroup2 tree.
+    /// The filter is looked at word by word (a word naming a cgroup predicate anywhere
+    /// counts), since parsing it needs the services table; an extra walk is harmless.
+    pub fn wants_cgroups(&self) -> bool {
+        let predicate = |w: &str| matches!(w, "cgroup" | "unit" | "container" | "pod");
+        self.extended
+            || self.cgroup
+            || self.format == Format::Json
+            || self
+                .count
+                .iter()
+                .any(|c| matches!(c, CountBy::Unit | CountBy::Container))
+            || self.filter.iter().any(|w| {
+                w.split(|c: char| c.is_whitespace() || "()=!<>".contains(c))
+                    .any(predicate)
+            })
     }
 
     /// ss -o (also implied by -e).
@@ -203,8 +224,9 @@ impl Row {
         }
     }
 
-    fn input(&self) -> FilterInput<'_> {
+    fn input<'a>(&'a self, cgroups: Option<&'a CgroupNames>) -> FilterInput<'a> {
         FilterInput {
+            cgroup: count::labels(cgroups, self.sock.attrs.cgroup_id.unwrap_or(0)),
             state: self.sock.state,
             local: self.sock.local,
             remote: self.sock.remote,
@@ -226,7 +248,7 @@ pub struct Data<'a> {
     /// CLOCK_MONOTONIC now, for ages.
     pub now_ns: u64,
     pub clock: Clock,
-    /// cgroup paths, for -e.
+    /// cgroup paths and labels, for -e, --cgroup, JSON, cgroup filters and counts.
     pub cgroups: Option<CgroupNames>,
     /// Host names, for -r.
     pub names: HashMap<IpAddr, String>,
@@ -240,7 +262,7 @@ impl Data<'_> {
     /// blocking on the resolver: not on a thread that drains the ring). `show_mark`: see
     /// [`Data::show_mark`].
     pub fn add_names(&mut self, args: &SnapshotArgs, show_mark: bool) {
-        if args.extended {
+        if args.wants_cgroups() {
             self.cgroups = Some(CgroupNames::load());
         }
         if args.resolve {
@@ -276,12 +298,12 @@ pub fn render(
             .closed
             .iter()
             .copied()
-            .filter(|c| filter.matches_socket(&closed_input(c)))
+            .filter(|c| filter.matches_socket(&closed_input(c, data.cgroups.as_ref())))
             .collect();
         if args.count.is_empty() {
             render_closed(args, &closed, data, out)?;
         } else {
-            count::closed(args, &closed, out)?;
+            count::closed(args, &closed, data.cgroups.as_ref(), out)?;
         }
         if data.evicted > 0 {
             notes.push(format!(
@@ -295,10 +317,10 @@ pub fn render(
     let rows: Vec<&Row> = data
         .rows
         .iter()
-        .filter(|r| filter.matches(&r.input()))
+        .filter(|r| filter.matches(&r.input(data.cgroups.as_ref())))
         .collect();
     if !args.count.is_empty() {
-        count::live(args, &rows, out)?;
+        count::live(args, &rows, data.cgroups.as_ref(), out)?;
         return Ok(notes);
     }
     match args.format {
@@ -311,8 +333,9 @@ pub fn render(
     Ok(notes)
 }
 
-fn closed_input(c: &Closed) -> FilterInput<'_> {
+fn closed_input<'a>(c: &'a Closed, cgroups: Option<&'a CgroupNames>) -> FilterInput<'a> {
     FilterInput {
+        cgroup: count::labels(cgroups, c.cgroup_id),
         state: TcpState::Close,
         local: c.local,
         remote: c.remote,
@@ -428,6 +451,17 @@ fn process_cell(args: &SnapshotArgs, r: &Row, data: &Data<'_>, buf: &mut String)
     }
     if args.extended {
         extended_details(r, data, buf);
+    } else if args.cgroup
+        && let Some(id) = r.sock.attrs.cgroup_id.filter(|&id| id != 0)
+    {
+        // As ss --cgroup: the path alone, in the Process column.
+        buf.push_str(" cgroup:");
+        match &data.cgroups {
+            Some(c) => c.write_path(id, buf),
+            None => {
+                write!(buf, "unreachable:{id:x}").ok();
+            }
+        }
     }
 }
 
@@ -487,6 +521,9 @@ struct JsonSocket<'a> {
     cgroup_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup: Option<String>,
+    unit: Option<&'a str>,
+    container_id: Option<&'a str>,
+    pod_uid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mark: Option<u32>,
     age_ns: Option<u64>,
@@ -536,6 +573,7 @@ fn render_json(
                 .then(|| data.names.get(&ip).map(String::as_str))
                 .flatten()
         };
+        let labels = count::labels(data.cgroups.as_ref(), s.attrs.cgroup_id.unwrap_or(0));
         let rec = JsonSocket {
             r#type: "socket",
             state: s.state.ss_name(),
@@ -576,6 +614,9 @@ fn render_json(
                 .attrs
                 .cgroup_id
                 .and_then(|id| data.cgroups.as_ref().map(|c| c.path(id))),
+            unit: labels.and_then(|l| l.unit.as_deref()),
+            container_id: labels.and_then(|l| l.container_id.as_deref()),
+            pod_uid: labels.and_then(|l| l.pod_uid.as_deref()),
             mark: s.attrs.mark.filter(|_| data.show_mark),
             age_ns: ago(r.born_ns),
             state_ns: ago(r.since_ns),
@@ -611,7 +652,16 @@ fn render_closed(
 ) -> io::Result<()> {
     if args.format == Format::Json {
         for c in closed {
-            serde_json::to_writer(&mut *out, &JsonClosed::new(c, &data.clock, "closed"))?;
+            let labels = data.cgroups.as_ref().map_or(Err(Unknown::NoMount), |g| {
+                g.get(c.cgroup_id).ok_or(Unknown::NotFound)
+            });
+            let labels = if c.cgroup_id == 0 {
+                Err(Unknown::NoId)
+            } else {
+                labels
+            };
+            let rec = JsonClosed::new(c, &data.clock, "closed", labels);
+            serde_json::to_writer(&mut *out, &rec)?;
             out.write_all(b"\n")?;
         }
         if data.evicted > 0 {

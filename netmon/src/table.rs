@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
 };
 
-use netmon_common::TcpState;
+use netmon_common::{CgroupSource, TcpState};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
@@ -162,6 +162,9 @@ pub struct Sock {
     pub owner: Option<Owner>,
     pub reset_sent: bool,
     pub reset_received: bool,
+    /// The socket's cgroup v2 id (0: unknown) and where it came from.
+    pub cgroup_id: u64,
+    pub cgroup_source: CgroupSource,
 }
 
 impl Sock {
@@ -178,6 +181,8 @@ impl Sock {
             owner: None,
             reset_sent: false,
             reset_received: false,
+            cgroup_id: 0,
+            cgroup_source: CgroupSource::None,
         }
     }
 }
@@ -198,6 +203,8 @@ pub struct Closed {
     pub end: End,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    pub cgroup_id: u64,
+    pub cgroup_source: CgroupSource,
 }
 
 impl Closed {
@@ -353,6 +360,10 @@ impl Table {
             sock.local = t.local;
         }
         sock.remote = t.remote;
+        if t.cgroup_id != 0 {
+            sock.cgroup_id = t.cgroup_id;
+            sock.cgroup_source = t.cgroup_source;
+        }
         if in_owner_context(t.old, t.new) && t.task.pid != 0 {
             sock.owner = Some(match sock.owner {
                 Some(o) if o.task.pid == t.task.pid => Owner { task: t.task, ..o },
@@ -426,6 +437,16 @@ impl Table {
                 .and_then(|l| self.live.get(l))
                 .and_then(|l| l.owner)
                 .map(|o| Owner { fd: None, ..o });
+            // The kernel copies the listener's cgroup to the child; the task fallback has no
+            // id for this softirq event, so it takes the listener's as the kernel does.
+            if let Some(l) = self
+                .listeners
+                .get(&(t.netns, t.local.port()))
+                .and_then(|l| self.live.get(l))
+            {
+                sock.cgroup_id = l.cgroup_id;
+                sock.cgroup_source = l.cgroup_source;
+            }
         }
         sock
     }
@@ -469,6 +490,10 @@ impl Table {
             .live
             .entry(h.cookie)
             .or_insert_with(|| Sock::new(h.netns, h.state, h.local, h.remote, h.ts_ns));
+        if h.cgroup_id != 0 {
+            sock.cgroup_id = h.cgroup_id;
+            sock.cgroup_source = h.cgroup_source;
+        }
         match h.kind {
             HintKind::Io if h.task.pid != 0 => {
                 if sock.owner.is_none_or(|o| o.task.pid != h.task.pid) {
@@ -522,6 +547,8 @@ impl Table {
             end,
             bytes_acked: t.bytes_acked,
             bytes_received: t.bytes_received,
+            cgroup_id: sock.cgroup_id,
+            cgroup_source: sock.cgroup_source,
         };
         self.push_closed(closed);
         self.batch.push(closed);
@@ -594,6 +621,14 @@ impl Table {
                 .or_insert_with(|| Sock::new(netns, d.state, d.local, d.remote, t0_ns));
             if d.state == TcpState::Listen {
                 self.listeners.insert((netns, d.local.port()), d.cookie);
+            }
+            if let Some(id) = d
+                .attrs
+                .cgroup_id
+                .filter(|&id| id != 0 && entry.cgroup_id == 0)
+            {
+                entry.cgroup_id = id;
+                entry.cgroup_source = CgroupSource::Dump;
             }
             if entry.state != d.state && entry.since_ns <= t0_ns {
                 entry.state = d.state;
@@ -714,6 +749,8 @@ mod tests {
             local: t.local,
             remote: t.remote,
             task: t.task,
+            cgroup_id: 0,
+            cgroup_source: netmon_common::CgroupSource::None,
         }
     }
 

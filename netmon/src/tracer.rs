@@ -208,14 +208,27 @@ impl Pipeline {
         if applied.duplicate {
             return Ok(());
         }
-        let t = match event {
+        let mut t = match event {
             Event::Transition(t) => t,
             Event::Hint(h) => return sink.hint(&h),
         };
-        let owner = applied
-            .closed
-            .and_then(|c| c.owner)
-            .or_else(|| self.table.get(t.cookie).and_then(|s| s.owner));
+        let sock = applied.closed.map_or_else(
+            || {
+                self.table
+                    .get(t.cookie)
+                    .map(|s| (s.owner, s.cgroup_id, s.cgroup_source))
+            },
+            |c| Some((c.owner, c.cgroup_id, c.cgroup_source)),
+        );
+        let owner = sock.and_then(|s| s.0);
+        // The task fallback has no id for transitions outside the owner's process: they take
+        // the one the socket got earlier (as owners do).
+        if t.cgroup_id == 0
+            && let Some((_, id, source)) = sock
+        {
+            t.cgroup_id = id;
+            t.cgroup_source = source;
+        }
         sink.transition(&t, owner.as_ref(), applied.prev_state_ns)
     }
 

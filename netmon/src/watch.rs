@@ -1,9 +1,13 @@
 //! `netmon watch`: prints the tracer's records (transitions, ended connections, losses) as
 //! they come; a pure consumer of [`crate::tracer`], tested without a kernel.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Instant,
+};
 
 use crate::{
+    cgroup::{CgroupNames, Labels, Unknown},
     decode::Transition,
     filter::{Filter, FilterInput},
     output::{LossKind, Printer},
@@ -19,15 +23,22 @@ pub struct Watcher<W: Write> {
     lifecycle: bool,
     /// Records printed.
     pub printed: u64,
+    /// Whether the filter or the output needs cgroup labels; when neither does, no record
+    /// looks its cgroup up.
+    wants_cgroups: bool,
+    cgroups: CgroupNames,
 }
 
 impl<W: Write> Watcher<W> {
-    pub fn new(printer: Printer<W>, filter: Filter, lifecycle: bool) -> Self {
+    /// `cgroups` resolves the records' cgroup ids (refreshed on a miss).
+    pub fn new(printer: Printer<W>, filter: Filter, lifecycle: bool, cgroups: CgroupNames) -> Self {
         Self {
+            wants_cgroups: printer.shows_cgroup() || filter.uses_cgroup(),
             printer,
             filter,
             lifecycle,
             printed: 0,
+            cgroups,
         }
     }
 
@@ -45,8 +56,10 @@ fn input<'a>(
     remote: std::net::SocketAddr,
     netns: u32,
     owner: Option<&'a Owner>,
+    cgroup: Option<&'a Labels>,
 ) -> FilterInput<'a> {
     FilterInput {
+        cgroup,
         state: t_new,
         local,
         remote,
@@ -55,6 +68,13 @@ fn input<'a>(
         comm: owner.map(|o| o.task.comm()),
         uid: owner.map(|o| o.task.uid),
     }
+}
+
+fn lookup(cgroups: &mut CgroupNames, wanted: bool, id: u64) -> Result<&Labels, Unknown> {
+    if !wanted {
+        return Err(Unknown::NoId);
+    }
+    cgroups.lookup(id, Instant::now)
 }
 
 impl<W: Write> Sink for Watcher<W> {
@@ -67,12 +87,13 @@ impl<W: Write> Sink for Watcher<W> {
         if self.lifecycle {
             return Ok(());
         }
-        let input = input(t.new, t.local, t.remote, t.netns, owner);
+        let cgroup = lookup(&mut self.cgroups, self.wants_cgroups, t.cgroup_id);
+        let input = input(t.new, t.local, t.remote, t.netns, owner, cgroup.ok());
         if !self.filter.matches_transition(t.old, &input) {
             return Ok(());
         }
         self.printed += 1;
-        self.printer.transition(t, owner, prev_state_ns)
+        self.printer.transition(t, owner, prev_state_ns, cgroup)
     }
 
     fn closed(&mut self, c: &Closed) -> io::Result<()> {
@@ -80,18 +101,20 @@ impl<W: Write> Sink for Watcher<W> {
             return Ok(());
         }
         // The record stands for the connection's final `-> CLOSE` transition.
+        let cgroup = lookup(&mut self.cgroups, self.wants_cgroups, c.cgroup_id);
         let input = input(
             netmon_common::TcpState::Close,
             c.local,
             c.remote,
             c.netns,
             c.owner.as_ref(),
+            cgroup.ok(),
         );
         if !self.filter.matches_transition(c.last, &input) {
             return Ok(());
         }
         self.printed += 1;
-        self.printer.lifecycle(c)
+        self.printer.lifecycle(c, cgroup)
     }
 
     fn loss(&mut self, loss: &Loss) -> io::Result<()> {
@@ -153,7 +176,7 @@ mod tests {
             let printer = Printer::new(Vec::new(), Format::Json, Clock::fixed(UNIX_EPOCH), false);
             Self {
                 pipeline: Pipeline::new(Table::with_capacity(0)),
-                w: Watcher::new(printer, filter, lifecycle),
+                w: Watcher::new(printer, filter, lifecycle, Default::default()),
             }
         }
 
@@ -212,7 +235,7 @@ mod tests {
         let mut rst = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7, 7);
         rst.kind = netmon_common::EventKind::ResetSent as u8;
         // SAFETY: plain data without padding.
-        let rst = unsafe { std::slice::from_raw_parts((&raw const rst).cast::<u8>(), 104) };
+        let rst = unsafe { std::slice::from_raw_parts((&raw const rst).cast::<u8>(), 120) };
         f.record(rst);
         assert_eq!(f.w.printed, 0, "held until the batch ends");
         let recs = f.lines();

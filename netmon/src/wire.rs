@@ -79,6 +79,7 @@ pub struct SnapshotRequest {
     pub info: bool,
     pub oneline: bool,
     pub count: Vec<CountBy>,
+    pub cgroup: bool,
 }
 
 impl From<&SnapshotArgs> for SnapshotRequest {
@@ -105,6 +106,7 @@ impl From<&SnapshotArgs> for SnapshotRequest {
             info: a.info,
             oneline: a.oneline,
             count: a.count.clone(),
+            cgroup: a.cgroup,
         }
     }
 }
@@ -137,6 +139,7 @@ impl SnapshotRequest {
             info: self.info,
             oneline: self.oneline,
             count: self.count.clone(),
+            cgroup: self.cgroup,
             ..SnapshotArgs::default()
         }
     }

@@ -108,6 +108,14 @@ pub(super) enum Expr {
     Owner(Owner, CmpOp, u32),
     /// `comm = NAME`, NAME cut to the kernel's 15 bytes.
     Comm(Vec<u8>),
+    /// `cgroup = PATH`: exactly that cgroup, as ss's `cgroup` filter.
+    Cgroup(String),
+    /// `unit = NAME`: the innermost systemd unit of the socket's cgroup.
+    Unit(String),
+    /// `container = ID`: a container id, or a prefix of one (as `docker ps` shortens them).
+    Container(String),
+    /// `pod = UID`.
+    Pod(String),
 }
 
 pub(super) fn not(expr: Expr) -> Expr {
@@ -120,6 +128,15 @@ pub(super) fn comm_key(name: &str) -> &[u8] {
 }
 
 impl Expr {
+    pub(super) fn uses_cgroup(&self) -> bool {
+        match self {
+            Self::All(terms) | Self::Any(terms) => terms.iter().any(Self::uses_cgroup),
+            Self::Not(e) => e.uses_cgroup(),
+            Self::Cgroup(_) | Self::Unit(_) | Self::Container(_) | Self::Pod(_) => true,
+            _ => false,
+        }
+    }
+
     pub(super) fn eval(&self, input: &FilterInput) -> bool {
         match self {
             Self::All(terms) => terms.iter().all(|e| e.eval(input)),
@@ -132,6 +149,19 @@ impl Expr {
                 input.owner(*field).is_some_and(|v| op.holds(v, *value))
             }
             Self::Comm(name) => input.comm.is_some_and(|c| comm_key(c) == name.as_slice()),
+            Self::Cgroup(path) => input.cgroup.is_some_and(|l| l.path == *path),
+            Self::Unit(unit) => input
+                .cgroup
+                .and_then(|l| l.unit.as_deref())
+                .is_some_and(|u| u == unit),
+            Self::Container(id) => input
+                .cgroup
+                .and_then(|l| l.container_id.as_deref())
+                .is_some_and(|c| c.starts_with(id.as_str())),
+            Self::Pod(uid) => input
+                .cgroup
+                .and_then(|l| l.pod_uid.as_deref())
+                .is_some_and(|p| p == uid),
         }
     }
 }

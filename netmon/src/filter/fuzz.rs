@@ -171,6 +171,7 @@ impl Rng {
                 None,
             ),
             uid: self.pick(&ids, None),
+            cgroup: None,
         }
     }
 }

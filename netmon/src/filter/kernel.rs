@@ -44,7 +44,16 @@ impl Filter {
             sport_max,
             dport_min,
             dport_max,
+            _pad: 0,
+            // Set by the caller from `required_cgroup`, which needs the file system.
+            cgroup_id: 0,
         }
+    }
+
+    /// The cgroup path every match must be in, if there is one: the caller resolves it to an
+    /// id for [`KernelFilter::cgroup_id`] (the filter itself touches no file system).
+    pub fn required_cgroup(&self) -> Option<&str> {
+        self.expr.as_ref().and_then(|e| e.required_cgroup(false))
     }
 
     /// An empty range (nothing can match) becomes min > max, which no port passes.
@@ -106,6 +115,27 @@ impl Expr {
         }
     }
 
+    /// The cgroup path every match (of the expression or its negation) must be in.
+    fn required_cgroup(&self, negated: bool) -> Option<&str> {
+        fn all(terms: &[Expr], negated: bool) -> Option<&str> {
+            terms.iter().find_map(|e| e.required_cgroup(negated))
+        }
+        fn any(terms: &[Expr], negated: bool) -> Option<&str> {
+            let mut each = terms.iter().map(|e| e.required_cgroup(negated));
+            let first = each.next()??;
+            each.all(|n| n == Some(first)).then_some(first)
+        }
+        match self {
+            Self::All(terms) if negated => any(terms, negated),
+            Self::All(terms) => all(terms, negated),
+            Self::Any(terms) if negated => all(terms, negated),
+            Self::Any(terms) => any(terms, negated),
+            Self::Not(e) => e.required_cgroup(!negated),
+            Self::Cgroup(p) if !negated => Some(p),
+            _ => None,
+        }
+    }
+
     /// Socket families this expression (or its negation) can match. Only an IPv6 prefix
     /// narrows it: an IPv4 prefix also matches v4-mapped addresses, which are AF_INET6 sockets.
     fn families(&self, negated: bool) -> u32 {
@@ -148,5 +178,6 @@ pub(super) fn kernel_passes(k: &KernelFilter, old: TcpState, input: &FilterInput
         netns: input.netns.unwrap_or(0),
         sport: input.local.port(),
         dport: input.remote.port(),
+        cgroup_id: 0,
     })
 }

@@ -19,6 +19,8 @@ use std::ops::Range;
 
 use netmon_common::TcpState;
 
+use crate::cgroup::Labels;
+
 use expr::{Expr, Owner, Side};
 use parse::Parser;
 pub use services::Services;
@@ -46,6 +48,8 @@ pub struct FilterInput<'a> {
     pub pid: Option<u32>,
     pub comm: Option<&'a str>,
     pub uid: Option<u32>,
+    /// The socket's cgroup, when known.
+    pub cgroup: Option<&'a Labels>,
 }
 
 impl FilterInput<'_> {
@@ -87,7 +91,10 @@ impl FilterInput<'_> {
 ///   matches the IPv6 address `a00::1`.
 /// - Additions: `src`/`dst` take `!=`; `[v6]/len` is accepted next to ss's `[v6/len]`;
 ///   operators and parentheses need no spaces around them; `pid`, `uid`, `netns` (numbers, any
-///   operator) and `comm` (`=`/`!=`; a name cannot hold spaces or any of `=!<>&|()`).
+///   operator) and `comm` (`=`/`!=`; a name cannot hold spaces or any of `=!<>&|()`);
+///   `unit`, `container` (a container id or its prefix) and `pod` (`=`/`!=`), from the
+///   socket's cgroup path. ss's `cgroup PATH` is supported, with `=`/`!=`: it selects the one
+///   cgroup, not its children, as ss does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     states: StateSet,
@@ -144,6 +151,12 @@ impl Filter {
             .into_iter()
             .filter(|s| *s != TcpState::NewSynRecv && self.states.contains(*s));
         self.state_words && chosen.next().is_some() && chosen.next().is_none()
+    }
+
+    /// Whether the expression looks at the cgroup (`cgroup`, `unit`, `container`, `pod`):
+    /// only then must callers resolve [`FilterInput::cgroup`].
+    pub fn uses_cgroup(&self) -> bool {
+        self.expr.as_ref().is_some_and(Expr::uses_cgroup)
     }
 
     /// Whether a socket in `input.state` passes, as `ss` would list it.

@@ -210,13 +210,17 @@ impl<'a> Parser<'a> {
             "uid" => self.owner(Owner::Uid, span),
             "netns" => self.owner(Owner::Netns, span),
             "comm" => self.comm(span),
+            "cgroup" => self.cgroup(span),
+            "unit" => self.label(span, "a systemd unit such as `nginx.service`", Expr::Unit),
+            "container" => self.container(span),
+            "pod" => self.label(span, "a pod UID", Expr::Pod),
             "state" | "exclude" | "excl" => Err(self.error(
                 span,
                 format!(
                     "`{key}` must come before the expression, as in `state established dport = :22`"
                 ),
             )),
-            "dev" | "fwmark" | "cgroup" | "autobound" => Err(self.error(
+            "dev" | "fwmark" | "autobound" => Err(self.error(
                 span,
                 format!("ss's `{key}` filter is not supported by netmon"),
             )),
@@ -224,7 +228,7 @@ impl<'a> Parser<'a> {
                 span,
                 format!(
                     "unknown filter `{key}`: expected src, dst, sport, dport, pid, uid, comm, \
-                     netns, `(` or `not`"
+                     netns, cgroup, unit, container, pod, `(` or `not`"
                 ),
             )),
         }
@@ -311,6 +315,51 @@ impl<'a> Parser<'a> {
             CmpOp::Ne => not(Expr::Owner(field, CmpOp::Eq, value)),
             op => Expr::Owner(field, op, value),
         })
+    }
+
+    fn cgroup(&mut self, key: Range<usize>) -> Result<Expr, FilterError> {
+        let equal = self.equality(key.clone(), "cgroups")?;
+        let (text, span) = self.value(key.start, "a cgroup path such as `/system.slice`")?;
+        if !text.starts_with('/') {
+            return Err(self.error(
+                span,
+                format!(
+                    "`{text}` is not a cgroup path: give it from the cgroup2 mount's root, \
+                     as `ss --cgroup` prints it (`/system.slice/x.service`)"
+                ),
+            ));
+        }
+        let path = match text.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        let expr = Expr::Cgroup(path.to_owned());
+        Ok(if equal { expr } else { not(expr) })
+    }
+
+    fn label(
+        &mut self,
+        key: Range<usize>,
+        what: &str,
+        make: fn(String) -> Expr,
+    ) -> Result<Expr, FilterError> {
+        let equal = self.equality(key.clone(), "names")?;
+        let (text, _) = self.value(key.start, what)?;
+        let expr = make(text.to_owned());
+        Ok(if equal { expr } else { not(expr) })
+    }
+
+    fn container(&mut self, key: Range<usize>) -> Result<Expr, FilterError> {
+        let equal = self.equality(key.clone(), "container ids")?;
+        let (text, span) = self.value(key.start, "a container id or a prefix of one")?;
+        if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.error(
+                span,
+                format!("`{text}` is not a container id: ids are up to 64 hex digits"),
+            ));
+        }
+        let expr = Expr::Container(text.to_ascii_lowercase());
+        Ok(if equal { expr } else { not(expr) })
     }
 
     fn comm(&mut self, key: Range<usize>) -> Result<Expr, FilterError> {

@@ -40,6 +40,7 @@ fn conn(local: &str, remote: &str) -> FilterInput<'static> {
         pid: None,
         comm: None,
         uid: None,
+        cgroup: None,
     }
 }
 
@@ -400,6 +401,88 @@ fn default_states_follow_ss() {
 }
 
 #[test]
+fn cgroup_unit_container_and_pod_predicates() {
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let web = crate::cgroup::Labels::parse("/web.slice/nginx\\x2d1.service");
+    let box_ = crate::cgroup::Labels::parse(&format!("/system.slice/docker-{id}.scope"));
+    let on = |l| FilterInput {
+        cgroup: Some(l),
+        ..conn("10.0.0.1:1", "10.0.0.2:2")
+    };
+    let unknown = conn("10.0.0.1:1", "10.0.0.2:2");
+    let cases = [
+        ("unit = nginx-1.service", true, false, false),
+        ("unit nginx-1.service", true, false, false),
+        ("unit != nginx-1.service", false, true, true),
+        ("cgroup /web.slice/nginx\\x2d1.service", true, false, false),
+        (
+            "cgroup = /web.slice/nginx\\x2d1.service/",
+            true,
+            false,
+            false,
+        ),
+        ("cgroup /web.slice", false, false, false),
+        ("container 0123456789ab", false, true, false),
+        ("container = 0123456789AB", false, true, false),
+        (&format!("container {id}"), false, true, false),
+        ("container != 0123", true, false, true),
+        (
+            "unit = nginx-1.service or container 0123",
+            true,
+            true,
+            false,
+        ),
+        (
+            "pod 5e0b2b0c-8d3a-4a4e-9b1a-0c7c3f2d1e00",
+            false,
+            false,
+            false,
+        ),
+    ];
+    for (text, on_web, on_box, on_unknown) in cases {
+        let f = parse(text);
+        assert!(f.uses_cgroup(), "{text}");
+        assert_eq!(f.matches(&on(&web)), on_web, "{text} on web");
+        assert_eq!(f.matches(&on(&box_)), on_box, "{text} on box");
+        assert_eq!(f.matches(&unknown), on_unknown, "{text} unknown");
+    }
+    assert!(!parse("sport = :22").uses_cgroup());
+    assert!(
+        error("cgroup web.slice")
+            .message
+            .contains("not a cgroup path")
+    );
+    assert!(
+        error("container nothex")
+            .message
+            .contains("not a container id")
+    );
+    assert!(error("unit < x").message.contains("takes `=` or `!=`"));
+}
+
+#[test]
+fn one_required_cgroup_goes_to_the_kernel() {
+    let required = |text: &str| parse(text).required_cgroup().map(str::to_owned);
+    assert_eq!(required("cgroup /a"), Some("/a".into()));
+    assert_eq!(required("cgroup /a and sport = :22"), Some("/a".into()));
+    assert_eq!(required("cgroup /a or cgroup /a"), Some("/a".into()));
+    assert_eq!(required("cgroup /a or cgroup /b"), None);
+    assert_eq!(required("cgroup /a or sport = :22"), None);
+    assert_eq!(required("not cgroup /a"), None);
+    assert_eq!(required("cgroup != /a"), None);
+    assert_eq!(
+        required("not ( not cgroup /a or sport = :1 )"),
+        Some("/a".into())
+    );
+    assert_eq!(required("unit = a.service"), None);
+    assert_eq!(
+        parse("cgroup /a").kernel_filter().cgroup_id,
+        0,
+        "set by the caller"
+    );
+}
+
+#[test]
 fn transitions_match_on_either_state() {
     use TcpState::*;
     let f = parse("state established sport = :22");
@@ -505,7 +588,8 @@ fn errors_point_at_the_problem() {
         (
             "bogus",
             0..5,
-            "unknown filter `bogus`: expected src, dst, sport, dport, pid, uid, comm, netns, `(` or `not`",
+            "unknown filter `bogus`: expected src, dst, sport, dport, pid, uid, comm, netns, \
+             cgroup, unit, container, pod, `(` or `not`",
         ),
         (
             "dev = eth0",

@@ -571,6 +571,8 @@ mod tests {
             end: crate::table::End::Refused,
             bytes_acked: 0,
             bytes_received: 0,
+            cgroup_id: 0,
+            cgroup_source: netmon_common::CgroupSource::None,
         }
     }
 

@@ -388,6 +388,7 @@ where
             pid: owner.map(|o| o.task.pid),
             comm: owner.map(|o| o.task.comm()),
             uid: owner.map(|o| o.task.uid),
+            cgroup: None,
         });
         if !matched {
             continue;
@@ -425,6 +426,7 @@ where
             pid: owner.map(|o| o.task.pid),
             comm: owner.map(|o| o.task.comm()),
             uid: owner.map(|o| o.task.uid),
+            cgroup: None,
         });
         if !matched {
             continue;
@@ -631,6 +633,8 @@ pub(crate) mod tests {
                     task,
                     bytes_acked: 0,
                     bytes_received: 0,
+                    cgroup_id: 0,
+                    cgroup_source: netmon_common::CgroupSource::None,
                 }));
         }
 
@@ -684,6 +688,8 @@ pub(crate) mod tests {
                             local,
                             remote: peer,
                             task: softirq,
+                            cgroup_id: 0,
+                            cgroup_source: netmon_common::CgroupSource::None,
                         }));
                     self.t(cookie, end, SynSent, Close, (local, peer), softirq);
                 }
@@ -713,6 +719,8 @@ pub(crate) mod tests {
                                     local,
                                     remote: peer,
                                     task: softirq,
+                                    cgroup_id: 0,
+                                    cgroup_source: netmon_common::CgroupSource::None,
                                 }));
                             self.t(cookie, end, Established, Close, (local, peer), softirq);
                         }
