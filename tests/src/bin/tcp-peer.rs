@@ -4,7 +4,8 @@
 //! connection and exits. MODE `normal` reads to EOF then closes; `reset` closes with the
 //! client's bytes unread, so the kernel sends a RST.
 //! `tcp-peer client ADDR MODE`: connects, writes, and for `normal` shuts down and reads to EOF;
-//! `reset` waits for the server's RST; `refused` expects the connect to be refused.
+//! `reset` waits for the server's RST; `refused` expects the connect to be refused; `hold`
+//! connects, prints its local port, and closes as `normal` once its stdin reaches EOF.
 //! With `TCP_PEER_COMM` set, the process first renames itself to it (`PR_SET_NAME`, any bytes).
 
 use std::{
@@ -57,6 +58,16 @@ fn client(addr: &str, mode: &str) {
         "normal" => {
             let mut conn = TcpStream::connect(addr).expect("connect");
             conn.write_all(b"hello").expect("write");
+            conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            conn.read_to_end(&mut Vec::new()).expect("read");
+        }
+        "hold" => {
+            let mut conn = TcpStream::connect(addr).expect("connect");
+            println!("{}", conn.local_addr().expect("addr").port());
+            std::io::stdout().flush().expect("flush");
+            std::io::stdin()
+                .read_to_end(&mut Vec::new())
+                .expect("stdin");
             conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
             conn.read_to_end(&mut Vec::new()).expect("read");
         }
