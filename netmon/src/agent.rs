@@ -183,6 +183,26 @@ pub struct AgentArgs {
         value_parser = clap::value_parser!(u16).range(0..=metrics::groups::MAX_COMMS as i64)
     )]
     pub metrics_by_comm: u16,
+    /// Also count connections per systemd unit of the socket's cgroup, for the first N units
+    /// seen (later ones count as `other`; at most 1000). Default: off.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "metrics_listen",
+        value_parser = clap::value_parser!(u16).range(0..=metrics::groups::MAX_COMMS as i64)
+    )]
+    pub metrics_by_unit: u16,
+    /// Also count connections per container id of the socket's cgroup, for the first N ids
+    /// seen (later ones count as `other`; at most 1000). Default: off.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "metrics_listen",
+        value_parser = clap::value_parser!(u16).range(0..=metrics::groups::MAX_COMMS as i64)
+    )]
+    pub metrics_by_container: u16,
     /// Send one OTLP log record per ended connection to this OTLP/HTTP endpoint
     /// (http://HOST:PORT[/PATH]; the path defaults to /v1/logs), e.g. a local OpenTelemetry
     /// Collector.
@@ -265,6 +285,9 @@ pub async fn run(
         let config = MetricsConfig {
             peers: args.metrics_peer.clone(),
             comms: usize::from(args.metrics_by_comm),
+            units: usize::from(args.metrics_by_unit),
+            containers: usize::from(args.metrics_by_container),
+            cgroup_mount: None,
         };
         Metrics::new(&config, otlp.as_ref().map(|o| &o.stats))
     });

@@ -743,6 +743,7 @@ mod tests {
     #[derive(Default)]
     struct Log {
         transitions: Vec<(u64, Option<u64>)>,
+        cgroups: Vec<(u64, netmon_common::CgroupSource)>,
         closed: Vec<Closed>,
         losses: Vec<Loss>,
         batches: usize,
@@ -756,6 +757,7 @@ mod tests {
             p: Option<u64>,
         ) -> io::Result<()> {
             self.transitions.push((t.ts_ns, p));
+            self.cgroups.push((t.cgroup_id, t.cgroup_source));
             Ok(())
         }
         fn closed(&mut self, c: &Closed) -> io::Result<()> {
@@ -787,6 +789,39 @@ mod tests {
             )
         }
         .to_vec()
+    }
+
+    /// The task fallback: ids only at the owner's own transitions; the rest, and a listener's
+    /// new child, take the socket's (or listener's) id as owners are taken.
+    #[test]
+    fn transitions_without_a_cgroup_id_take_the_sockets() {
+        use netmon_common::CgroupSource::{Socket, Task};
+        let mut p = Pipeline::new(Table::with_capacity(16));
+        let mut log = Log::default();
+        let rec = |cookie: u64, ts: u64, (old, new): (u8, u8), id: u64, local: u16| {
+            let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], old, new);
+            (ev.ts_ns, ev.cookie, ev.cgroup_id, ev.sport) = (ts, cookie, id, local);
+            ev.cgroup_source = if id == 0 { 0 } else { Task as u8 };
+            bytes(&ev)
+        };
+        // A listener on 8080 in cgroup 66, then a client in 55 and the listener's child.
+        p.record(&rec(1, 10, (7, 10), 66, 8080), &mut log).unwrap();
+        for (ts, states, id) in [(20, (7, 2), 55), (30, (2, 1), 0), (40, (1, 4), 55)] {
+            p.record(&rec(2, ts, states, id, 41000), &mut log).unwrap();
+        }
+        p.record(&rec(3, 25, (10, 3), 0, 8080), &mut log).unwrap();
+        p.record(&rec(2, 50, (4, 5), 0, 41000), &mut log).unwrap();
+        p.record(&rec(2, 60, (5, 7), 0, 41000), &mut log).unwrap();
+        p.end_batch(&mut log).unwrap();
+        let ids: Vec<u64> = log.cgroups.iter().map(|c| c.0).collect();
+        assert_eq!(ids, [66, 55, 55, 55, 66, 55, 55]);
+        assert!(log.cgroups.iter().all(|c| c.1 == Task), "{:?}", log.cgroups);
+        assert_eq!(log.closed[0].cgroup_id, 55);
+        // A socket id the kernel sends is kept as sent.
+        let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7, 2);
+        (ev.cookie, ev.cgroup_id, ev.cgroup_source) = (9, 77, Socket as u8);
+        p.record(&bytes(&ev), &mut log).unwrap();
+        assert_eq!(log.cgroups.last(), Some(&(77, Socket)));
     }
 
     #[test]

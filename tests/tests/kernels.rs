@@ -111,6 +111,17 @@ fn watch_shows_each_accepted_connection_as_its_own_socket(bind: &'static str, po
 
     let mine: Vec<&Value> = records.iter().filter(|v| ours(v)).collect();
     assert_eq!(mine.len(), want, "{CONNS} x 10 + the listener's: {mine:#?}");
+    // Every socket here was made by this process: each transition, softirq ones included,
+    // carries its cgroup v2 path, read from the socket (the BTF offsets of this kernel).
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup");
+    for v in &mine {
+        assert_eq!(v["cgroup_source"], "socket", "{v}");
+        assert_eq!(v["cgroup"], own, "{v}");
+    }
     let mut sockets: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
     for v in &mine {
         let cookie = v["cookie"].as_u64().unwrap_or_else(|| panic!("{v}"));

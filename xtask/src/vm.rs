@@ -429,6 +429,7 @@ fn init_script(slowdown: u32) -> String {
          mount -t tmpfs tmpfs /tmp\n\
          mount -t tmpfs tmpfs /run\n\
          mount -t tracefs tracefs /sys/kernel/tracing\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          ip link set lo up\n",
     );
     for m in GUEST_MODULES {

@@ -28,12 +28,14 @@ use prometheus_client::{
 use self::{
     groups::{CommSlots, OTHER, PeerGroup, peer_slot},
     labels::{
-        BuildInfo, CommDirection, CommEnd, Dimension, Direction, DirectionEnd, DirectionFamily,
-        ENDS, FAMILIES, FamilyOnly, FromTo, Kind, PeerDirection, PeerEnd, Reason, STATES, State,
-        StateFamily, end_index, family_index, state_index, state_word,
+        BuildInfo, CommDirection, CommEnd, ContainerDirection, ContainerEnd, Dimension, Direction,
+        DirectionEnd, DirectionFamily, ENDS, FAMILIES, FamilyOnly, FromTo, Kind, PeerDirection,
+        PeerEnd, Reason, STATES, State, StateFamily, UnitDirection, UnitEnd, end_index,
+        family_index, state_index, state_word,
     },
 };
 use crate::{
+    cgroup::CgroupNames,
     decode::{Hint, Transition},
     otlp::Stats,
     table::{Closed, Owner, TIME_WAIT_NS, Table},
@@ -63,6 +65,11 @@ pub struct MetricsConfig {
     pub peers: Vec<PeerGroup>,
     /// Count per owner command name for the first N names (0: off).
     pub comms: usize,
+    /// Count per systemd unit / container id of the socket's cgroup, first N of each (0: off).
+    pub units: usize,
+    pub containers: usize,
+    /// The cgroup2 mount (`None`: from /proc/self/mountinfo).
+    pub cgroup_mount: Option<std::path::PathBuf>,
 }
 
 /// Label sets of an opt-in dimension: (name, direction) and (name, end reason).
@@ -332,6 +339,10 @@ pub struct Metrics {
     received: [Counter; 3],
     peers: Option<(Vec<PeerGroup>, Grouped<PeerDirection, PeerEnd>)>,
     comms: Option<(CommSlots, Grouped<CommDirection, CommEnd>)>,
+    units: Option<(CommSlots, Grouped<UnitDirection, UnitEnd>)>,
+    containers: Option<(CommSlots, Grouped<ContainerDirection, ContainerEnd>)>,
+    /// cgroup ids to labels, for `units` and `containers`.
+    cgroups: CgroupNames,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -488,10 +499,65 @@ impl Metrics {
             );
             (CommSlots::new(config.comms), g)
         });
-        if peers.is_some() || comms.is_some() {
+        let units = (config.units > 0).then(|| {
+            let folded = folded_family.get_or_create_owned(&Dimension { dimension: "unit" });
+            let g = Grouped::new(
+                config.units,
+                folded,
+                |unit, direction| UnitDirection { unit, direction },
+                |unit, end_reason| UnitEnd { unit, end_reason },
+            );
+            r.register(
+                "netmon_tcp_unit_connections_opened",
+                "Connections begun, by the systemd unit of the socket's cgroup (--metrics-by-unit: the first N units, then `other`; `none`: no unit, `unknown`: cgroup not found)",
+                g.opened_family.clone(),
+            );
+            r.register(
+                "netmon_tcp_unit_connections_closed",
+                "Connections ended, by the systemd unit of the socket's cgroup (--metrics-by-unit: the first N units, then `other`)",
+                g.closed_family.clone(),
+            );
+            (CommSlots::new(config.units), g)
+        });
+        let containers = (config.containers > 0).then(|| {
+            let folded = folded_family.get_or_create_owned(&Dimension {
+                dimension: "container",
+            });
+            let g = Grouped::new(
+                config.containers,
+                folded,
+                |container_id, direction| ContainerDirection {
+                    container_id,
+                    direction,
+                },
+                |container_id, end_reason| ContainerEnd {
+                    container_id,
+                    end_reason,
+                },
+            );
+            r.register(
+                "netmon_tcp_container_connections_opened",
+                "Connections begun, by the container id of the socket's cgroup (--metrics-by-container: the first N ids, then `other`; `none`: not in a container, `unknown`: cgroup not found)",
+                g.opened_family.clone(),
+            );
+            r.register(
+                "netmon_tcp_container_connections_closed",
+                "Connections ended, by the container id of the socket's cgroup (--metrics-by-container: the first N ids, then `other`)",
+                g.closed_family.clone(),
+            );
+            (CommSlots::new(config.containers), g)
+        });
+        let cgroups = if units.is_none() && containers.is_none() {
+            CgroupNames::default()
+        } else if let Some(mount) = &config.cgroup_mount {
+            CgroupNames::at(Some(mount.clone()))
+        } else {
+            CgroupNames::load()
+        };
+        if peers.is_some() || comms.is_some() || units.is_some() || containers.is_some() {
             r.register(
                 "netmon_metrics_folded",
-                "Connections counted under `other` in an opt-in dimension: no peer group matched, or past the command-name cap",
+                "Connections counted under `other` in an opt-in dimension: no peer group matched, or past the cap of names (comm, unit, container)",
                 folded_family,
             );
         }
@@ -519,6 +585,9 @@ impl Metrics {
             received,
             peers,
             comms,
+            units,
+            containers,
+            cgroups,
         }
     }
 
@@ -576,6 +645,45 @@ impl Metrics {
             let slot = comm_slot(slots, g, owner.map(|o| o.task.comm()));
             g.opened(slot, direction);
         }
+        self.cgroup_groups(
+            t.cgroup_id,
+            |g| g.opened(direction),
+            |g| g.opened(direction),
+        );
+    }
+
+    /// The unit and container slots of cgroup `id`, each counted by `unit`/`container`.
+    fn cgroup_groups(
+        &mut self,
+        id: u64,
+        unit: impl FnOnce(Slotted<'_, UnitDirection, UnitEnd>),
+        container: impl FnOnce(Slotted<'_, ContainerDirection, ContainerEnd>),
+    ) {
+        if self.units.is_none() && self.containers.is_none() {
+            return;
+        }
+        let labels = self.cgroups.lookup(id, std::time::Instant::now).ok();
+        fn name(known: bool, label: Option<&str>) -> &str {
+            match (known, label) {
+                (_, Some(n)) => n,
+                (true, None) => "none",
+                (false, _) => "unknown",
+            }
+        }
+        let known = labels.is_some();
+        if let Some((slots, g)) = &mut self.units {
+            let slot = comm_slot(
+                slots,
+                g,
+                Some(name(known, labels.and_then(|l| l.unit.as_deref()))),
+            );
+            unit(Slotted { g, slot });
+        }
+        if let Some((slots, g)) = &mut self.containers {
+            let id = name(known, labels.and_then(|l| l.container_id.as_deref()));
+            let slot = comm_slot(slots, g, Some(id));
+            container(Slotted { g, slot });
+        }
     }
 
     pub fn hint(&mut self, _h: &Hint) {
@@ -610,13 +718,31 @@ impl Metrics {
             let slot = comm_slot(slots, g, c.owner.as_ref().map(|o| o.task.comm()));
             g.closed(slot, c.end);
         }
+        self.cgroup_groups(c.cgroup_id, |g| g.closed(c.end), |g| g.closed(c.end));
     }
 }
 
-/// The slot of an owner's command name; unknown owners are a name of their own.
-fn comm_slot(
+/// One slot of a named dimension, to count in.
+struct Slotted<'a, O: GroupLabels, C: GroupLabels> {
+    g: &'a mut Grouped<O, C>,
+    slot: usize,
+}
+
+impl<O: GroupLabels, C: GroupLabels> Slotted<'_, O, C> {
+    fn opened(self, d: Direction) {
+        self.g.opened(self.slot, d);
+    }
+
+    fn closed(self, end: crate::table::End) {
+        self.g.closed(self.slot, end);
+    }
+}
+
+/// The slot of a name (an owner's command name, a unit, a container id) in a capped
+/// dimension; unknown owners are a name of their own.
+fn comm_slot<O: GroupLabels, C: GroupLabels>(
     slots: &mut CommSlots,
-    g: &mut Grouped<CommDirection, CommEnd>,
+    g: &mut Grouped<O, C>,
     comm: Option<&str>,
 ) -> usize {
     let (slot, new) = slots.slot(comm.unwrap_or("unknown"));

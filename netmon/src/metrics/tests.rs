@@ -221,6 +221,7 @@ fn peer_groups_and_comms_are_capped_with_other_and_a_folded_count() {
             "web=192.0.2.0/24:443".parse().unwrap(),
         ],
         comms: 1,
+        ..MetricsConfig::default()
     };
     let mut f = Fixture::new(&config);
     let mut elsewhere = rec(3, 300, 10, Close, SynSent);
@@ -257,6 +258,89 @@ fn peer_groups_and_comms_are_capped_with_other_and_a_folded_count() {
     assert_eq!(v(r#"netmon_metrics_folded_total{dimension="comm"}"#), 2.0);
     assert_eq!(v(r#"netmon_metrics_folded_total{dimension="peer"}"#), 1.0);
     assert!(!out.contains("p201") && !out.contains("p300"), "{out}");
+}
+
+/// Units and containers come from the socket's cgroup (any directory tree stands in for the
+/// cgroup2 mount: ids are inodes), capped, with `none` for a cgroup without one.
+#[test]
+fn units_and_containers_are_capped_with_other() {
+    use TcpState::*;
+    use std::os::unix::fs::MetadataExt;
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let root = std::env::temp_dir().join(format!("netmon-metrics-cg-{}", std::process::id()));
+    let dirs = [
+        "a.service",
+        "b.service",
+        &format!("docker-{id}.scope"),
+        "plain",
+    ];
+    let ino = |d: &str| {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::metadata(root.join(d)).unwrap().ino()
+    };
+    let ids: Vec<u64> = dirs.iter().map(|d| ino(d)).collect();
+    let config = MetricsConfig {
+        units: 2,
+        containers: 1,
+        cgroup_mount: Some(root.clone()),
+        ..MetricsConfig::default()
+    };
+    let mut f = Fixture::new(&config);
+    let in_cgroup = |cookie, cg: u64, ts, old, new| {
+        let mut ev = rec(cookie, 200, ts, old, new);
+        ev.cgroup_id = cg;
+        ev.cgroup_source = netmon_common::CgroupSource::Socket as u8;
+        ev
+    };
+    f.feed(&[
+        in_cgroup(1, ids[0], 10, Close, SynSent),
+        in_cgroup(2, ids[0], 10, Close, SynSent),
+        in_cgroup(3, ids[1], 10, Close, SynSent),
+        in_cgroup(4, ids[2], 10, Close, SynSent),
+        in_cgroup(5, ids[3], 10, Close, SynSent),
+        in_cgroup(1, ids[0], 20, SynSent, Close),
+    ]);
+    std::fs::remove_dir_all(&root).unwrap();
+    let out = f.exposition();
+    let v = |s: &str| {
+        value(&out, s).unwrap_or_else(|| {
+            panic!(
+                "no {s} in
+{out}"
+            )
+        })
+    };
+    let unit = |u: &str| {
+        v(&format!(
+            r#"netmon_tcp_unit_connections_opened_total{{unit="{u}",direction="outbound"}}"#
+        ))
+    };
+    assert_eq!(unit("a.service"), 2.0);
+    assert_eq!(unit("b.service"), 1.0);
+    assert_eq!(
+        unit("other"),
+        2.0,
+        "the scope and `none`, past the cap of 2"
+    );
+    let container = |c: &str| {
+        v(&format!(
+            r#"netmon_tcp_container_connections_opened_total{{container_id="{c}",direction="outbound"}}"#
+        ))
+    };
+    assert_eq!(container("none"), 4.0, "a.service twice, b.service, plain");
+    assert_eq!(container("other"), 1.0, "past the cap of 1");
+    assert!(!out.contains(id), "{out}");
+    assert_eq!(
+        v(
+            r#"netmon_tcp_unit_connections_closed_total{unit="a.service",end_reason="connect-aborted"}"#
+        ),
+        1.0
+    );
+    assert_eq!(v(r#"netmon_metrics_folded_total{dimension="unit"}"#), 2.0);
+    assert_eq!(
+        v(r#"netmon_metrics_folded_total{dimension="container"}"#),
+        1.0
+    );
 }
 
 #[test]
