@@ -225,6 +225,10 @@ fn ctrl_c_while_starting_exits_cleanly() {
         ("agent", spawn_agent(&socket)),
     ] {
         let pid = child.id();
+        // Read what watch prints (every namespace's transitions, as JSON): a pipe nobody
+        // reads fills within ~100 transitions of other work on the machine, and a watch
+        // blocked writing to it cannot turn its loop to see the signal.
+        let drained = child.stdout.take().map(lines);
         let deadline = Instant::now() + Duration::from_secs(30);
         while bpf_links(pid) == 0 {
             assert!(
@@ -247,5 +251,6 @@ fn ctrl_c_while_starting_exits_cleanly() {
             "{what}: Ctrl-C while starting gave {status}: {err}"
         );
         assert!(!err.contains("panicked"), "{what}: {err}");
+        drop(drained);
     }
 }
