@@ -272,7 +272,16 @@ pub async fn run(
     for missing in &tracer.support().missing {
         eprintln!("netmon agent: this kernel lacks {missing}");
     }
-    tracer.seed();
+    let seeded = tracer.seed();
+    eprintln!(
+        "netmon agent: seeded {} sockets of {} namespaces in {} ms",
+        seeded.sockets,
+        seeded.namespaces,
+        seeded.took.as_millis()
+    );
+    // The seed's dumps and /proc scan (tens of MB at 100k sockets) are freed: give them back.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     let (std_listener, socket) = match serving {
         Serving::Passed(passed) => {
             eprintln!("netmon agent: serving the socket passed by the service manager");

@@ -38,6 +38,56 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 const DRAIN_BEFORE_RECONCILE: usize = 4;
 /// How often TIME-WAIT entries older than the kernel keeps them are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+/// How often the ring is read while [`Tracer::seed`] dumps: the default ring holds ~100 ms of
+/// a 10k connections/s churn.
+const SEED_POLL: Duration = Duration::from_millis(5);
+/// At most this many bytes of ring records are held while seeding (~600k transitions); past
+/// it the ring fills and the kernel counts what it drops, which is reported as a loss.
+const HELD_MAX_BYTES: usize = 64 << 20;
+/// Records replayed from the held ones per drain, after the ring was read into them: more
+/// than arrive meanwhile, so the backlog shrinks, yet short enough to answer queries between.
+const REPLAY_BATCH: usize = 16_384;
+
+/// Ring records read ahead of the pipeline, oldest first: what the ring delivered while the
+/// seed's dumps ran, replayed once the table knows every socket (length-prefixed, flat).
+#[derive(Debug, Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// Where the oldest record not yet replayed starts.
+    pos: usize,
+}
+
+impl Held {
+    fn push(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(&record[..len as usize]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// Hands out up to `max` of the oldest records; the memory goes once all were handed out.
+    fn take(&mut self, max: usize, mut f: impl FnMut(&[u8])) {
+        for _ in 0..max {
+            let rest = &self.bytes[self.pos..];
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                break;
+            };
+            let len = u32::from_ne_bytes(*len) as usize;
+            f(&tail[..len]);
+            self.pos += 4 + len;
+        }
+        if self.is_empty() {
+            *self = Self::default();
+        }
+    }
+}
 
 /// How to trace.
 #[derive(Clone, Copy, Debug)]
@@ -186,6 +236,25 @@ pub struct Resyncs {
     pub loss: u64,
     pub periodic: u64,
     pub snapshot: u64,
+    /// The longest time one merge of a dump into the table held the draining thread: the
+    /// ring is not read meanwhile, so this is what a reconcile costs the event stream.
+    pub longest_merge_ns: u64,
+}
+
+impl Resyncs {
+    fn merged(&mut self, started: Instant) {
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.longest_merge_ns = self.longest_merge_ns.max(took);
+    }
+}
+
+/// What [`Tracer::seed`] found, for the agent's start-up line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seeded {
+    pub namespaces: usize,
+    pub sockets: usize,
+    /// The /proc scan for owners, the dumps and the merges, while the ring was not read.
+    pub took: Duration,
 }
 
 impl Pipeline {
@@ -436,6 +505,7 @@ pub struct Tracer<R: Ring = Probe> {
     probe: R,
     pub pipeline: Pipeline,
     config: TracerConfig,
+    held: Held,
 }
 
 impl Tracer<Probe> {
@@ -458,35 +528,71 @@ impl<R: Ring> Tracer<R> {
             probe: ring,
             pipeline: Pipeline::new(Table::with_capacity(config.closed_capacity)),
             config: *config,
+            held: Held::default(),
         }
     }
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
     ///
-    /// The ring is not drained here: what it holds goes through the consumer's sink on the
-    /// first drain of [`Tracer::run`], in order, after every namespace and owner is known (a
-    /// dump of a busy machine takes long enough for thousands of transitions, and draining them
-    /// into the table alone would drop them from the consumer's stream). The events from
-    /// before a dump then come after it, and the table converges on the newest state as it
-    /// does for events from during a dump (see `Table::reconcile`).
-    pub fn seed(&mut self) {
-        let owners = procfs::socket_owners();
-        for d in dump_scope(self.config.netns) {
+    /// The /proc scan and the dumps run on a thread of their own while this one reads the ring
+    /// into memory (a million sockets take seconds to dump; the ring holds a fraction of a
+    /// second of a busy machine's events). What was read goes through the consumer's sink
+    /// from the first drains of [`Tracer::run`] on, in order, after every namespace and owner
+    /// is known (applying it to the table alone would drop it from the consumer's stream).
+    /// The events from before a dump then come after it, and the table converges on the
+    /// newest state as it does for events from during a dump (see `Table::reconcile`).
+    pub fn seed(&mut self) -> Seeded {
+        let started = Instant::now();
+        let mut seeded = Seeded::default();
+        let scope = self.config.netns;
+        let (probe, held) = (&mut self.probe, &mut self.held);
+        let (owners, dumps) = std::thread::scope(|s| {
+            let work = s.spawn(move || (procfs::socket_owners(), dump_scope(scope)));
+            while !work.is_finished() {
+                if held.pending_bytes() < HELD_MAX_BYTES
+                    && probe.drain(|record| held.push(record)).more
+                {
+                    continue;
+                }
+                std::thread::sleep(SEED_POLL);
+            }
+            work.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        for d in dumps {
             match d.dump {
                 Ok(dump) => {
+                    seeded.namespaces += 1;
+                    seeded.sockets += dump.len();
                     self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
                     self.pipeline.table.set_owners(&dump, &owners);
                 }
                 Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
             }
         }
+        seeded.took = started.elapsed();
+        seeded
     }
 
     /// One batch from the ring; true if more may be waiting.
     fn drain(&mut self, sink: &mut impl Sink) -> io::Result<bool> {
         let mut result = Ok(());
         let pipeline = &mut self.pipeline;
+        if !self.held.is_empty() {
+            // Records held since the seed come first: newer ones queue up behind them, and
+            // the ring is kept empty meanwhile.
+            let held = &mut self.held;
+            self.probe.drain(|record| held.push(record));
+            held.take(REPLAY_BATCH, |record| {
+                if result.is_ok() {
+                    result = pipeline.record(record, sink);
+                }
+            });
+            result?;
+            self.pipeline.end_batch(sink)?;
+            return Ok(true);
+        }
         let drained = self.probe.drain(|bytes| {
             if result.is_ok() {
                 result = pipeline.record(bytes, sink);
@@ -518,10 +624,12 @@ impl<R: Ring> Tracer<R> {
         self.drain_for_reconcile(sink)?;
         match d.dump {
             Ok(dump) => {
+                let started = Instant::now();
                 self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
                 if let Some(owners) = owners {
                     self.pipeline.table.set_owners(&dump, owners);
                 }
+                self.pipeline.resyncs.merged(started);
             }
             // `{:#}` walks the sources: the failed step, then the errno.
             Err(e) => eprintln!(
@@ -543,7 +651,9 @@ impl<R: Ring> Tracer<R> {
             } => {
                 self.drain_for_reconcile(sink)?;
                 self.pipeline.resyncs.snapshot += 1;
+                let started = Instant::now();
                 let rows = self.pipeline.table.rows(netns, t0_ns, dump);
+                self.pipeline.resyncs.merged(started);
                 let _ = reply.send(rows.unwrap_or_default());
             }
             Query::Closed {
@@ -631,6 +741,10 @@ impl Tracer<Probe> {
             tokio::select! {
                 biased;
                 () = &mut stop => {
+                    // Bounded: the held records only shrink once the ring is read into them.
+                    while !self.held.is_empty() {
+                        self.drain(sink)?;
+                    }
                     self.drain(sink)?;
                     self.read_counters(sink)?;
                     // A fire the programs never ran for is confirmed by a second reading
@@ -970,6 +1084,38 @@ mod tests {
         assert_eq!(closed.len(), 1, "the connection that ended before the dump");
         assert_eq!(closed[0].born_ns, Some(300));
         assert_eq!(closed[0].owner.map(|o| o.task.pid), Some(7));
+    }
+
+    #[test]
+    fn records_held_while_seeding_come_out_in_order_before_newer_ones() {
+        let mut tracer = Tracer::new(FakeRing::default(), &config());
+        for cookie in 1..=3 {
+            tracer.held.push(&of(cookie, cookie * 100, 7, 2));
+        }
+        tracer.probe.0.push_back(of(4, 400, 7, 2));
+        let mut log = Log::default();
+        // The ring's record queues up behind the held ones.
+        assert!(tracer.drain(&mut log).unwrap(), "more may follow");
+        assert!(tracer.held.is_empty());
+        assert!(!tracer.drain(&mut log).unwrap());
+        let order: Vec<u64> = log.transitions.iter().map(|t| t.0).collect();
+        assert_eq!(order, [100, 200, 300, 400]);
+    }
+
+    #[test]
+    fn held_records_are_replayed_a_batch_at_a_time_and_then_freed() {
+        let mut held = Held::default();
+        for n in 0..5u8 {
+            held.push(&[n; 3]);
+        }
+        let mut seen = Vec::new();
+        held.take(2, |r| seen.push(r.to_vec()));
+        assert_eq!(seen, [vec![0; 3], vec![1; 3]]);
+        assert_eq!(held.pending_bytes(), 3 * 7);
+        held.take(10, |r| seen.push(r.to_vec()));
+        assert_eq!(seen.len(), 5);
+        assert!(held.is_empty());
+        assert_eq!(held.bytes.capacity(), 0, "the memory is given back");
     }
 
     #[test]

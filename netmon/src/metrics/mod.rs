@@ -261,6 +261,13 @@ impl Collector for TableCollector {
             ]
             .map(|(reason, n)| (Reason { reason }, n)),
         )?;
+        let merge = encoder.encode_descriptor(
+            "netmon_resync_longest_merge",
+            "The longest time one reconcile held the thread that drains the ring (merging a dump into the table)",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(r.longest_merge_ns as f64 / 1e9).encode(merge)?;
         let evicted = encoder.encode_descriptor(
             "netmon_closed_history_evictions",
             "Closed-connection records dropped from the history to respect its capacity",
