@@ -289,17 +289,22 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
     wait_attached(&mut agent, &errors)?;
     // The churn starts once the programs are attached, so every fire it causes is one the
     // agent must account for; the agent is seeding now.
-    let perf_out = ctx.dir.join("scale-churn.perf");
-    let mut churn = start_churn(ctx, ns, plan, &perf_out)?;
+    let mut churn = Churning::start(ctx, ns, plan, "seed")?;
     wait_serving(&mut agent, &socket, Duration::from_secs(600))?;
     let to_serving = t0.elapsed();
     let seed = seed_line(&errors, to_serving)?;
     let rss_seeded_kib = sys::vm_kib(agent.pid(), "VmRSS")?;
+    let mut counted = Vec::new();
+    if churn.proc.exited()?.is_some() {
+        // The seed outlasted the churn (1M sockets): a second one for the reconciles.
+        counted.push(churn.finish()?);
+        churn = Churning::start(ctx, ns, plan, "reconcile")?;
+    }
     // Snapshots during the churn: each dumps the namespace and merges it into the table on
     // the thread that drains the ring.
     let mut reconciles = 0;
     let deadline = Instant::now() + Duration::from_secs_f64(plan.churn_secs + 120.0);
-    while churn.exited()?.is_none() && Instant::now() < deadline {
+    while churn.proc.exited()?.is_none() && Instant::now() < deadline {
         let out = ns
             .command(&ctx.netmon)
             .args(["snapshot", "-tanH"])
@@ -311,24 +316,9 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
             reconciles += 1;
         }
     }
-    let status = churn.wait(Duration::from_secs(120))?;
-    let mut line = String::new();
-    if let Some(mut out) = churn.child().stdout.take() {
-        std::io::Read::read_to_string(&mut out, &mut line)?;
-    }
-    if !status.success() {
-        bail!(
-            "perf stat around the churn failed ({status}): {}",
-            std::fs::read_to_string(&perf_out).unwrap_or_default()
-        );
-    }
-    let connections = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("connections="))
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no connections in the churn's output {line:?}"))?;
-    let fired = capture::perf_count(&std::fs::read_to_string(&perf_out)?)
-        .with_context(|| format!("no count in {}", perf_out.display()))?;
+    counted.push(churn.finish()?);
+    let connections = counted.iter().map(|c| c.0).sum();
+    let fired = counted.iter().map(|c| c.1).sum();
     // Drained at least every 50 ms; counters read every 250 ms.
     std::thread::sleep(Duration::from_secs(1));
     let metrics = fetch_metrics(&metrics_addr(&errors)?)?;
@@ -394,8 +384,14 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
         let words: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let netmon = tool(&ctx.netmon, words.clone(), Some(socket.clone()));
         let ss = tool(Path::new("ss"), words, None);
-        let n = time_tool(ns, &netmon, plan.runs)?.ok();
-        let s = time_tool(ns, &ss, plan.runs)?.ok();
+        // `ss -tanp` walks every process's fds: minutes at 1M sockets, so one timed run there.
+        let runs = if *label == "-tanp" && sockets > 200_000 {
+            1
+        } else {
+            plan.runs
+        };
+        let n = time_tool(ns, &netmon, runs)?.ok();
+        let s = time_tool(ns, &ss, runs)?.ok();
         eprintln!(
             "bench: scale: {sockets} sockets: {label:<20} netmon {} ss {}",
             fmt_ms(n),
@@ -431,25 +427,58 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
 }
 
 /// The paced churn inside `perf stat`, which counts the tracepoint's fires on its ports.
-fn start_churn(ctx: &Ctx, ns: &Netns, plan: &Plan, perf_out: &Path) -> Result<Proc> {
-    let last = CHURN_PORT + CHURN_THREADS as u16 - 1;
-    let filter = format!(
-        "(sport >= {CHURN_PORT} && sport <= {last}) || (dport >= {CHURN_PORT} && dport <= {last})"
-    );
-    let max = (plan.churn_rate * plan.churn_secs).ceil() as u64;
-    let mut cmd = ns.command("perf");
-    cmd.args(["stat", "-a", "-x", ",", "-o"])
-        .arg(perf_out)
-        .args(["-e", "sock:inet_sock_set_state", "--filter", &filter, "--"])
-        .arg(&ctx.xtask)
-        .args(["bench-storm", "--threads", &CHURN_THREADS.to_string()])
-        .args(["--secs", &plan.churn_secs.to_string()])
-        .args(["--max", &max.to_string()])
-        .args(["--rate", &plan.churn_rate.to_string()])
-        .args(["--port", &CHURN_PORT.to_string(), "--linger", "1"])
-        .stdout(Stdio::piped());
-    capture::private_tracefs(&mut cmd);
-    Proc::spawn(&mut cmd, "perf stat around the churn")
+struct Churning {
+    proc: Proc,
+    perf_out: PathBuf,
+}
+
+impl Churning {
+    fn start(ctx: &Ctx, ns: &Netns, plan: &Plan, what: &str) -> Result<Self> {
+        let perf_out = ctx.dir.join(format!("scale-churn-{what}.perf"));
+        let last = CHURN_PORT + CHURN_THREADS as u16 - 1;
+        let filter = format!(
+            "(sport >= {CHURN_PORT} && sport <= {last}) || (dport >= {CHURN_PORT} && dport <= \
+             {last})"
+        );
+        let max = (plan.churn_rate * plan.churn_secs).ceil() as u64;
+        let mut cmd = ns.command("perf");
+        cmd.args(["stat", "-a", "-x", ",", "-o"])
+            .arg(&perf_out)
+            .args(["-e", "sock:inet_sock_set_state", "--filter", &filter, "--"])
+            .arg(&ctx.xtask)
+            .args(["bench-storm", "--threads", &CHURN_THREADS.to_string()])
+            .args(["--secs", &plan.churn_secs.to_string()])
+            .args(["--max", &max.to_string()])
+            .args(["--rate", &plan.churn_rate.to_string()])
+            .args(["--port", &CHURN_PORT.to_string(), "--linger", "1"])
+            .stdout(Stdio::piped());
+        capture::private_tracefs(&mut cmd);
+        let proc = Proc::spawn(&mut cmd, format!("perf stat around the {what} churn"))?;
+        Ok(Self { proc, perf_out })
+    }
+
+    /// Waits for the end; (connections made, fires perf counted).
+    fn finish(mut self) -> Result<(u64, u64)> {
+        let status = self.proc.wait(Duration::from_secs(180))?;
+        let mut line = String::new();
+        if let Some(mut out) = self.proc.child().stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut line)?;
+        }
+        if !status.success() {
+            bail!(
+                "perf stat around the churn failed ({status}): {}",
+                std::fs::read_to_string(&self.perf_out).unwrap_or_default()
+            );
+        }
+        let connections = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("connections="))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no connections in the churn's output {line:?}"))?;
+        let fired = capture::perf_count(&std::fs::read_to_string(&self.perf_out)?)
+            .with_context(|| format!("no count in {}", self.perf_out.display()))?;
+        Ok((connections, fired))
+    }
 }
 
 /// Until the agent accepts connections on its socket (it binds once seeded).
@@ -628,7 +657,8 @@ fn size_details(r: &SizeRun) -> String {
     let mut s = format!("\n## Scale: {} sockets\n\n", r.sockets);
     let _ = writeln!(
         s,
-        "- Churn: {} connections paced over the seed and the snapshots; fired = `perf stat -a \
+        "- Churn: {} connections paced over the seed and the snapshots (a second churn for \
+         the snapshots when the seed outlasted the first); fired = `perf stat -a \
          -e sock:inet_sock_set_state` filtered on the churn's ports; agent = \
          `netmon_events_total{{kind=\"transition\"}}` of an agent tracing only the bench's \
          namespace (whose other sockets sit idle). {} `snapshot -tan` requests ran during the \
