@@ -100,12 +100,12 @@ struct SizeRun {
     churn: Churn,
     /// (label, netmon time, ss time)
     snapshots: Vec<(String, Option<Duration>, Option<Duration>)>,
-    netmon_rows: usize,
+    netmon_rows: Result<usize, String>,
     rss_seeded_kib: u64,
     rss_after_churn_kib: u64,
     rss_end_kib: u64,
     hwm_kib: u64,
-    closed_rows: usize,
+    closed_rows: Result<usize, String>,
 }
 
 struct Seed {
@@ -122,6 +122,8 @@ struct Churn {
     transitions: u64,
     lost: Vec<(String, u64)>,
     reconciles: usize,
+    /// Why snapshots during the churn failed, one line each.
+    failed: Vec<String>,
     longest_merge_ms: f64,
 }
 
@@ -303,17 +305,12 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
     // Snapshots during the churn: each dumps the namespace and merges it into the table on
     // the thread that drains the ring.
     let mut reconciles = 0;
+    let mut failed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(plan.churn_secs + 120.0);
     while churn.proc.exited()?.is_none() && Instant::now() < deadline {
-        let out = ns
-            .command(&ctx.netmon)
-            .args(["snapshot", "-tanH"])
-            .env("NETMON_AGENT_SOCKET", &socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if out.success() {
-            reconciles += 1;
+        match rows_of(ns.command(&ctx.netmon).args(["snapshot", "-tanH"]), &socket) {
+            Ok(_) => reconciles += 1,
+            Err(why) => failed.push(why),
         }
     }
     counted.push(churn.finish()?);
@@ -337,30 +334,40 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
         transitions: metric("netmon_events_total", "kind=\"transition\"").unwrap_or(0.0) as u64,
         lost,
         reconciles,
+        failed,
         longest_merge_ms: metric("netmon_resync_longest_merge_seconds", "").unwrap_or(f64::NAN)
             * 1e3,
     };
     eprintln!(
         "bench: scale: churn {} connections: fired {} (perf), agent transitions {}, lost {}; {} \
-         snapshots meanwhile, longest merge {:.1} ms",
+         snapshots meanwhile ({} failed{}), longest merge {:.1} ms",
         churn.connections,
         churn.fired,
         churn.transitions,
         churn.lost_total(),
         churn.reconciles,
+        churn.failed.len(),
+        churn
+            .failed
+            .first()
+            .map_or(String::new(), |f| format!(": {f}")),
         churn.longest_merge_ms
     );
     let rss_after_churn_kib = sys::vm_kib(agent.pid(), "VmRSS")?;
-    let closed_rows = count_rows(
+    let closed_rows = rows_of(
         ns.command(&ctx.netmon)
-            .args(["snapshot", "--closed", "1h", "-H"])
-            .env("NETMON_AGENT_SOCKET", &socket),
-    )?;
-    let netmon_rows = count_rows(
-        ns.command(&ctx.netmon)
-            .args(["snapshot", "-tanH"])
-            .env("NETMON_AGENT_SOCKET", &socket),
-    )?;
+            .args(["snapshot", "--closed", "1h", "-H"]),
+        &socket,
+    );
+    let netmon_rows = rows_of(ns.command(&ctx.netmon).args(["snapshot", "-tanH"]), &socket);
+    eprintln!(
+        "bench: scale: agent VmRSS {:.1} MB seeded, {:.1} MB after the churn; closed rows {}, \
+         -tan rows {}",
+        mb(rss_seeded_kib),
+        mb(rss_after_churn_kib),
+        shown(&closed_rows),
+        shown(&netmon_rows)
+    );
     let dport = format!("dport = :{port}");
     let pairs: [(&str, Vec<&str>); 4] = [
         ("-tan", vec!["-tan"]),
@@ -541,6 +548,31 @@ fn metric_value(text: &str, name: &str, label: &str) -> Option<f64> {
     })
 }
 
+/// Rows a snapshot through the agent at `socket` prints, or the first line of its complaint.
+fn rows_of(cmd: &mut Command, socket: &Path) -> Result<usize, String> {
+    let out = cmd
+        .env("NETMON_AGENT_SOCKET", socket)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(out.stdout.iter().filter(|&&b| b == b'\n').count());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "{} ({})",
+        err.lines().last().unwrap_or("no message").trim(),
+        out.status
+    ))
+}
+
+fn shown(rows: &Result<usize, String>) -> String {
+    match rows {
+        Ok(n) => n.to_string(),
+        Err(why) => format!("failed: {why}"),
+    }
+}
+
 fn fmt_ms(d: Option<Duration>) -> String {
     d.map_or("n/a".into(), |d| format!("{:.1} ms", ms(d)))
 }
@@ -557,7 +589,7 @@ fn rows(r: &SizeRun) -> Vec<Row> {
             "{} sockets (netmon -tan rows {}), {} holders, built in {:.1} s; kernel memory {:.0} \
              B/socket ({:.0} B slab)",
             r.sockets,
-            r.netmon_rows,
+            shown(&r.netmon_rows),
             r.holders,
             r.build.as_secs_f64(),
             r.kernel_bytes_per_socket,
@@ -609,6 +641,14 @@ fn rows(r: &SizeRun) -> Vec<Row> {
         "0",
         Some(c.lost_total() == 0 && unaccounted == 0 && c.fired > 0),
     ));
+    if let Some(first) = c.failed.first() {
+        rows.push(Row::new(
+            format!("scale {n}: snapshots that failed during the churn"),
+            format!("{} (first: {first})", c.failed.len()),
+            "0",
+            Some(false),
+        ));
+    }
     for (label, netmon, ss) in &r.snapshots {
         let target = match label.as_str() {
             "-tanp" => Some(0.05),
@@ -633,7 +673,10 @@ fn rows(r: &SizeRun) -> Vec<Row> {
     }
     let limit = if r.sockets > 500_000 { 300.0 } else { 60.0 };
     rows.push(Row::new(
-        format!("scale {n}: agent RSS, live + {} closed", r.closed_rows),
+        format!(
+            "scale {n}: agent RSS, live + {} closed",
+            shown(&r.closed_rows)
+        ),
         format!(
             "{:.1} MB seeded, {:.1} MB after churn, {:.1} MB at the end",
             mb(r.rss_seeded_kib),
@@ -672,7 +715,7 @@ fn size_details(r: &SizeRun) -> String {
          {:.1} MB.",
         mb(r.rss_seeded_kib),
         mb(r.rss_after_churn_kib),
-        r.closed_rows,
+        shown(&r.closed_rows),
         mb(r.rss_end_kib),
         mb(r.hwm_kib)
     );
@@ -707,6 +750,7 @@ mod tests {
             transitions,
             lost: lost.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             reconciles: 0,
+            failed: Vec::new(),
             longest_merge_ms: 0.0,
         };
         assert_eq!(churn(100, &[]).unaccounted(), 0);
