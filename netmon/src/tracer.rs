@@ -248,13 +248,16 @@ impl Resyncs {
     }
 }
 
-/// What [`Tracer::seed`] found, for the agent's start-up line.
+/// What [`Tracer::seed`] found and where its time went, for the agent's start-up line.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Seeded {
     pub namespaces: usize,
     pub sockets: usize,
-    /// The /proc scan for owners, the dumps and the merges, while the ring was not read.
+    /// All of it: the /proc scan for owners and the dumps (side by side), then the merges.
     pub took: Duration,
+    pub scan: Duration,
+    pub dumps: Duration,
+    pub merge: Duration,
 }
 
 impl Pipeline {
@@ -344,6 +347,13 @@ impl Pipeline {
     pub fn duplicates(&self) -> u64 {
         self.table.duplicates
     }
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
@@ -548,8 +558,16 @@ impl<R: Ring> Tracer<R> {
         let scope = self.config.netns;
         let (probe, held) = (&mut self.probe, &mut self.held);
         let (owners, dumps) = std::thread::scope(|s| {
-            let work = s.spawn(move || (procfs::socket_owners(), dump_scope(scope)));
-            while !work.is_finished() {
+            // The scan walks every process's fds and the dumps wait on the kernel: side by side.
+            let scan = s.spawn(|| {
+                let t = Instant::now();
+                (procfs::socket_owners(), t.elapsed())
+            });
+            let work = s.spawn(move || {
+                let t = Instant::now();
+                (dump_scope(scope), t.elapsed())
+            });
+            while !(work.is_finished() && scan.is_finished()) {
                 if held.pending_bytes() < HELD_MAX_BYTES
                     && probe.drain(|record| held.push(record)).more
                 {
@@ -557,9 +575,13 @@ impl<R: Ring> Tracer<R> {
                 }
                 std::thread::sleep(SEED_POLL);
             }
-            work.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            let (dumps, dumps_took) = joined(work);
+            let (owners, scan_took) = joined(scan);
+            seeded.dumps = dumps_took;
+            seeded.scan = scan_took;
+            (owners, dumps)
         });
+        let merging = Instant::now();
         for d in dumps {
             match d.dump {
                 Ok(dump) => {
@@ -571,6 +593,7 @@ impl<R: Ring> Tracer<R> {
                 Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
             }
         }
+        seeded.merge = merging.elapsed();
         seeded.took = started.elapsed();
         seeded
     }

@@ -114,6 +114,8 @@ struct Seed {
     sockets: u64,
     /// From spawning the agent to its socket answering (attach included).
     to_serving: Duration,
+    /// The agent's own account of where the time went.
+    breakdown: String,
 }
 
 struct Churn {
@@ -509,9 +511,18 @@ fn seed_line(errors: &Path, to_serving: Duration) -> Result<Seed> {
         .with_context(|| format!("the agent did not say how it seeded: {text}"))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     let num = |i: usize| words.get(i).and_then(|w| w.parse().ok());
+    let after = |word: &str| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .and_then(|i| num(i + 1))
+    };
     Ok(Seed {
         sockets: num(0).context("seed line")?,
-        agent_ms: num(words.len().saturating_sub(2)).context("seed line")?,
+        agent_ms: after("in").context("seed line")?,
+        breakdown: line
+            .split_once('(')
+            .map_or(String::new(), |(_, b)| b.trim_end_matches(')').to_owned()),
         to_serving,
     })
 }
@@ -601,9 +612,10 @@ fn rows(r: &SizeRun) -> Vec<Row> {
     rows.push(Row::new(
         format!("scale {n}: seed"),
         format!(
-            "{} sockets in {} ms (agent's count); spawn to serving {:.0} ms",
+            "{} sockets in {} ms ({}); spawn to serving {:.0} ms",
             r.seed.sockets,
             r.seed.agent_ms,
+            r.seed.breakdown,
             ms(r.seed.to_serving)
         ),
         "",
