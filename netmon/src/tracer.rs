@@ -38,18 +38,21 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 const DRAIN_BEFORE_RECONCILE: usize = 4;
 /// How often TIME-WAIT entries older than the kernel keeps them are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
-/// How often the ring is read while [`Tracer::seed`] dumps: the default ring holds ~100 ms of
-/// a 10k connections/s churn.
-const SEED_POLL: Duration = Duration::from_millis(5);
-/// At most this many bytes of ring records are held while seeding (~600k transitions); past
-/// it the ring fills and the kernel counts what it drops, which is reported as a loss.
+/// How often the ring is read while a dump or a merge runs beside (see [`read_ring_while`]):
+/// the default ring holds ~0.8 s of a 10k connections/s churn, a small one much less.
+const READ_POLL: Duration = Duration::from_millis(1);
+/// At most this many drains of held records before a reconcile (each replays
+/// [`REPLAY_BATCH`]).
+const HELD_ROUNDS_BEFORE_RECONCILE: usize = 256;
+/// At most this many bytes of ring records are held (~600k transitions); past it the ring
+/// fills and the kernel counts what it drops, which is reported as a loss.
 const HELD_MAX_BYTES: usize = 64 << 20;
 /// Records replayed from the held ones per drain, after the ring was read into them: more
 /// than arrive meanwhile, so the backlog shrinks, yet short enough to answer queries between.
 const REPLAY_BATCH: usize = 16_384;
 
-/// Ring records read ahead of the pipeline, oldest first: what the ring delivered while the
-/// seed's dumps ran, replayed once the table knows every socket (length-prefixed, flat).
+/// Ring records read ahead of the pipeline, oldest first: what the ring delivered while a
+/// dump or a merge ran, replayed once the table is free again (length-prefixed, flat).
 #[derive(Debug, Default)]
 struct Held {
     bytes: Vec<u8>,
@@ -236,8 +239,8 @@ pub struct Resyncs {
     pub loss: u64,
     pub periodic: u64,
     pub snapshot: u64,
-    /// The longest time one merge of a dump into the table held the draining thread: the
-    /// ring is not read meanwhile, so this is what a reconcile costs the event stream.
+    /// The longest merge of a dump into the table: the ring is read into memory meanwhile,
+    /// but records reach consumers (and queries an answer) only after it.
     pub longest_merge_ns: u64,
 }
 
@@ -347,6 +350,29 @@ impl Pipeline {
     pub fn duplicates(&self) -> u64 {
         self.table.duplicates
     }
+}
+
+/// Runs `work` (a dump, a merge of one into the table) on a thread of its own while this one
+/// reads the ring into `held`, in order, for the pipeline's next drains: a million sockets
+/// take seconds to dump or merge, and the ring holds a fraction of a second of a busy
+/// machine's events. Past [`HELD_MAX_BYTES`] the ring is left to fill, and the kernel counts
+/// what it drops.
+fn read_ring_while<T: Send>(
+    probe: &mut impl Ring,
+    held: &mut Held,
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let work = s.spawn(work);
+        while !work.is_finished() {
+            if held.pending_bytes() < HELD_MAX_BYTES && probe.drain(|record| held.push(record)).more
+            {
+                continue;
+            }
+            std::thread::sleep(READ_POLL);
+        }
+        joined(work)
+    })
 }
 
 /// A scoped thread's result; its panic goes on in the caller.
@@ -556,43 +582,41 @@ impl<R: Ring> Tracer<R> {
         let started = Instant::now();
         let mut seeded = Seeded::default();
         let scope = self.config.netns;
-        let (probe, held) = (&mut self.probe, &mut self.held);
-        let (owners, dumps) = std::thread::scope(|s| {
-            // The scan walks every process's fds and the dumps wait on the kernel: side by side.
-            let scan = s.spawn(|| {
-                let t = Instant::now();
-                (procfs::socket_owners(), t.elapsed())
+        let ((owners, scan), (dumps, dumps_took)) =
+            read_ring_while(&mut self.probe, &mut self.held, || {
+                std::thread::scope(|s| {
+                    // The scan walks every process's fds and the dumps wait on the kernel:
+                    // side by side.
+                    let scan = s.spawn(|| {
+                        let t = Instant::now();
+                        (procfs::socket_owners(), t.elapsed())
+                    });
+                    let t = Instant::now();
+                    let dumps = dump_scope(scope);
+                    (joined(scan), (dumps, t.elapsed()))
+                })
             });
-            let work = s.spawn(move || {
-                let t = Instant::now();
-                (dump_scope(scope), t.elapsed())
-            });
-            while !(work.is_finished() && scan.is_finished()) {
-                if held.pending_bytes() < HELD_MAX_BYTES
-                    && probe.drain(|record| held.push(record)).more
-                {
-                    continue;
-                }
-                std::thread::sleep(SEED_POLL);
-            }
-            let (dumps, dumps_took) = joined(work);
-            let (owners, scan_took) = joined(scan);
-            seeded.dumps = dumps_took;
-            seeded.scan = scan_took;
-            (owners, dumps)
-        });
+        seeded.scan = scan;
+        seeded.dumps = dumps_took;
         let merging = Instant::now();
-        for d in dumps {
-            match d.dump {
-                Ok(dump) => {
-                    seeded.namespaces += 1;
-                    seeded.sockets += dump.len();
-                    self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
-                    self.pipeline.table.set_owners(&dump, &owners);
+        let table = &mut self.pipeline.table;
+        let (namespaces, sockets) = read_ring_while(&mut self.probe, &mut self.held, move || {
+            let (mut namespaces, mut sockets) = (0, 0);
+            for d in dumps {
+                match d.dump {
+                    Ok(dump) => {
+                        namespaces += 1;
+                        sockets += dump.len();
+                        table.reconcile(d.netns, &dump, d.t0_ns);
+                        table.set_owners(&dump, &owners);
+                    }
+                    Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
                 }
-                Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
             }
-        }
+            (namespaces, sockets)
+        });
+        seeded.namespaces = namespaces;
+        seeded.sockets = sockets;
         seeded.merge = merging.elapsed();
         seeded.took = started.elapsed();
         seeded
@@ -603,8 +627,8 @@ impl<R: Ring> Tracer<R> {
         let mut result = Ok(());
         let pipeline = &mut self.pipeline;
         if !self.held.is_empty() {
-            // Records held since the seed come first: newer ones queue up behind them, and
-            // the ring is kept empty meanwhile.
+            // Records held during a dump or a merge come first: newer ones queue up behind
+            // them, and the ring is kept empty meanwhile.
             let held = &mut self.held;
             self.probe.drain(|record| held.push(record));
             held.take(REPLAY_BATCH, |record| {
@@ -630,6 +654,14 @@ impl<R: Ring> Tracer<R> {
     /// before this finds every event from before the dump already applied: the dump then
     /// only settles what the ring lost, and never hides an event still waiting in the ring.
     fn drain_for_reconcile(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        // Held records are older than the dump: all of them first (each round also reads the
+        // ring into them, so the bound only stops a backlog that would not shrink).
+        for _ in 0..HELD_ROUNDS_BEFORE_RECONCILE {
+            if self.held.is_empty() {
+                break;
+            }
+            self.drain(sink)?;
+        }
         for _ in 0..DRAIN_BEFORE_RECONCILE {
             if !self.drain(sink)? {
                 break;
@@ -648,10 +680,13 @@ impl<R: Ring> Tracer<R> {
         match d.dump {
             Ok(dump) => {
                 let started = Instant::now();
-                self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
-                if let Some(owners) = owners {
-                    self.pipeline.table.set_owners(&dump, owners);
-                }
+                let table = &mut self.pipeline.table;
+                read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.reconcile(d.netns, &dump, d.t0_ns);
+                    if let Some(owners) = owners {
+                        table.set_owners(&dump, owners);
+                    }
+                });
                 self.pipeline.resyncs.merged(started);
             }
             // `{:#}` walks the sources: the failed step, then the errno.
@@ -675,7 +710,10 @@ impl<R: Ring> Tracer<R> {
                 self.drain_for_reconcile(sink)?;
                 self.pipeline.resyncs.snapshot += 1;
                 let started = Instant::now();
-                let rows = self.pipeline.table.rows(netns, t0_ns, dump);
+                let table = &mut self.pipeline.table;
+                let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.rows(netns, t0_ns, dump)
+                });
                 self.pipeline.resyncs.merged(started);
                 let _ = reply.send(rows.unwrap_or_default());
             }

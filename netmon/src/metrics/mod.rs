@@ -263,7 +263,7 @@ impl Collector for TableCollector {
         )?;
         let merge = encoder.encode_descriptor(
             "netmon_resync_longest_merge",
-            "The longest time one reconcile held the thread that drains the ring (merging a dump into the table)",
+            "The longest merge of a sock_diag dump into the table (the ring is read into memory meanwhile; records reach the table after it)",
             Some(&Unit::Seconds),
             MetricType::Gauge,
         )?;
