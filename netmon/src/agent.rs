@@ -273,16 +273,6 @@ pub async fn run(
         eprintln!("netmon agent: this kernel lacks {missing}");
     }
     let seeded = tracer.seed();
-    eprintln!(
-        "netmon agent: seeded {} sockets of {} namespaces in {} ms (owners from /proc {} ms \
-         beside the dumps {} ms, then merged in {} ms)",
-        seeded.sockets,
-        seeded.namespaces,
-        seeded.took.as_millis(),
-        seeded.scan.as_millis(),
-        seeded.dumps.as_millis(),
-        seeded.merge.as_millis()
-    );
     // The seed's dumps and /proc scan (tens of MB at 100k sockets) are freed: give them back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
@@ -298,6 +288,17 @@ pub async fn run(
             (listener, Some(socket))
         }
     };
+    // Said once serving: a refusal to serve stays the one line it is.
+    eprintln!(
+        "netmon agent: seeded {} sockets of {} namespaces in {} ms (owners from /proc {} ms \
+         beside the dumps {} ms, then merged in {} ms)",
+        seeded.sockets,
+        seeded.namespaces,
+        seeded.took.as_millis(),
+        seeded.scan.as_millis(),
+        seeded.dumps.as_millis(),
+        seeded.merge.as_millis()
+    );
     std_listener
         .set_nonblocking(true)
         .context("setting the socket non-blocking")?;

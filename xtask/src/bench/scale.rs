@@ -504,7 +504,15 @@ fn wait_serving(proc: &mut Proc, socket: &Path, max: Duration) -> Result<()> {
 
 /// The agent's "seeded N sockets of M namespaces in X ms" line.
 fn seed_line(errors: &Path, to_serving: Duration) -> Result<Seed> {
-    let text = std::fs::read_to_string(errors)?;
+    // Said just after the socket is bound: it may lag behind the first connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(errors)?;
+        if text.contains("netmon agent: seeded ") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("netmon agent: seeded "))
