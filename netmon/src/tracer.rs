@@ -802,11 +802,15 @@ impl Tracer<Probe> {
             tokio::select! {
                 biased;
                 () = &mut stop => {
-                    // Bounded: the held records only shrink once the ring is read into them.
-                    while !self.held.is_empty() {
+                    // A stop right after the start (Ctrl-C while seeding) may find records
+                    // still held: they go unshown like the ring's unread ones, since the
+                    // consumer may have stopped reading (a pipe nobody empties would block
+                    // the exit), and newer ones must not be shown without them.
+                    if self.held.is_empty() {
                         self.drain(sink)?;
+                    } else {
+                        self.held = Held::default();
                     }
-                    self.drain(sink)?;
                     self.read_counters(sink)?;
                     // A fire the programs never ran for is confirmed by a second reading
                     // (see `fires::NotRun`).
