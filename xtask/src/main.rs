@@ -7,6 +7,7 @@
 //! when everything is there; `run` and `test` call it first.
 
 mod bench;
+mod nonroot;
 mod package;
 mod soak;
 mod vm;
@@ -69,7 +70,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit tests, the root integration
+    /// Set up, then run every check and test: fmt, clippy, unit tests (as root, then as `nobody`
+    /// without bpf-linker), the root integration
     /// tests that load the real eBPF program (they fail, never skip, when they cannot run),
     /// then, without a filter, the kernel matrix of `cargo xtask vm`.
     Test {
@@ -430,6 +432,8 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     ];
     unit.extend(profile);
     sh("cargo", &unit)?;
+    // Again as a newcomer runs them: not root, no bpf-linker.
+    nonroot::unit_tests_as_nobody(&workspace_root(), &target_dir())?;
     // Integration tests one at a time: each loads its own program, and the counters they
     // check are per program.
     let mut integ = vec!["test", "--package", "netmon-tests"];
