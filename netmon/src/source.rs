@@ -276,7 +276,7 @@ pub fn collect(
         match (d.dump, scope) {
             (Ok(dump), _) => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
             // Every namespace: say which are missing rather than fail them all.
-            (Err(e), Scope::All) => skipped.push(format!("{} ({e})", d.netns)),
+            (Err(e), Scope::All) => skipped.push(format!("{} ({})", d.netns, with_causes(&e))),
             (Err(source), Scope::Caller(_)) => {
                 return Err(CollectError::Dump {
                     netns: d.netns,
@@ -294,6 +294,19 @@ pub fn collect(
     }
     out.now_ns = Clock::mono_now_ns();
     Ok(out)
+}
+
+/// `e` and each of its causes once, as `{:#}` prints an anyhow error: a note built with `{e}`
+/// alone would say which call failed and drop why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -356,11 +369,15 @@ mod tests {
         let got = collect(&source, &Scope::All, &mut Table::new(), What::default()).unwrap();
         assert_eq!(got.rows.len(), 1);
         assert_eq!(got.notes.len(), 1);
-        assert!(
-            got.notes[0].starts_with("1 network namespaces are missing from this snapshot: 7 ("),
-            "{:?}",
-            got.notes
+        assert_eq!(
+            got.notes[0],
+            format!(
+                "1 network namespaces are missing from this snapshot: 7 (sock_diag open netns \
+                 failed: {})",
+                std::io::Error::from_raw_os_error(libc::EMFILE)
+            )
         );
+        let me_inum = me.inum;
         let source = ReplaySource {
             unreachable: vec![me.inum],
             ..source
@@ -372,6 +389,15 @@ mod tests {
             What::default(),
         );
         assert!(matches!(e, Err(CollectError::Dump { .. })), "{e:?}");
+        // At the CLI edge, `{:#}` names each step and the errno once.
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(e.unwrap_err())),
+            format!(
+                "dumping sockets of netns {}: sock_diag open netns failed: {}",
+                me_inum,
+                std::io::Error::from_raw_os_error(libc::EMFILE)
+            )
+        );
     }
 
     /// Renders a recorded fixture (netmon/testdata, made by record-fixture.py there) as
