@@ -4,8 +4,9 @@
 //! Threads: the runtime's thread drains the ring ([`Tracer::run`]) and answers the table
 //! queries of requests between two drains; everything slow about a request (the sock_diag
 //! dump, the filter, rendering) runs on a blocking thread, at most [`Limits::snapshots`] at
-//! once; the rendered frames wait for the client within a global byte budget, so a slow client
-//! holds neither the ring, nor a thread, nor unbounded memory.
+//! once; the rendered frames wait for the client within a byte budget (global and per uid,
+//! [`crate::budget`]), so a slow client holds neither the ring, nor a thread, nor unbounded
+//! memory, nor what other users' replies need.
 //!
 //! Lifecycle of the table: attach first, then seed every namespace from sock_diag, then apply
 //! events. Each snapshot dumps the caller's namespace again and reconciles the table with it,
@@ -33,6 +34,7 @@ use tokio::{
 use crate::{
     access::{self, Access},
     agent_socket,
+    budget::{Budget, Grant},
     clock::Clock,
     export::Export,
     filter::Services,
@@ -72,6 +74,9 @@ pub struct Limits {
     pub snapshots: usize,
     /// Rendered bytes waiting for slow clients, in all.
     pub bytes_in_flight: usize,
+    /// Rendered bytes waiting for the slow clients of one non-root uid: one user's unread
+    /// replies leave the rest of [`Limits::bytes_in_flight`] to the others.
+    pub bytes_in_flight_per_uid: usize,
     /// A reply must be read by its client within this time.
     pub reply_deadline: Duration,
     /// Filter words, in bytes: the work per row is bounded by the filter's size.
@@ -85,6 +90,7 @@ impl Default for Limits {
             clients_per_uid: 64,
             snapshots: 4,
             bytes_in_flight: 256 << 20,
+            bytes_in_flight_per_uid: 64 << 20,
             reply_deadline: Duration::from_secs(30),
             filter_bytes: 4096,
         }
@@ -192,6 +198,18 @@ pub struct AgentArgs {
     /// copy of the program for then go unnoticed (no resync for them).
     #[arg(long)]
     pub no_fire_count: bool,
+    /// Bytes of rendered replies the agent holds for clients that read slowly, in all; a
+    /// reply that would pass it fails with an error (try again) rather than wait.
+    #[arg(long, default_value_t = Limits::default().bytes_in_flight, value_name = "BYTES")]
+    pub max_unread_bytes: usize,
+    /// The same for the clients of one user (root: the total only), so that one user's
+    /// unread replies cannot take what the others need.
+    #[arg(
+        long,
+        default_value_t = Limits::default().bytes_in_flight_per_uid,
+        value_name = "BYTES"
+    )]
+    pub max_unread_bytes_per_user: usize,
     /// Trace only the network namespace of this inode (hidden: tests that count their own
     /// losses on a machine where others make traffic).
     #[arg(long, hide = true, value_name = "INODE")]
@@ -215,8 +233,8 @@ struct Shared {
     admission: Admission,
     /// Snapshots collected and rendered at once.
     snapshots: Arc<tokio::sync::Semaphore>,
-    /// Unsent reply bytes, in KiB.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Unsent reply bytes.
+    in_flight: Arc<Budget>,
     /// The admin group's id, if it exists (else only root is an admin).
     admin_gid: Option<u32>,
 }
@@ -272,6 +290,12 @@ pub async fn run(
     for missing in &tracer.support().missing {
         eprintln!("netmon agent: this kernel lacks {missing}");
     }
+    if let Some(e) = tracer.fire_count_off() {
+        eprintln!(
+            "netmon agent: {} (metric netmon_fire_count_enabled 0)",
+            e.off_warning()
+        );
+    }
     tracer.seed();
     let (std_listener, socket) = match serving {
         Serving::Passed(passed) => {
@@ -313,7 +337,11 @@ pub async fn run(
         }
         _ => None,
     };
-    let limits = Limits::default();
+    let limits = Limits {
+        bytes_in_flight: args.max_unread_bytes,
+        bytes_in_flight_per_uid: args.max_unread_bytes_per_user,
+        ..Limits::default()
+    };
     let shared = Arc::new(Shared {
         table,
         services: Services::system().unwrap_or_default(),
@@ -321,7 +349,7 @@ pub async fn run(
         limits,
         admission: Admission::default(),
         snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+        in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
         admin_gid: group_id(&args.admin_group),
     });
     let server = tokio::spawn(accept_loop(listener, shared));
@@ -538,15 +566,17 @@ pub fn serve(
 }
 
 /// A frame and the share of the in-flight budget it holds until it is sent.
-type Frame = (Bytes, tokio::sync::OwnedSemaphorePermit);
+type Frame = (Bytes, Grant);
 
 /// Frames what the renderer writes and queues full frames for the connection's writer. The
-/// renderer never waits for the client: a frame takes its bytes from the agent's in-flight
-/// budget, and a reply that finds the budget spent fails instead of holding a thread.
+/// renderer never waits for the client: a frame takes its bytes from the in-flight budget of
+/// the agent and of the client's uid, and a reply that finds it spent fails instead of holding
+/// a thread.
 struct FrameWriter {
     buf: Vec<u8>,
     tx: mpsc::UnboundedSender<Frame>,
-    budget: Arc<tokio::sync::Semaphore>,
+    budget: Arc<Budget>,
+    uid: u32,
 }
 
 impl FrameWriter {
@@ -556,16 +586,10 @@ impl FrameWriter {
         }
         let mut frame = BytesMut::with_capacity(self.buf.len() + 8);
         wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
-        let kib = u32::try_from(frame.len().div_ceil(1024)).unwrap_or(u32::MAX);
         let permit = self
             .budget
-            .clone()
-            .try_acquire_many_owned(kib)
-            .map_err(|_| {
-                std::io::Error::other(
-                    "the agent holds as many unsent replies as it may (slow clients); try again",
-                )
-            })?;
+            .take(self.uid, frame.len())
+            .map_err(std::io::Error::other)?;
         self.buf.clear();
         self.tx
             .send((frame.freeze(), permit))
@@ -623,6 +647,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 buf: Vec::with_capacity(CHUNK),
                 tx,
                 budget: shared.in_flight.clone(),
+                uid: peer.uid,
             };
             let mut table = shared.table.clone();
             let result = serve(
@@ -741,8 +766,15 @@ async fn handle_top(
     }
     let table = shared.table.clone();
     let clock = shared.clock;
+    let access = peer.access;
     let answer = tokio::task::spawn_blocking(move || {
-        let model = table.top(prepared.query, prepared.filter, prepared.netns, clock)?;
+        let model = table.top(
+            prepared.query,
+            prepared.filter,
+            prepared.netns,
+            clock,
+            access,
+        )?;
         serde_json::to_vec(&model).map_err(anyhow::Error::from)
     })
     .await
@@ -1255,7 +1287,7 @@ mod tests {
             limits,
             admission: Admission::default(),
             snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+            in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
             admin_gid: None,
         })
     }
@@ -1297,18 +1329,21 @@ mod tests {
 
     #[test]
     fn a_reply_beyond_the_in_flight_budget_fails_instead_of_waiting() {
-        let budget = Arc::new(tokio::sync::Semaphore::new(100)); // KiB
+        let budget = Budget::new(1 << 20, 100 << 10);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut w = FrameWriter {
             buf: Vec::new(),
             tx,
             budget: budget.clone(),
+            uid: 1000,
         };
         w.write_all(&[b'x'; CHUNK]).unwrap();
         let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();
-        assert!(e.to_string().contains("unsent replies"), "{e}");
+        assert!(e.to_string().contains("replies unread"), "{e}");
+        // Another user is not held back by the first one's unread reply.
+        let _other = budget.take(1001, 100 << 10).unwrap();
         // Sending the first frame gives its budget back.
         drop(rx.try_recv().unwrap());
-        assert_eq!(budget.available_permits(), 100);
+        assert_eq!(budget.held(1000), (100 << 10, 0));
     }
 }
