@@ -231,7 +231,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
-        Command::Agent(args) => runtime.block_on(agent::run(&args, stop_signal())),
+        Command::Agent(args) => {
+            let stop = {
+                let _in_runtime = runtime.enter();
+                stop_signal()
+            };
+            runtime.block_on(agent::run(&args, stop))
+        }
         Command::Features => {
             let btf = offsets::kernel_btf()?;
             let support = Support::probe(&btf);
@@ -429,18 +435,21 @@ fn filter_words_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_signal() {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. It registers for both at once, so that a signal
+/// that arrives during the slow start (attach, the first dump of every namespace) stops netmon
+/// cleanly when its loop first turns instead of killing it mid-way. Call it inside the runtime.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut int), Ok(mut term)) = (int, term) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -7,8 +7,9 @@ use std::{
 };
 
 use netmon_tests::{
-    TestNetns, connect_and_close, connect_and_close_many, interrupt, lines, netmon_bin,
-    require_root, spawn_watch, stderr_of, wait_attached, wait_with_timeout,
+    TestNetns, agent_socket_path, connect_and_close, connect_and_close_many, interrupt, lines,
+    netmon_bin, require_root, spawn_agent, spawn_watch, stderr_of, wait_attached,
+    wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -190,4 +191,61 @@ fn snapshot_with_a_broken_filter_points_at_its_end_and_fails() {
         format!("{}^", " ".repeat(column + filter.len())),
         "{err}"
     );
+}
+
+/// Whether `pid` has a handler for SIGINT (bit 1 of `SigCgt` in /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// BPF links `pid` holds (each fd whose fdinfo has a `link_id`).
+fn bpf_links(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|info| info.contains("link_id:")))
+        .count()
+}
+
+/// Ctrl-C during the slow start (attach, then the first dump of every namespace) stops
+/// `watch` and the agent cleanly: their handler is in place before the first program is
+/// attached, so the signal never kills them half-way (the bench once saw `signal: 2`).
+#[test]
+fn ctrl_c_while_starting_exits_cleanly() {
+    require_root();
+    let socket = agent_socket_path();
+    for (what, mut child) in [
+        ("watch", spawn_watch(&["--format", "json"])),
+        ("agent", spawn_agent(&socket)),
+    ] {
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bpf_links(pid) == 0 {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what} exited before attaching: {}",
+                stderr_of(&mut child)
+            );
+            assert!(Instant::now() < deadline, "{what} did not attach in 30 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            catches_sigint(pid),
+            "{what} attached a program before it could catch Ctrl-C"
+        );
+        interrupt(&child);
+        let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+        let err = stderr_of(&mut child);
+        assert!(
+            status.success(),
+            "{what}: Ctrl-C while starting gave {status}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
 }
