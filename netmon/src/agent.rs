@@ -636,8 +636,36 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     {
         return;
     }
-    let Ok(slot) = shared.snapshots.clone().acquire_owned().await else {
-        return;
+    // The whole reply, trailer included, must be read within the deadline; the wait for a
+    // snapshot slot counts in it.
+    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
+    // A client that hangs up while it waits gives its turn up at once: otherwise a flood of
+    // expensive requests (`--all-netns` on a host with a million sockets) from clients long
+    // gone queues behind the slots, and each still costs a full dump when its turn comes.
+    let slot = tokio::select! {
+        slot = shared.snapshots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return,
+        },
+        () = hung_up(&stream) => return,
+        () = tokio::time::sleep_until(deadline) => {
+            let busy = Trailer {
+                ok: false,
+                error: Some(format!(
+                    "the agent is busy: {} snapshots were being made all along the {} s this \
+                     one waited for its turn; try again",
+                    shared.limits.snapshots,
+                    shared.limits.reply_deadline.as_secs()
+                )),
+                ..Trailer::default()
+            };
+            let finish = async {
+                stream.write_all(&trailer_frame(&busy)).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+            return;
+        }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = {
@@ -663,8 +691,6 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
             (result, losses)
         })
     };
-    // The whole reply, trailer included, must be read within the deadline.
-    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
     let send = async {
         while let Some((frame, _permit)) = rx.recv().await {
             stream.write_all(&frame).await?;
@@ -686,13 +712,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 losses,
             },
         };
-        let mut frame = BytesMut::new();
-        wire::put_frame(
-            &mut frame,
-            FRAME_TRAILER,
-            &serde_json::to_vec(&trailer).unwrap_or_default(),
-        );
-        stream.write_all(&frame).await?;
+        stream.write_all(&trailer_frame(&trailer)).await?;
         stream.shutdown().await
     };
     // A client too slow for the deadline is dropped; dropping the receiver then ends the
@@ -702,6 +722,32 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// The trailer frame that ends a reply.
+fn trailer_frame(trailer: &Trailer) -> BytesMut {
+    let mut frame = BytesMut::new();
+    wire::put_frame(
+        &mut frame,
+        FRAME_TRAILER,
+        &serde_json::to_vec(trailer).unwrap_or_default(),
+    );
+    frame
+}
+
+/// Resolves when the client closes its end (or sends anything more, which a client waiting
+/// for its reply never does).
+async fn hung_up(stream: &UnixStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
 }
 
 /// A checked `netmon top` request: what to count, the filter, the namespace (`None`: all).
@@ -1277,6 +1323,18 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("dumping sockets"), "{e}");
         assert!(!e.may_fall_back());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_notices_its_client_hang_up() {
+        let (agent_end, client_end) = UnixStream::pair().unwrap();
+        // A client that waits for its reply: nothing to notice.
+        let waiting = tokio::time::timeout(Duration::from_millis(100), hung_up(&agent_end)).await;
+        assert!(waiting.is_err(), "a waiting client is not gone");
+        drop(client_end);
+        tokio::time::timeout(Duration::from_secs(5), hung_up(&agent_end))
+            .await
+            .expect("a client that closed its end is gone");
     }
 
     fn shared(limits: Limits) -> Arc<Shared> {
