@@ -749,17 +749,21 @@ fn trailer_frame(trailer: &Trailer) -> BytesMut {
     frame
 }
 
-/// Resolves when the client closes its end (or sends anything more, which a client waiting
-/// for its reply never does).
+/// Resolves when the client has closed its socket (POLLHUP), checked every 200 ms. A client
+/// that only shut down its writing side (EOF on read, POLLRDHUP) still waits for its reply.
 async fn hung_up(stream: &UnixStream) {
-    let mut byte = [0u8; 1];
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
-        if stream.readable().await.is_err() {
+        tick.tick().await;
+        let mut p = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: polls one descriptor we hold, without waiting.
+        let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+        if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             return;
-        }
-        match stream.try_read(&mut byte) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => return,
         }
     }
 }
@@ -1341,9 +1345,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_request_notices_its_client_hang_up() {
-        let (agent_end, client_end) = UnixStream::pair().unwrap();
-        // A client that waits for its reply: nothing to notice.
-        let waiting = tokio::time::timeout(Duration::from_millis(100), hung_up(&agent_end)).await;
+        let (agent_end, mut client_end) = UnixStream::pair().unwrap();
+        // A client that waits for its reply, even one done writing: nothing to notice.
+        client_end.shutdown().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(500), hung_up(&agent_end)).await;
         assert!(waiting.is_err(), "a waiting client is not gone");
         drop(client_end);
         tokio::time::timeout(Duration::from_secs(5), hung_up(&agent_end))
