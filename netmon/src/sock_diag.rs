@@ -260,8 +260,12 @@ fn io_err(call: &'static str) -> impl FnOnce(io::Error) -> DiagError {
 /// ~110 bytes a socket in memory, so ~220 MB at most), so that no namespace can grow the
 /// caller's memory without bound.
 pub const MAX_RECORDS: usize = 2_000_000;
-/// ... or after this long. A dump of 100k sockets takes ~50 ms here.
+/// ... or after this long, plus [`PER_MESSAGE_TIME`] for each message received. A dump of
+/// 100k sockets takes ~50 ms here on a quiet machine; one of 1M took more than 10 s on a
+/// loaded one, still delivering: a dump that progresses is not a hung one.
 pub const MAX_DUMP_TIME: Duration = Duration::from_secs(10);
+/// What each message received adds to [`MAX_DUMP_TIME`]: at [`MAX_RECORDS`], 100 s more.
+pub const PER_MESSAGE_TIME: Duration = Duration::from_micros(50);
 /// A blocked `recv` wakes up this often to look at the deadline.
 const RECV_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -390,7 +394,8 @@ fn next_seq() -> u32 {
 struct Budget {
     messages: usize,
     max_messages: usize,
-    deadline: Instant,
+    started: Instant,
+    max_time: Duration,
 }
 
 impl Budget {
@@ -398,8 +403,15 @@ impl Budget {
         Self {
             messages: 0,
             max_messages,
-            deadline: Instant::now() + max_time,
+            started: Instant::now(),
+            max_time,
         }
+    }
+
+    /// The time allowed so far: the base plus the allowance of the messages received.
+    fn allowed(&self) -> Duration {
+        let per_message = u32::try_from(self.messages).unwrap_or(u32::MAX);
+        self.max_time + PER_MESSAGE_TIME.saturating_mul(per_message)
     }
 
     /// Charges `messages` more; an error once either limit is passed.
@@ -410,9 +422,13 @@ impl Budget {
                 what: format!("more than {} messages", self.max_messages),
             });
         }
-        if now > self.deadline {
+        if now.saturating_duration_since(self.started) > self.allowed() {
             return Err(DiagError::OverLimit {
-                what: format!("not finished after {MAX_DUMP_TIME:?}"),
+                what: format!(
+                    "not finished after {:?} ({} messages)",
+                    self.allowed(),
+                    self.messages
+                ),
             });
         }
         Ok(())
@@ -1056,11 +1072,29 @@ mod tests {
             "sock_diag dump abandoned: more than 10 messages"
         );
         let mut b = Budget::new(10, Duration::from_secs(1));
+        let start = b.started;
         b.charge(0, start + Duration::from_millis(900)).unwrap();
         let err = b.charge(0, start + Duration::from_secs(2)).unwrap_err();
         assert!(
             matches!(err, DiagError::OverLimit { .. }),
             "{err}: over time"
+        );
+    }
+
+    #[test]
+    fn a_dump_that_keeps_delivering_gets_more_time_up_to_a_bound() {
+        let mut b = Budget::new(MAX_RECORDS, Duration::from_secs(10));
+        let start = b.started;
+        // A million sockets on a loaded machine: 12 s, still arriving.
+        b.charge(1_000_000, start + Duration::from_secs(12))
+            .unwrap();
+        let err = b
+            .charge(0, start + Duration::from_secs(61))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "sock_diag dump abandoned: not finished after 60s (1000000 messages)"
         );
     }
 

@@ -38,6 +38,59 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 const DRAIN_BEFORE_RECONCILE: usize = 4;
 /// How often TIME-WAIT entries older than the kernel keeps them are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+/// How often the ring is read while a dump or a merge runs beside (see [`read_ring_while`]):
+/// the default ring holds ~0.8 s of a 10k connections/s churn, a small one much less.
+const READ_POLL: Duration = Duration::from_millis(1);
+/// At most this many drains of held records before a reconcile (each replays
+/// [`REPLAY_BATCH`]).
+const HELD_ROUNDS_BEFORE_RECONCILE: usize = 256;
+/// At most this many bytes of ring records are held (~600k transitions); past it the ring
+/// fills and the kernel counts what it drops, which is reported as a loss.
+const HELD_MAX_BYTES: usize = 64 << 20;
+/// Records replayed from the held ones per drain, after the ring was read into them: more
+/// than arrive meanwhile, so the backlog shrinks, yet short enough to answer queries between.
+const REPLAY_BATCH: usize = 16_384;
+
+/// Ring records read ahead of the pipeline, oldest first: what the ring delivered while a
+/// dump or a merge ran, replayed once the table is free again (length-prefixed, flat).
+#[derive(Debug, Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// Where the oldest record not yet replayed starts.
+    pos: usize,
+}
+
+impl Held {
+    fn push(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(&record[..len as usize]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// Hands out up to `max` of the oldest records; the memory goes once all were handed out.
+    fn take(&mut self, max: usize, mut f: impl FnMut(&[u8])) {
+        for _ in 0..max {
+            let rest = &self.bytes[self.pos..];
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                break;
+            };
+            let len = u32::from_ne_bytes(*len) as usize;
+            f(&tail[..len]);
+            self.pos += 4 + len;
+        }
+        if self.is_empty() {
+            *self = Self::default();
+        }
+    }
+}
 
 /// How to trace.
 #[derive(Clone, Copy, Debug)]
@@ -188,6 +241,28 @@ pub struct Resyncs {
     pub loss: u64,
     pub periodic: u64,
     pub snapshot: u64,
+    /// The longest merge of a dump into the table: the ring is read into memory meanwhile,
+    /// but records reach consumers (and queries an answer) only after it.
+    pub longest_merge_ns: u64,
+}
+
+impl Resyncs {
+    fn merged(&mut self, started: Instant) {
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.longest_merge_ns = self.longest_merge_ns.max(took);
+    }
+}
+
+/// What [`Tracer::seed`] found and where its time went, for the agent's start-up line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seeded {
+    pub namespaces: usize,
+    pub sockets: usize,
+    /// All of it: the /proc scan for owners and the dumps (side by side), then the merges.
+    pub took: Duration,
+    pub scan: Duration,
+    pub dumps: Duration,
+    pub merge: Duration,
 }
 
 impl Pipeline {
@@ -279,6 +354,36 @@ impl Pipeline {
     pub fn duplicates(&self) -> u64 {
         self.table.duplicates
     }
+}
+
+/// Runs `work` (a dump, a merge of one into the table) on a thread of its own while this one
+/// reads the ring into `held`, in order, for the pipeline's next drains: a million sockets
+/// take seconds to dump or merge, and the ring holds a fraction of a second of a busy
+/// machine's events. Past [`HELD_MAX_BYTES`] the ring is left to fill, and the kernel counts
+/// what it drops.
+fn read_ring_while<T: Send>(
+    probe: &mut impl Ring,
+    held: &mut Held,
+    work: impl FnOnce() -> T + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let work = s.spawn(work);
+        while !work.is_finished() {
+            if held.pending_bytes() < HELD_MAX_BYTES && probe.drain(|record| held.push(record)).more
+            {
+                continue;
+            }
+            std::thread::sleep(READ_POLL);
+        }
+        joined(work)
+    })
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
@@ -444,6 +549,7 @@ pub struct Tracer<R: Ring = Probe> {
     probe: R,
     pub pipeline: Pipeline,
     config: TracerConfig,
+    held: Held,
 }
 
 impl Tracer<Probe> {
@@ -473,35 +579,82 @@ impl<R: Ring> Tracer<R> {
             probe: ring,
             pipeline: Pipeline::new(Table::with_capacity(config.closed_capacity)),
             config: *config,
+            held: Held::default(),
         }
     }
 
     /// Sockets that predate us: every namespace's sockets and, from one /proc scan, their
     /// owners, so that their transitions name them. Attached first, so nothing falls between.
     ///
-    /// The ring is not drained here: what it holds goes through the consumer's sink on the
-    /// first drain of [`Tracer::run`], in order, after every namespace and owner is known (a
-    /// dump of a busy machine takes long enough for thousands of transitions, and draining them
-    /// into the table alone would drop them from the consumer's stream). The events from
-    /// before a dump then come after it, and the table converges on the newest state as it
-    /// does for events from during a dump (see `Table::reconcile`).
-    pub fn seed(&mut self) {
-        let owners = procfs::socket_owners();
-        for d in dump_scope(self.config.netns) {
-            match d.dump {
-                Ok(dump) => {
-                    self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
-                    self.pipeline.table.set_owners(&dump, &owners);
+    /// The /proc scan and the dumps run on a thread of their own while this one reads the ring
+    /// into memory (a million sockets take seconds to dump; the ring holds a fraction of a
+    /// second of a busy machine's events). What was read goes through the consumer's sink
+    /// from the first drains of [`Tracer::run`] on, in order, after every namespace and owner
+    /// is known (applying it to the table alone would drop it from the consumer's stream).
+    /// The events from before a dump then come after it, and the table converges on the
+    /// newest state as it does for events from during a dump (see `Table::reconcile`).
+    pub fn seed(&mut self) -> Seeded {
+        let started = Instant::now();
+        let mut seeded = Seeded::default();
+        let scope = self.config.netns;
+        let ((owners, scan), (dumps, dumps_took)) =
+            read_ring_while(&mut self.probe, &mut self.held, || {
+                std::thread::scope(|s| {
+                    // The scan walks every process's fds and the dumps wait on the kernel:
+                    // side by side.
+                    let scan = s.spawn(|| {
+                        let t = Instant::now();
+                        (procfs::socket_owners(), t.elapsed())
+                    });
+                    let t = Instant::now();
+                    let dumps = dump_scope(scope);
+                    (joined(scan), (dumps, t.elapsed()))
+                })
+            });
+        seeded.scan = scan;
+        seeded.dumps = dumps_took;
+        let merging = Instant::now();
+        let table = &mut self.pipeline.table;
+        let (namespaces, sockets) = read_ring_while(&mut self.probe, &mut self.held, move || {
+            let (mut namespaces, mut sockets) = (0, 0);
+            for d in dumps {
+                match d.dump {
+                    Ok(dump) => {
+                        namespaces += 1;
+                        sockets += dump.len();
+                        table.reconcile(d.netns, &dump, d.t0_ns);
+                        table.set_owners(&dump, &owners);
+                    }
+                    Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
                 }
-                Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
             }
-        }
+            (namespaces, sockets)
+        });
+        seeded.namespaces = namespaces;
+        seeded.sockets = sockets;
+        seeded.merge = merging.elapsed();
+        seeded.took = started.elapsed();
+        seeded
     }
 
     /// One batch from the ring; true if more may be waiting.
     fn drain(&mut self, sink: &mut impl Sink) -> io::Result<bool> {
         let mut result = Ok(());
         let pipeline = &mut self.pipeline;
+        if !self.held.is_empty() {
+            // Records held during a dump or a merge come first: newer ones queue up behind
+            // them, and the ring is kept empty meanwhile.
+            let held = &mut self.held;
+            self.probe.drain(|record| held.push(record));
+            held.take(REPLAY_BATCH, |record| {
+                if result.is_ok() {
+                    result = pipeline.record(record, sink);
+                }
+            });
+            result?;
+            self.pipeline.end_batch(sink)?;
+            return Ok(true);
+        }
         let drained = self.probe.drain(|bytes| {
             if result.is_ok() {
                 result = pipeline.record(bytes, sink);
@@ -516,6 +669,14 @@ impl<R: Ring> Tracer<R> {
     /// before this finds every event from before the dump already applied: the dump then
     /// only settles what the ring lost, and never hides an event still waiting in the ring.
     fn drain_for_reconcile(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        // Held records are older than the dump: all of them first (each round also reads the
+        // ring into them, so the bound only stops a backlog that would not shrink).
+        for _ in 0..HELD_ROUNDS_BEFORE_RECONCILE {
+            if self.held.is_empty() {
+                break;
+            }
+            self.drain(sink)?;
+        }
         for _ in 0..DRAIN_BEFORE_RECONCILE {
             if !self.drain(sink)? {
                 break;
@@ -533,10 +694,15 @@ impl<R: Ring> Tracer<R> {
         self.drain_for_reconcile(sink)?;
         match d.dump {
             Ok(dump) => {
-                self.pipeline.table.reconcile(d.netns, &dump, d.t0_ns);
-                if let Some(owners) = owners {
-                    self.pipeline.table.set_owners(&dump, owners);
-                }
+                let started = Instant::now();
+                let table = &mut self.pipeline.table;
+                read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.reconcile(d.netns, &dump, d.t0_ns);
+                    if let Some(owners) = owners {
+                        table.set_owners(&dump, owners);
+                    }
+                });
+                self.pipeline.resyncs.merged(started);
             }
             // `{:#}` walks the sources: the failed step, then the errno.
             Err(e) => eprintln!(
@@ -558,7 +724,12 @@ impl<R: Ring> Tracer<R> {
             } => {
                 self.drain_for_reconcile(sink)?;
                 self.pipeline.resyncs.snapshot += 1;
-                let rows = self.pipeline.table.rows(netns, t0_ns, dump);
+                let started = Instant::now();
+                let table = &mut self.pipeline.table;
+                let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.rows(netns, t0_ns, dump)
+                });
+                self.pipeline.resyncs.merged(started);
                 let _ = reply.send(rows.unwrap_or_default());
             }
             Query::Closed {
@@ -649,7 +820,15 @@ impl Tracer<Probe> {
             tokio::select! {
                 biased;
                 () = &mut stop => {
-                    self.drain(sink)?;
+                    // A stop right after the start (Ctrl-C while seeding) may find records
+                    // still held: they go unshown like the ring's unread ones, since the
+                    // consumer may have stopped reading (a pipe nobody empties would block
+                    // the exit), and newer ones must not be shown without them.
+                    if self.held.is_empty() {
+                        self.drain(sink)?;
+                    } else {
+                        self.held = Held::default();
+                    }
                     self.read_counters(sink)?;
                     // A fire the programs never ran for is confirmed by a second reading
                     // (see `fires::NotRun`).
@@ -988,6 +1167,38 @@ mod tests {
         assert_eq!(closed.len(), 1, "the connection that ended before the dump");
         assert_eq!(closed[0].born_ns, Some(300));
         assert_eq!(closed[0].owner.map(|o| o.task.pid), Some(7));
+    }
+
+    #[test]
+    fn records_held_while_seeding_come_out_in_order_before_newer_ones() {
+        let mut tracer = Tracer::new(FakeRing::default(), &config());
+        for cookie in 1..=3 {
+            tracer.held.push(&of(cookie, cookie * 100, 7, 2));
+        }
+        tracer.probe.0.push_back(of(4, 400, 7, 2));
+        let mut log = Log::default();
+        // The ring's record queues up behind the held ones.
+        assert!(tracer.drain(&mut log).unwrap(), "more may follow");
+        assert!(tracer.held.is_empty());
+        assert!(!tracer.drain(&mut log).unwrap());
+        let order: Vec<u64> = log.transitions.iter().map(|t| t.0).collect();
+        assert_eq!(order, [100, 200, 300, 400]);
+    }
+
+    #[test]
+    fn held_records_are_replayed_a_batch_at_a_time_and_then_freed() {
+        let mut held = Held::default();
+        for n in 0..5u8 {
+            held.push(&[n; 3]);
+        }
+        let mut seen = Vec::new();
+        held.take(2, |r| seen.push(r.to_vec()));
+        assert_eq!(seen, [vec![0; 3], vec![1; 3]]);
+        assert_eq!(held.pending_bytes(), 3 * 7);
+        held.take(10, |r| seen.push(r.to_vec()));
+        assert_eq!(seen.len(), 5);
+        assert!(held.is_empty());
+        assert_eq!(held.bytes.capacity(), 0, "the memory is given back");
     }
 
     #[test]

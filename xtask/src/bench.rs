@@ -17,6 +17,7 @@
 
 mod capture;
 mod load;
+mod scale;
 pub(crate) mod sys;
 
 use std::{
@@ -92,6 +93,24 @@ pub struct BenchArgs {
     /// Skip the snapshot timings and the agent memory (parts 3 and 4).
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Only the scale run (scale.rs): agents on 100k and 1M held sockets, seed, loss under
+    /// churn, snapshot against ss, memory. 1M is skipped if the machine lacks the memory.
+    #[arg(long)]
+    pub scale: bool,
+    /// Socket counts of the scale run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,N,...",
+        default_value = "100000,1000000"
+    )]
+    pub scale_sizes: Vec<u32>,
+    /// Connections a second of the scale run's churn (during the seed and the reconciles).
+    #[arg(long, default_value_t = 10_000.0, value_name = "N")]
+    pub churn_rate: f64,
+    /// Seconds of the scale run's churn.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub churn_secs: f64,
 }
 
 /// The bench's parameters once the defaults and `--quick` are applied.
@@ -179,7 +198,31 @@ pub fn bench(args: &BenchArgs, netmon: &Path, target: &Path) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut details = String::new();
-    if !args.no_storm {
+    if args.scale {
+        if args
+            .scale_sizes
+            .iter()
+            .any(|&s| !(1_000..=2_000_000).contains(&s))
+            || !(1.0..=50_000.0).contains(&args.churn_rate)
+            || !(1.0..=60.0).contains(&args.churn_secs)
+        {
+            bail!(
+                "--scale-sizes must be 1000..=2000000, --churn-rate 1..=50000, --churn-secs \
+                 1..=60"
+            );
+        }
+        let (r, d) = scale::run(
+            &ctx,
+            &scale::Plan {
+                sizes: args.scale_sizes.clone(),
+                churn_rate: args.churn_rate,
+                churn_secs: args.churn_secs,
+                runs: args.runs.unwrap_or(3),
+            },
+        )?;
+        rows.extend(r);
+        details.push_str(&d);
+    } else if !args.no_storm {
         let _stats = args.bpf_stats.then(sys::BpfStats::enable).transpose()?;
         let runs = storm_rates(&ctx, &plan)?;
         rows.extend(storm_rows(&runs, &plan.modes));
@@ -189,7 +232,7 @@ pub fn bench(args: &BenchArgs, netmon: &Path, target: &Path) -> Result<()> {
         rows.extend(capture::rows(&counted));
         details.push_str(&capture::details(&counted));
     }
-    if !args.no_snapshot {
+    if !args.no_snapshot && !args.scale {
         let snap = snapshot_times(&ctx, &plan)?;
         rows.extend(snapshot_rows(&snap));
         details.push_str(&snapshot_details(&snap));
@@ -1332,6 +1375,8 @@ fn count_rows(cmd: &mut Command) -> Result<usize> {
 struct Holder {
     _proc: Proc,
     sockets: u32,
+    /// Its listener's: `dport = :PORT` selects its client sockets.
+    port: u16,
 }
 
 impl Holder {
@@ -1353,13 +1398,17 @@ impl Holder {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .context("a socket holder did not get ready within 60 s")?;
-        let sockets = line
-            .strip_prefix("ready ")
-            .and_then(|n| n.trim().parse().ok())
-            .with_context(|| format!("a socket holder failed (said {line:?})"))?;
+        let mut said = line.strip_prefix("ready ").unwrap_or("").split_whitespace();
+        let (Some(sockets), Some(port)) = (
+            said.next().and_then(|n| n.parse().ok()),
+            said.next().and_then(|n| n.parse().ok()),
+        ) else {
+            bail!("a socket holder failed (said {line:?})");
+        };
         Ok(Self {
             _proc: proc,
             sockets,
+            port,
         })
     }
 }

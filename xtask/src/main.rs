@@ -126,6 +126,9 @@ enum Task {
         v6: bool,
         #[arg(long, default_value_t = 0.0)]
         linger: f64,
+        /// Connections a second in all; 0: as fast as it goes.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// (bench internal) Holds connections open until stdin closes.
     #[command(hide = true)]
@@ -180,7 +183,8 @@ fn run(task: Task) -> Result<()> {
             port,
             v6,
             linger,
-        } => bench::storm(threads, secs, max, port, v6, linger),
+            rate,
+        } => bench::storm(threads, secs, max, port, v6, linger, rate),
         Task::Soak(args) => {
             setup()?;
             let bin = build(true)?;

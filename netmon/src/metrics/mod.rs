@@ -263,6 +263,13 @@ impl Collector for TableCollector {
             ]
             .map(|(reason, n)| (Reason { reason }, n)),
         )?;
+        let merge = encoder.encode_descriptor(
+            "netmon_resync_longest_merge",
+            "The longest merge of a sock_diag dump into the table (the ring is read into memory meanwhile; records reach the table after it)",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(r.longest_merge_ns as f64 / 1e9).encode(merge)?;
         let evicted = encoder.encode_descriptor(
             "netmon_closed_history_evictions",
             "Closed-connection records dropped from the history to respect its capacity",

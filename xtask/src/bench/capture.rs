@@ -134,7 +134,7 @@ fn once(ctx: &Ctx, plan: &Plan, v6: bool) -> Result<Counted> {
 
 /// perf needs tracefs to find the tracepoint: the child mounts one in a mount namespace of
 /// its own, so the machine's mounts stay as they are.
-fn private_tracefs(cmd: &mut std::process::Command) {
+pub(super) fn private_tracefs(cmd: &mut std::process::Command) {
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -166,7 +166,7 @@ fn private_tracefs(cmd: &mut std::process::Command) {
 }
 
 /// The count from `perf stat -x ,` output: `COUNT,,EVENT,...`.
-fn perf_count(text: &str) -> Option<u64> {
+pub(super) fn perf_count(text: &str) -> Option<u64> {
     text.lines()
         .filter(|l| l.contains("sock:inet_sock_set_state"))
         .find_map(|l| l.split(',').next()?.trim().parse().ok())

@@ -51,8 +51,17 @@ fn destination(thread: usize, k: u64, port: u16, v6: bool) -> SocketAddr {
 /// transitions (5 per side, whoever closes first, no RST: nothing is left unread) and each
 /// listener 2 (CLOSE -> LISTEN, LISTEN -> CLOSE). Listeners take ports `port`, `port + 1`, ...
 /// (any free ones if 0) on IPv4 or IPv6; `linger` seconds after the last connection closed,
-/// the storm prints one line of `key=value`.
-pub fn storm(threads: usize, secs: f64, max: u64, port: u16, v6: bool, linger: f64) -> Result<()> {
+/// the storm prints one line of `key=value`. `rate` > 0 paces it to that many connections a
+/// second in all (a churn beside other work); 0 runs it as fast as it goes.
+pub fn storm(
+    threads: usize,
+    secs: f64,
+    max: u64,
+    port: u16,
+    v6: bool,
+    linger: f64,
+    rate: f64,
+) -> Result<()> {
     if threads == 0 || threads > 100 {
         bail!("--threads must be 1..=100");
     }
@@ -65,6 +74,7 @@ pub fn storm(threads: usize, secs: f64, max: u64, port: u16, v6: bool, linger: f
     let per_thread = max.div_ceil(threads as u64);
     let start = Arc::new(Barrier::new(threads + 1));
     let deadline = Duration::from_secs_f64(secs);
+    let per_thread_rate = rate / threads as f64;
     let mut clients = Vec::new();
     let mut acceptors = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -85,6 +95,13 @@ pub fn storm(threads: usize, secs: f64, max: u64, port: u16, v6: bool, linger: f
                         n += 1;
                     }
                     Err(_) => errors += 1,
+                }
+                if per_thread_rate > 0.0 {
+                    // Connection n is due at n / rate: a slow moment is caught up, not lost.
+                    let due = Duration::from_secs_f64(n as f64 / per_thread_rate);
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                 }
             }
             made_by_client.store(n, Ordering::Release);
@@ -161,7 +178,8 @@ fn accept_until(l: TcpListener, made: &AtomicU64) -> Result<u64> {
 }
 
 /// Holds `conns` established loopback connections (both ends, so 2 sockets each) and one
-/// listener, i.e. 2 * conns + 1 sockets and as many fds; prints `ready SOCKETS` and keeps
+/// listener, i.e. 2 * conns + 1 sockets and as many fds; prints `ready SOCKETS PORT` (the
+/// listener's port) and keeps
 /// them until stdin closes. Several of these make up socket counts beyond the 20000-fd limit.
 pub fn hold(conns: u32, id: u8) -> Result<()> {
     if conns > 60_000 || id > 100 {
@@ -180,7 +198,7 @@ pub fn hold(conns: u32, id: u8) -> Result<()> {
         keep.push(s);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready {}", keep.len() + 1)?;
+    writeln!(out, "ready {} {port}", keep.len() + 1)?;
     out.flush()?;
     // Until the bench closes our stdin (or dies, which closes it too).
     let mut line = String::new();
