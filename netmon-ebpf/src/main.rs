@@ -34,6 +34,7 @@
 //!   a few ms), not spread over the storm;
 //! - attaching and detaching another raw tracepoint program on the tracepoint ~10,000 times a
 //!   second (replacing the probe array each time) during storms produced no shortfall.
+//!
 //! Every path of `__bpf_trace_run()` either runs the program (run_cnt) or counts a miss, so
 //! these fires never reached it for any of the three links; the kernel mechanism is not
 //! identified yet. They cannot be recovered here; userspace counts them with its own perf
@@ -195,10 +196,10 @@ fn io(ctx: &BtfTracePointContext, prog: u32) -> Option<()> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The common case, a socket doing I/O in the process already seen, costs one lookup.
     // SAFETY: the value is a plain u32 copied out at once.
-    if unsafe { IO_OWNERS.get(&key) }.copied() == Some(tgid) {
+    if unsafe { IO_OWNERS.get(key) }.copied() == Some(tgid) {
         return None;
     }
-    IO_OWNERS.insert(&key, &tgid, 0).ok()?;
+    IO_OWNERS.insert(key, tgid, 0).ok()?;
     hint(ctx, EventKind::Io, prog)
 }
 
@@ -209,7 +210,8 @@ fn hint(ctx: &BtfTracePointContext, kind: EventKind, prog: u32) -> Option<()> {
     }
     // SAFETY: plain read of a global userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
-    let state = i32::from(load::<u8>(sk, off.skc_state));
+    // SAFETY: `sk` is the tracepoint's socket and `skc_state` a u8 field of it (offsets).
+    let state = i32::from(unsafe { load::<u8>(sk, off.skc_state) });
     // The reset tracepoints also get timewait sockets (`tcp_v4_send_reset()` answering for a
     // TIME-WAIT socket) and could get request sockets: both are only a `sock_common`, and
     // `emit` reads `struct sock` fields past it. Their connection has already reached CLOSE
@@ -232,14 +234,21 @@ fn count(counter: Counter, prog: u32) {
     }
 }
 
-/// Loads a `T` at `sk + off` directly. `sk` must be a BTF-typed pointer (a tracepoint argument,
-/// or a pointer loaded from one) and `off` a field of its struct: the offsets are globals in a
-/// frozen read-only map, which the verifier reads as constants, so it checks each access
-/// against the kernel's BTF and the JIT emits a plain, fault-safe load. About 30x cheaper than
+/// Loads a `T` at `base + off` directly: the offsets are globals in a frozen read-only map,
+/// which the verifier reads as constants, so it checks each access against the kernel's BTF
+/// and the JIT emits a plain, fault-safe load. About 30x cheaper than
 /// `bpf_probe_read_kernel`, which was most of the program's ~600 ns per transition.
+///
+/// # Safety
+///
+/// `base` must be a BTF-typed pointer (a tracepoint argument, or a pointer loaded from one
+/// with this function) and `off` the offset of a field of type `T` in its struct, as
+/// userspace resolved it from the kernel's BTF. The verifier rejects a program that breaks
+/// this rather than run it, but Rust cannot see that: for any other pointer this is a plain
+/// dereference.
 #[inline(always)]
-fn load<T: Copy>(base: *const u8, off: u32) -> T {
-    // SAFETY: see above; the verifier rejects the program rather than allow a bad access.
+unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: the caller's contract above.
     unsafe { read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
 }
 
@@ -267,18 +276,27 @@ fn emit(
     let is_transition = kind as u8 == EventKind::State as u8;
     // SAFETY: plain reads of globals that userspace fills before load.
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
+    // SAFETY: as above.
     let filter = unsafe { read_volatile(&FILTER) };
 
     // Cheapest tests first: the tracepoint also fires for other inet protocols (MPTCP's
     // subflows are TCP, so they pass).
-    if load::<u16>(sk, off.sk_protocol) != u16::from(IPPROTO_TCP) {
+    // SAFETY: `sk` is the tracepoint's socket and `sk_protocol` a u16 field of it (offsets
+    // resolved from BTF, as every field below).
+    if unsafe { load::<u16>(sk, off.sk_protocol) } != u16::from(IPPROTO_TCP) {
         return None;
     }
-    let family = load::<u16>(sk, off.skc_family) as u8;
-    let net: *const u8 = load(sk, off.skc_net);
-    let netns: u32 = load(net, off.net_ns_inum);
+    // SAFETY: `skc_family` and `skc_dport` are u16 fields of `sk`, `skc_net` a pointer field
+    // (a BTF-typed `struct net *`), and `net_ns_inum` a u32 field of that `struct net`.
+    let (family, netns, dport) = unsafe {
+        let net: *const u8 = load(sk, off.skc_net);
+        (
+            load::<u16>(sk, off.skc_family) as u8,
+            load::<u32>(net, off.net_ns_inum),
+            u16::from_be(load::<u16>(sk, off.skc_dport)),
+        )
+    };
     let sport = u16::from_be(read::<u16>(sk, off.inet_sport)?);
-    let dport = u16::from_be(load::<u16>(sk, off.skc_dport));
     let fields = FilterFields {
         states: is_transition.then_some((oldstate as u8, newstate as u8)),
         family,
@@ -305,7 +323,8 @@ fn emit(
     let ev = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `ev` points at a reserved, exclusively owned record of the right size; `sk` is the
-    // tracepoint's BTF-typed socket pointer, which bpf_get_socket_cookie accepts.
+    // tracepoint's BTF-typed socket pointer, and the address fields `load` reads are `u32` words
+    // of its `skc_rcv_saddr`/`skc_daddr` or `skc_v6_rcv_saddr`/`skc_v6_daddr` (offsets).
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();
         (*ev).cookie = cookie;

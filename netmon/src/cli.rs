@@ -20,8 +20,9 @@ use crate::{
     output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
+    sock_diag::{self, Families},
     sockstat::SockStat,
-    source::{self, LiveSource, ProcOwners, Scope, What},
+    source::{self, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
     tracer::TracerConfig,
     watch::{self, Watcher},
 };
@@ -308,6 +309,9 @@ async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {
 
 async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> anyhow::Result<()> {
     args.check().map_err(Rendered)?;
+    if let Some(path) = &args.dump_to {
+        return record_dump(&args, path);
+    }
     // ss takes `state`/`exclude` words from the command line and the expression from the
     // file: the file's words follow the command line's.
     if let Some(path) = &args.filter_file {
@@ -329,6 +333,15 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
             return Ok(());
         }
         args.summary = false;
+    }
+    if let Some(path) = &args.from_dump {
+        let source = replay_source(path)?;
+        let notes = fallback_snapshot(&args, &filter, &services, &source, &mut out)?;
+        out.flush()?;
+        for note in notes {
+            eprintln!("netmon: {note}");
+        }
+        return Ok(());
     }
     let path = agent::socket_path();
     let notes = match agent::request(&path, &args, &mut out).await {
@@ -352,7 +365,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
         Err(e) => {
             let e = anyhow::Error::new(e);
             eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
-            fallback_snapshot(&args, &filter, &services, &mut out)?
+            fallback_snapshot(&args, &filter, &services, &LiveSource, &mut out)?
         }
     };
     out.flush()?;
@@ -390,11 +403,13 @@ fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     notes
 }
 
-/// What ss does: dump the sockets now, with nothing the event stream would add.
+/// What ss does: dump the sockets now (or replay a recorded dump), with nothing the event
+/// stream would add.
 fn fallback_snapshot(
     args: &SnapshotArgs,
     filter: &Filter,
     services: &Services,
+    source: &impl SocketSource,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<String>> {
     let scope = if args.all_netns {
@@ -408,7 +423,7 @@ fn fallback_snapshot(
         ext: args.diag_ext(),
         ..What::default()
     };
-    let mut collected = source::collect(&LiveSource, &scope, &mut owners, what)?;
+    let mut collected = source::collect(source, &scope, &mut owners, what)?;
     let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(Clock::now());
     // The kernel sent marks only if we may see them.
@@ -416,6 +431,47 @@ fn fallback_snapshot(
     let mut notes = snapshot::render(args, filter, services, &data, out)?;
     notes.extend(missing);
     Ok(notes)
+}
+
+/// --dump-to (ss -D): the caller's namespace's sock_diag replies, raw, to a file or stdout.
+fn record_dump(args: &SnapshotArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let families = match (args.ipv4, args.ipv6) {
+        (true, false) => Families::V4,
+        (false, true) => Families::V6,
+        _ => Families::ALL,
+    };
+    let recording = sock_diag::record_tcp(families, sock_diag::SS_STATES, args.diag_ext())
+        .context("dumping this namespace's TCP sockets over sock_diag")?;
+    if path.as_os_str() == "-" {
+        std::io::stdout()
+            .lock()
+            .write_all(&recording)
+            .context("writing the dump to stdout")?;
+    } else {
+        std::fs::write(path, &recording)
+            .with_context(|| format!("writing the dump to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// --from-dump: a recording (`-` is stdin) replayed as the caller's namespace.
+fn replay_source(path: &std::path::Path) -> anyhow::Result<ReplaySource> {
+    let recording = if path.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut v)
+            .context("reading the recorded dump from stdin")?;
+        v
+    } else {
+        std::fs::read(path)
+            .with_context(|| format!("reading the recorded dump {}", path.display()))?
+    };
+    let netns = netns::current_inum().context("reading this process's network namespace")?;
+    ReplaySource::from_recording(netns, &recording).with_context(|| {
+        format!(
+            "replaying {} (it must be written by `netmon snapshot --dump-to` or `ss -D`)",
+            path.display()
+        )
+    })
 }
 
 /// ss -F: the filter's words from a file (`-` is stdin); `#` starts a comment to the end of

@@ -21,9 +21,11 @@ pub enum FiresError {
          (`mount -t tracefs tracefs /sys/kernel/tracing`) or pass --no-fire-count"
     )]
     TracepointId { detail: String },
-    #[error("opening a perf counter on the tracepoint for CPU {cpu}: {source}")]
+    // The io::Error is the `source`: `{:#}` prints it after the message, so the message does
+    // not repeat it.
+    #[error("opening a perf counter on the tracepoint for CPU {cpu}")]
     Open { cpu: u32, source: io::Error },
-    #[error("reading the online CPUs ({path}): {source}")]
+    #[error("reading the online CPUs ({path})")]
     Cpus {
         path: &'static str,
         source: io::Error,
@@ -230,6 +232,39 @@ impl NotRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+        let errors = [
+            FiresError::Open {
+                cpu: 1,
+                source: denied(),
+            },
+            FiresError::Cpus {
+                path: "/sys/devices/system/cpu/online",
+                source: denied(),
+            },
+        ];
+        for e in errors {
+            let text = format!("{:#}", anyhow::Error::new(e));
+            assert_eq!(text.matches(&denied().to_string()).count(), 1, "{text}");
+        }
+        let text = format!(
+            "{:#}",
+            anyhow::Error::new(crate::attach::AttachError::Fires(FiresError::Open {
+                cpu: 0,
+                source: denied(),
+            }))
+        );
+        assert_eq!(
+            text,
+            format!(
+                "opening a perf counter on the tracepoint for CPU 0: {}",
+                denied()
+            )
+        );
+    }
 
     #[test]
     fn cpu_lists_in_the_kernel_format() {

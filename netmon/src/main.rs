@@ -1,3 +1,4 @@
+//! The `netmon` binary: parses the command line, runs it, and maps errors to exit codes.
 // The library uses the dependencies; this thin binary target sees only a few of them.
 #![allow(unused_crate_dependencies)]
 

@@ -106,6 +106,17 @@ pub struct SnapshotArgs {
     /// --closed), most frequent first, like `| sort | uniq -c | sort -rn`.
     #[arg(long, value_name = "BY", value_delimiter = ',', value_enum)]
     pub count: Vec<CountBy>,
+    /// Write the kernel's raw sock_diag replies for this namespace's TCP sockets to FILE (`-`
+    /// for stdout) instead of printing them, as ss -D does; -4, -6, -m and -i choose what is
+    /// recorded. Replay with --from-dump FILE, or `TCPDIAG_FILE=FILE ss -tan`.
+    #[arg(short = 'D', long, visible_alias = "diag", value_name = "FILE",
+          conflicts_with_all = ["filter", "filter_file", "all_netns", "closed", "summary", "count"])]
+    pub dump_to: Option<PathBuf>,
+    /// Show the sockets recorded in FILE (by --dump-to, or by `ss -D`; `-` for stdin) instead
+    /// of the live ones: no agent, no root, the same output for the same recording.
+    #[arg(long, value_name = "FILE",
+          conflicts_with_all = ["net", "all_netns", "closed", "summary", "processes", "dump_to"])]
+    pub from_dump: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Text)]
     pub format: Format,

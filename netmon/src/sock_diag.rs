@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use netmon_common::TcpState;
 
@@ -328,15 +328,66 @@ pub fn dump_tcp(families: Families, states: u32) -> Result<Vec<DiagSock>, DiagEr
 pub fn dump_tcp_ext(families: Families, states: u32, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
     let mut d = Dumper::new()?;
     d.ext = ext;
-    if families == Families::ALL {
-        match d.dump(Dump::Both, states) {
-            // Refused before anything was sent: this kernel lacks the legacy interface.
-            Err(DiagError::Kernel { .. }) if d.out.is_empty() => {}
-            r => return r.map(|()| d.out),
-        }
-    }
-    d.dump_per_family(families, states)?;
+    d.run(families, states)?;
     Ok(d.out)
+}
+
+/// [`dump_tcp_ext`] of the caller's namespace, returning the kernel's reply messages as they
+/// came, without the per-family `NLMSG_DONE`s, and ending with one `NLMSG_DONE`: the format
+/// `ss -D FILE` writes and `TCPDIAG_FILE=FILE ss` reads, which [`parse_recording`] replays.
+pub fn record_tcp(families: Families, states: u32, ext: u8) -> Result<Vec<u8>, DiagError> {
+    let mut d = Dumper::new()?;
+    d.ext = ext;
+    d.record = Some(Vec::new());
+    d.run(families, states)?;
+    let mut recording = d.record.take().unwrap_or_default();
+    const DONE_LEN: usize = NLMSG_HDR_LEN + 4;
+    let mut done = [0u8; DONE_LEN];
+    done[0..4].copy_from_slice(&(DONE_LEN as u32).to_ne_bytes());
+    done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+    done[6..8].copy_from_slice(&NLM_F_MULTIPART.to_ne_bytes());
+    recording.extend_from_slice(&done);
+    Ok(recording)
+}
+
+/// The sockets of a recording ([`record_tcp`], or `ss -D FILE`): every socket message, of
+/// whatever sequence number, up to the end; `ss -D` ends each family's dump with its own
+/// `NLMSG_DONE`, so one ends no replay, but the last message must be one (else the recording
+/// was cut short). A recorded `NLMSG_ERROR` fails the replay as it failed the dump.
+pub fn parse_recording(recording: &[u8]) -> Result<Vec<DiagSock>, DiagError> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    let mut done = false;
+    while off < recording.len() {
+        let rest = &recording[off..];
+        let len = rest
+            .get(..4)
+            .map(|l| u32::from_ne_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .filter(|&l| l >= NLMSG_HDR_LEN && l <= rest.len())
+            .ok_or(DiagError::Malformed {
+                what: "netlink message length out of bounds",
+                offset: off,
+            })?;
+        let end = off + len.next_multiple_of(4).min(rest.len());
+        let at = off;
+        done = parse_datagram(&recording[off..end], Dump::Both, None, &mut out, None).map_err(
+            |e| match e {
+                DiagError::Malformed { what, offset } => DiagError::Malformed {
+                    what,
+                    offset: at + offset,
+                },
+                e => e,
+            },
+        )? == Progress::Done;
+        off = end;
+    }
+    if !done {
+        return Err(DiagError::Malformed {
+            what: "the recording does not end with NLMSG_DONE (cut short?)",
+            offset: off,
+        });
+    }
+    Ok(out)
 }
 
 /// [`dump_tcp`] inside another network namespace, given an open handle on it
@@ -448,6 +499,8 @@ struct Dumper {
     /// `idiag_ext` of the requests.
     ext: u8,
     out: Vec<DiagSock>,
+    /// The socket messages received, as they came ([`record_tcp`]).
+    record: Option<Vec<u8>>,
     budget: Budget,
 }
 
@@ -472,8 +525,22 @@ impl Dumper {
             buf: vec![0u8; RECV_BUF],
             ext: 0,
             out: Vec::new(),
+            record: None,
             budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
         })
+    }
+
+    /// Dumps `families`: both with one legacy dump where the kernel takes it, else one
+    /// dump per family.
+    fn run(&mut self, families: Families, states: u32) -> Result<(), DiagError> {
+        if families == Families::ALL {
+            match self.dump(Dump::Both, states) {
+                // Refused before anything was sent: this kernel lacks the legacy interface.
+                Err(DiagError::Kernel { .. }) if self.out.is_empty() => {}
+                r => return r,
+            }
+        }
+        self.dump_per_family(families, states)
     }
 
     fn dump_per_family(&mut self, families: Families, states: u32) -> Result<(), DiagError> {
@@ -534,7 +601,10 @@ impl Dumper {
                     offset: 0,
                 });
             }
-            if parse_datagram(&self.buf[..len], what, seq, &mut self.out)? == Progress::Done {
+            let record = self.record.as_mut();
+            if parse_datagram(&self.buf[..len], what, Some(seq), &mut self.out, record)?
+                == Progress::Done
+            {
                 return Ok(());
             }
         }
@@ -605,12 +675,14 @@ enum Progress {
 }
 
 /// Parses one received datagram (one or more netlink messages) of the dump `seq`, appending
-/// its sockets to `out`. Messages of other sequence numbers are skipped.
+/// its sockets to `out`, and their messages to `record` if given. Messages of other sequence
+/// numbers are skipped (`None`: a recording's, where any is taken).
 fn parse_datagram(
     dgram: &[u8],
     what: Dump,
-    seq: u32,
+    seq: Option<u32>,
     out: &mut Vec<DiagSock>,
+    mut record: Option<&mut Vec<u8>>,
 ) -> Result<Progress, DiagError> {
     let mut off = 0;
     // Each reply is at least 16 + 72 bytes: reserve for a full datagram at once.
@@ -630,14 +702,19 @@ fn parse_datagram(
         let at = off;
         // NLMSG_ALIGN: messages start on 4-byte boundaries.
         off = ((off + msg_len + 3) & !3).min(dgram.len());
-        if msg_seq != seq {
+        if seq.is_some_and(|seq| msg_seq != seq) {
             continue;
         }
         // NLM_F_DUMP_INTR (tables changed mid-dump) is never set by inet_diag, and a dump is
         // a best-effort snapshot anyway: the flags are not looked at.
         match msg_type {
             SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match DiagSock::from_inet_diag_msg(payload) {
-                Some(s) => out.push(s),
+                Some(s) => {
+                    out.push(s);
+                    if let Some(r) = record.as_deref_mut() {
+                        r.extend_from_slice(&dgram[at..off]);
+                    }
+                }
                 None => {
                     return Err(DiagError::Malformed {
                         what: "short inet_diag_msg or unknown family",
@@ -853,7 +930,7 @@ mod tests {
     #[cfg(target_endian = "little")]
     fn parses_recorded_dumps_like_ss() {
         let mut out = Vec::new();
-        let p = parse_datagram(RECORDED_V4, V4, 1, &mut out).unwrap();
+        let p = parse_datagram(RECORDED_V4, V4, Some(1), &mut out, None).unwrap();
         assert_eq!(p, Progress::Done);
         let got: Vec<_> = out
             .iter()
@@ -887,7 +964,7 @@ mod tests {
         assert_eq!(out[0].timer, None);
 
         out.clear();
-        let p = parse_datagram(RECORDED_V6, V6, 1, &mut out).unwrap();
+        let p = parse_datagram(RECORDED_V6, V6, Some(1), &mut out, None).unwrap();
         assert_eq!(p, Progress::Done);
         let got: Vec<_> = out.iter().map(ss_line).collect();
         assert_eq!(
@@ -958,11 +1035,14 @@ mod tests {
         with_attr.extend_from_slice(&[5, 0, 8, 0, 1]); // an attribute (odd length): ignored
         d.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &with_attr));
         let mut out = Vec::new();
-        assert_eq!(parse_datagram(&d, V6, 5, &mut out).unwrap(), Progress::More);
+        assert_eq!(
+            parse_datagram(&d, V6, Some(5), &mut out, None).unwrap(),
+            Progress::More
+        );
         assert_eq!(out.len(), 2);
         let done = nlmsg(NLMSG_DONE, 2, 5, &0i32.to_ne_bytes());
         assert_eq!(
-            parse_datagram(&done, V6, 5, &mut out).unwrap(),
+            parse_datagram(&done, V6, Some(5), &mut out, None).unwrap(),
             Progress::Done
         );
         assert_eq!(out.len(), 2);
@@ -991,7 +1071,7 @@ mod tests {
         let mut d = retype(RECORDED_V6, false);
         d.extend(retype(RECORDED_V4, true));
         let mut out = Vec::new();
-        let p = parse_datagram(&d, Dump::Both, 1, &mut out).unwrap();
+        let p = parse_datagram(&d, Dump::Both, Some(1), &mut out, None).unwrap();
         assert_eq!(p, Progress::Done);
         assert_eq!(out.len(), 8);
         assert_eq!(out.iter().filter(|s| s.local.is_ipv6()).count(), 2);
@@ -1004,7 +1084,8 @@ mod tests {
         let mut out = Vec::new();
         let mut e = (-libc::EINVAL).to_ne_bytes().to_vec();
         e.extend_from_slice(&request(&mut [0; 76], V4, 1, 0, 5)[..16]);
-        let err = parse_datagram(&nlmsg(NLMSG_ERROR, 0, 5, &e), V4, 5, &mut out).unwrap_err();
+        let err =
+            parse_datagram(&nlmsg(NLMSG_ERROR, 0, 5, &e), V4, Some(5), &mut out, None).unwrap_err();
         assert_eq!(err.errno(), Some(libc::EINVAL));
         assert!(err.to_string() == "sock_diag dump of IPv4 sockets failed");
         // `{:#}` walks the sources: the errno is printed once, after the step that failed.
@@ -1016,12 +1097,12 @@ mod tests {
             )
         );
         let done = nlmsg(NLMSG_DONE, 2, 5, &(-libc::ENOBUFS).to_ne_bytes());
-        let err = parse_datagram(&done, V4, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&done, V4, Some(5), &mut out, None).unwrap_err();
         assert_eq!(err.errno(), Some(libc::ENOBUFS));
         // An ACK (error 0) is not an error.
         let ack = nlmsg(NLMSG_ERROR, 0, 5, &[0; 20]);
         assert_eq!(
-            parse_datagram(&ack, V4, 5, &mut out).unwrap(),
+            parse_datagram(&ack, V4, Some(5), &mut out, None).unwrap(),
             Progress::More
         );
     }
@@ -1031,7 +1112,7 @@ mod tests {
         let mut out = Vec::new();
         let full = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &v6_msg());
         // Cut inside the message: length out of bounds.
-        let err = parse_datagram(&full[..50], V6, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&full[..50], V6, Some(5), &mut out, None).unwrap_err();
         assert!(
             matches!(err, DiagError::Malformed { offset: 0, .. }),
             "{err}"
@@ -1039,19 +1120,91 @@ mod tests {
         // Cut inside the header.
         let mut two = full.clone();
         two.extend_from_slice(&full[..8]);
-        let err = parse_datagram(&two, V6, 5, &mut out).unwrap_err();
+        let err = parse_datagram(&two, V6, Some(5), &mut out, None).unwrap_err();
         assert!(
             matches!(err, DiagError::Malformed { offset: 88, .. }),
             "{err}"
         );
         // A message too short for inet_diag_msg.
         let short = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 5, &v6_msg()[..40]);
-        assert!(parse_datagram(&short, V6, 5, &mut out).is_err());
+        assert!(parse_datagram(&short, V6, Some(5), &mut out, None).is_err());
         // nlmsg_len smaller than the header.
         let mut tiny = full.clone();
         tiny[0..4].copy_from_slice(&8u32.to_ne_bytes());
-        assert!(parse_datagram(&tiny, V6, 5, &mut out).is_err());
+        assert!(parse_datagram(&tiny, V6, Some(5), &mut out, None).is_err());
         assert_eq!(out.len(), 1); // only the first, complete message of `two`
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn recordings_replay_to_end_of_file_across_the_done_of_each_family() {
+        // What `ss -D FILE -tan` writes: the IPv4 dump with its NLMSG_DONE, then the IPv6 one.
+        let mut ss = RECORDED_V4.to_vec();
+        ss.extend_from_slice(RECORDED_V6);
+        let socks = parse_recording(&ss).unwrap();
+        assert_eq!(socks.len(), 8);
+        assert_eq!(socks.iter().filter(|s| s.local.is_ipv6()).count(), 2);
+        // Cut short: no final NLMSG_DONE (the length check names the cut).
+        let cut = ss.len() - 20;
+        let err = parse_recording(&ss[..cut]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "sock_diag reply malformed at byte {cut}: the recording does not end with \
+                 NLMSG_DONE (cut short?)"
+            )
+        );
+        let err = parse_recording(&ss[..ss.len() - 3]).unwrap_err();
+        assert!(
+            matches!(err, DiagError::Malformed { offset, .. } if offset == cut),
+            "{err}"
+        );
+        // Not a recording at all.
+        let err = parse_recording(b"root:x:0:0:root:/root:/bin/bash\n").unwrap_err();
+        assert!(
+            matches!(err, DiagError::Malformed { offset: 0, .. }),
+            "{err}"
+        );
+        assert!(
+            parse_recording(&[]).is_err(),
+            "an empty file is no recording"
+        );
+        // A recorded error fails the replay as it failed the dump.
+        let mut e = (-libc::EPERM).to_ne_bytes().to_vec();
+        e.extend_from_slice(&[0; 16]);
+        let err = parse_recording(&nlmsg(NLMSG_ERROR, 0, 1, &e)).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_recording_of_this_namespace_holds_a_listener_and_ends_with_done() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let recording = record_tcp(Families::ALL, SS_STATES, 0).unwrap();
+        let done = &recording[recording.len() - 20..];
+        assert_eq!(u16::from_ne_bytes([done[4], done[5]]), NLMSG_DONE);
+        let socks = parse_recording(&recording).unwrap();
+        assert!(
+            socks
+                .iter()
+                .any(|s| s.state == TcpState::Listen && s.local.port() == port),
+            "{socks:?}"
+        );
+        // Only socket messages and the one NLMSG_DONE: `TCPDIAG_FILE` replays stop at the first.
+        let mut off = 0;
+        let mut types = Vec::new();
+        while off < recording.len() {
+            let len = u32::from_ne_bytes(recording[off..off + 4].try_into().unwrap()) as usize;
+            types.push(u16::from_ne_bytes([recording[off + 4], recording[off + 5]]));
+            off += len.next_multiple_of(4);
+        }
+        assert_eq!(types.pop(), Some(NLMSG_DONE));
+        assert!(
+            types
+                .iter()
+                .all(|&t| t == TCPDIAG_GETSOCK || t == SOCK_DIAG_BY_FAMILY)
+        );
+        assert_eq!(types.len(), socks.len());
     }
 
     #[test]
@@ -1105,7 +1258,10 @@ mod tests {
         let mut d = nlmsg(SOCK_DIAG_BY_FAMILY, 2, 6, &v6_msg());
         d.extend(nlmsg(NLMSG_DONE, 2, 6, &0i32.to_ne_bytes()));
         let mut out = Vec::new();
-        assert_eq!(parse_datagram(&d, V6, 5, &mut out).unwrap(), Progress::More);
+        assert_eq!(
+            parse_datagram(&d, V6, Some(5), &mut out, None).unwrap(),
+            Progress::More
+        );
         assert!(out.is_empty());
     }
 }

@@ -199,3 +199,45 @@ fn agent_answers_bad_requests_with_an_error_and_stays_up() {
     let out = agent.snapshot(&ns, &["-a"]);
     assert!(out.starts_with("State"), "{out}");
 }
+
+/// `--dump-to` records what the kernel answered; `--from-dump` replays it as `ss` replays the
+/// same file (`TCPDIAG_FILE`) and as `ss` listed the sockets live.
+#[test]
+fn a_recorded_dump_replays_as_ss_replays_it_and_as_ss_listed_it_live() {
+    let ns = TestNetns::new();
+    let _v4 = hold_every_state(&ns, Stack::V4);
+    let _v6 = hold_every_state(&ns, Stack::V6);
+    let _mapped = hold_every_state(&ns, Stack::Mapped);
+    let path = std::env::temp_dir().join(format!("netmon-test-{}.dump", std::process::id()));
+    let file = path.to_str().expect("utf-8 path").to_owned();
+    let live = normalise(&ss_in(&ns, &["-tanH"]), 5);
+    snapshot_without_agent(&ns, &["-mi", "--dump-to", &file]);
+    let replay = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(netmon_tests::netmon_bin());
+        cmd.args(["snapshot", "--from-dump", &file]).args(args);
+        netmon_tests::output_in(&ns, cmd)
+    };
+    assert_eq!(
+        normalise(&replay(&["-tanH"]), 5),
+        live,
+        "replay vs live ss -tan"
+    );
+    // ss pads its lines with blanks; netmon does not, except a lone tab where -m/-i have
+    // nothing to say about a socket.
+    let trimmed = |text: String| -> String {
+        text.lines()
+            .map(|l| format!("{}\n", l.trim_end()))
+            .collect()
+    };
+    for flags in ["-tan", "-tano", "-tanmi"] {
+        let mut ss = std::process::Command::new("ss");
+        ss.arg(flags).env("TCPDIAG_FILE", &file);
+        let ss = trimmed(netmon_tests::output_in(&ns, ss));
+        assert_eq!(
+            trimmed(replay(&[flags])),
+            ss,
+            "netmon --from-dump vs TCPDIAG_FILE ss {flags}"
+        );
+    }
+    std::fs::remove_file(&path).ok();
+}

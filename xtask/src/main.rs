@@ -7,6 +7,7 @@
 //! when everything is there; `run` and `test` call it first.
 
 mod bench;
+mod nonroot;
 mod package;
 mod soak;
 mod vm;
@@ -69,7 +70,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit tests, the root integration
+    /// Set up, then run every check and test: fmt, clippy, unit tests (as root, then as `nobody`
+    /// without bpf-linker), the root integration
     /// tests that load the real eBPF program (they fail, never skip, when they cannot run),
     /// then, without a filter, the kernel matrix of `cargo xtask vm`.
     Test {
@@ -238,7 +240,7 @@ fn is_root() -> bool {
 
 fn setup() -> Result<()> {
     let start = Instant::now();
-    ensure_rust_src()?;
+    ensure_ebpf_toolchain()?;
     ensure_bpf_linker()?;
     ensure_cargo_deb()?;
     ensure_test_tools()?;
@@ -249,7 +251,9 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn ensure_rust_src() -> Result<()> {
+/// The pinned eBPF toolchain with rust-src (for `-Z build-std=core`) and clippy (for the eBPF
+/// crate's lints in `cargo xtask test`).
+fn ensure_ebpf_toolchain() -> Result<()> {
     let sysroot = capture(
         "rustup",
         &["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"],
@@ -289,6 +293,44 @@ fn ensure_rust_src() -> Result<()> {
                 EBPF_TOOLCHAIN,
             ],
         )?;
+    }
+    if !sysroot.join("bin/cargo-clippy").exists() {
+        sh(
+            "rustup",
+            &["component", "add", "clippy", "--toolchain", EBPF_TOOLCHAIN],
+        )?;
+    }
+    Ok(())
+}
+
+/// Clippy on the eBPF crate, for the bpf target it is built for (the workspace run excludes
+/// it: built for the host it fails). A target dir of its own, without debug info (~160 MB).
+fn clippy_ebpf() -> Result<()> {
+    let toolchain = format!("+{EBPF_TOOLCHAIN}");
+    let status = Command::new("cargo")
+        .args([
+            &toolchain,
+            "clippy",
+            "--package",
+            "netmon-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        // `-Z build-std` on a stable toolchain, as netmon/build.rs builds the program.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy"))
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_INCREMENTAL", "0")
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo clippy on netmon-ebpf")?;
+    if !status.success() {
+        bail!("clippy on netmon-ebpf (bpfel-unknown-none) failed ({status})");
     }
     Ok(())
 }
@@ -421,6 +463,7 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     clippy.extend(profile);
     clippy.extend(["--", "-D", "warnings"]);
     sh("cargo", &clippy)?;
+    clippy_ebpf()?;
     let bin = build(release)?;
     // Unit tests first: no kernel, no root needed.
     let mut unit = vec![
@@ -434,6 +477,8 @@ fn test(release: bool, filter: Option<&str>) -> Result<()> {
     ];
     unit.extend(profile);
     sh("cargo", &unit)?;
+    // Again as a newcomer runs them: not root, no bpf-linker.
+    nonroot::unit_tests_as_nobody(&workspace_root(), &target_dir())?;
     // Integration tests one at a time: each loads its own program, and the counters they
     // check are per program.
     let mut integ = vec!["test", "--package", "netmon-tests"];
@@ -526,6 +571,54 @@ fn capture(program: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every Rust file of the workspace opens with a `//!` line saying what it owns.
+    #[test]
+    fn every_module_opens_with_a_doc_line() {
+        fn walk(dir: &Path, missing: &mut Vec<String>, seen: &mut usize) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, missing, seen);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    *seen += 1;
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let first = text.lines().next().unwrap_or_default();
+                    if !first.starts_with("//! ") || first.len() < 20 {
+                        missing.push(format!("{}: {first:?}", path.display()));
+                    }
+                }
+            }
+        }
+        let root = workspace_root();
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        for dir in [
+            "netmon/src",
+            "netmon/build.rs",
+            "netmon-common/src",
+            "netmon-ebpf/src",
+            "xtask/src",
+            "tests/src",
+            "tests/tests",
+        ] {
+            let path = root.join(dir);
+            if path.is_file() {
+                seen += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                if !text.starts_with("//! ") {
+                    missing.push(dir.to_owned());
+                }
+            } else {
+                walk(&path, &mut missing, &mut seen);
+            }
+        }
+        assert!(
+            seen > 50,
+            "only {seen} files found under {}",
+            root.display()
+        );
+        assert!(missing.is_empty(), "no `//!` line first: {missing:#?}");
+    }
 
     #[test]
     fn counts_listed_tests_across_binaries() {
