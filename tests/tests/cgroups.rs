@@ -123,7 +123,7 @@ fn server(cg: &Cgroups, ns: &TestNetns) -> (Child, u16) {
 /// A client that holds its connection until its stdin closes; returns it and its local port.
 fn holding_client(cg: &Cgroups, ns: &TestNetns, port: u16) -> (Child, u16) {
     let mut cmd = Command::new(PEER);
-    cmd.args(["client", &format!("127.0.0.1:{port}"), "hold"])
+    cmd.args(["client", &format!("127.0.0.1:{port}"), "hold-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     let mut child = cg.spawn(ns, &cg.service(), cmd);

@@ -5,7 +5,9 @@
 //! client's bytes unread, so the kernel sends a RST.
 //! `tcp-peer client ADDR MODE`: connects, writes, and for `normal` shuts down and reads to EOF;
 //! `reset` waits for the server's RST; `refused` expects the connect to be refused; `hold`
-//! connects, prints its local port, and closes as `normal` once its stdin reaches EOF.
+//! prints `connected` and keeps the connection open for 60 s at most (the test kills it);
+//! `hold-stdin` connects, prints its local port, and closes as `normal` once its stdin
+//! reaches EOF.
 //! With `TCP_PEER_COMM` set, the process first renames itself to it (`PR_SET_NAME`, any bytes).
 
 use std::{
@@ -61,7 +63,7 @@ fn client(addr: &str, mode: &str) {
             conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
             conn.read_to_end(&mut Vec::new()).expect("read");
         }
-        "hold" => {
+        "hold-stdin" => {
             let mut conn = TcpStream::connect(addr).expect("connect");
             println!("{}", conn.local_addr().expect("addr").port());
             std::io::stdout().flush().expect("flush");
@@ -78,6 +80,12 @@ fn client(addr: &str, mode: &str) {
                 .read_to_end(&mut Vec::new())
                 .expect_err("the server resets");
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+        "hold" => {
+            let _conn = TcpStream::connect(addr).expect("connect");
+            println!("connected");
+            std::io::stdout().flush().expect("flush");
+            std::thread::sleep(Duration::from_secs(60));
         }
         _ => panic!("mode {mode}"),
     }
