@@ -68,6 +68,15 @@ impl Access {
         }
     }
 
+    /// The owner a client may see when the socket's own uid is not known (the tracer's
+    /// table, for `top`): the one whose process runs as the client's uid.
+    pub fn owner_by_task(&self, owner: Option<Owner>) -> Option<Owner> {
+        match self {
+            Self::Admin => owner,
+            Self::User { uid } => owner.filter(|o| o.task.uid == *uid),
+        }
+    }
+
     /// True if the client may see this closed connection: its own (its owner's uid is the
     /// client's); one of unknown owner is nobody's to show.
     pub fn closed(&self, c: &Closed) -> bool {

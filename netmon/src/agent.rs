@@ -4,8 +4,9 @@
 //! Threads: the runtime's thread drains the ring ([`Tracer::run`]) and answers the table
 //! queries of requests between two drains; everything slow about a request (the sock_diag
 //! dump, the filter, rendering) runs on a blocking thread, at most [`Limits::snapshots`] at
-//! once; the rendered frames wait for the client within a global byte budget, so a slow client
-//! holds neither the ring, nor a thread, nor unbounded memory.
+//! once; the rendered frames wait for the client within a byte budget (global and per uid,
+//! [`crate::budget`]), so a slow client holds neither the ring, nor a thread, nor unbounded
+//! memory, nor what other users' replies need.
 //!
 //! Lifecycle of the table: attach first, then seed every namespace from sock_diag, then apply
 //! events. Each snapshot dumps the caller's namespace again and reconciles the table with it,
@@ -33,6 +34,7 @@ use tokio::{
 use crate::{
     access::{self, Access},
     agent_socket,
+    budget::{Budget, Grant},
     clock::Clock,
     export::Export,
     filter::Services,
@@ -72,6 +74,9 @@ pub struct Limits {
     pub snapshots: usize,
     /// Rendered bytes waiting for slow clients, in all.
     pub bytes_in_flight: usize,
+    /// Rendered bytes waiting for the slow clients of one non-root uid: one user's unread
+    /// replies leave the rest of [`Limits::bytes_in_flight`] to the others.
+    pub bytes_in_flight_per_uid: usize,
     /// A reply must be read by its client within this time.
     pub reply_deadline: Duration,
     /// Filter words, in bytes: the work per row is bounded by the filter's size.
@@ -85,6 +90,7 @@ impl Default for Limits {
             clients_per_uid: 64,
             snapshots: 4,
             bytes_in_flight: 256 << 20,
+            bytes_in_flight_per_uid: 64 << 20,
             reply_deadline: Duration::from_secs(30),
             filter_bytes: 4096,
         }
@@ -192,6 +198,18 @@ pub struct AgentArgs {
     /// copy of the program for then go unnoticed (no resync for them).
     #[arg(long)]
     pub no_fire_count: bool,
+    /// Bytes of rendered replies the agent holds for clients that read slowly, in all; a
+    /// reply that would pass it fails with an error (try again) rather than wait.
+    #[arg(long, default_value_t = Limits::default().bytes_in_flight, value_name = "BYTES")]
+    pub max_unread_bytes: usize,
+    /// The same for the clients of one user (root: the total only), so that one user's
+    /// unread replies cannot take what the others need.
+    #[arg(
+        long,
+        default_value_t = Limits::default().bytes_in_flight_per_uid,
+        value_name = "BYTES"
+    )]
+    pub max_unread_bytes_per_user: usize,
     /// Trace only the network namespace of this inode (hidden: tests that count their own
     /// losses on a machine where others make traffic).
     #[arg(long, hide = true, value_name = "INODE")]
@@ -215,8 +233,8 @@ struct Shared {
     admission: Admission,
     /// Snapshots collected and rendered at once.
     snapshots: Arc<tokio::sync::Semaphore>,
-    /// Unsent reply bytes, in KiB.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Unsent reply bytes.
+    in_flight: Arc<Budget>,
     /// The admin group's id, if it exists (else only root is an admin).
     admin_gid: Option<u32>,
 }
@@ -245,6 +263,7 @@ pub async fn run(
         netns: args.only_netns,
     };
     raise_nofile_limit();
+    bound_allocator();
     let clock = Clock::now();
     // Bound before attaching, so that a taken port fails at once.
     let metrics_listener = match args.metrics_listen {
@@ -271,6 +290,12 @@ pub async fn run(
     let mut tracer = Tracer::attach(&config)?;
     for missing in &tracer.support().missing {
         eprintln!("netmon agent: this kernel lacks {missing}");
+    }
+    if let Some(e) = tracer.fire_count_off() {
+        eprintln!(
+            "netmon agent: {} (metric netmon_fire_count_enabled 0)",
+            e.off_warning()
+        );
     }
     let seeded = tracer.seed();
     // The seed's dumps and /proc scan (tens of MB at 100k sockets) are freed: give them back.
@@ -327,7 +352,11 @@ pub async fn run(
         }
         _ => None,
     };
-    let limits = Limits::default();
+    let limits = Limits {
+        bytes_in_flight: args.max_unread_bytes,
+        bytes_in_flight_per_uid: args.max_unread_bytes_per_user,
+        ..Limits::default()
+    };
     let shared = Arc::new(Shared {
         table,
         services: Services::system().unwrap_or_default(),
@@ -335,7 +364,7 @@ pub async fn run(
         limits,
         admission: Admission::default(),
         snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+        in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
         admin_gid: group_id(&args.admin_group),
     });
     let server = tokio::spawn(accept_loop(listener, shared));
@@ -396,6 +425,19 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 
 /// Raises the soft limit on open files to the hard one: each client holds a descriptor, and
 /// the default soft limit (1024) is a fraction of what the limits above allow.
+/// glibc's malloc, tuned for a process that runs for months with bursts of large, short-lived
+/// buffers (a dump and render of 100k+ sockets per snapshot): blocks of 1 MiB and more get
+/// pages of their own, given back to the system when freed (the default threshold rises up to
+/// 32 MiB after the first such free, and what falls below it stays in the heap, fragmented);
+/// and at most 4 arenas, not 8 per core, each of which would keep its own free memory.
+fn bound_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called before the threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -552,15 +594,17 @@ pub fn serve(
 }
 
 /// A frame and the share of the in-flight budget it holds until it is sent.
-type Frame = (Bytes, tokio::sync::OwnedSemaphorePermit);
+type Frame = (Bytes, Grant);
 
 /// Frames what the renderer writes and queues full frames for the connection's writer. The
-/// renderer never waits for the client: a frame takes its bytes from the agent's in-flight
-/// budget, and a reply that finds the budget spent fails instead of holding a thread.
+/// renderer never waits for the client: a frame takes its bytes from the in-flight budget of
+/// the agent and of the client's uid, and a reply that finds it spent fails instead of holding
+/// a thread.
 struct FrameWriter {
     buf: Vec<u8>,
     tx: mpsc::UnboundedSender<Frame>,
-    budget: Arc<tokio::sync::Semaphore>,
+    budget: Arc<Budget>,
+    uid: u32,
 }
 
 impl FrameWriter {
@@ -570,16 +614,10 @@ impl FrameWriter {
         }
         let mut frame = BytesMut::with_capacity(self.buf.len() + 8);
         wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
-        let kib = u32::try_from(frame.len().div_ceil(1024)).unwrap_or(u32::MAX);
         let permit = self
             .budget
-            .clone()
-            .try_acquire_many_owned(kib)
-            .map_err(|_| {
-                std::io::Error::other(
-                    "the agent holds as many unsent replies as it may (slow clients); try again",
-                )
-            })?;
+            .take(self.uid, frame.len())
+            .map_err(std::io::Error::other)?;
         self.buf.clear();
         self.tx
             .send((frame.freeze(), permit))
@@ -626,8 +664,36 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     {
         return;
     }
-    let Ok(slot) = shared.snapshots.clone().acquire_owned().await else {
-        return;
+    // The whole reply, trailer included, must be read within the deadline; the wait for a
+    // snapshot slot counts in it.
+    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
+    // A client that hangs up while it waits gives its turn up at once: otherwise a flood of
+    // expensive requests (`--all-netns` on a host with a million sockets) from clients long
+    // gone queues behind the slots, and each still costs a full dump when its turn comes.
+    let slot = tokio::select! {
+        slot = shared.snapshots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return,
+        },
+        () = hung_up(&stream) => return,
+        () = tokio::time::sleep_until(deadline) => {
+            let busy = Trailer {
+                ok: false,
+                error: Some(format!(
+                    "the agent is busy: {} snapshots were being made all along the {} s this \
+                     one waited for its turn; try again",
+                    shared.limits.snapshots,
+                    shared.limits.reply_deadline.as_secs()
+                )),
+                ..Trailer::default()
+            };
+            let finish = async {
+                stream.write_all(&trailer_frame(&busy)).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, finish).await;
+            return;
+        }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = {
@@ -637,6 +703,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 buf: Vec::with_capacity(CHUNK),
                 tx,
                 budget: shared.in_flight.clone(),
+                uid: peer.uid,
             };
             let mut table = shared.table.clone();
             let result = serve(
@@ -652,8 +719,6 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
             (result, losses)
         })
     };
-    // The whole reply, trailer included, must be read within the deadline.
-    let deadline = tokio::time::Instant::now() + shared.limits.reply_deadline;
     let send = async {
         while let Some((frame, _permit)) = rx.recv().await {
             stream.write_all(&frame).await?;
@@ -675,13 +740,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 losses,
             },
         };
-        let mut frame = BytesMut::new();
-        wire::put_frame(
-            &mut frame,
-            FRAME_TRAILER,
-            &serde_json::to_vec(&trailer).unwrap_or_default(),
-        );
-        stream.write_all(&frame).await?;
+        stream.write_all(&trailer_frame(&trailer)).await?;
         stream.shutdown().await
     };
     // A client too slow for the deadline is dropped; dropping the receiver then ends the
@@ -691,6 +750,36 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// The trailer frame that ends a reply.
+fn trailer_frame(trailer: &Trailer) -> BytesMut {
+    let mut frame = BytesMut::new();
+    wire::put_frame(
+        &mut frame,
+        FRAME_TRAILER,
+        &serde_json::to_vec(trailer).unwrap_or_default(),
+    );
+    frame
+}
+
+/// Resolves when the client has closed its socket (POLLHUP), checked every 200 ms. A client
+/// that only shut down its writing side (EOF on read, POLLRDHUP) still waits for its reply.
+async fn hung_up(stream: &UnixStream) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let mut p = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: polls one descriptor we hold, without waiting.
+        let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+        if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return;
+        }
+    }
 }
 
 /// A checked `netmon top` request: what to count, the filter, the namespace (`None`: all).
@@ -755,8 +844,15 @@ async fn handle_top(
     }
     let table = shared.table.clone();
     let clock = shared.clock;
+    let access = peer.access;
     let answer = tokio::task::spawn_blocking(move || {
-        let model = table.top(prepared.query, prepared.filter, prepared.netns, clock)?;
+        let model = table.top(
+            prepared.query,
+            prepared.filter,
+            prepared.netns,
+            clock,
+            access,
+        )?;
         serde_json::to_vec(&model).map_err(anyhow::Error::from)
     })
     .await
@@ -1261,6 +1357,19 @@ mod tests {
         assert!(!e.may_fall_back());
     }
 
+    #[tokio::test]
+    async fn a_waiting_request_notices_its_client_hang_up() {
+        let (agent_end, mut client_end) = UnixStream::pair().unwrap();
+        // A client that waits for its reply, even one done writing: nothing to notice.
+        client_end.shutdown().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(500), hung_up(&agent_end)).await;
+        assert!(waiting.is_err(), "a waiting client is not gone");
+        drop(client_end);
+        tokio::time::timeout(Duration::from_secs(5), hung_up(&agent_end))
+            .await
+            .expect("a client that closed its end is gone");
+    }
+
     fn shared(limits: Limits) -> Arc<Shared> {
         Arc::new(Shared {
             table: TracerHandle::new().0,
@@ -1269,7 +1378,7 @@ mod tests {
             limits,
             admission: Admission::default(),
             snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.bytes_in_flight >> 10)),
+            in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
             admin_gid: None,
         })
     }
@@ -1311,18 +1420,21 @@ mod tests {
 
     #[test]
     fn a_reply_beyond_the_in_flight_budget_fails_instead_of_waiting() {
-        let budget = Arc::new(tokio::sync::Semaphore::new(100)); // KiB
+        let budget = Budget::new(1 << 20, 100 << 10);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut w = FrameWriter {
             buf: Vec::new(),
             tx,
             budget: budget.clone(),
+            uid: 1000,
         };
         w.write_all(&[b'x'; CHUNK]).unwrap();
         let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();
-        assert!(e.to_string().contains("unsent replies"), "{e}");
+        assert!(e.to_string().contains("replies unread"), "{e}");
+        // Another user is not held back by the first one's unread reply.
+        let _other = budget.take(1001, 100 << 10).unwrap();
         // Sending the first frame gives its budget back.
         drop(rx.try_recv().unwrap());
-        assert_eq!(budget.available_permits(), 100);
+        assert_eq!(budget.held(1000), (100 << 10, 0));
     }
 }

@@ -154,6 +154,8 @@ pub struct Probe {
     /// The independent count of fires, what the first copy had counted when it was opened,
     /// and the check of one against the other.
     fires: Option<(FireCounter, u64, NotRun)>,
+    /// Why fire counting was asked for and is off.
+    fire_count_off: Option<FiresError>,
 }
 
 impl Probe {
@@ -224,20 +226,31 @@ impl Probe {
             support,
             clones: Clones::default(),
             fires: None,
+            fire_count_off: None,
         };
         if config.count_fires {
             // Opened after the programs are attached, so every fire it counts could reach them;
             // the baseline is read before it, so a fire in between counts as run, never as
             // lost.
             let base = probe.read_counters()?.fired;
-            let counter = FireCounter::open()?;
-            probe.fires = Some((counter, base, NotRun::default()));
+            // Without tracefs, and in a sandbox that forbids the private mount (the unit's
+            // RestrictNamespaces and system-call filter), there is no perf id: trace on
+            // without the independent count, and say so (`fire_count_off`).
+            match FireCounter::open() {
+                Ok(counter) => probe.fires = Some((counter, base, NotRun::default())),
+                Err(e) => probe.fire_count_off = Some(e),
+            }
         }
         // Parsing the kernel's BTF (twice: for offsets and for attaching) peaks at tens of MB
         // that are free again now; hand them back so a long-running agent does not keep them.
         // SAFETY: malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
         Ok(probe)
+    }
+
+    /// Why the fire count that was asked for is off (no perf id of the tracepoint).
+    pub fn fire_count_off(&self) -> Option<&FiresError> {
+        self.fire_count_off.as_ref()
     }
 
     /// What this kernel lacks: each missing feature was left out, not fatal.

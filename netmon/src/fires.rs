@@ -32,6 +32,16 @@ pub enum FiresError {
     },
 }
 
+impl FiresError {
+    /// The warning when fire counting was asked for and could not start: tracing goes on.
+    pub fn off_warning(&self) -> String {
+        format!(
+            "WARNING: fire count off: {self}; tracing goes on, but fires of the tracepoint \
+             that no copy of the program ran for cannot be counted"
+        )
+    }
+}
+
 /// One perf counter per online CPU, counting every fire of the tracepoint from the moment it
 /// is opened, whoever runs on that CPU and whatever BPF does.
 pub struct FireCounter {

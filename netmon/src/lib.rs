@@ -12,6 +12,7 @@ pub mod activation;
 pub mod agent;
 pub mod agent_socket;
 pub mod attach;
+pub mod budget;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

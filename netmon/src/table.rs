@@ -275,6 +275,18 @@ pub struct Table {
     batch: Vec<Closed>,
 }
 
+/// Gives back most of a map's memory once it holds less than a quarter of what it has room
+/// for: a hash map never shrinks by itself, so one burst of sockets (another namespace's
+/// 100k connections, a storm's TIME-WAIT) would otherwise stay in a long-running agent's RSS
+/// for good. Room for twice the entries is kept, so that a map that grows again does not
+/// rehash at once, and small maps are left alone.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut FxHashMap<K, V>) {
+    const SMALL: usize = 4096;
+    if map.capacity() > SMALL && map.capacity() / 4 > map.len() {
+        map.shrink_to((map.len() * 2).max(SMALL));
+    }
+}
+
 /// How many closes `recently_closed` remembers: a duplicate follows its original within
 /// microseconds to a millisecond (the copy that took it twice was preempted), i.e. a few
 /// hundred transitions at storm rate.
@@ -607,6 +619,9 @@ impl Table {
     pub fn expire(&mut self, now_ns: u64) {
         self.time_wait
             .retain(|_, s| now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS);
+        shrink(&mut self.live);
+        shrink(&mut self.time_wait);
+        shrink(&mut self.listeners);
     }
 
     /// A live socket (TIME-WAIT sockets are kept apart, see [`Table::ages`]).
@@ -865,6 +880,38 @@ mod tests {
             timer: None,
             attrs: Default::default(),
         }
+    }
+
+    #[test]
+    fn maps_give_memory_back_after_a_burst_of_sockets_is_gone() {
+        let mut table = Table::new();
+        let burst: Vec<DiagSock> = (1..=100_000)
+            .map(|c| diag(c, TcpState::Established))
+            .chain((100_001..=150_000).map(|c| diag(c, TcpState::TimeWait)))
+            .collect();
+        table.reconcile(7, &burst, 1_000);
+        assert_eq!(table.len(), 150_000);
+        let peak = (table.live.capacity(), table.time_wait.capacity());
+        // Gone from the namespace: the next dump finds 10 of them left.
+        table.reconcile(7, &burst[..10], 2_000);
+        table.expire(2_000);
+        assert_eq!(table.len(), 10);
+        assert!(
+            table.live.capacity() <= 8192,
+            "{} of {}",
+            table.live.capacity(),
+            peak.0
+        );
+        assert!(
+            table.time_wait.capacity() <= 8192,
+            "{}",
+            table.time_wait.capacity()
+        );
+        // A map in use keeps its room.
+        table.reconcile(7, &burst[..50_000], 3_000);
+        let cap = table.live.capacity();
+        table.expire(3_000);
+        assert_eq!(table.live.capacity(), cap);
     }
 
     #[test]

@@ -231,6 +231,8 @@ pub struct Pipeline {
     malformed: u64,
     /// Reconciles with a dump, by why: a counted loss, the periodic check, a snapshot request.
     pub resyncs: Resyncs,
+    /// Whether the last counters read had perf's count of fires (else `not_run` cannot grow).
+    pub fire_count: bool,
 }
 
 /// Reconciles of the table with sock_diag dumps, counted per namespace dumped.
@@ -270,6 +272,7 @@ impl Pipeline {
             reported: [0; 4],
             malformed: 0,
             resyncs: Resyncs::default(),
+            fire_count: false,
         }
     }
 
@@ -309,6 +312,7 @@ impl Pipeline {
         sink: &mut impl Sink,
     ) -> io::Result<Vec<Loss>> {
         let mut out = Vec::new();
+        self.fire_count = now.not_run.is_some();
         let totals = [
             (LossKind::RingFull, now.ring_full),
             (
@@ -429,6 +433,8 @@ pub enum Query {
         filter: crate::filter::Filter,
         netns: Option<u32>,
         clock: Clock,
+        /// Whose owners and closed connections the screen may show.
+        access: crate::access::Access,
         reply: oneshot::Sender<crate::top::model::Model>,
     },
 }
@@ -477,12 +483,14 @@ impl TracerHandle {
         filter: crate::filter::Filter,
         netns: Option<u32>,
         clock: Clock,
+        access: crate::access::Access,
     ) -> Result<crate::top::model::Model, TracerStopped> {
         self.ask(|reply| Query::Top {
             query,
             filter,
             netns,
             clock,
+            access,
             reply,
         })
     }
@@ -549,12 +557,19 @@ impl Tracer<Probe> {
     /// next, then [`Tracer::run`].
     pub fn attach(config: &TracerConfig) -> Result<Self, AttachError> {
         let probe = Probe::attach(&config.probe_config())?;
-        Ok(Self::new(probe, config))
+        let mut tracer = Self::new(probe, config);
+        tracer.pipeline.fire_count = config.count_fires && tracer.fire_count_off().is_none();
+        Ok(tracer)
     }
 
     /// What this kernel lacks (optional hooks not attached, counters not read).
     pub fn support(&self) -> &crate::features::Support {
         self.probe.support()
+    }
+
+    /// Why the fire count that was asked for is off, if it is.
+    pub fn fire_count_off(&self) -> Option<&crate::fires::FiresError> {
+        self.probe.fire_count_off()
     }
 }
 
@@ -735,6 +750,7 @@ impl<R: Ring> Tracer<R> {
                 let mut view = crate::metrics::TableView::of(&p.table, Clock::mono_now_ns());
                 view.malformed = p.malformed;
                 view.resyncs = p.resyncs;
+                view.fire_count = p.fire_count;
                 // The totals the loop last read from the kernel (every 250 ms): reading the
                 // counters here would take their deltas from the loop.
                 let l = p.losses();
@@ -746,6 +762,7 @@ impl<R: Ring> Tracer<R> {
                 filter,
                 netns,
                 clock,
+                access,
                 reply,
             } => {
                 self.drain(sink)?;
@@ -760,6 +777,7 @@ impl<R: Ring> Tracer<R> {
                     &query,
                     &filter,
                     netns,
+                    access,
                 );
                 let _ = reply.send(model);
             }

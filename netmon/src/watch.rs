@@ -122,6 +122,9 @@ pub async fn run<W: Write>(
     for missing in &tracer.support().missing {
         eprintln!("netmon: this kernel lacks {missing}");
     }
+    if let Some(e) = tracer.fire_count_off() {
+        eprintln!("netmon: {}", e.off_warning());
+    }
     tracer.seed();
     ready();
     tracer.run(watcher, None, stop).await?;

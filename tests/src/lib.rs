@@ -483,9 +483,27 @@ pub fn spawn_agent(socket: &std::path::Path) -> Child {
 }
 
 fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> Child {
+    spawn_agent_wrapped(&[], socket, args, stderr)
+}
+
+/// The agent run by `wrapper` (a command line that execs its arguments, e.g. `setpriv ...
+/// --`), so that the child's pid is the agent's.
+fn spawn_agent_wrapped(
+    wrapper: &[&str],
+    socket: &std::path::Path,
+    args: &[&str],
+    stderr: Stdio,
+) -> Child {
     require_root();
-    Command::new(netmon_bin())
-        .args(["agent", "--socket"])
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(netmon_bin());
+            c
+        }
+        None => Command::new(netmon_bin()),
+    };
+    cmd.args(["agent", "--socket"])
         .arg(socket)
         .args(args)
         .stderr(stderr)
@@ -554,8 +572,14 @@ impl AgentProcess {
     /// An agent with more arguments (e.g. `--metrics-listen 0`) whose stderr lines the test
     /// reads with [`AgentProcess::stderr_line`].
     pub fn start_reading_stderr(args: &[&str]) -> Self {
+        Self::start_wrapped_reading_stderr(&[], args)
+    }
+
+    /// [`AgentProcess::start_reading_stderr`], the agent run by `wrapper` (a command line
+    /// that execs its arguments).
+    pub fn start_wrapped_reading_stderr(wrapper: &[&str], args: &[&str]) -> Self {
         let socket = agent_socket_path();
-        let mut child = spawn_agent_with(&socket, args, Stdio::piped());
+        let mut child = spawn_agent_wrapped(wrapper, &socket, args, Stdio::piped());
         let err = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -224,6 +224,11 @@ fn ctrl_c_while_starting_exits_cleanly() {
         ("watch", spawn_watch(&["--format", "json"])),
         ("agent", spawn_agent(&socket)),
     ] {
+        // Drained, so that other traffic on the machine (watch shows every namespace) never
+        // fills the pipe and blocks watch in a write, where it cannot see the signal.
+        if let Some(mut out) = child.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
         let pid = child.id();
         // Read what it prints: a reader that stops reading is another test's case.
         let _out = child.stdout.take().map(lines);

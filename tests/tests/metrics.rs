@@ -234,6 +234,11 @@ fn prometheus_scrapes_the_agent_and_counts_equal_the_connections_made() {
         .value(r#"sum(netmon_tcp_sockets{state="listen"})"#)
         .expect("listening sockets");
     assert!(listen >= 1.0, "the agent sees listeners: {listen}");
+    assert_eq!(
+        prometheus.value("netmon_fire_count_enabled"),
+        Some(1.0),
+        "perf counts the tracepoint's fires"
+    );
 
     // promtool lints the text format (it has no parser for OpenMetrics' info type).
     let (status, text) = http_get(&target, "/metrics", "text/plain");
@@ -482,4 +487,71 @@ fn otlp_with_the_receiver_down_keeps_serving_and_counts_drops() {
     // Snapshots still work.
     let out = agent.snapshot(&ns, &["-tanH"]);
     assert!(out.contains("TIME-WAIT"), "{out}");
+}
+
+/// Where tracefs is not mounted and the agent may not mount it (the unit's sandbox forbids
+/// mount namespaces and mount(2); here: no CAP_SYS_ADMIN, tracefs and debugfs unmounted in a
+/// mount namespace of the test's), the agent still traces, with the fire count off, and says
+/// so on stderr and in its metrics.
+#[test]
+fn without_tracefs_the_agent_runs_with_the_fire_count_off_and_says_so() {
+    let ns = TestNetns::new();
+    // Unmounted (lazily, maybe several stacked mounts) in the new mount namespace only.
+    let script = "for i in 1 2 3 4; do umount -l /sys/kernel/tracing 2>/dev/null; \
+                  umount -l /sys/kernel/debug 2>/dev/null; done; \
+                  test ! -e /sys/kernel/tracing/events || exit 3; exec \"$@\"";
+    let agent = AgentProcess::start_wrapped_reading_stderr(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            "setpriv",
+            "--bounding-set",
+            "-sys_admin",
+            "--",
+        ],
+        &[
+            "--metrics-listen",
+            "0",
+            "--metrics-peer",
+            "mine=127.13.39.0/24",
+        ],
+    );
+    let warning = agent.stderr_line("fire count off");
+    assert!(
+        warning.contains("WARNING") && warning.contains("tracing goes on"),
+        "{warning}"
+    );
+    let target = metrics_addr(&agent);
+    let (clients, _) = connections(&ns, "127.13.39.1", 3);
+    let gauge = |body: &str, name: &str| -> Option<f64> {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let series = r#"netmon_tcp_peer_connections_opened_total{peer="mine",direction="outbound"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(&target, "/metrics", "text/plain");
+        assert_eq!(status, 200);
+        assert_eq!(
+            gauge(&body, "netmon_fire_count_enabled"),
+            Some(0.0),
+            "{body}"
+        );
+        if gauge(&body, series) == Some(clients.len() as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connections were not counted: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -24,20 +24,25 @@ fn gid(name: &str) -> u32 {
     unsafe { (*g).gr_gid }
 }
 
-/// Who runs the client: root, or `nobody` with the given supplementary groups.
+/// Who runs the client: root, `nobody` or another uid, with the given supplementary groups.
 #[derive(Clone)]
 enum As {
     Root,
     Nobody(Vec<u32>),
+    Uid(u32, Vec<u32>),
 }
 
 fn command(who: &As, program: &str) -> Command {
     match who {
         As::Root => Command::new(program),
-        As::Nobody(groups) => {
+        As::Nobody(groups) | As::Uid(_, groups) => {
             let mut c = Command::new("setpriv");
             let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
-            c.args(["--reuid", NOBODY, "--regid", NOBODY]);
+            let uid = match who {
+                As::Uid(uid, _) => uid.to_string(),
+                _ => NOBODY.to_string(),
+            };
+            c.args(["--reuid", &uid, "--regid", &uid]);
             if groups.is_empty() {
                 c.arg("--clear-groups");
             } else {
@@ -96,7 +101,8 @@ fn server(ns: &TestNetns, who: As) -> (Child, u16) {
     (child, line.trim().parse().unwrap())
 }
 
-fn client(ns: &TestNetns, who: As, port: u16) {
+/// A `tcp-peer client` connection to `port` and back; the client's pid.
+fn client(ns: &TestNetns, who: As, port: u16) -> u32 {
     let mut c = ns.run(move || {
         command(&who, PEER)
             .args(["client", &format!("127.0.0.1:{port}"), "normal"])
@@ -104,6 +110,7 @@ fn client(ns: &TestNetns, who: As, port: u16) {
             .expect("spawn tcp-peer client")
     });
     assert!(wait_with_timeout(&mut c, Duration::from_secs(10)).success());
+    c.id()
 }
 
 /// Owners by local port of the listeners a client sees.
@@ -247,4 +254,157 @@ fn a_member_cannot_see_another_namespace_by_passing_its_fd() {
         "{reply} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `netmon top` by a member of the group: the owners (comm[pid]) of its own connections; the
+/// other users' live connections without owners, and none of their closed ones, as in a
+/// snapshot. Root sees them all.
+#[test]
+fn top_shows_a_member_its_own_owners_only() {
+    let users = gid("users");
+    let ns = TestNetns::new();
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &["--group", "users", "--admin-group", "staff"],
+    );
+    let member = As::Nobody(vec![users]);
+    let (mut root_srv, root_port) = server(&ns, As::Root);
+    let (mut user_srv, user_port) = server(&ns, As::Nobody(vec![]));
+    let root_client = client(&ns, As::Root, root_port);
+    let user_client = client(&ns, member.clone(), user_port);
+    assert!(wait_with_timeout(&mut root_srv, Duration::from_secs(10)).success());
+    assert!(wait_with_timeout(&mut user_srv, Duration::from_secs(10)).success());
+    // Still open while the screens are taken: a live connection of root's, one of nobody's.
+    let (root_live, root_live_port) = server(&ns, As::Root);
+    let _root_live = Killed(root_live);
+    let root_holder = Killed(hold(&ns, As::Root, root_live_port));
+
+    let screen = |who: &As| {
+        let mut cmd = command(who, netmon_bin().to_str().unwrap());
+        cmd.args(["top", "--once", "--total", "--size", "200x60"])
+            .env("NETMON_AGENT_SOCKET", &agent.socket);
+        let out = ns.run(move || cmd.output().expect("run netmon top --once"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mine = |pid: u32| format!("tcp-peer[{pid}]");
+    let seen = screen(&member);
+    assert!(seen.contains(&mine(user_client)), "{seen}");
+    assert!(seen.contains(&mine(user_srv.id())), "{seen}");
+    for hidden in [root_client, root_srv.id(), root_holder.0.id()] {
+        assert!(
+            !seen.contains(&format!("[{hidden}]")),
+            "pid {hidden}:\n{seen}"
+        );
+    }
+    // Root's live connection is counted, under no owner.
+    assert!(
+        seen.lines().any(|l| l.trim_start().starts_with('?')),
+        "{seen}"
+    );
+
+    let all = screen(&As::Root);
+    for pid in [root_client, root_srv.id(), user_client, root_holder.0.id()] {
+        assert!(all.contains(&mine(pid)), "pid {pid}:\n{all}");
+    }
+}
+
+/// A `tcp-peer client` of `who` that connects to `port` and holds the connection.
+fn hold(ns: &TestNetns, who: As, port: u16) -> Child {
+    let mut c = ns.run(move || {
+        command(&who, PEER)
+            .args(["client", &format!("127.0.0.1:{port}"), "hold"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-peer client hold")
+    });
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    c
+}
+
+/// One user's replies left unread (`netmon snapshot` piped into nobody) fill that user's share
+/// of the agent's unread-bytes budget, not the whole of it: its next reply fails with a
+/// one-line error naming the limit, while another user's is served in full.
+#[test]
+fn one_users_unread_replies_leave_another_user_its_share() {
+    let users = gid("users");
+    let ns = TestNetns::new();
+    raise_nofile();
+    // ~3,000 listeners: a JSON reply of about 1 MB.
+    let _listeners = ns.run(|| {
+        (0..3000)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener"))
+            .collect::<Vec<_>>()
+    });
+    const MIB: usize = 1 << 20;
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &[
+            "--group",
+            "users",
+            "--admin-group",
+            "staff",
+            "--max-unread-bytes",
+            &(6 * MIB).to_string(),
+            "--max-unread-bytes-per-user",
+            &(3 * MIB).to_string(),
+        ],
+    );
+    let (a, b) = (As::Nobody(vec![users]), As::Uid(1, vec![users]));
+    let args = ["-tln", "-f", "json"];
+    let reply = snapshot(&agent, &ns, &b, &args);
+    let size = ok_json(reply).len();
+    assert!(size >= 3000, "{size} rows");
+
+    // A's clients that never read: each holds what the agent rendered beyond the socket's
+    // buffers. Eight of them would hold far more than the 6 MiB of the whole agent.
+    let mut stuck = Vec::new();
+    let mut refused = None;
+    for _ in 0..8 {
+        let mut cmd = command(&a, netmon_bin().to_str().unwrap());
+        cmd.arg("snapshot")
+            .args(args)
+            .env("NETMON_AGENT_SOCKET", &agent.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        stuck.push(Killed(
+            ns.run(move || cmd.spawn().expect("spawn a stuck snapshot")),
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        let out = snapshot(&agent, &ns, &a, &args);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let refused = refused.expect("user A was never refused: its unread replies are unbounded");
+    assert!(
+        refused.contains(&format!("uid {NOBODY} has")) && refused.contains("try again"),
+        "{refused}"
+    );
+    // B is served in full while A's replies are stuck.
+    let rows = ok_json(snapshot(&agent, &ns, &b, &args));
+    assert_eq!(rows.len(), size);
+    drop(stuck);
+}
+
+/// Raises this process's soft limit of open files to its hard limit.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
 }

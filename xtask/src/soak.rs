@@ -62,6 +62,9 @@ struct Sample {
     snapshots: usize,
     snapshot_p99_ms: f64,
     snapshot_failures: u64,
+    /// The agent's table (its metrics): live, TIME-WAIT and closed-history entries of every
+    /// namespace, the soak's and everyone else's: what the agent's RSS has to hold.
+    table: [u64; 3],
 }
 
 /// What the reader of `watch`'s output counted.
@@ -92,10 +95,16 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     let secs = args.minutes * 60.0;
 
     let socket = dir.join("agent.sock");
+    let metrics = {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
     let mut agent = Proc::spawn(
         Command::new(netmon)
             .args(["agent", "--socket"])
             .arg(&socket)
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
             .stderr(std::fs::File::create(dir.join("agent.err"))?),
         "netmon agent",
     )?;
@@ -201,6 +210,7 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
             snapshots: lat.len(),
             snapshot_p99_ms: p99(&lat),
             snapshot_failures: failures.swap(0, Ordering::Relaxed),
+            table: table_entries(metrics),
         };
         println!("{}", row(&s));
         samples.push(s);
@@ -249,10 +259,13 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
 
 fn header() -> String {
     format!(
-        "{:>6} {:>10} {:>6} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
+        "{:>6} {:>10} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
         "min",
         "agent_MB",
         "fds",
+        "live",
+        "tw",
+        "closed",
         "watch_MB",
         "fds",
         "conns",
@@ -266,10 +279,13 @@ fn header() -> String {
 
 fn row(s: &Sample) -> String {
     format!(
-        "{:>6.1} {:>10.1} {:>6} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
+        "{:>6.1} {:>10.1} {:>6} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
         s.at_s / 60.0,
         s.agent_rss_kib as f64 / 1024.0,
         s.agent_fds,
+        s.table[0],
+        s.table[1],
+        s.table[2],
         s.watch_rss_kib as f64 / 1024.0,
         s.watch_fds,
         s.connections,
@@ -333,6 +349,31 @@ fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
         ));
     }
     out
+}
+
+/// The agent's `netmon_table_entries` (live, time_wait, closed_history) from its metrics;
+/// zeros if the scrape fails (the row then shows it).
+fn table_entries(addr: SocketAddr) -> [u64; 3] {
+    let scrape = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    let Ok(body) = scrape() else {
+        return [0; 3];
+    };
+    ["live", "time_wait", "closed_history"].map(|kind| {
+        let series = format!("netmon_table_entries{{kind=\"{kind}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 fn spread(xs: &[u64]) -> Option<(u64, u64)> {

@@ -158,6 +158,8 @@ pub struct TableView {
     /// Ring records that did not decode.
     pub malformed: u64,
     pub resyncs: Resyncs,
+    /// Whether perf counts the tracepoint's fires (`not_run` losses can be seen).
+    pub fire_count: bool,
 }
 
 impl TableView {
@@ -282,6 +284,13 @@ impl Collector for TableCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(view.duplicates).encode(duplicates)?;
+        let fire_count = encoder.encode_descriptor(
+            "netmon_fire_count_enabled",
+            "1 if perf counts the tracepoint's fires, so that fires no copy of the program ran for are counted (lost_events not_run); 0 if off (--no-fire-count, or tracefs could not be read or mounted: see the agent's stderr)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(view.fire_count)).encode(fire_count)?;
         counter_family(
             &mut encoder,
             "netmon_lost_events",

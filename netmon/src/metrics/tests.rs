@@ -120,6 +120,8 @@ fn connections_are_counted_by_direction_family_and_end() {
         1.0
     );
     assert_eq!(v("netmon_duplicate_transitions_total"), 1.0);
+    // This fixture has no perf counter: the count is off, and says so.
+    assert_eq!(v("netmon_fire_count_enabled"), 0.0);
     assert_eq!(v(r#"netmon_events_total{kind="transition"}"#), 7.0);
     assert_eq!(v(r#"netmon_events_total{kind="hint"}"#), 1.0);
     // Sub-millisecond lifespans land in buckets of their own.

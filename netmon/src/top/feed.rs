@@ -14,6 +14,7 @@ use bytes::BytesMut;
 
 use super::model::{self, Input, Losses, Model, Query};
 use crate::{
+    access::Access,
     clock::Clock,
     filter::{Filter, Services, StateSet},
     netns,
@@ -26,7 +27,8 @@ use crate::{
 const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The numbers for `query` from a table, as the agent's tracer and our own both hold it;
-/// `netns`: only that namespace (else every one).
+/// `netns`: only that namespace (else every one); `access`: what the asker may see of other
+/// users (the snapshot's rules, [`Access`]).
 pub fn from_table(
     table: &Table,
     losses: LossTotals,
@@ -34,6 +36,7 @@ pub fn from_table(
     query: &Query,
     filter: &Filter,
     netns: Option<u32>,
+    access: Access,
 ) -> Model {
     let in_scope = |ns: u32| netns.is_none_or(|n| n == ns);
     let input = Input {
@@ -51,6 +54,7 @@ pub fn from_table(
             evicted: table.evicted,
         },
         netns,
+        access,
     };
     model::compute(query, filter, input)
 }
@@ -218,7 +222,10 @@ impl Local {
     fn fetch(&mut self, query: &Query, services: &Services) -> anyhow::Result<Model> {
         let filter = parse_filter(query, services).map_err(anyhow::Error::msg)?;
         let netns = (!query.all_netns).then_some(self.netns);
-        Ok(self.handle.top(query.clone(), filter, netns, self.clock)?)
+        // Tracing here needs root: whoever runs it may see everything.
+        Ok(self
+            .handle
+            .top(query.clone(), filter, netns, self.clock, Access::Admin)?)
     }
 }
 

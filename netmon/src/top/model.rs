@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    access::Access,
     clock::{Clock, time_of_day},
     filter::{Filter, FilterInput},
     output::state_name,
@@ -282,6 +283,9 @@ where
     pub losses: Losses,
     /// `Some(inode)` when the scope is one namespace.
     pub netns: Option<u32>,
+    /// Whom the numbers are for: a non-admin sees other users' connections without their
+    /// owners and none of their closed ones, as in a snapshot.
+    pub access: Access,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -379,6 +383,10 @@ where
             continue;
         }
         oldest_seen = Some(c.closed_ns);
+        // Before the filter: a `pid`/`comm` filter must not probe what is hidden.
+        if !input.access.closed(c) {
+            continue;
+        }
         let owner = c.owner.as_ref();
         let matched = filter.matches_socket(&FilterInput {
             state: TcpState::Close,
@@ -416,7 +424,8 @@ where
     let mut states = [0u64; 14];
     let (mut close_wait, mut close_wait_oldest) = (0, None::<u64>);
     for s in input.live {
-        let owner = s.owner.as_ref();
+        let owner = input.access.owner_by_task(s.owner);
+        let owner = owner.as_ref();
         let matched = filter.matches(&FilterInput {
             state: s.state,
             local: s.local,
@@ -767,6 +776,7 @@ pub(crate) mod tests {
                 time_wait: self.table.time_wait_count(|_| true) as u64,
                 losses: Losses::default(),
                 netns: Some(NETNS),
+                access: Access::Admin,
             }
         }
     }
@@ -1027,6 +1037,37 @@ pub(crate) mod tests {
         assert_eq!(percentile(&mut v, 99), Some(99));
         assert_eq!(percentile(&mut [7], 99), Some(7));
         assert_eq!(percentile(&mut [], 50), None);
+    }
+
+    #[test]
+    fn a_user_sees_other_users_connections_without_owners_and_none_of_their_history() {
+        // Every client of the script runs as uid 1000.
+        let s = busy();
+        let now = 11_000 * MS;
+        let q = Query {
+            since_ns: Some(0),
+            ..query()
+        };
+        let as_user = |uid, words| {
+            let mut input = s.input(now);
+            input.access = Access::User { uid };
+            compute(&q, &filter(words), input)
+        };
+        let admin = compute(&q, &filter(""), s.input(now));
+        assert_eq!(as_user(1000, "").groups, admin.groups);
+        assert_eq!(as_user(1000, "").recent.len(), admin.recent.len());
+
+        let other = as_user(2000, "");
+        assert!(other.recent.is_empty(), "{:?}", other.recent);
+        assert_eq!((other.totals.refused, other.totals.timeout), (0, 0));
+        // The live ones (python3 ESTAB, java CLOSE-WAIT) are counted, under no owner.
+        let keys: Vec<&str> = other.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys, ["?"]);
+        assert_eq!(other.groups[0].live, 2);
+        assert_eq!(other.close_wait, 1);
+        // A filter on what is hidden finds nothing, rather than probing it.
+        assert!(as_user(2000, "comm python3").groups.is_empty());
+        assert!(!as_user(1000, "comm python3").groups.is_empty());
     }
 
     #[test]

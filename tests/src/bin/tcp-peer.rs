@@ -4,7 +4,8 @@
 //! connection and exits. MODE `normal` reads to EOF then closes; `reset` closes with the
 //! client's bytes unread, so the kernel sends a RST.
 //! `tcp-peer client ADDR MODE`: connects, writes, and for `normal` shuts down and reads to EOF;
-//! `reset` waits for the server's RST; `refused` expects the connect to be refused.
+//! `reset` waits for the server's RST; `refused` expects the connect to be refused; `hold`
+//! prints `connected` and keeps the connection open for 60 s at most (the test kills it).
 //! With `TCP_PEER_COMM` set, the process first renames itself to it (`PR_SET_NAME`, any bytes).
 
 use std::{
@@ -67,6 +68,12 @@ fn client(addr: &str, mode: &str) {
                 .read_to_end(&mut Vec::new())
                 .expect_err("the server resets");
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+        "hold" => {
+            let _conn = TcpStream::connect(addr).expect("connect");
+            println!("connected");
+            std::io::stdout().flush().expect("flush");
+            std::thread::sleep(Duration::from_secs(60));
         }
         _ => panic!("mode {mode}"),
     }
