@@ -504,22 +504,9 @@ fn filter_words_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM. It registers for both at once, so that a signal
-/// that arrives during the slow start (attach, the first dump of every namespace) stops netmon
-/// cleanly when its loop first turns instead of killing it mid-way. Call it inside the runtime.
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; see [`crate::stop`].
 fn stop_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let int = signal(SignalKind::interrupt());
-    let term = signal(SignalKind::terminate());
-    async move {
-        let (Ok(mut int), Ok(mut term)) = (int, term) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    }
+    crate::stop::signal()
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub mod snapshot;
 pub mod sock_diag;
 pub mod sockstat;
 pub mod source;
+pub mod stop;
 pub mod table;
 pub mod top;
 pub mod tracer;

@@ -230,10 +230,8 @@ fn ctrl_c_while_starting_exits_cleanly() {
             std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         }
         let pid = child.id();
-        // Read what watch prints (every namespace's transitions, as JSON): a pipe nobody
-        // reads fills within ~100 transitions of other work on the machine, and a watch
-        // blocked writing to it cannot turn its loop to see the signal.
-        let drained = child.stdout.take().map(lines);
+        // Read what it prints: a reader that stops reading is another test's case.
+        let _out = child.stdout.take().map(lines);
         let deadline = Instant::now() + Duration::from_secs(30);
         while bpf_links(pid) == 0 {
             assert!(
@@ -256,6 +254,49 @@ fn ctrl_c_while_starting_exits_cleanly() {
             "{what}: Ctrl-C while starting gave {status}: {err}"
         );
         assert!(!err.contains("panicked"), "{what}: {err}");
-        drop(drained);
     }
+}
+
+/// Ctrl-C ends `watch` even when its loop is stuck in a write nobody reads (`netmon watch |
+/// less`, scrolled back, then Ctrl-C): the signal is caught, so only the stop watchdog can end
+/// it, with 128 + SIGINT after its grace (netmon/src/stop.rs).
+#[test]
+fn ctrl_c_ends_watch_whose_reader_stopped_reading() {
+    let ns = TestNetns::new();
+    let only_ours = format!("netns = {}", ns.inum);
+    let mut child = spawn_watch(&[&only_ours]);
+    // Held open, never read.
+    let _stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bpf_links(pid) < 2 || !catches_sigint(pid) {
+        assert!(Instant::now() < deadline, "watch did not attach in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 3,000 connections print ~3 MB: far past the pipe and the writer's buffer.
+    connect_and_close_many(&ns, 3000);
+    let wchan =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wchan(pid).contains("pipe_write") {
+        assert!(
+            Instant::now() < deadline,
+            "watch never blocked writing to its unread pipe (wchan {})",
+            wchan(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Instant::now();
+    interrupt(&child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(40));
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGINT),
+        "after its grace the watchdog ends it as a shell reports a death by SIGINT"
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(9),
+        "the loop gets its grace first ({:?})",
+        stopped.elapsed()
+    );
 }
