@@ -114,6 +114,20 @@ impl<O: GroupLabels, C: GroupLabels> Grouped<O, C> {
         }
     }
 
+    /// Registers the two families as `netmon_tcp_{stem}_connections_opened` and `_closed`.
+    fn register(&self, r: &mut Registry, stem: &str, opened_help: &str, closed_help: &str) {
+        r.register(
+            format!("netmon_tcp_{stem}_connections_opened"),
+            opened_help,
+            self.opened_family.clone(),
+        );
+        r.register(
+            format!("netmon_tcp_{stem}_connections_closed"),
+            closed_help,
+            self.closed_family.clone(),
+        );
+    }
+
     fn opened(&mut self, slot: usize, d: Direction) {
         let Self {
             opened,
@@ -483,15 +497,11 @@ impl Metrics {
                 |peer, end_reason| PeerEnd { peer, end_reason },
             );
             g.names = config.peers.iter().map(|p| p.name.clone()).collect();
-            r.register(
-                "netmon_tcp_peer_connections_opened",
+            g.register(
+                &mut r,
+                "peer",
                 "Connections begun, by named peer group (--metrics-peer; `other`: no group)",
-                g.opened_family.clone(),
-            );
-            r.register(
-                "netmon_tcp_peer_connections_closed",
                 "Connections ended, by named peer group (--metrics-peer; `other`: no group)",
-                g.closed_family.clone(),
             );
             (config.peers.clone(), g)
         });
@@ -503,15 +513,11 @@ impl Metrics {
                 |comm, direction| CommDirection { comm, direction },
                 |comm, end_reason| CommEnd { comm, end_reason },
             );
-            r.register(
-                "netmon_tcp_owner_connections_opened",
+            g.register(
+                &mut r,
+                "owner",
                 "Connections begun, by owner command name (--metrics-by-comm: the first N names, then `other`)",
-                g.opened_family.clone(),
-            );
-            r.register(
-                "netmon_tcp_owner_connections_closed",
                 "Connections ended, by owner command name (--metrics-by-comm: the first N names, then `other`)",
-                g.closed_family.clone(),
             );
             (CommSlots::new(config.comms), g)
         });
@@ -523,15 +529,11 @@ impl Metrics {
                 |unit, direction| UnitDirection { unit, direction },
                 |unit, end_reason| UnitEnd { unit, end_reason },
             );
-            r.register(
-                "netmon_tcp_unit_connections_opened",
+            g.register(
+                &mut r,
+                "unit",
                 "Connections begun, by the systemd unit of the socket's cgroup (--metrics-by-unit: the first N units, then `other`; `none`: no unit, `unknown`: cgroup not found)",
-                g.opened_family.clone(),
-            );
-            r.register(
-                "netmon_tcp_unit_connections_closed",
                 "Connections ended, by the systemd unit of the socket's cgroup (--metrics-by-unit: the first N units, then `other`)",
-                g.closed_family.clone(),
             );
             (CommSlots::new(config.units), g)
         });
@@ -551,15 +553,11 @@ impl Metrics {
                     end_reason,
                 },
             );
-            r.register(
-                "netmon_tcp_container_connections_opened",
+            g.register(
+                &mut r,
+                "container",
                 "Connections begun, by the container id of the socket's cgroup (--metrics-by-container: the first N ids, then `other`; `none`: not in a container, `unknown`: cgroup not found)",
-                g.opened_family.clone(),
-            );
-            r.register(
-                "netmon_tcp_container_connections_closed",
                 "Connections ended, by the container id of the socket's cgroup (--metrics-by-container: the first N ids, then `other`)",
-                g.closed_family.clone(),
             );
             (CommSlots::new(config.containers), g)
         });
