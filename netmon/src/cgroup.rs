@@ -60,24 +60,7 @@ impl Labels {
 
 /// systemd's unit name escaping: `\x2d` is `-` in a name whose dashes mean `/`.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
-            let hex = b
-                .get(i + 2..i + 4)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    decode_escapes(s, "\\x", 2, 16)
 }
 
 fn is_id(s: &str) -> bool {
@@ -146,18 +129,25 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 
 /// mountinfo escapes space, tab, newline and backslash as `\NNN` octal.
 fn unoctal(s: &str) -> String {
-    let b = s.as_bytes();
+    decode_escapes(s, "\\", 3, 8)
+}
+
+/// Replaces each `marker` followed by `digits` digits in `radix` with that byte; anything
+/// else, a marker without valid digits included, stays as it is.
+fn decode_escapes(s: &str, marker: &str, digits: usize, radix: u32) -> String {
+    let (b, m) = (s.as_bytes(), marker.as_bytes());
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
+        let end = i + m.len() + digits;
+        if b[i..].starts_with(m)
             && let Some(v) = b
-                .get(i + 1..i + 4)
-                .and_then(|o| std::str::from_utf8(o).ok())
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
+                .get(i + m.len()..end)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, radix).ok())
         {
             out.push(v);
-            i += 4;
+            i = end;
             continue;
         }
         out.push(b[i]);
