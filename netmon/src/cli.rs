@@ -16,6 +16,7 @@ use crate::{
     config, docs,
     features::Support,
     filter::{Filter, Services, StateSet},
+    iter::TcpIter,
     netns::{self, Netns},
     offsets,
     output::{Format, Printer},
@@ -23,7 +24,7 @@ use crate::{
     snapshot::{self, SnapshotArgs},
     sock_diag::{self, Families},
     sockstat::SockStat,
-    source::{self, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
+    source::{self, IterSource, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
     tracer::TracerConfig,
     watch::{self, Watcher},
 };
@@ -349,7 +350,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
     }
     if let Some(path) = &args.from_dump {
         let source = replay_source(path)?;
-        let notes = fallback_snapshot(&args, &filter, &services, &source, &mut out)?;
+        let notes = fallback_snapshot(&args, &filter, &services, &source, None, &mut out)?;
         out.flush()?;
         for note in notes {
             eprintln!("netmon: {note}");
@@ -377,8 +378,16 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
         }
         Err(e) => {
             let e = anyhow::Error::new(e);
-            eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
-            fallback_snapshot(&args, &filter, &services, &LiveSource, &mut out)?
+            eprintln!("netmon: {e:#}; showing a one-shot dump (no ages, no history)");
+            let iter = fallback_iter(&args);
+            fallback_snapshot(
+                &args,
+                &filter,
+                &services,
+                &LiveSource,
+                iter.as_ref(),
+                &mut out,
+            )?
         }
     };
     out.flush()?;
@@ -416,13 +425,31 @@ fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     notes
 }
 
+/// The socket iterator for a snapshot without the agent, where it can serve the options and
+/// this process may load it (root); else the dump goes over sock_diag, as ss's does, and only
+/// a failure other than missing privileges is worth a line.
+fn fallback_iter(args: &SnapshotArgs) -> Option<TcpIter> {
+    if !args.iter_serves() || !crate::attach::has_bpf_privileges() {
+        return None;
+    }
+    TcpIter::load()
+        .map_err(|e| {
+            eprintln!(
+                "netmon: the socket iterator did not load ({:#}): dumping over sock_diag",
+                anyhow::Error::new(e)
+            )
+        })
+        .ok()
+}
+
 /// What ss does: dump the sockets now (or replay a recorded dump), with nothing the event
-/// stream would add.
+/// stream would add; from `iter` where it is given.
 fn fallback_snapshot(
     args: &SnapshotArgs,
     filter: &Filter,
     services: &Services,
     source: &impl SocketSource,
+    iter: Option<&TcpIter>,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<String>> {
     let scope = if args.all_netns {
@@ -434,9 +461,19 @@ fn fallback_snapshot(
     let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
     let what = What {
         ext: args.diag_ext(),
+        table: args.processes,
         ..What::default()
     };
-    let mut collected = source::collect(source, &scope, &mut owners, what)?;
+    let mut collected = match iter {
+        Some(iter) => {
+            let source = IterSource {
+                iter,
+                filter: filter.kernel_filter(),
+            };
+            source::collect(&source, &scope, &mut owners, what)?
+        }
+        None => source::collect(source, &scope, &mut owners, what)?,
+    };
     let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(Clock::now());
     // The kernel sent marks only if we may see them.
