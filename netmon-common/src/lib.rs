@@ -365,15 +365,24 @@ pub struct IterOffsets {
     pub skc_v6_rcv_saddr: u32,
     /// The byte holding the `skc_ipv6only` bitfield.
     pub skc_ipv6only_byte: u32,
-    /// `struct sock`.
+    /// `struct sock`, read through the `struct tcp_sock *` that `bpf_skc_to_tcp_sock()`
+    /// gives (`sock` is at its offset 0).
     pub sk_ack_backlog: u32,
     pub sk_max_ack_backlog: u32,
     pub sk_socket: u32,
-    /// From a `struct socket *` to its inode number: `socket_alloc.vfs_inode` + `inode.i_ino`
-    /// (`SOCK_INODE()`; `socket` is the first member of `socket_alloc`).
+    /// `struct socket.file`, `struct file.f_inode`, `struct inode.i_ino`: the socket's inode
+    /// number, which is `SOCK_INODE(sk_socket)->i_ino` (the file of a socket is made on its
+    /// own inode, `sock_alloc_file()`).
+    pub socket_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    /// `socket_alloc.vfs_inode` + `inode.i_ino`: the same number for a socket without a file
+    /// (a kernel socket), read with `bpf_probe_read_kernel` (`SOCK_INODE()` is pointer
+    /// arithmetic the verifier does not follow).
     pub socket_ino: u32,
-    /// `struct inet_timewait_sock.tw_substate`: sock_diag reports a TIME-WAIT socket in this
-    /// state (FIN-WAIT-2 for an orphan that timed out in it, `tcp_time_wait()`).
+    /// `struct inet_timewait_sock.tw_substate` (at offset 0 of `struct tcp_timewait_sock`):
+    /// sock_diag reports a TIME-WAIT socket in this state (FIN-WAIT-2 for an orphan that
+    /// timed out in it, `tcp_time_wait()`).
     pub tw_substate: u32,
     /// `struct tcp_sock`.
     pub tcp_rcv_nxt: u32,

@@ -59,6 +59,13 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
+    ///
+    /// Where the options print only what `ss -tan` prints (plus -p, -r, -O, --count, and any
+    /// filter), the sockets come from a BPF iterator (`iter/tcp`) that skips the ones the
+    /// filter's states, families and port ranges reject inside the kernel; -o, -e, -m, -i,
+    /// --cgroup, JSON and unit/container counts or filters dump over sock_diag, as ss does.
+    /// Without the agent the iterator is used as root from 100,000 sockets up (loading it
+    /// costs a few tenths of a second).
     Snapshot(SnapshotArgs),
     /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
     /// root).
@@ -425,11 +432,23 @@ fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     notes
 }
 
-/// The socket iterator for a snapshot without the agent, where it can serve the options and
-/// this process may load it (root); else the dump goes over sock_diag, as ss's does, and only
-/// a failure other than missing privileges is worth a line.
+/// Below this many TCP sockets in the namespace, a snapshot without the agent dumps over
+/// sock_diag: loading the iterator (two parses of the kernel's BTF, the verifier) costs a
+/// fixed 0.3-0.5 s on the loaded 2-vCPU development machine, more than sock_diag's extra
+/// per-socket time saves below about this count (see README, "At scale").
+const FALLBACK_ITER_MIN_SOCKETS: i64 = 100_000;
+
+/// The socket iterator for a snapshot without the agent, where it can serve the options, the
+/// namespace is big enough for its load to pay, and this process may load it (root); else the
+/// dump goes over sock_diag, as ss's does, and only a failure other than missing privileges
+/// is worth a line.
 fn fallback_iter(args: &SnapshotArgs) -> Option<TcpIter> {
-    if !args.iter_serves() || !crate::attach::has_bpf_privileges() {
+    if !args.iter_serves() || args.all_netns || !crate::attach::has_bpf_privileges() {
+        return None;
+    }
+    let stat = crate::sockstat::SockStat::read(std::path::Path::new("/proc/thread-self/net"))
+        .unwrap_or_default();
+    if stat.tcp4_inuse + stat.tcp6_inuse + stat.tcp_tw < FALLBACK_ITER_MIN_SOCKETS {
         return None;
     }
     TcpIter::load()

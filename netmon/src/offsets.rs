@@ -107,6 +107,18 @@ pub fn resolve_iter(btf: &Btf) -> Result<(IterOffsets, u8), OffsetError> {
             expected: "offset 0".into(),
         });
     }
+    let first = [
+        field_offset(btf, "tcp_timewait_sock", &["tw_sk"], 0)?,
+        field_offset(btf, "tcp_sock", &["inet_conn", "icsk_inet", "sk"], 0)?,
+    ];
+    if first != [0, 0] {
+        return Err(OffsetError::Shape {
+            strukt: "tcp_timewait_sock / tcp_sock".into(),
+            field: "tw_sk / sk".into(),
+            found: format!("at offsets {first:?}"),
+            expected: "offset 0".into(),
+        });
+    }
     let v6only_bit = bitfield_bit(btf, "sock_common", "skc_ipv6only")?;
     Ok((
         IterOffsets {
@@ -123,6 +135,9 @@ pub fn resolve_iter(btf: &Btf) -> Result<(IterOffsets, u8), OffsetError> {
             sk_ack_backlog: sock("sk_ack_backlog", 4)?,
             sk_max_ack_backlog: sock("sk_max_ack_backlog", 4)?,
             sk_socket: sock("sk_socket", 8)?,
+            socket_file: field_offset(btf, "socket", &["file"], 8)?,
+            file_inode: field_offset(btf, "file", &["f_inode"], 8)?,
+            inode_ino: field_offset(btf, "inode", &["i_ino"], 8)?,
             socket_ino: field_offset(btf, "socket_alloc", &["vfs_inode"], 0)?
                 + field_offset(btf, "inode", &["i_ino"], 8)?,
             tw_substate: field_offset(btf, "inet_timewait_sock", &["tw_substate"], 1)?,
