@@ -391,7 +391,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
                 &args,
                 &filter,
                 &services,
-                &LiveSource,
+                &LiveSource::default(),
                 iter.as_ref(),
                 &mut out,
             )?

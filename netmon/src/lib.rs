@@ -38,6 +38,7 @@ pub mod output;
 pub mod peer;
 pub mod privileges;
 pub mod procfs;
+pub mod slots;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod sockstat;

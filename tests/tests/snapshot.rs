@@ -268,8 +268,10 @@ fn the_socket_iterator_lists_what_sock_diag_lists_field_by_field() {
     };
     let file = std::fs::File::open(ns.path()).unwrap();
     let diag = || {
-        let socks = sock_diag::dump_tcp_in_netns(&file, Families::ALL, sock_diag::SS_STATES, 0)
-            .expect("sock_diag dump");
+        let never = sock_diag::Cancel::default();
+        let socks =
+            sock_diag::dump_tcp_in_netns(&file, Families::ALL, sock_diag::SS_STATES, 0, &never)
+                .expect("sock_diag dump");
         by_cookie(socks)
     };
     // The iterator has no timers and no attributes but v6only (see netmon::iter).
