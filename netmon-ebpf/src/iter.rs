@@ -143,7 +143,7 @@ fn show(ctx: *const IterTcp) -> Option<()> {
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is a plain struct copied out at once.
-    if let Some(filter) = unsafe { ITER_FILTERS.get(&tid) } {
+    if let Some(filter) = unsafe { ITER_FILTERS.get(tid) } {
         // The reader zeroes netns and cgroup in its filter: the iterator walks one namespace,
         // and the cgroup is not read here.
         if !filter.passes(&fields) {
