@@ -21,6 +21,8 @@ use netmon::{
 };
 use netmon_common::KernelFilter;
 
+pub mod otlp;
+
 /// `d` scaled by `NETMON_TEST_SLOWDOWN` (an integer, default 1): `cargo xtask vm` sets it for
 /// guests under emulation (TCG), where code runs 15-30x slower than on the host.
 pub fn patience(d: Duration) -> Duration {

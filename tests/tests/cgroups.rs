@@ -12,8 +12,9 @@ use std::{
 };
 
 use netmon_tests::{
-    TestNetns, interrupt, lines, normalise, snapshot_without_agent, spawn_watch, ss_in,
-    wait_attached, wait_with_timeout,
+    AgentProcess, TestNetns, interrupt, lines, normalise,
+    otlp::{attr, int, otlp_receiver, text},
+    snapshot_without_agent, spawn_watch, ss_in, wait_attached, wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -22,9 +23,14 @@ const ID: &str = "4f1c0ffee0000000000000000000000000000000000000000000000000c0ff
 /// The unit as systemd escapes it in the directory name, and as netmon shows it.
 const UNIT_DIR: &str = "web\\x2dfront.service";
 const UNIT: &str = "web-front.service";
+/// A Kubernetes pod as the kubelet's systemd driver names it (dashes as `_`), and its UID.
+const POD_SLICE: &str = "kubepods-besteffort-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice";
+const POD_UID: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+const POD_CONTAINER: &str = "5e1f0000000000000000000000000000000000000000000000000000000000aa";
 
-/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope}`; on drop,
-/// any process still in them goes back to the root cgroup and the directories are removed.
+/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope,
+/// kubepods-besteffort-pod<UID>.slice/cri-containerd-ID.scope}`; on drop, any process still in
+/// them goes back to the root cgroup and the directories are removed.
 struct Cgroups {
     mount: PathBuf,
     slice: String,
@@ -37,7 +43,7 @@ impl Cgroups {
             .expect("no cgroup2 mount: this test needs cgroup v2 (unified or hybrid layout)");
         let slice = format!("/netmon-test-{}.slice", std::process::id());
         let me = Self { mount, slice };
-        for dir in [me.service(), me.scope()] {
+        for dir in [me.service(), me.scope(), me.pod_container()] {
             std::fs::create_dir_all(me.dir(&dir))
                 .unwrap_or_else(|e| panic!("mkdir {}: {e}", me.dir(&dir).display()));
         }
@@ -50,6 +56,14 @@ impl Cgroups {
 
     fn scope(&self) -> String {
         format!("{}/docker-{ID}.scope", self.slice)
+    }
+
+    fn pod(&self) -> String {
+        format!("{}/{POD_SLICE}", self.slice)
+    }
+
+    fn pod_container(&self) -> String {
+        format!("{}/cri-containerd-{POD_CONTAINER}.scope", self.pod())
     }
 
     fn dir(&self, rel: &str) -> PathBuf {
@@ -89,7 +103,12 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        for rel in [self.service(), self.scope()] {
+        for rel in [
+            self.service(),
+            self.scope(),
+            self.pod_container(),
+            self.pod(),
+        ] {
             let dir = self.dir(&rel);
             // Processes first (a cgroup with members cannot be removed).
             if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
@@ -112,10 +131,14 @@ fn first_line(child: &mut Child) -> u16 {
 }
 
 fn server(cg: &Cgroups, ns: &TestNetns) -> (Child, u16) {
+    server_in(cg, ns, &cg.scope())
+}
+
+fn server_in(cg: &Cgroups, ns: &TestNetns, rel: &str) -> (Child, u16) {
     let mut cmd = Command::new(PEER);
     cmd.args(["server", "127.0.0.1:0", "normal"])
         .stdout(Stdio::piped());
-    let mut child = cg.spawn(ns, &cg.scope(), cmd);
+    let mut child = cg.spawn(ns, rel, cmd);
     let port = first_line(&mut child);
     (child, port)
 }
@@ -357,4 +380,70 @@ fn snapshot_matches_ss_cgroup_and_filters_by_unit() {
     client.stdin.as_mut().unwrap().flush().ok();
     finish(client);
     finish(server);
+}
+
+/// OTLP records carry the cgroup labels of their own end: the client's record its systemd
+/// unit, the server's (in a pod's container) `container.id` and `k8s.pod.uid`.
+#[test]
+fn otlp_records_carry_each_ends_unit_container_and_pod() {
+    let ns = TestNetns::new();
+    let cg = Cgroups::new();
+    let (receiver, records) = otlp_receiver();
+    let agent =
+        AgentProcess::start_reading_stderr(&["--otlp-endpoint", &format!("http://{receiver}")]);
+    let (server, port) = server_in(&cg, &ns, &cg.pod_container());
+    let (client, client_port) = holding_client(&cg, &ns, port);
+    let client_pid = finish(client);
+    finish(server);
+
+    // Ours: the two ends of the connection from client_port to port, in our namespace.
+    let mut ends = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ends.len() < 2 && Instant::now() < deadline {
+        let Ok(r) = records.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let ours = int(attr(&r, "netmon.netns")) == Some(i64::from(ns.inum))
+            && int(attr(&r, "source.port")) == Some(i64::from(client_port))
+            && int(attr(&r, "destination.port")) == Some(i64::from(port));
+        if ours {
+            ends.push(r);
+        }
+    }
+    drop(agent);
+    assert_eq!(ends.len(), 2, "both ends of the connection: {ends:#?}");
+    let end = |direction: &str| {
+        ends.iter()
+            .find(|r| text(attr(r, "netmon.direction")) == Some(direction))
+            .unwrap_or_else(|| panic!("no {direction} record: {ends:#?}"))
+    };
+    let client = end("outbound");
+    assert_eq!(
+        int(attr(client, "process.pid")),
+        Some(i64::from(client_pid)),
+        "{client:?}"
+    );
+    assert_eq!(
+        text(attr(client, "netmon.systemd.unit")),
+        Some(UNIT),
+        "{client:?}"
+    );
+    assert_eq!(attr(client, "container.id"), None, "{client:?}");
+    assert_eq!(attr(client, "k8s.pod.uid"), None, "{client:?}");
+    let server = end("inbound");
+    assert_eq!(
+        text(attr(server, "container.id")),
+        Some(POD_CONTAINER),
+        "{server:?}"
+    );
+    assert_eq!(
+        text(attr(server, "k8s.pod.uid")),
+        Some(POD_UID),
+        "{server:?}"
+    );
+    assert_eq!(
+        text(attr(server, "netmon.systemd.unit")),
+        Some(format!("cri-containerd-{POD_CONTAINER}.scope").as_str()),
+        "{server:?}"
+    );
 }
