@@ -43,12 +43,42 @@ const LOG_EVENT_NAME: u8 = 12 << 3 | 2;
 /// bytes, whose length takes two varint bytes; any other length moves the record once.
 const RECORD_LEN_GUESS: usize = 2;
 
+/// Bytes a record takes at most besides its variable texts (its labels, addresses, body line,
+/// comm) and its path: 31 attributes of at most 40 bytes of key and 34 of framing, 10-byte
+/// ints, times and severity, with room to spare.
+const RECORD_FIXED_MAX: usize = 3 * 1024;
+/// Bytes a path entry takes at most in the two arrays (a state name is at most 12 bytes).
+const PATH_ENTRY_MAX: usize = 64;
+
+/// Writes into a slice known to be large enough: unlike `Vec::push`, whose length lives in
+/// memory that every byte written might alias, the position stays in a register.
+struct W<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl W<'_> {
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        self.out[self.pos] = b;
+        self.pos += 1;
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        self.out[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+}
+
+#[inline(always)]
 fn varint_len(v: u64) -> usize {
     // 7 bits a byte; 0 still takes one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+#[inline(always)]
+fn put_varint(buf: &mut W, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -57,17 +87,20 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// A length-delimited field of `len` bytes starts: its key and length.
-fn put_len(buf: &mut Vec<u8>, key: u8, len: usize) {
+#[inline(always)]
+fn put_len(buf: &mut W, key: u8, len: usize) {
     buf.push(key);
     put_varint(buf, len as u64);
 }
 
 /// Bytes of a length-delimited field holding `len` bytes (key included).
+#[inline(always)]
 fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
 /// OTLP's int values are int64: larger counts are clamped, as `record::int` does.
+#[inline(always)]
 fn clamp(v: u64) -> u64 {
     v.min(i64::MAX as u64)
 }
@@ -96,7 +129,8 @@ macro_rules! key {
     }};
 }
 
-fn kv_str<const N: usize>(buf: &mut Vec<u8>, key: &[u8; N], value: &[u8]) {
+#[inline(always)]
+fn kv_str<const N: usize>(buf: &mut W, key: &[u8; N], value: &[u8]) {
     let any = field_len(value.len());
     put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
     buf.extend_from_slice(key);
@@ -105,17 +139,8 @@ fn kv_str<const N: usize>(buf: &mut Vec<u8>, key: &[u8; N], value: &[u8]) {
     buf.extend_from_slice(value);
 }
 
-/// A string `KeyValue` as field `field` (a resource's attributes), its key already encoded.
-fn kv_str_as(buf: &mut Vec<u8>, field: u8, key: &[u8], value: &[u8]) {
-    let any = field_len(value.len());
-    put_len(buf, field, key.len() + field_len(any));
-    buf.extend_from_slice(key);
-    put_len(buf, F2_LEN, any);
-    put_len(buf, F1_LEN, value.len());
-    buf.extend_from_slice(value);
-}
-
-fn kv_int<const N: usize>(buf: &mut Vec<u8>, key: &[u8; N], value: u64) {
+#[inline(always)]
+fn kv_int<const N: usize>(buf: &mut W, key: &[u8; N], value: u64) {
     let value = clamp(value);
     let any = 1 + varint_len(value);
     put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
@@ -126,11 +151,12 @@ fn kv_int<const N: usize>(buf: &mut Vec<u8>, key: &[u8; N], value: u64) {
 }
 
 /// An array attribute whose values take `lens` bytes each as `AnyValue`s, written by `put`.
+#[inline(always)]
 fn kv_array<const N: usize>(
-    buf: &mut Vec<u8>,
+    buf: &mut W,
     key: &[u8; N],
     lens: impl Iterator<Item = usize>,
-    put: impl FnOnce(&mut Vec<u8>),
+    put: impl FnOnce(&mut W),
 ) {
     let array: usize = lens.map(field_len).sum();
     let any = field_len(array);
@@ -142,6 +168,7 @@ fn kv_array<const N: usize>(
 }
 
 /// Decimal digits of `v` appended to `out`.
+#[inline(always)]
 fn put_decimal(out: &mut Vec<u8>, v: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -157,6 +184,7 @@ fn put_decimal(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+#[inline(always)]
 fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
@@ -195,11 +223,28 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr, text: &mut String) {
 
 /// The request being filled: records as they come, the resource and scope around them when
 /// it is sent.
+/// What `f` writes into a scratch buffer of `max` bytes, for the parts encoded once.
+fn encoded(max: usize, f: impl FnOnce(&mut W)) -> Vec<u8> {
+    let mut out = vec![0; max];
+    let mut w = W {
+        out: &mut out,
+        pos: 0,
+    };
+    f(&mut w);
+    let end = w.pos;
+    out.truncate(end);
+    out
+}
+
+/// The request being filled: records as they come, the resource and scope around them when
+/// it is sent.
 #[derive(Debug)]
 pub struct Body {
-    /// `HEADROOM` bytes for the request's head, then the records as `ScopeLogs.log_records`
-    /// fields.
+    /// `headroom` bytes for the request's head, then the records as `ScopeLogs.log_records`
+    /// fields up to `end`; always initialised past `end`, so that a record is written into
+    /// a slice without growing the vector byte by byte.
     buf: Vec<u8>,
+    end: usize,
     headroom: usize,
     /// `ResourceLogs.resource` and `ScopeLogs.scope`, encoded once.
     resource: Vec<u8>,
@@ -216,35 +261,44 @@ impl Body {
     /// An empty request from this `host`, with room for `records` records of the usual size.
     pub fn new(host: &str, records: usize) -> Self {
         let version = env!("CARGO_PKG_VERSION");
-        let mut attrs = Vec::new();
-        for (key, value) in [
-            ("service.name", "netmon"),
-            ("service.version", version),
-            ("host.name", host),
-        ] {
-            let mut name = Vec::new();
-            put_len(&mut name, F1_LEN, key.len());
-            name.extend_from_slice(key.as_bytes());
-            kv_str_as(&mut attrs, F1_LEN, &name, value.as_bytes());
-        }
-        let mut resource = Vec::new();
-        put_len(&mut resource, F1_LEN, attrs.len());
-        resource.extend_from_slice(&attrs);
-        let mut scope_fields = Vec::new();
-        put_len(&mut scope_fields, F1_LEN, "netmon".len());
-        scope_fields.extend_from_slice(b"netmon");
-        put_len(&mut scope_fields, F2_LEN, version.len());
-        scope_fields.extend_from_slice(version.as_bytes());
-        let mut scope = Vec::new();
-        put_len(&mut scope, F1_LEN, scope_fields.len());
-        scope.extend_from_slice(&scope_fields);
+        let attr = |key: &str, value: &str| {
+            encoded(64 + key.len() + value.len(), |w| {
+                let any = field_len(value.len());
+                // `Resource.attributes` is field 1.
+                put_len(w, F1_LEN, field_len(key.len()) + field_len(any));
+                put_len(w, F1_LEN, key.len());
+                w.extend_from_slice(key.as_bytes());
+                put_len(w, F2_LEN, any);
+                put_len(w, F1_LEN, value.len());
+                w.extend_from_slice(value.as_bytes());
+            })
+        };
+        let attrs = [
+            attr("service.name", "netmon"),
+            attr("service.version", version),
+            attr("host.name", host),
+        ]
+        .concat();
+        let resource = encoded(16 + attrs.len(), |w| {
+            put_len(w, F1_LEN, attrs.len());
+            w.extend_from_slice(&attrs);
+        });
+        let scope_fields = encoded(64 + version.len(), |w| {
+            put_len(w, F1_LEN, "netmon".len());
+            w.extend_from_slice(b"netmon");
+            put_len(w, F2_LEN, version.len());
+            w.extend_from_slice(version.as_bytes());
+        });
+        let scope = encoded(16 + scope_fields.len(), |w| {
+            put_len(w, F1_LEN, scope_fields.len());
+            w.extend_from_slice(&scope_fields);
+        });
         // The head: request -> resource_logs -> (resource, scope_logs -> (scope, records)),
         // two lengths of at most 10 bytes each.
         let headroom = 2 * (1 + 10) + resource.len() + scope.len();
-        let mut buf = Vec::with_capacity(headroom + records * 800);
-        buf.resize(headroom, 0);
         Self {
-            buf,
+            buf: vec![0; headroom + records * 1024],
+            end: headroom,
             headroom,
             resource,
             scope,
@@ -262,7 +316,7 @@ impl Body {
 
     /// Empties it for the next request (keeping its memory).
     pub fn clear(&mut self) {
-        self.buf.truncate(self.headroom);
+        self.end = self.headroom;
         self.records = 0;
     }
 
@@ -289,13 +343,29 @@ impl Body {
         self.line.extend_from_slice(b" ended: ");
         self.line.extend_from_slice(c.end.name().as_bytes());
 
-        let buf = &mut self.buf;
-        // More than a record takes unless its labels are long: one capacity check for most.
-        buf.reserve(2048);
+        let labels_len: usize = labels.map_or(0, |l| {
+            [&l.container_id, &l.pod_uid, &l.unit]
+                .iter()
+                .map(|v| v.as_ref().map_or(0, String::len))
+                .sum()
+        });
+        let max = RECORD_FIXED_MAX
+            + labels_len
+            + 4 * (self.local_ip.len() + self.peer_ip.len())
+            + self.line.len()
+            + PATH_ENTRY_MAX * c.path.durations(c.closed_ns).count();
+        if self.buf.len() < self.end + max {
+            self.buf.resize((self.end + max).max(2 * self.buf.len()), 0);
+        }
+        let mut w = W {
+            out: &mut self.buf,
+            pos: self.end,
+        };
+        let buf = &mut w;
         buf.push(F2_LEN);
-        let len_at = buf.len();
+        let len_at = buf.pos;
         buf.extend_from_slice(&[0; RECORD_LEN_GUESS]);
-        let start = buf.len();
+        let start = buf.pos;
 
         // Fields in field-number order, zero values left out: as prost writes them.
         if time_ns != 0 {
@@ -406,14 +476,22 @@ impl Body {
         put_len(buf, LOG_EVENT_NAME, EVENT_NAME.len());
         buf.extend_from_slice(EVENT_NAME.as_bytes());
 
-        let len = (buf.len() - start) as u64;
+        let end = buf.pos;
+        debug_assert!(end - start <= max, "a record past its bound");
+        let len = (end - start) as u64;
         if varint_len(len) == RECORD_LEN_GUESS {
-            buf[len_at] = (len as u8 & 0x7f) | 0x80;
-            buf[len_at + 1] = (len >> 7) as u8;
+            self.buf[len_at] = (len as u8 & 0x7f) | 0x80;
+            self.buf[len_at + 1] = (len >> 7) as u8;
+            self.end = end;
         } else {
-            let mut prefix = Vec::with_capacity(10);
-            put_varint(&mut prefix, len);
-            buf.splice(len_at..start, prefix);
+            let prefix = encoded(10, |w| put_varint(w, len));
+            let moved = len_at + prefix.len();
+            if self.buf.len() < moved + len as usize {
+                self.buf.resize(moved + len as usize, 0);
+            }
+            self.buf.copy_within(start..end, moved);
+            self.buf[len_at..moved].copy_from_slice(&prefix);
+            self.end = moved + len as usize;
         }
         self.records += 1;
     }
@@ -421,17 +499,18 @@ impl Body {
     /// The encoded `ExportLogsServiceRequest` holding the records pushed since the last
     /// [`Body::clear`].
     pub fn finish(&mut self) -> &[u8] {
-        let records = self.buf.len() - self.headroom;
+        let records = self.end - self.headroom;
         let scope_logs = self.scope.len() + records;
         let resource_logs = self.resource.len() + field_len(scope_logs);
-        let mut head = Vec::with_capacity(self.headroom);
-        put_len(&mut head, F1_LEN, resource_logs);
-        head.extend_from_slice(&self.resource);
-        put_len(&mut head, F2_LEN, scope_logs);
-        head.extend_from_slice(&self.scope);
+        let head = encoded(self.headroom, |w| {
+            put_len(w, F1_LEN, resource_logs);
+            w.extend_from_slice(&self.resource);
+            put_len(w, F2_LEN, scope_logs);
+            w.extend_from_slice(&self.scope);
+        });
         let start = self.headroom - head.len();
         self.buf[start..self.headroom].copy_from_slice(&head);
-        &self.buf[start..]
+        &self.buf[start..self.end]
     }
 }
 
@@ -503,8 +582,7 @@ mod tests {
             (u64::MAX, 10),
         ] {
             assert_eq!(varint_len(v), n, "{v}");
-            let mut buf = Vec::new();
-            put_varint(&mut buf, v);
+            let buf = encoded(10, |w| put_varint(w, v));
             assert_eq!(buf.len(), n, "{v}");
         }
     }
