@@ -240,6 +240,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    if matches!(
+        cli.command,
+        Command::Watch(_) | Command::Agent(_) | Command::Top(_)
+    ) {
+        crate::allocator::bound();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -378,7 +384,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
         Err(e) => {
             let e = anyhow::Error::new(e);
             eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
-            fallback_snapshot(&args, &filter, &services, &LiveSource, &mut out)?
+            fallback_snapshot(&args, &filter, &services, &LiveSource::default(), &mut out)?
         }
     };
     out.flush()?;
