@@ -24,6 +24,8 @@ pub mod decode;
 pub mod diag_ext;
 pub mod docs;
 pub mod escape;
+#[cfg(test)]
+mod heap;
 pub mod export;
 pub mod features;
 pub mod filter;
@@ -37,6 +39,7 @@ pub mod output;
 pub mod peer;
 pub mod privileges;
 pub mod procfs;
+pub mod records;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod sockstat;

@@ -169,7 +169,6 @@ impl Enrich for Table {
             .closed()
             .filter(|c| c.closed_ns >= since_ns)
             .filter(|c| netns.is_none_or(|n| n.contains(&c.netns)))
-            .copied()
             .collect();
         Ok((closed, self.evicted))
     }

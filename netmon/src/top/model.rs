@@ -266,11 +266,11 @@ pub struct Model {
     pub recent: Vec<Ended>,
 }
 
-/// What the counting reads: the holder's data, borrowed.
-pub struct Input<'a, C, L>
+/// What the counting reads: the holder's records, unpacked one at a time.
+pub struct Input<C, L>
 where
-    C: Iterator<Item = &'a Closed>,
-    L: Iterator<Item = &'a Sock>,
+    C: Iterator<Item = Closed>,
+    L: Iterator<Item = Sock>,
 {
     pub now_ns: u64,
     pub clock: Clock,
@@ -358,10 +358,10 @@ pub fn percentile(v: &mut [u64], p: u64) -> Option<u64> {
 }
 
 /// Counts `input` as `query` asks, keeping what `filter` accepts.
-pub fn compute<'a, C, L>(query: &Query, filter: &Filter, input: Input<'a, C, L>) -> Model
+pub fn compute<C, L>(query: &Query, filter: &Filter, input: Input<C, L>) -> Model
 where
-    C: Iterator<Item = &'a Closed>,
-    L: Iterator<Item = &'a Sock>,
+    C: Iterator<Item = Closed>,
+    L: Iterator<Item = Sock>,
 {
     let now = input.now_ns;
     let since = query
@@ -375,6 +375,7 @@ where
     let mut recent = Vec::with_capacity(max_recent);
     let mut oldest_seen = None;
     for c in input.closed_newest_first {
+        let c = &c;
         if c.closed_ns < since && recent.len() >= max_recent {
             break;
         }
@@ -425,6 +426,7 @@ where
     let mut states = [0u64; 14];
     let (mut close_wait, mut close_wait_oldest) = (0, None::<u64>);
     for s in input.live {
+        let s = &s;
         let owner = input.access.owner_by_task(s.owner);
         let owner = owner.as_ref();
         let matched = filter.matches(&FilterInput {
@@ -775,7 +777,7 @@ pub(crate) mod tests {
         pub fn input(
             &self,
             now_ns: u64,
-        ) -> Input<'_, impl Iterator<Item = &Closed>, impl Iterator<Item = &Sock>> {
+        ) -> Input<impl Iterator<Item = Closed> + '_, impl Iterator<Item = Sock> + '_> {
             Input {
                 now_ns,
                 clock: clock(),
