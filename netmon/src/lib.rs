@@ -24,12 +24,12 @@ pub mod decode;
 pub mod diag_ext;
 pub mod docs;
 pub mod escape;
-#[cfg(test)]
-mod heap;
 pub mod export;
 pub mod features;
 pub mod filter;
 pub mod fires;
+#[cfg(test)]
+mod heap;
 pub mod hosts;
 pub mod metrics;
 pub mod netns;

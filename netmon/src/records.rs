@@ -422,8 +422,7 @@ impl Records {
 
     /// Drops the pool references of a record; `keep_path` when its path slot lives on.
     fn release(&mut self, r: &SockRec, keep_path: bool) {
-        self.pools
-            .release_addr(r.local_ip, r.flags & LOCAL_V6 != 0);
+        self.pools.release_addr(r.local_ip, r.flags & LOCAL_V6 != 0);
         self.pools
             .release_addr(r.remote_ip, r.flags & REMOTE_V6 != 0);
         self.pools.release_owner(r.owner);
@@ -679,7 +678,7 @@ mod tests {
             }
         };
         let mut path = Path::default();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             path.push(TcpState::SynSent, 10_000);
             path.push(TcpState::Established, 20_000 + u64::from(i));
         }
@@ -688,16 +687,16 @@ mod tests {
             state: TcpState::Established,
             local: SocketAddr::new(ip(i), 1000 + i as u16),
             remote: SocketAddr::new(ip(i + 1), 80),
-            born_ns: (i % 3 != 0).then_some(u64::from(i) * 10),
+            born_ns: (!i.is_multiple_of(3)).then_some(u64::from(i) * 10),
             since_ns: u64::from(i) * 20,
-            since_exact: i % 2 == 0,
+            since_exact: i.is_multiple_of(2),
             path,
             owner: owner.map(|pid| Owner {
                 task: Task::new(pid, pid, 1000, "worker"),
                 fd: (pid % 2 == 0).then_some(pid + 3),
             }),
-            reset_sent: i % 5 == 0,
-            reset_received: i % 7 == 0,
+            reset_sent: i.is_multiple_of(5),
+            reset_received: i.is_multiple_of(7),
             cgroup_id: u64::from(i),
             cgroup_source: CgroupSource::Socket,
         }
@@ -707,7 +706,7 @@ mod tests {
     fn a_record_decodes_to_what_was_stored() {
         let mut r = Records::new(4);
         for i in 0..20 {
-            let s = sock(i, i % 4 < 2, (i % 3 != 0).then_some(100 + i % 2));
+            let s = sock(i, i % 4 < 2, (!i.is_multiple_of(3)).then_some(100 + i % 2));
             r.insert(u64::from(i), &s);
             assert_eq!(r.get(u64::from(i)), Some(s), "record {i}");
         }
@@ -748,7 +747,7 @@ mod tests {
         assert_eq!(pushed[3], PushClosed::Evicted);
         let kept: Vec<Closed> = r.closed().collect();
         assert_eq!(kept, [closed(2), closed(3), closed(4)]);
-        assert_eq!(r.closed().rev().next(), Some(closed(4)));
+        assert_eq!(r.closed().next_back(), Some(closed(4)));
         // ::1 once, three peers; three owners.
         assert_eq!(r.interned(), (3, 4));
         r.amend_closed(3, 64, |c| c.end = End::ResetSent);
@@ -765,8 +764,16 @@ mod tests {
         let kept: Vec<u32> = (0..40_000).filter(|i| i % 97 == 0).collect();
         r.retain(|c, _, _| c % 97 == 0);
         r.shrink();
-        assert!(r.socks.items.capacity() <= 8192, "{}", r.socks.items.capacity());
-        assert!(r.paths.items.capacity() <= 8192, "{}", r.paths.items.capacity());
+        assert!(
+            r.socks.items.capacity() <= 8192,
+            "{}",
+            r.socks.items.capacity()
+        );
+        assert!(
+            r.paths.items.capacity() <= 8192,
+            "{}",
+            r.paths.items.capacity()
+        );
         assert_eq!(r.len(), kept.len());
         for i in kept {
             assert_eq!(r.get(u64::from(i)), Some(sock(i, false, Some(i % 8))));

@@ -516,7 +516,8 @@ impl Table {
     /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump.
     pub fn set_owners(&mut self, dump: &[DiagSock], owners: &HashMap<u32, Owner>) {
         for d in dump.iter().filter(|d| d.inode != 0) {
-            if let (Some(mut sock), Some(owner)) = (self.records.get(d.cookie), owners.get(&d.inode))
+            if let (Some(mut sock), Some(owner)) =
+                (self.records.get(d.cookie), owners.get(&d.inode))
             {
                 sock.owner = Some(*owner);
                 self.records.insert(d.cookie, &sock);
@@ -1002,7 +1003,11 @@ mod tests {
         let per_closed = heap.retained / 100_000;
         assert!(per_closed <= 150, "{per_closed} bytes per closed record");
         let (mut table, heap) = table_heap(100_000, 100_000);
-        assert!(heap.retained <= 33 << 20, "{} bytes for 100k + 100k", heap.retained);
+        assert!(
+            heap.retained <= 33 << 20,
+            "{} bytes for 100k + 100k",
+            heap.retained
+        );
         assert!(heap.peak <= heap.retained * 13 / 10, "{heap:?}");
         // A dump that finds 100k more sockets: what they add, and the merge's own peak.
         let dump: Vec<DiagSock> = (1..=100_000)

@@ -764,6 +764,7 @@ impl<R: Ring> Tracer<R> {
                 view.malformed = p.malformed;
                 view.resyncs = p.resyncs;
                 view.fire_count = p.fire_count;
+                view.held_bytes = self.held.bytes.capacity() as u64;
                 // The totals the loop last read from the kernel (every 250 ms): reading the
                 // counters here would take their deltas from the loop.
                 let l = p.losses();
