@@ -2,14 +2,15 @@
 //! recorded dump replayed, like ss's TCPDIAG_FILE) merged with what a table knows, by
 //! [`collect`], the one assembly used by the agent and by the one-shot fallback.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::{
     clock::Clock,
     netns::{self, Netns},
+    procfs::SocketOwners,
     snapshot::{Data, Row},
     sock_diag::{self, DiagError, DiagSock},
-    table::{Closed, Owner, Table},
+    table::{Closed, Table},
 };
 
 /// Which namespaces a snapshot covers.
@@ -176,7 +177,7 @@ impl Enrich for Table {
 
 /// No table, as ss: owners (if asked) from a /proc walk, no ages, no history.
 #[derive(Debug, Default)]
-pub struct ProcOwners(pub Option<HashMap<u32, Owner>>);
+pub struct ProcOwners(pub Option<SocketOwners>);
 
 impl Enrich for ProcOwners {
     fn rows(
@@ -188,7 +189,7 @@ impl Enrich for ProcOwners {
         Ok(dump
             .into_iter()
             .map(|s| Row {
-                owner: self.0.as_ref().and_then(|o| o.get(&s.inode)).copied(),
+                owner: self.0.as_ref().and_then(|o| o.get(s.inode)),
                 ..Row::new(s, netns, None)
             })
             .collect())
@@ -525,11 +526,11 @@ CLOSE-WAIT 1      0               127.0.0.1:http-alt          127.0.0.1:49300
             )]),
             ..Default::default()
         };
-        let owner = Owner {
+        let owner = crate::table::Owner {
             task: crate::decode::Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
         };
-        let mut enrich = ProcOwners(Some(HashMap::from([(7, owner)])));
+        let mut enrich = ProcOwners(Some([(7, owner)].into_iter().collect()));
         let got = collect(&source, &Scope::Caller(me), &mut enrich, What::default()).unwrap();
         assert_eq!(got.rows[0].owner, Some(owner));
         assert_eq!(got.rows[0].born_ns, None, "no table, no ages");

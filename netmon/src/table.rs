@@ -13,16 +13,14 @@
 //! netmon get their owner, with the fd, from one /proc scan at start. The owner is unknown for
 //! a socket netmon saw neither created nor used, and found by no scan.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
 
 use netmon_common::{CgroupSource, TcpState};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
+    procfs::SocketOwners,
     records::{PushClosed, Records, shrink_map},
     sock_diag::DiagSock,
 };
@@ -514,12 +512,11 @@ impl Table {
     }
 
     /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump.
-    pub fn set_owners(&mut self, dump: &[DiagSock], owners: &HashMap<u32, Owner>) {
+    pub fn set_owners(&mut self, dump: &[DiagSock], owners: &SocketOwners) {
         for d in dump.iter().filter(|d| d.inode != 0) {
-            if let (Some(mut sock), Some(owner)) =
-                (self.records.get(d.cookie), owners.get(&d.inode))
+            if let (Some(mut sock), Some(owner)) = (self.records.get(d.cookie), owners.get(d.inode))
             {
-                sock.owner = Some(*owner);
+                sock.owner = Some(owner);
                 self.records.insert(d.cookie, &sock);
             }
         }
@@ -894,7 +891,7 @@ mod tests {
             task: Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
         };
-        table.set_owners(&[d], &HashMap::from([(4242, owner)]));
+        table.set_owners(&[d], &[(4242, owner)].into_iter().collect());
         assert_eq!(table.get(9).and_then(|s| s.owner), Some(owner));
     }
 

@@ -8,7 +8,6 @@
 //! two drains, so that dumps and rendering never run on the thread that drains the ring.
 
 use std::{
-    collections::HashMap,
     io,
     time::{Duration, Instant},
 };
@@ -702,7 +701,7 @@ impl<R: Ring> Tracer<R> {
         &mut self,
         sink: &mut impl Sink,
         d: NsDump,
-        owners: Option<&HashMap<u32, Owner>>,
+        owners: Option<&procfs::SocketOwners>,
     ) -> io::Result<()> {
         self.drain_for_reconcile(sink)?;
         match d.dump {
