@@ -42,7 +42,9 @@ use crate::{
     netns::Netns,
     otlp::{self, Endpoint},
     peer,
+    slots::Slots,
     snapshot::{self, SnapshotArgs},
+    sock_diag::Cancel,
     source::{self, Enrich, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
     wire::{self, FRAME_DATA, FRAME_TRAILER, ReplyHeader, Request, SnapshotRequest, Trailer},
@@ -251,8 +253,11 @@ struct Shared {
     clock: Clock,
     limits: Limits,
     admission: Admission,
-    /// Snapshots collected and rendered at once.
-    snapshots: Arc<tokio::sync::Semaphore>,
+    /// Snapshots collected and rendered at once, shared fairly between uids.
+    snapshots: Arc<Slots>,
+    /// Where snapshots' sockets come from, stopped by the given [`Cancel`] (the kernel; a
+    /// test's own source in unit tests).
+    sources: fn(Cancel) -> Box<dyn SocketSource + Send>,
     /// Unsent reply bytes.
     in_flight: Arc<Budget>,
     /// The admin group's id, if it exists (else only root is an admin).
@@ -386,7 +391,8 @@ pub async fn run(
         clock,
         limits,
         admission: Admission::default(),
-        snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+        snapshots: Slots::new(limits.snapshots),
+        sources: live_source,
         in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
         admin_gid: group_id(&args.admin_group),
     });
@@ -402,6 +408,10 @@ pub async fn run(
     // Removes the socket file, if it is still ours.
     drop(socket);
     result
+}
+
+fn live_source(cancel: Cancel) -> Box<dyn SocketSource + Send> {
+    Box::new(LiveSource { cancel })
 }
 
 /// Where the agent's socket comes from.
@@ -628,10 +638,17 @@ struct FrameWriter {
     tx: mpsc::UnboundedSender<Frame>,
     budget: Arc<Budget>,
     uid: u32,
+    cancel: Cancel,
 }
 
 impl FrameWriter {
     fn send(&mut self) -> std::io::Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client gone",
+            ));
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -693,12 +710,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     // A client that hangs up while it waits gives its turn up at once: otherwise a flood of
     // expensive requests (`--all-netns` on a host with a million sockets) from clients long
     // gone queues behind the slots, and each still costs a full dump when its turn comes.
+    let fd = stream.as_raw_fd();
     let slot = tokio::select! {
-        slot = shared.snapshots.clone().acquire_owned() => match slot {
-            Ok(slot) => slot,
-            Err(_) => return,
-        },
-        () = hung_up(&stream) => return,
+        slot = shared.snapshots.acquire(peer.uid) => slot,
+        () = hung_up(fd, WAITING_HANGUP_CHECK) => return,
         () = tokio::time::sleep_until(deadline) => {
             let busy = Trailer {
                 ok: false,
@@ -718,20 +733,26 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
             return;
         }
     };
+    // Set when the client hangs up (or this task ends): the dump stops at its next datagram
+    // and the renderer at its next frame, and the slot is free for the next request.
+    let cancel = Cancel::default();
+    let _cancel_on_exit = CancelOnDrop(cancel.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = {
         let shared = shared.clone();
+        let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = FrameWriter {
                 buf: Vec::with_capacity(CHUNK),
                 tx,
                 budget: shared.in_flight.clone(),
                 uid: peer.uid,
+                cancel: cancel.clone(),
             };
             let mut table = shared.table.clone();
             let result = serve(
                 prepared,
-                &LiveSource,
+                &(shared.sources)(cancel),
                 &mut table,
                 &shared.services,
                 shared.clock,
@@ -767,8 +788,12 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         stream.shutdown().await
     };
     // A client too slow for the deadline is dropped; dropping the receiver then ends the
-    // renderer at its next frame, and the unsent frames give their budget back.
-    let _ = tokio::time::timeout_at(deadline, send).await;
+    // renderer at its next frame, and the unsent frames give their budget back. One that
+    // hangs up is noticed while its snapshot is still being made (no frame written yet).
+    tokio::select! {
+        _ = tokio::time::timeout_at(deadline, send) => {}
+        () = hung_up(fd, RUNNING_HANGUP_CHECK) => cancel.cancel(),
+    }
     // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
     // text); glibc keeps freed memory of that size in the heap: give it back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -786,14 +811,29 @@ fn trailer_frame(trailer: &Trailer) -> BytesMut {
     frame
 }
 
-/// Resolves when the client has closed its socket (POLLHUP), checked every 200 ms. A client
-/// that only shut down its writing side (EOF on read, POLLRDHUP) still waits for its reply.
-async fn hung_up(stream: &UnixStream) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+/// How often a client waiting for a slot is checked for a hang-up.
+const WAITING_HANGUP_CHECK: Duration = Duration::from_millis(200);
+/// ... and one whose snapshot is being made: a cancelled dump frees a slot.
+const RUNNING_HANGUP_CHECK: Duration = Duration::from_millis(20);
+
+/// Sets its [`Cancel`] when dropped.
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Resolves when the client of `fd` has closed its socket (POLLHUP), checked every `every`.
+/// A client that only shut down its writing side (EOF on read, POLLRDHUP) still waits for
+/// its reply. `fd` must stay open while this runs (the caller's stream outlives it).
+async fn hung_up(fd: std::os::fd::RawFd, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let mut p = libc::pollfd {
-            fd: stream.as_raw_fd(),
+            fd,
             events: 0,
             revents: 0,
         };
@@ -1385,12 +1425,88 @@ mod tests {
         let (agent_end, mut client_end) = UnixStream::pair().unwrap();
         // A client that waits for its reply, even one done writing: nothing to notice.
         client_end.shutdown().await.unwrap();
-        let waiting = tokio::time::timeout(Duration::from_millis(500), hung_up(&agent_end)).await;
+        let fd = agent_end.as_raw_fd();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(500),
+            hung_up(fd, WAITING_HANGUP_CHECK),
+        )
+        .await;
         assert!(waiting.is_err(), "a waiting client is not gone");
         drop(client_end);
-        tokio::time::timeout(Duration::from_secs(5), hung_up(&agent_end))
+        tokio::time::timeout(Duration::from_secs(5), hung_up(fd, WAITING_HANGUP_CHECK))
             .await
             .expect("a client that closed its end is gone");
+    }
+
+    /// How long [`SlowDump`] ran, in ms, once it stopped.
+    static SLOW_DUMP_RAN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// A dump of a million sockets: busy until cancelled, for 20 s at most.
+    struct SlowDump(Cancel);
+
+    impl SocketSource for SlowDump {
+        fn dumps(&self, _: &Scope, _: u8) -> Vec<source::NsDump> {
+            let start = std::time::Instant::now();
+            while !self.0.is_cancelled() && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let ms = start.elapsed().as_millis() as u64;
+            SLOW_DUMP_RAN_MS.store(ms.max(1), std::sync::atomic::Ordering::SeqCst);
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_whose_client_hangs_up_stops_and_frees_its_slot() {
+        let s = Arc::new(Shared {
+            sources: |cancel| Box::new(SlowDump(cancel)),
+            ..Arc::into_inner(shared(Limits::default())).unwrap()
+        });
+        let peer = Peer {
+            pid: std::process::id() as i32,
+            uid: 1000,
+            gid: 1000,
+            access: Access::Admin,
+        };
+        let (agent_end, client_end) = UnixStream::pair().unwrap();
+        let served = tokio::spawn(handle(s.clone(), agent_end, peer, admit(&s, 1000).unwrap()));
+        let mut client = BufReader::new(client_end);
+        let mut line = serde_json::to_vec(&request(&[])).unwrap();
+        line.push(b'\n');
+        client.get_mut().write_all(&line).await.unwrap();
+        let mut header = String::new();
+        client.read_line(&mut header).await.unwrap();
+        assert!(header.contains("true"), "{header}");
+        // The dump is running: its slot is taken.
+        let taken = std::time::Instant::now();
+        while s.snapshots.held(1000) == 0 {
+            assert!(
+                taken.elapsed() < Duration::from_secs(5),
+                "the dump never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = std::time::Instant::now();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the request's task outlived its client")
+            .unwrap();
+        while s.snapshots.held(1000) > 0 {
+            assert!(
+                left.elapsed() < Duration::from_secs(5),
+                "the slot stayed taken after the client left"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let freed = left.elapsed();
+        let ran = SLOW_DUMP_RAN_MS.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(ran > 0 && ran < 5_000, "the dump ran {ran} ms");
+        assert!(
+            freed < Duration::from_secs(1),
+            "slot freed {freed:?} after the hang-up"
+        );
     }
 
     fn shared(limits: Limits) -> Arc<Shared> {
@@ -1400,7 +1516,8 @@ mod tests {
             clock: Clock::now(),
             limits,
             admission: Admission::default(),
-            snapshots: Arc::new(tokio::sync::Semaphore::new(limits.snapshots)),
+            snapshots: Slots::new(limits.snapshots),
+            sources: live_source,
             in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
             admin_gid: None,
         })
@@ -1450,6 +1567,7 @@ mod tests {
             tx,
             budget: budget.clone(),
             uid: 1000,
+            cancel: Cancel::default(),
         };
         w.write_all(&[b'x'; CHUNK]).unwrap();
         let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();

@@ -378,7 +378,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
         Err(e) => {
             let e = anyhow::Error::new(e);
             eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
-            fallback_snapshot(&args, &filter, &services, &LiveSource, &mut out)?
+            fallback_snapshot(&args, &filter, &services, &LiveSource::default(), &mut out)?
         }
     };
     out.flush()?;

@@ -40,6 +40,7 @@ pub mod peer;
 pub mod privileges;
 pub mod procfs;
 pub mod records;
+pub mod slots;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod sockstat;

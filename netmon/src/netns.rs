@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::sock_diag::{self, DiagError, DiagSock, Families};
+use crate::sock_diag::{self, Cancel, DiagError, DiagSock, Families};
 
 /// An open network namespace: the file keeps it alive while we use it.
 #[derive(Debug)]
@@ -51,11 +51,16 @@ impl Netns {
     /// Every TCP socket in this namespace, in the states ss lists, with the optional
     /// attributes in `ext` (bits of [`crate::diag_ext::want`]).
     pub fn dump(&self, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
-        let own = current_inum().ok() == Some(self.inum);
-        if own {
-            sock_diag::dump_tcp_ext(Families::ALL, sock_diag::SS_STATES, ext)
+        self.dump_cancellable(ext, &Cancel::default())
+    }
+
+    /// [`Netns::dump`], stopped between two datagrams once `cancel` is set.
+    pub fn dump_cancellable(&self, ext: u8, cancel: &Cancel) -> Result<Vec<DiagSock>, DiagError> {
+        let (families, states) = (Families::ALL, sock_diag::SS_STATES);
+        if current_inum().ok() == Some(self.inum) {
+            sock_diag::dump_tcp_cancellable(families, states, ext, cancel)
         } else {
-            sock_diag::dump_tcp_in_netns(&self.file, Families::ALL, sock_diag::SS_STATES, ext)
+            sock_diag::dump_tcp_in_netns(&self.file, families, states, ext, cancel)
         }
     }
 }

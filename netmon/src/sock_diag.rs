@@ -4,7 +4,10 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU32, Ordering},
+};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
@@ -240,6 +243,24 @@ pub enum DiagError {
     /// The dump went past [`MAX_RECORDS`] messages or [`MAX_DUMP_TIME`]: it was abandoned.
     #[error("sock_diag dump abandoned: {what}")]
     OverLimit { what: String },
+    /// Whoever wanted the dump went away ([`Cancel`]): it was stopped between two datagrams.
+    #[error("sock_diag dump cancelled: its client went away")]
+    Cancelled,
+}
+
+/// Stops a dump between two netlink datagrams once set: a snapshot whose client hung up
+/// must not keep its slot for the seconds a dump of a million sockets takes.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl DiagError {
@@ -326,8 +347,19 @@ pub fn dump_tcp(families: Families, states: u32) -> Result<Vec<DiagSock>, DiagEr
 /// [`dump_tcp`], asking the kernel for the optional attributes in `ext` (`idiag_ext`, bits of
 /// [`crate::diag_ext::want`]).
 pub fn dump_tcp_ext(families: Families, states: u32, ext: u8) -> Result<Vec<DiagSock>, DiagError> {
+    dump_tcp_cancellable(families, states, ext, &Cancel::default())
+}
+
+/// [`dump_tcp_ext`], stopped with [`DiagError::Cancelled`] once `cancel` is set.
+pub fn dump_tcp_cancellable(
+    families: Families,
+    states: u32,
+    ext: u8,
+    cancel: &Cancel,
+) -> Result<Vec<DiagSock>, DiagError> {
     let mut d = Dumper::new()?;
     d.ext = ext;
+    d.cancel = cancel.clone();
     d.run(families, states)?;
     Ok(d.out)
 }
@@ -399,6 +431,7 @@ pub fn dump_tcp_in_netns(
     families: Families,
     states: u32,
     ext: u8,
+    cancel: &Cancel,
 ) -> Result<Vec<DiagSock>, DiagError> {
     let fd = netns.as_raw_fd();
     std::thread::scope(|scope| {
@@ -410,7 +443,7 @@ pub fn dump_tcp_in_netns(
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                     return Err(io_err("setns")(io::Error::last_os_error()));
                 }
-                dump_tcp_ext(families, states, ext)
+                dump_tcp_cancellable(families, states, ext, cancel)
             })
             .map_err(io_err("thread spawn"))?;
         worker.join().map_err(|_| DiagError::ThreadPanicked)?
@@ -502,6 +535,7 @@ struct Dumper {
     /// The socket messages received, as they came ([`record_tcp`]).
     record: Option<Vec<u8>>,
     budget: Budget,
+    cancel: Cancel,
 }
 
 impl Dumper {
@@ -527,6 +561,7 @@ impl Dumper {
             out: Vec::new(),
             record: None,
             budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
+            cancel: Cancel::default(),
         })
     }
 
@@ -571,6 +606,9 @@ impl Dumper {
             }
         }
         loop {
+            if self.cancel.is_cancelled() {
+                return Err(DiagError::Cancelled);
+            }
             let cap = self.buf.len();
             // MSG_TRUNC: the return value is the datagram's real length, to detect truncation.
             let received = self.sock.recv_from(&mut &mut self.buf[..], libc::MSG_TRUNC);
@@ -1205,6 +1243,18 @@ mod tests {
                 .all(|&t| t == TCPDIAG_GETSOCK || t == SOCK_DIAG_BY_FAMILY)
         );
         assert_eq!(types.len(), socks.len());
+    }
+
+    #[test]
+    fn a_cancelled_dump_stops_with_cancelled_and_an_uncancelled_one_completes() {
+        let _listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cancel = Cancel::default();
+        let socks = dump_tcp_cancellable(Families::ALL, SS_STATES, 0, &cancel).unwrap();
+        assert!(!socks.is_empty());
+        cancel.cancel();
+        let e = dump_tcp_cancellable(Families::ALL, SS_STATES, 0, &cancel).unwrap_err();
+        assert!(matches!(e, DiagError::Cancelled), "{e}");
+        assert!(e.to_string().contains("client went away"), "{e}");
     }
 
     #[test]

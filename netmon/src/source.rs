@@ -9,7 +9,7 @@ use crate::{
     netns::{self, Netns},
     procfs::SocketOwners,
     snapshot::{Data, Row},
-    sock_diag::{self, DiagError, DiagSock},
+    sock_diag::{self, Cancel, DiagError, DiagSock},
     table::{Closed, Table},
 };
 
@@ -38,28 +38,41 @@ pub trait SocketSource {
     fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump>;
 }
 
-/// The kernel, over sock_diag.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LiveSource;
+/// The kernel, over sock_diag; dumps stop once `cancel` is set (the client left), and what
+/// was not dumped then is reported as [`DiagError::Cancelled`].
+#[derive(Clone, Debug, Default)]
+pub struct LiveSource {
+    pub cancel: Cancel,
+}
 
 /// Dumps one namespace now, with the optional attributes in `ext`.
 pub fn dump(ns: &Netns, ext: u8) -> NsDump {
+    dump_cancellable(ns, ext, &Cancel::default())
+}
+
+fn dump_cancellable(ns: &Netns, ext: u8, cancel: &Cancel) -> NsDump {
     NsDump {
         netns: ns.inum,
         t0_ns: Clock::mono_now_ns(),
-        dump: ns.dump(ext),
+        dump: ns.dump_cancellable(ext, cancel),
     }
 }
 
 impl SocketSource for LiveSource {
     fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
-        let dump = |ns: &Netns| dump(ns, ext);
+        let dump = |ns: &Netns| dump_cancellable(ns, ext, &self.cancel);
         match scope {
             Scope::Caller(ns) => vec![dump(ns)],
             Scope::All => {
                 let mut dumps = Vec::new();
                 netns::each(|inum, ns| {
                     dumps.push(match ns {
+                        // Each dump checks too; this spares the setns thread of the rest.
+                        _ if self.cancel.is_cancelled() => NsDump {
+                            netns: inum,
+                            t0_ns: Clock::mono_now_ns(),
+                            dump: Err(DiagError::Cancelled),
+                        },
                         Ok(ns) => dump(&ns),
                         Err(source) => NsDump {
                             netns: inum,
@@ -74,6 +87,12 @@ impl SocketSource for LiveSource {
                 dumps
             }
         }
+    }
+}
+
+impl SocketSource for Box<dyn SocketSource + Send> {
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
+        (**self).dumps(scope, ext)
     }
 }
 

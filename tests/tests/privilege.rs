@@ -6,13 +6,15 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use netmon::wire::{Request, SnapshotRequest, VERSION};
 use netmon_tests::{AgentProcess, TestNetns, agent_socket_path, netmon_bin, wait_with_timeout};
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
+const CLIENTS: &str = env!("CARGO_BIN_EXE_unix-clients");
 const NOBODY: &str = "65534";
 
 fn gid(name: &str) -> u32 {
@@ -393,6 +395,83 @@ fn one_users_unread_replies_leave_another_user_its_share() {
     let rows = ok_json(snapshot(&agent, &ns, &b, &args));
     assert_eq!(rows.len(), size);
     drop(stuck);
+}
+
+/// Root floods the agent with 100 snapshot requests at once (never read) while a member asks
+/// for one: the member's is answered before root's flood is, and within a few times what it
+/// takes alone, because one uid never holds the last snapshot slot.
+#[test]
+fn one_users_flood_of_snapshots_leaves_another_user_a_slot() {
+    let users = gid("users");
+    let ns = TestNetns::new();
+    raise_nofile();
+    // ~3,000 listeners: every snapshot dumps and renders all of them.
+    let _listeners = ns.run(|| {
+        (0..3000)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener"))
+            .collect::<Vec<_>>()
+    });
+    let agent = AgentProcess::start_with(
+        agent_socket_path(),
+        &["--group", "users", "--admin-group", "staff"],
+    );
+    let b = As::Uid(1, vec![users]);
+    let args = ["-tln"];
+    let timed = |who: &As| {
+        let start = Instant::now();
+        let out = snapshot(&agent, &ns, who, &args);
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).lines().count() > 3000);
+        took
+    };
+    let alone = (0..3).map(|_| timed(&b)).min().unwrap();
+
+    let request = Request {
+        version: VERSION,
+        snapshot: SnapshotRequest {
+            all: true,
+            ..Default::default()
+        },
+        top: None,
+    };
+    let request = serde_json::to_string(&request).unwrap();
+    let mut cmd = Command::new(CLIENTS);
+    cmd.arg(&agent.socket)
+        .arg("100")
+        .arg(&request)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut flood = Killed(ns.run(move || cmd.spawn().expect("spawn unix-clients")));
+    let mut out = BufReader::new(flood.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected 100");
+    // The requests are sent right after the connects; the agent reads them within ms.
+    std::thread::sleep(Duration::from_millis(200));
+    let flood_start = Instant::now();
+    let during = timed(&b);
+    // When every reply of root's flood has been made.
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let flood_took = flood_start.elapsed();
+    assert_eq!(line.trim(), "filled 100", "root's replies never came");
+    eprintln!(
+        "a member's snapshot: {alone:?} alone, {during:?} during root's flood of 100 (served \
+         in {flood_took:?})"
+    );
+    assert!(
+        during < flood_took,
+        "the member waited {during:?}, behind root's whole flood ({flood_took:?})"
+    );
+    assert!(
+        during < alone * 6 + Duration::from_millis(500),
+        "the member waited {during:?} during root's flood, {alone:?} alone"
+    );
 }
 
 /// Raises this process's soft limit of open files to its hard limit.
