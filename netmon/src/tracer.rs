@@ -562,6 +562,9 @@ pub struct Tracer<R: Ring = Probe> {
     pub pipeline: Pipeline,
     config: TracerConfig,
     held: Held,
+    /// cgroup names for `top`'s unit and container groups and cgroup filters: walked at the
+    /// first such request, then again for unknown ids at most once a second.
+    top_cgroups: Option<crate::cgroup::CgroupNames>,
 }
 
 impl Tracer<Probe> {
@@ -592,6 +595,7 @@ impl<R: Ring> Tracer<R> {
             pipeline: Pipeline::new(Table::with_capacity(config.closed_capacity)),
             config: *config,
             held: Held::default(),
+            top_cgroups: None,
         }
     }
 
@@ -783,6 +787,11 @@ impl<R: Ring> Tracer<R> {
                 // TIME-WAIT entries are otherwise expired only at the minutely reconcile.
                 self.pipeline.table.expire(now);
                 let losses = self.pipeline.losses();
+                let cgroups = (query.group.uses_cgroup() || filter.uses_cgroup()).then(|| {
+                    self.top_cgroups
+                        .get_or_insert_with(crate::cgroup::CgroupNames::load)
+                        as &mut dyn crate::top::model::CgroupLabels
+                });
                 let model = crate::top::feed::from_table(
                     &self.pipeline.table,
                     losses,
@@ -791,6 +800,7 @@ impl<R: Ring> Tracer<R> {
                     &filter,
                     netns,
                     access,
+                    cgroups,
                 );
                 let _ = reply.send(model);
             }

@@ -5,10 +5,14 @@
 //! that namespace's inode, so it sees only its own transitions and can count them exactly.
 
 use std::{
+    ffi::CString,
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStringExt, process::CommandExt},
+    },
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc::{self, Receiver},
@@ -872,4 +876,91 @@ fn cpu_list(text: &str) -> Vec<i32> {
             None => vec![part.parse().unwrap()],
         })
         .collect()
+}
+
+/// The container id of [`Cgroups::scope`].
+pub const ID: &str = "4f1c0ffee0000000000000000000000000000000000000000000000000c0ffee";
+/// The unit as systemd escapes it in the directory name, and as netmon shows it.
+pub const UNIT_DIR: &str = "web\\x2dfront.service";
+pub const UNIT: &str = "web-front.service";
+
+/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope}`; on drop,
+/// any process still in them goes back to the root cgroup and the directories are removed.
+pub struct Cgroups {
+    mount: PathBuf,
+    slice: String,
+}
+
+impl Cgroups {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mount = netmon::cgroup::cgroup2_mount(&info)
+            .expect("no cgroup2 mount: this test needs cgroup v2 (unified or hybrid layout)");
+        let slice = format!("/netmon-test-{}.slice", std::process::id());
+        let me = Self { mount, slice };
+        for dir in [me.service(), me.scope()] {
+            std::fs::create_dir_all(me.dir(&dir))
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", me.dir(&dir).display()));
+        }
+        me
+    }
+
+    pub fn service(&self) -> String {
+        format!("{}/{UNIT_DIR}", self.slice)
+    }
+
+    pub fn scope(&self) -> String {
+        format!("{}/docker-{ID}.scope", self.slice)
+    }
+
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel.trim_start_matches('/'))
+    }
+
+    /// `command`, started in cgroup `rel` (the child joins it before exec) inside `ns`.
+    pub fn spawn(&self, ns: &TestNetns, rel: &str, mut command: Command) -> Child {
+        let procs = CString::new(
+            self.dir(rel)
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_vec(),
+        )
+        .expect("path without NUL");
+        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe calls
+        // (open, write, close) on memory allocated before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        ns.run(move || command.spawn().expect("spawn in cgroup"))
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for rel in [self.service(), self.scope()] {
+            let dir = self.dir(&rel);
+            // Processes first (a cgroup with members cannot be removed).
+            if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    std::fs::write(self.mount.join("cgroup.procs"), pid).ok();
+                }
+            }
+            std::fs::remove_dir(&dir).ok();
+        }
+        std::fs::remove_dir(self.dir(&self.slice)).ok();
+    }
 }

@@ -3,105 +3,18 @@
 //! through the `unit`/`cgroup`/`container` filters.
 
 use std::{
-    ffi::CString,
     io::{BufRead, BufReader, Write},
-    os::unix::{ffi::OsStringExt, process::CommandExt},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use netmon_tests::{
-    TestNetns, interrupt, lines, normalise, snapshot_without_agent, spawn_watch, ss_in,
-    wait_attached, wait_with_timeout,
+    Cgroups, ID, TestNetns, UNIT, interrupt, lines, normalise, snapshot_without_agent, spawn_watch,
+    ss_in, wait_attached, wait_with_timeout,
 };
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
-const ID: &str = "4f1c0ffee0000000000000000000000000000000000000000000000000c0ffee";
-/// The unit as systemd escapes it in the directory name, and as netmon shows it.
-const UNIT_DIR: &str = "web\\x2dfront.service";
-const UNIT: &str = "web-front.service";
-
-/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope}`; on drop,
-/// any process still in them goes back to the root cgroup and the directories are removed.
-struct Cgroups {
-    mount: PathBuf,
-    slice: String,
-}
-
-impl Cgroups {
-    fn new() -> Self {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let mount = netmon::cgroup::cgroup2_mount(&info)
-            .expect("no cgroup2 mount: this test needs cgroup v2 (unified or hybrid layout)");
-        let slice = format!("/netmon-test-{}.slice", std::process::id());
-        let me = Self { mount, slice };
-        for dir in [me.service(), me.scope()] {
-            std::fs::create_dir_all(me.dir(&dir))
-                .unwrap_or_else(|e| panic!("mkdir {}: {e}", me.dir(&dir).display()));
-        }
-        me
-    }
-
-    fn service(&self) -> String {
-        format!("{}/{UNIT_DIR}", self.slice)
-    }
-
-    fn scope(&self) -> String {
-        format!("{}/docker-{ID}.scope", self.slice)
-    }
-
-    fn dir(&self, rel: &str) -> PathBuf {
-        self.mount.join(rel.trim_start_matches('/'))
-    }
-
-    /// `command`, started in cgroup `rel` (the child joins it before exec) inside `ns`.
-    fn spawn(&self, ns: &TestNetns, rel: &str, mut command: Command) -> Child {
-        let procs = CString::new(
-            self.dir(rel)
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_vec(),
-        )
-        .expect("path without NUL");
-        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe calls
-        // (open, write, close) on memory allocated before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // "0" moves the writing process itself.
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                libc::close(fd);
-                if ok {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        ns.run(move || command.spawn().expect("spawn in cgroup"))
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for rel in [self.service(), self.scope()] {
-            let dir = self.dir(&rel);
-            // Processes first (a cgroup with members cannot be removed).
-            if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in pids.lines() {
-                    std::fs::write(self.mount.join("cgroup.procs"), pid).ok();
-                }
-            }
-            std::fs::remove_dir(&dir).ok();
-        }
-        std::fs::remove_dir(self.dir(&self.slice)).ok();
-    }
-}
 
 fn first_line(child: &mut Child) -> u16 {
     let mut line = String::new();

@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netmon_tests::{AgentProcess, TestNetns, connect_and_close, netmon_bin};
+use netmon_tests::{
+    AgentProcess, Cgroups, TestNetns, UNIT, connect_and_close, netmon_bin, wait_with_timeout,
+};
+
+const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
 
 /// A tmux server of the test's own (its own socket), killed on drop.
 struct Tmux {
@@ -218,11 +222,43 @@ fn top_in_a_terminal_shows_refused_reset_and_normal_connections() {
     });
     assert!(small.lines().all(|l| l.chars().count() <= 80), "{small}");
 
-    // Keys: the next grouping (by owner), then quit.
+    // Refused connects from a process in a systemd-style service's cgroup: a filter on the
+    // unit selects them, and grouping by unit and by container names their group.
+    let cg = Cgroups::new();
+    for _ in 0..3 {
+        let mut cmd = Command::new(PEER);
+        cmd.args(["client", &format!("127.0.0.1:{refused_port}"), "refused"]);
+        let mut c = cg.spawn(&ns, &cg.service(), cmd);
+        assert!(wait_with_timeout(&mut c, Duration::from_secs(10)).success());
+    }
+    tmux.keys(&["/", "C-u"]);
+    tmux.type_text(&format!("unit = {UNIT}"));
+    tmux.keys(&["Enter"]);
+    // The header is cut at 80 columns: its start is enough.
+    tmux.wait_for("the unit filter", Duration::from_secs(5), |s| {
+        s.contains("filter: unit = web")
+    });
+    // Keys: the next groupings (by unit, by container, by owner), then quit; wide again, so
+    // that the unit's name fits its column.
+    tmux.run(&["resize-window", "-x", "160", "-y", "48"]);
+    tmux.keys(&["g"]);
+    let by_unit = tmux.wait_for("grouping by unit", Duration::from_secs(10), |s| {
+        s.contains("by unit (g)")
+            && row(s, UNIT).is_some_and(|r| r[0] == "3" && r[1] == "3" && r[2] == "3")
+    });
+    assert!(
+        by_unit.contains("1 groups"),
+        "the unit's connections only:\n{by_unit}"
+    );
+    tmux.keys(&["g"]);
+    tmux.wait_for("grouping by container", Duration::from_secs(10), |s| {
+        s.contains("by container (g)") && row(s, "-").is_some_and(|r| r[0] == "3")
+    });
     tmux.keys(&["g"]);
     tmux.wait_for("grouping by owner", Duration::from_secs(5), |s| {
         s.contains("by owner (g)")
     });
+    drop(cg);
     tmux.keys(&["q"]);
     let after = tmux.wait_for("the exit", Duration::from_secs(10), |s| s.contains("EXIT="));
     assert!(after.contains("EXIT=0"), "{after}");

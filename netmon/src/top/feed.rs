@@ -28,15 +28,18 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The numbers for `query` from a table, as the agent's tracer and our own both hold it;
 /// `netns`: only that namespace (else every one); `access`: what the asker may see of other
-/// users (the snapshot's rules, [`Access`]).
-pub fn from_table(
-    table: &Table,
+/// users (the snapshot's rules, [`Access`]); `cgroups`: names of cgroup ids, for unit and
+/// container groups and cgroup filters.
+#[allow(clippy::too_many_arguments)]
+pub fn from_table<'a>(
+    table: &'a Table,
     losses: LossTotals,
     clock: Clock,
     query: &Query,
     filter: &Filter,
     netns: Option<u32>,
     access: Access,
+    cgroups: Option<&'a mut dyn model::CgroupLabels>,
 ) -> Model {
     let in_scope = |ns: u32| netns.is_none_or(|n| n == ns);
     let input = Input {
@@ -55,6 +58,7 @@ pub fn from_table(
         },
         netns,
         access,
+        cgroups,
     };
     model::compute(query, filter, input)
 }

@@ -2,7 +2,7 @@
 //! records, live sockets, loss counters): rates, groups with failure counts and percentiles,
 //! the state strip and the recently-ended list.
 
-use std::{cmp::Ordering, net::IpAddr, net::SocketAddr};
+use std::{cmp::Ordering, collections::HashMap, net::IpAddr, net::SocketAddr};
 
 use netmon_common::TcpState;
 use rustc_hash::FxHashMap;
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     access::Access,
+    cgroup::{CgroupNames, Labels},
     clock::{Clock, time_of_day},
     filter::{Filter, FilterInput},
     output::state_name,
@@ -38,10 +39,27 @@ pub enum GroupBy {
     LocalPort,
     /// The peer's port.
     PeerPort,
+    /// The systemd unit of the socket's cgroup (`-`: none; `?`: cgroup unknown).
+    Unit,
+    /// The container of the socket's cgroup, its id's first 12 hex digits as `docker ps`
+    /// prints them (`-`: none; `?`: cgroup unknown).
+    Container,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 4] = [Self::Owner, Self::Peer, Self::LocalPort, Self::PeerPort];
+    pub const ALL: [GroupBy; 6] = [
+        Self::Owner,
+        Self::Peer,
+        Self::LocalPort,
+        Self::PeerPort,
+        Self::Unit,
+        Self::Container,
+    ];
+
+    /// Whether the keys come from the sockets' cgroups (the agent resolves them then only).
+    pub fn uses_cgroup(self) -> bool {
+        matches!(self, Self::Unit | Self::Container)
+    }
 
     pub fn next(self) -> Self {
         let i = Self::ALL.iter().position(|g| *g == self).unwrap_or(0);
@@ -55,6 +73,8 @@ impl GroupBy {
             Self::Peer => "PEER",
             Self::LocalPort => "LPORT",
             Self::PeerPort => "PPORT",
+            Self::Unit => "UNIT",
+            Self::Container => "CONTAINER",
         }
     }
 
@@ -64,6 +84,8 @@ impl GroupBy {
             Self::Peer => "peer",
             Self::LocalPort => "local port",
             Self::PeerPort => "peer port",
+            Self::Unit => "unit",
+            Self::Container => "container",
         }
     }
 }
@@ -230,6 +252,12 @@ pub struct Ended {
     pub path: Vec<(String, u64)>,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Its unit and container as the unit and container groups name them; sent only when
+    /// the query groups or filters by cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A state of the strip and how many sockets are in it.
@@ -267,7 +295,7 @@ pub struct Model {
 }
 
 /// What the counting reads: the holder's records, unpacked one at a time.
-pub struct Input<C, L>
+pub struct Input<'a, C, L>
 where
     C: Iterator<Item = Closed>,
     L: Iterator<Item = Sock>,
@@ -286,6 +314,42 @@ where
     /// Whom the numbers are for: a non-admin sees other users' connections without their
     /// owners and none of their closed ones, as in a snapshot.
     pub access: Access,
+    /// The labels of cgroup ids, for unit and container groups and cgroup filters; `None`:
+    /// none asked for (every cgroup is then unknown).
+    pub cgroups: Option<&'a mut dyn CgroupLabels>,
+}
+
+/// Names cgroup ids: the cgroup2 tree's walk in the agent, a fixed map in tests.
+pub trait CgroupLabels {
+    fn labels(&mut self, id: u64) -> Option<&Labels>;
+}
+
+impl CgroupLabels for CgroupNames {
+    /// An id the last walk did not find walks the tree again, at most once a second.
+    fn labels(&mut self, id: u64) -> Option<&Labels> {
+        self.lookup(id, std::time::Instant::now).ok()
+    }
+}
+
+impl CgroupLabels for HashMap<u64, Labels> {
+    fn labels(&mut self, id: u64) -> Option<&Labels> {
+        self.get(&id)
+    }
+}
+
+/// The key of the unit or container group of cgroup `labels`.
+fn cgroup_key(group: GroupBy, labels: Option<&Labels>) -> String {
+    let Some(l) = labels else {
+        return "?".into();
+    };
+    let name = match group {
+        GroupBy::Container => l
+            .container_id
+            .as_deref()
+            .map(|id| id.chars().take(12).collect()),
+        _ => l.unit.clone(),
+    };
+    name.unwrap_or_else(|| "-".into())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -293,10 +357,18 @@ enum Key {
     Owner(Option<(u32, [u8; 16])>),
     Addr(IpAddr),
     Port(u16),
+    /// A cgroup id, named once per group at the end: several cgroups can share a unit.
+    Cgroup(u64),
 }
 
 impl Key {
-    fn of(group: GroupBy, owner: Option<&Owner>, local: &SocketAddr, peer: &SocketAddr) -> Self {
+    fn of(
+        group: GroupBy,
+        owner: Option<&Owner>,
+        local: &SocketAddr,
+        peer: &SocketAddr,
+        cgroup_id: u64,
+    ) -> Self {
         match group {
             GroupBy::Owner => Key::Owner(owner.map(|o| {
                 let mut comm = [0u8; 16];
@@ -307,10 +379,11 @@ impl Key {
             GroupBy::Peer => Key::Addr(peer.ip()),
             GroupBy::LocalPort => Key::Port(local.port()),
             GroupBy::PeerPort => Key::Port(peer.port()),
+            GroupBy::Unit | GroupBy::Container => Key::Cgroup(cgroup_id),
         }
     }
 
-    fn text(&self) -> String {
+    fn text(&self, group: GroupBy, cgroups: &mut Option<&mut dyn CgroupLabels>) -> String {
         match self {
             Key::Owner(None) => "?".into(),
             Key::Owner(Some((pid, comm))) => {
@@ -319,6 +392,9 @@ impl Key {
             }
             Key::Addr(a) => a.to_string(),
             Key::Port(p) => p.to_string(),
+            Key::Cgroup(id) => {
+                cgroup_key(group, cgroups.as_deref_mut().and_then(|c| c.labels(*id)))
+            }
         }
     }
 }
@@ -331,6 +407,25 @@ struct Acc {
     live: u64,
     close_wait: u64,
     close_wait_oldest_ns: Option<u64>,
+}
+
+impl Acc {
+    /// Adds another key's numbers: cgroups of one unit make one row.
+    fn merge(&mut self, other: Acc) {
+        let c = &mut self.counts;
+        let o = other.counts;
+        c.new += o.new;
+        c.closed += o.closed;
+        c.failed += o.failed;
+        c.refused += o.refused;
+        c.timeout += o.timeout;
+        c.reset += o.reset;
+        self.lifespans.extend(other.lifespans);
+        self.connects.extend(other.connects);
+        self.live += other.live;
+        self.close_wait += other.close_wait;
+        self.close_wait_oldest_ns = self.close_wait_oldest_ns.max(other.close_wait_oldest_ns);
+    }
 }
 
 /// Time in SYN-SENT of a connect that completed (SYN-SENT followed by ESTAB). No allocation:
@@ -358,11 +453,15 @@ pub fn percentile(v: &mut [u64], p: u64) -> Option<u64> {
 }
 
 /// Counts `input` as `query` asks, keeping what `filter` accepts.
-pub fn compute<C, L>(query: &Query, filter: &Filter, input: Input<C, L>) -> Model
+pub fn compute<C, L>(query: &Query, filter: &Filter, mut input: Input<'_, C, L>) -> Model
 where
     C: Iterator<Item = Closed>,
     L: Iterator<Item = Sock>,
 {
+    // Cgroups are looked up per connection only for a filter on them; groups by unit or
+    // container are keyed by id and named once per group.
+    let filter_cgroup = filter.uses_cgroup();
+    let label_recent = filter_cgroup || query.group.uses_cgroup();
     let now = input.now_ns;
     let since = query
         .since_ns
@@ -389,6 +488,10 @@ where
             continue;
         }
         let owner = c.owner.as_ref();
+        let labels = match &mut input.cgroups {
+            Some(names) if filter_cgroup => names.labels(c.cgroup_id),
+            _ => None,
+        };
         let matched = filter.matches_socket(&FilterInput {
             state: TcpState::Close,
             local: c.local,
@@ -397,20 +500,35 @@ where
             pid: owner.map(|o| o.task.pid),
             comm: owner.map(|o| o.task.comm()),
             uid: owner.map(|o| o.task.uid),
-            cgroup: None,
+            cgroup: labels,
         });
         if !matched {
             continue;
         }
         if recent.len() < max_recent {
-            recent.push(ended(c, &input.clock));
+            let mut e = ended(c, &input.clock);
+            if label_recent {
+                let labels = input
+                    .cgroups
+                    .as_deref_mut()
+                    .and_then(|n| n.labels(c.cgroup_id));
+                e.unit = Some(cgroup_key(GroupBy::Unit, labels));
+                e.container = Some(cgroup_key(GroupBy::Container, labels));
+            }
+            recent.push(e);
         }
         // Listeners are not connections.
         if c.closed_ns < since || c.last == TcpState::Listen {
             continue;
         }
         let acc = groups
-            .entry(Key::of(query.group, owner, &c.local, &c.remote))
+            .entry(Key::of(
+                query.group,
+                owner,
+                &c.local,
+                &c.remote,
+                c.cgroup_id,
+            ))
             .or_default();
         acc.counts.close(c.end);
         totals.close(c.end);
@@ -429,6 +547,10 @@ where
         let s = &s;
         let owner = input.access.owner_by_task(s.owner);
         let owner = owner.as_ref();
+        let labels = match &mut input.cgroups {
+            Some(names) if filter_cgroup => names.labels(s.cgroup_id),
+            _ => None,
+        };
         let matched = filter.matches(&FilterInput {
             state: s.state,
             local: s.local,
@@ -437,7 +559,7 @@ where
             pid: owner.map(|o| o.task.pid),
             comm: owner.map(|o| o.task.comm()),
             uid: owner.map(|o| o.task.uid),
-            cgroup: None,
+            cgroup: labels,
         });
         if !matched {
             continue;
@@ -449,7 +571,13 @@ where
             continue;
         }
         let acc = groups
-            .entry(Key::of(query.group, owner, &s.local, &s.remote))
+            .entry(Key::of(
+                query.group,
+                owner,
+                &s.local,
+                &s.remote,
+                s.cgroup_id,
+            ))
             .or_default();
         acc.live += 1;
         if s.state == TcpState::CloseWait {
@@ -465,10 +593,17 @@ where
             acc.connects.extend(connect_time(&s.path, now));
         }
     }
-    let mut rows: Vec<Group> = groups
+    let mut named: HashMap<String, Acc> = HashMap::with_capacity(groups.len());
+    for (key, acc) in groups {
+        named
+            .entry(key.text(query.group, &mut input.cgroups))
+            .or_default()
+            .merge(acc);
+    }
+    let mut rows: Vec<Group> = named
         .into_iter()
         .map(|(key, mut a)| Group {
-            key: key.text(),
+            key,
             counts: a.counts,
             lifespan_p50_ns: percentile(&mut a.lifespans, 50),
             lifespan_p99_ns: percentile(&mut a.lifespans, 99),
@@ -549,6 +684,8 @@ fn ended(c: &Closed, clock: &Clock) -> Ended {
             .collect(),
         bytes_acked: c.bytes_acked,
         bytes_received: c.bytes_received,
+        unit: None,
+        container: None,
     }
 }
 
@@ -606,6 +743,8 @@ pub(crate) mod tests {
         events: Vec<crate::decode::Event>,
         next_cookie: u64,
         next_port: u16,
+        /// The cgroup id of the connections scripted from here on.
+        pub cgroup_id: u64,
     }
 
     pub fn clock() -> Clock {
@@ -620,6 +759,7 @@ pub(crate) mod tests {
                 events: Vec::new(),
                 next_cookie: 1,
                 next_port: 40_000,
+                cgroup_id: 0,
             }
         }
 
@@ -644,8 +784,8 @@ pub(crate) mod tests {
                     task,
                     bytes_acked: 0,
                     bytes_received: 0,
-                    cgroup_id: 0,
-                    cgroup_source: netmon_common::CgroupSource::None,
+                    cgroup_id: self.cgroup_id,
+                    cgroup_source: netmon_common::CgroupSource::Socket,
                 }));
         }
 
@@ -777,7 +917,7 @@ pub(crate) mod tests {
         pub fn input(
             &self,
             now_ns: u64,
-        ) -> Input<impl Iterator<Item = Closed> + '_, impl Iterator<Item = Sock> + '_> {
+        ) -> Input<'_, impl Iterator<Item = Closed> + '_, impl Iterator<Item = Sock> + '_> {
             Input {
                 now_ns,
                 clock: clock(),
@@ -787,6 +927,7 @@ pub(crate) mod tests {
                 losses: Losses::default(),
                 netns: Some(NETNS),
                 access: Access::Admin,
+                cgroups: None,
             }
         }
     }
@@ -1078,6 +1219,118 @@ pub(crate) mod tests {
         // A filter on what is hidden finds nothing, rather than probing it.
         assert!(as_user(2000, "comm python3").groups.is_empty());
         assert!(!as_user(1000, "comm python3").groups.is_empty());
+    }
+
+    pub const DOCKER: &str = "4f1c2a9d8e7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d";
+
+    /// Connections in the cgroups of two units (one of them in two cgroups, a child of the
+    /// other), of a docker container and of an unknown cgroup.
+    pub fn in_cgroups() -> (Script, HashMap<u64, Labels>) {
+        let names = HashMap::from([
+            (11, Labels::parse("/system.slice/web.service")),
+            (12, Labels::parse("/system.slice/web.service/worker")),
+            (
+                13,
+                Labels::parse(&format!("/system.slice/docker-{DOCKER}.scope")),
+            ),
+            (14, Labels::parse("/user.slice")),
+        ]);
+        let mut s = Script::new();
+        let base = 10_000 * MS;
+        for (id, refused, normal) in [(11, 2, 3), (12, 1, 4), (13, 0, 5), (14, 0, 1), (99, 3, 0)] {
+            s.cgroup_id = id;
+            for i in 0..refused {
+                s.client(100, "curl", "10.0.0.9:8080", base + i * MS, MS, "refused");
+            }
+            for i in 0..normal {
+                s.client(200, "app", "10.0.0.7:5432", base + i * MS, 2 * MS, "normal");
+            }
+        }
+        s.cgroup_id = 13;
+        s.client(300, "java", "10.0.0.8:9092", base, MS, "open");
+        (s.finish(), names)
+    }
+
+    #[test]
+    fn groups_by_unit_and_container_merge_cgroups_and_name_the_unknown() {
+        let (s, mut names) = in_cgroups();
+        let now = 11_000 * MS;
+        let mut by = |group| {
+            let mut input = s.input(now);
+            input.cgroups = Some(&mut names);
+            let q = Query {
+                group,
+                sort: SortKey::Key,
+                ..query()
+            };
+            let m = compute(&q, &filter(""), input);
+            let rows: Vec<(String, u64, u64, u64)> = m
+                .groups
+                .iter()
+                .map(|g| (g.key.clone(), g.counts.new, g.counts.refused, g.live))
+                .collect();
+            (rows, m.recent)
+        };
+        let (units, recent) = by(GroupBy::Unit);
+        let docker_unit = format!("docker-{DOCKER}.scope");
+        assert_eq!(
+            units,
+            [
+                ("-".to_owned(), 1, 0, 0),
+                ("?".to_owned(), 3, 3, 0),
+                (docker_unit.clone(), 6, 0, 1),
+                ("web.service".to_owned(), 10, 3, 0),
+            ]
+        );
+        // The recently ended name their groups as the rows do.
+        assert!(
+            recent
+                .iter()
+                .all(|e| e.unit.is_some() && e.container.is_some())
+        );
+        assert_eq!(
+            recent
+                .iter()
+                .filter(|e| e.unit.as_deref() == Some("web.service"))
+                .count(),
+            10
+        );
+        let (containers, _) = by(GroupBy::Container);
+        assert_eq!(
+            containers,
+            [
+                ("-".to_owned(), 11, 3, 0),
+                ("4f1c2a9d8e7b".to_owned(), 6, 0, 1),
+                ("?".to_owned(), 3, 3, 0),
+            ]
+        );
+        // Without the labels, every cgroup is unknown: one row, nothing invented.
+        let q = Query {
+            group: GroupBy::Unit,
+            ..query()
+        };
+        let m = compute(&q, &filter(""), s.input(now));
+        let keys: Vec<&str> = m.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys, ["?"]);
+        assert!(m.recent.iter().all(|e| e.unit == Some("?".into())));
+    }
+
+    #[test]
+    fn unit_and_container_filters_select_by_cgroup() {
+        let (s, mut names) = in_cgroups();
+        let now = 11_000 * MS;
+        let mut totals = |words: &str| {
+            let mut input = s.input(now);
+            input.cgroups = Some(&mut names);
+            let m = compute(&query(), &filter(words), input);
+            (m.totals.new, m.totals.refused, m.recent.len())
+        };
+        // web.service's two cgroups: 3 refused + 7 normal.
+        assert_eq!(totals("unit = web.service"), (10, 3, 10));
+        assert_eq!(totals(&format!("container = {DOCKER}")), (6, 0, 5));
+        assert_eq!(totals("unit != web.service"), (10, 3, 9));
+        // Before this, top passed no cgroup to the filter: `unit = X` matched nothing.
+        assert_ne!(totals("unit = web.service").0, 0);
     }
 
     #[test]

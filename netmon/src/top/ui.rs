@@ -254,6 +254,11 @@ impl Ui {
                 text.pop();
                 self.filter_problem = None;
             }
+            // As in a shell: the whole line away at once.
+            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                text.clear();
+                self.filter_problem = None;
+            }
             KeyCode::Char(c) if !c.is_control() => {
                 text.push(c);
                 self.filter_problem = None;
@@ -302,6 +307,24 @@ mod tests {
         let mut ui = loaded();
         assert_eq!(press(&mut ui, KeyCode::Char('g')), Action::Refetch);
         assert_eq!(ui.group, GroupBy::Peer);
+        // `g` goes on through the ports, unit and container, and back to the owner.
+        let mut cycle = vec![ui.group];
+        for _ in 0..5 {
+            press(&mut ui, KeyCode::Char('g'));
+            cycle.push(ui.group);
+        }
+        assert_eq!(
+            cycle,
+            [
+                GroupBy::Peer,
+                GroupBy::LocalPort,
+                GroupBy::PeerPort,
+                GroupBy::Unit,
+                GroupBy::Container,
+                GroupBy::Owner
+            ]
+        );
+        press(&mut ui, KeyCode::Char('g'));
         assert_eq!(press(&mut ui, KeyCode::Char('s')), Action::Refetch);
         assert_eq!(ui.sort, SortKey::Fail);
         assert_eq!(ui.model.as_ref().unwrap().groups[0].key, "curl[100]");
@@ -315,6 +338,23 @@ mod tests {
         assert_eq!(press(&mut ui, KeyCode::Char('q')), Action::Quit);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(ui.key(ctrl_c, &Services::default()), Action::Quit);
+    }
+
+    #[test]
+    fn ctrl_u_clears_the_filter_being_typed() {
+        let mut ui = loaded();
+        press(&mut ui, KeyCode::Char('/'));
+        for c in "dport = :80".chars() {
+            press(&mut ui, KeyCode::Char(c));
+        }
+        let ctrl_u = KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL);
+        ui.key(ctrl_u, &Services::default());
+        assert_eq!(ui.editing.as_deref(), Some(""));
+        for c in "unit = a.service".chars() {
+            press(&mut ui, KeyCode::Char(c));
+        }
+        assert_eq!(press(&mut ui, KeyCode::Enter), Action::Refetch);
+        assert_eq!(ui.filter, "unit = a.service");
     }
 
     #[test]

@@ -560,6 +560,8 @@ fn key_of(group: GroupBy, e: &Ended) -> String {
         GroupBy::Peer => e.peer.ip().to_string(),
         GroupBy::LocalPort => e.local.port().to_string(),
         GroupBy::PeerPort => e.peer.port().to_string(),
+        GroupBy::Unit => e.unit.clone().unwrap_or_else(|| "?".into()),
+        GroupBy::Container => e.container.clone().unwrap_or_else(|| "?".into()),
     }
 }
 
@@ -794,6 +796,54 @@ mod tests {
         check("details_160x48", &ui, 160, 48);
         ui.focus = Focus::Groups;
         check("group_details_80x24", &ui, 80, 24);
+    }
+
+    #[test]
+    fn grouped_by_unit_and_by_container() {
+        for (group, name) in [(GroupBy::Unit, "unit"), (GroupBy::Container, "container")] {
+            let (s, mut names) = m::in_cgroups();
+            let q = Query {
+                group,
+                ..m::query()
+            };
+            let mut input = s.input(11 * S);
+            input.cgroups = Some(&mut names);
+            let mut ui = ui_with(None);
+            ui.group = group;
+            ui.update(compute(&q, &m::filter(""), input));
+            check(&format!("{name}_80x24"), &ui, 80, 24);
+            check(&format!("{name}_160x48"), &ui, 160, 48);
+        }
+        let (s, mut names) = m::in_cgroups();
+        let q = Query {
+            group: GroupBy::Unit,
+            ..m::query()
+        };
+        let mut input = s.input(11 * S);
+        input.cgroups = Some(&mut names);
+        let mut ui = ui_with(None);
+        ui.group = GroupBy::Unit;
+        ui.update(compute(&q, &m::filter(""), input));
+        let screen = text(&ui, 80, 24);
+        assert!(screen.contains("by unit (g)"), "{screen}");
+        assert!(
+            screen.lines().any(|l| l.starts_with("web.service")),
+            "{screen}"
+        );
+        // The details of the selected group list its own ended connections.
+        ui.details = true;
+        ui.group_sel = ui
+            .model
+            .as_ref()
+            .unwrap()
+            .groups
+            .iter()
+            .position(|g| g.key == "web.service")
+            .unwrap();
+        let details: Vec<String> = details_lines(&ui).iter().map(|l| l.to_string()).collect();
+        assert_eq!(details[0], "unit web.service");
+        let ended = details.iter().filter(|l| l.contains(" -> ")).count();
+        assert_eq!(ended, 10, "{details:#?}");
     }
 
     #[test]
