@@ -35,6 +35,7 @@ use crate::{
     access::{self, Access},
     agent_socket,
     budget::{Budget, Grant},
+    cgroup::CgroupNames,
     clock::Clock,
     export::Export,
     filter::Services,
@@ -300,7 +301,8 @@ pub async fn run(
     };
     let otlp = match &args.otlp_endpoint {
         Some(e) => Some(
-            otlp::Exporter::start(e.clone(), clock).context("starting the OTLP exporter thread")?,
+            otlp::Exporter::start(e.clone(), clock, CgroupNames::load())
+                .context("starting the OTLP exporter thread")?,
         ),
         None => None,
     };
