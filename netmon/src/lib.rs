@@ -32,6 +32,7 @@ pub mod fires;
 #[cfg(test)]
 mod heap;
 pub mod hosts;
+pub mod iter;
 pub mod metrics;
 pub mod netns;
 pub mod offsets;
