@@ -35,6 +35,7 @@ use crate::{
     access::{self, Access},
     agent_socket,
     budget::{Budget, Grant},
+    cgroup::CgroupNames,
     clock::Clock,
     export::Export,
     filter::Services,
@@ -288,7 +289,6 @@ pub async fn run(
         netns: args.only_netns,
     };
     raise_nofile_limit();
-    bound_allocator();
     let clock = Clock::now();
     // Bound before attaching, so that a taken port fails at once.
     let metrics_listener = match args.metrics_listen {
@@ -301,7 +301,8 @@ pub async fn run(
     };
     let otlp = match &args.otlp_endpoint {
         Some(e) => Some(
-            otlp::Exporter::start(e.clone(), clock).context("starting the OTLP exporter thread")?,
+            otlp::Exporter::start(e.clone(), clock, CgroupNames::load())
+                .context("starting the OTLP exporter thread")?,
         ),
         None => None,
     };
@@ -458,19 +459,6 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 
 /// Raises the soft limit on open files to the hard one: each client holds a descriptor, and
 /// the default soft limit (1024) is a fraction of what the limits above allow.
-/// glibc's malloc, tuned for a process that runs for months with bursts of large, short-lived
-/// buffers (a dump and render of 100k+ sockets per snapshot): blocks of 1 MiB and more get
-/// pages of their own, given back to the system when freed (the default threshold rises up to
-/// 32 MiB after the first such free, and what falls below it stays in the heap, fragmented);
-/// and at most 4 arenas, not 8 per core, each of which would keep its own free memory.
-fn bound_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before the threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-}
-
 fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -240,6 +240,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    if matches!(
+        cli.command,
+        Command::Watch(_) | Command::Agent(_) | Command::Top(_)
+    ) {
+        crate::allocator::bound();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -42,8 +42,15 @@ impl Sink for Export {
         if let Some(m) = &mut self.metrics {
             m.closed(c);
         }
-        if let Some(o) = &self.otlp {
+        if let Some(o) = &mut self.otlp {
             o.push(c);
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self) -> io::Result<()> {
+        if let Some(o) = &mut self.otlp {
+            o.end_batch();
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod access;
 pub mod activation;
 pub mod agent;
 pub mod agent_socket;
+pub mod allocator;
 pub mod attach;
 pub mod budget;
 pub mod cgroup;

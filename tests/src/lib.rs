@@ -25,6 +25,8 @@ use netmon::{
 };
 use netmon_common::KernelFilter;
 
+pub mod otlp;
+
 /// `d` scaled by `NETMON_TEST_SLOWDOWN` (an integer, default 1): `cargo xtask vm` sets it for
 /// guests under emulation (TCG), where code runs 15-30x slower than on the host.
 pub fn patience(d: Duration) -> Duration {
@@ -883,9 +885,15 @@ pub const ID: &str = "4f1c0ffee0000000000000000000000000000000000000000000000000
 /// The unit as systemd escapes it in the directory name, and as netmon shows it.
 pub const UNIT_DIR: &str = "web\\x2dfront.service";
 pub const UNIT: &str = "web-front.service";
+/// A Kubernetes pod as the kubelet's systemd driver names it (dashes as `_`), and its UID.
+pub const POD_SLICE: &str = "kubepods-besteffort-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice";
+pub const POD_UID: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+/// The container id of [`Cgroups::pod_container`].
+pub const POD_CONTAINER: &str = "5e1f0000000000000000000000000000000000000000000000000000000000aa";
 
-/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope}`; on drop,
-/// any process still in them goes back to the root cgroup and the directories are removed.
+/// `<cgroup2 mount>/netmon-test-<pid>.slice/{web\x2dfront.service, docker-ID.scope,
+/// kubepods-besteffort-pod<UID>.slice/cri-containerd-ID.scope}`; on drop, any process still in
+/// them goes back to the root cgroup and the directories are removed.
 pub struct Cgroups {
     mount: PathBuf,
     slice: String,
@@ -899,7 +907,7 @@ impl Cgroups {
             .expect("no cgroup2 mount: this test needs cgroup v2 (unified or hybrid layout)");
         let slice = format!("/netmon-test-{}.slice", std::process::id());
         let me = Self { mount, slice };
-        for dir in [me.service(), me.scope()] {
+        for dir in [me.service(), me.scope(), me.pod_container()] {
             std::fs::create_dir_all(me.dir(&dir))
                 .unwrap_or_else(|e| panic!("mkdir {}: {e}", me.dir(&dir).display()));
         }
@@ -912,6 +920,14 @@ impl Cgroups {
 
     pub fn scope(&self) -> String {
         format!("{}/docker-{ID}.scope", self.slice)
+    }
+
+    pub fn pod(&self) -> String {
+        format!("{}/{POD_SLICE}", self.slice)
+    }
+
+    pub fn pod_container(&self) -> String {
+        format!("{}/cri-containerd-{POD_CONTAINER}.scope", self.pod())
     }
 
     pub fn dir(&self, rel: &str) -> PathBuf {
@@ -951,7 +967,12 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        for rel in [self.service(), self.scope()] {
+        for rel in [
+            self.service(),
+            self.scope(),
+            self.pod_container(),
+            self.pod(),
+        ] {
             let dir = self.dir(&rel);
             // Processes first (a cgroup with members cannot be removed).
             if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {

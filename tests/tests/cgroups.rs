@@ -9,8 +9,10 @@ use std::{
 };
 
 use netmon_tests::{
-    Cgroups, ID, TestNetns, UNIT, interrupt, lines, normalise, snapshot_without_agent, spawn_watch,
-    ss_in, wait_attached, wait_with_timeout,
+    AgentProcess, Cgroups, ID, POD_CONTAINER, POD_UID, TestNetns, UNIT, interrupt, lines,
+    normalise,
+    otlp::{attr, int, otlp_receiver, text},
+    snapshot_without_agent, spawn_watch, ss_in, wait_attached, wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -25,10 +27,14 @@ fn first_line(child: &mut Child) -> u16 {
 }
 
 fn server(cg: &Cgroups, ns: &TestNetns) -> (Child, u16) {
+    server_in(cg, ns, &cg.scope())
+}
+
+fn server_in(cg: &Cgroups, ns: &TestNetns, rel: &str) -> (Child, u16) {
     let mut cmd = Command::new(PEER);
     cmd.args(["server", "127.0.0.1:0", "normal"])
         .stdout(Stdio::piped());
-    let mut child = cg.spawn(ns, &cg.scope(), cmd);
+    let mut child = cg.spawn(ns, rel, cmd);
     let port = first_line(&mut child);
     (child, port)
 }
@@ -270,4 +276,70 @@ fn snapshot_matches_ss_cgroup_and_filters_by_unit() {
     client.stdin.as_mut().unwrap().flush().ok();
     finish(client);
     finish(server);
+}
+
+/// OTLP records carry the cgroup labels of their own end: the client's record its systemd
+/// unit, the server's (in a pod's container) `container.id` and `k8s.pod.uid`.
+#[test]
+fn otlp_records_carry_each_ends_unit_container_and_pod() {
+    let ns = TestNetns::new();
+    let cg = Cgroups::new();
+    let (receiver, records) = otlp_receiver();
+    let agent =
+        AgentProcess::start_reading_stderr(&["--otlp-endpoint", &format!("http://{receiver}")]);
+    let (server, port) = server_in(&cg, &ns, &cg.pod_container());
+    let (client, client_port) = holding_client(&cg, &ns, port);
+    let client_pid = finish(client);
+    finish(server);
+
+    // Ours: the two ends of the connection from client_port to port, in our namespace.
+    let mut ends = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ends.len() < 2 && Instant::now() < deadline {
+        let Ok(r) = records.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let ours = int(attr(&r, "netmon.netns")) == Some(i64::from(ns.inum))
+            && int(attr(&r, "source.port")) == Some(i64::from(client_port))
+            && int(attr(&r, "destination.port")) == Some(i64::from(port));
+        if ours {
+            ends.push(r);
+        }
+    }
+    drop(agent);
+    assert_eq!(ends.len(), 2, "both ends of the connection: {ends:#?}");
+    let end = |direction: &str| {
+        ends.iter()
+            .find(|r| text(attr(r, "netmon.direction")) == Some(direction))
+            .unwrap_or_else(|| panic!("no {direction} record: {ends:#?}"))
+    };
+    let client = end("outbound");
+    assert_eq!(
+        int(attr(client, "process.pid")),
+        Some(i64::from(client_pid)),
+        "{client:?}"
+    );
+    assert_eq!(
+        text(attr(client, "netmon.systemd.unit")),
+        Some(UNIT),
+        "{client:?}"
+    );
+    assert_eq!(attr(client, "container.id"), None, "{client:?}");
+    assert_eq!(attr(client, "k8s.pod.uid"), None, "{client:?}");
+    let server = end("inbound");
+    assert_eq!(
+        text(attr(server, "container.id")),
+        Some(POD_CONTAINER),
+        "{server:?}"
+    );
+    assert_eq!(
+        text(attr(server, "k8s.pod.uid")),
+        Some(POD_UID),
+        "{server:?}"
+    );
+    assert_eq!(
+        text(attr(server, "netmon.systemd.unit")),
+        Some(format!("cri-containerd-{POD_CONTAINER}.scope").as_str()),
+        "{server:?}"
+    );
 }

@@ -7,21 +7,18 @@
 //! series of a peer group (`--metrics-peer`) made of those addresses, which no one else uses.
 
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant, SystemTime},
 };
 
-use netmon_tests::{AgentProcess, TestNetns, connect_and_close, require_root};
-use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
-    common::v1::{AnyValue, any_value::Value},
-    logs::v1::LogRecord,
+use netmon_tests::{
+    AgentProcess, TestNetns, connect_and_close,
+    otlp::{attr, int, otlp_receiver, text},
+    require_root,
 };
-use prost::Message;
 use serde_json::Value as Json;
 
 /// `GET path` on `addr`: status and body.
@@ -265,95 +262,6 @@ fn prometheus_scrapes_the_agent_and_counts_equal_the_connections_made() {
     );
     let (status, _) = http_get(&target, "/nothing", "*/*");
     assert_eq!(status, 404);
-}
-
-/// An OTLP/HTTP receiver on loopback: decodes each POST with opentelemetry-proto, answers
-/// 200, and passes the records on.
-fn otlp_receiver() -> (String, mpsc::Receiver<LogRecord>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || serve_otlp(stream, &tx));
-        }
-    });
-    (addr, rx)
-}
-
-fn serve_otlp(stream: TcpStream, tx: &mpsc::Sender<LogRecord>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        assert!(line.starts_with("POST /v1/logs HTTP/1.1"), "{line}");
-        let mut length = 0;
-        let mut content_type = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap(),
-                "content-type" => content_type = value.trim().to_owned(),
-                _ => {}
-            }
-        }
-        assert_eq!(content_type, "application/x-protobuf");
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let request = ExportLogsServiceRequest::decode(body.as_slice())
-            .expect("the body decodes as an OTLP ExportLogsServiceRequest");
-        for rl in request.resource_logs {
-            let resource = rl.resource.expect("a resource");
-            assert!(
-                resource
-                    .attributes
-                    .iter()
-                    .any(|kv| kv.key == "service.name" && text(kv.value.as_ref()) == Some("netmon")),
-                "{resource:?}"
-            );
-            for sl in rl.scope_logs {
-                for r in sl.log_records {
-                    let _ = tx.send(r);
-                }
-            }
-        }
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
-        )
-        .unwrap();
-    }
-}
-
-fn text(v: Option<&AnyValue>) -> Option<&str> {
-    match v?.value.as_ref()? {
-        Value::StringValue(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn int(v: Option<&AnyValue>) -> Option<i64> {
-    match v?.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        _ => None,
-    }
-}
-
-fn attr<'a>(r: &'a LogRecord, key: &str) -> Option<&'a AnyValue> {
-    r.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! nothing more, and the recommended deployment sends to a local OpenTelemetry Collector,
 //! which then speaks TLS, Kafka, Loki or remote write onwards.
 
+pub mod encode;
 pub mod proto;
 pub mod record;
 
@@ -15,8 +16,8 @@ use std::{
     net::{TcpStream, ToSocketAddrs},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -26,6 +27,7 @@ use prometheus_client::{encoding::EncodeMetric, metrics::counter::Counter, regis
 use prost::Message;
 
 use crate::{
+    cgroup::CgroupNames,
     clock::Clock,
     metrics::labels::{Direction, Reason},
     table::Closed,
@@ -33,10 +35,16 @@ use crate::{
 
 /// Records waiting for the exporter; past this they are dropped and counted.
 pub const QUEUE: usize = 16 * 1024;
+/// Records the event loop hands over at once: one wake-up of the exporter thread each.
+pub const CHUNK: usize = 1024;
+/// A smaller chunk goes at the end of a ring batch once its first record is this old.
+pub const CHUNK_AGE: Duration = Duration::from_millis(100);
 /// Records per request.
 pub const BATCH: usize = 1024;
 /// A batch goes out at the latest this long after its first record.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Emptied chunks kept for reuse (the rest are freed).
+const SPARE_CHUNKS: usize = 4;
 /// Tries per batch: the first and three retries, 0.25 s, 0.5 s, 1 s apart.
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -159,24 +167,43 @@ impl EncodeMetric for DroppedFamily {
 
 /// The agent's handle: queue records; dropping it flushes what is queued (one try) and stops
 /// the thread.
+///
+/// Records are gathered into a chunk on the event loop's side and handed over a chunk at a
+/// time (at [`CHUNK`] records, or at the end of a ring batch once the chunk is
+/// [`CHUNK_AGE`] old), so that the exporter thread wakes a few times a second, not once per
+/// record; the queue bound is counted in records across the chunks in flight.
 pub struct Exporter {
-    tx: Option<SyncSender<Closed>>,
+    tx: Option<Sender<Vec<Closed>>>,
+    /// Emptied chunks coming back from the thread.
+    spare: Receiver<Vec<Closed>>,
+    chunk: Vec<Closed>,
+    chunk_since: Option<Instant>,
+    /// Records handed over and not yet taken by the thread.
+    queued: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub stats: Stats,
 }
 
 impl Exporter {
-    pub fn start(endpoint: Endpoint, clock: Clock) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+    /// Starts the thread; `cgroups` names the sockets' cgroups in the records.
+    pub fn start(endpoint: Endpoint, clock: Clock, cgroups: CgroupNames) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let stats = Stats::default();
         let stopping = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let host = hostname();
         let worker = Worker {
             endpoint,
             clock,
-            host: hostname(),
+            cgroups,
+            body: encode::Body::new(&host, BATCH),
+            batch_since: None,
             stats: stats.clone(),
             stopping: stopping.clone(),
+            queued: queued.clone(),
+            spare: spare_tx,
             conn: None,
             failing: false,
         };
@@ -185,6 +212,10 @@ impl Exporter {
             .spawn(move || worker.run(&rx))?;
         Ok(Self {
             tx: Some(tx),
+            spare,
+            chunk: Vec::with_capacity(CHUNK),
+            chunk_since: None,
+            queued,
             stopping,
             thread: Some(thread),
             stats,
@@ -192,20 +223,54 @@ impl Exporter {
     }
 
     /// Queues an ended connection; never waits. Listeners are not connections: not sent.
-    pub fn push(&self, c: &Closed) {
+    pub fn push(&mut self, c: &Closed) {
         if Direction::of(c).is_none() {
             return;
         }
-        if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(*c)
-        {
-            self.stats.queue_full.inc();
+        if self.chunk.is_empty() {
+            self.chunk_since = Some(Instant::now());
+        }
+        self.chunk.push(*c);
+        if self.chunk.len() >= CHUNK {
+            self.hand_over();
+        }
+    }
+
+    /// The end of a ring batch: hands the chunk over if it waited long enough.
+    pub fn end_batch(&mut self) {
+        if self.chunk_since.is_some_and(|t| t.elapsed() >= CHUNK_AGE) {
+            self.hand_over();
+        }
+    }
+
+    fn hand_over(&mut self) {
+        self.chunk_since = None;
+        let n = self.chunk.len();
+        if n == 0 {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        if self.queued.load(Ordering::Relaxed) + n > QUEUE {
+            self.stats.queue_full.inc_by(n as u64);
+            self.chunk.clear();
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        if tx.send(std::mem::replace(&mut self.chunk, next)).is_err() {
+            // The thread is gone (it only ends when told to): nothing will send them.
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.queue_full.inc_by(n as u64);
         }
     }
 }
 
 impl Drop for Exporter {
     fn drop(&mut self) {
+        self.hand_over();
         self.stopping.store(true, Ordering::Relaxed);
         self.tx.take();
         if let Some(t) = self.thread.take() {
@@ -217,9 +282,14 @@ impl Drop for Exporter {
 struct Worker {
     endpoint: Endpoint,
     clock: Clock,
-    host: String,
+    cgroups: CgroupNames,
+    /// The request being filled, encoded as records arrive.
+    body: encode::Body,
+    batch_since: Option<Instant>,
     stats: Stats,
     stopping: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    spare: SyncSender<Vec<Closed>>,
     conn: Option<BufReader<TcpStream>>,
     /// Whether the last batch failed: failures and recoveries are said once on stderr.
     failing: bool,
@@ -233,35 +303,55 @@ enum PostError {
 }
 
 impl Worker {
-    fn run(mut self, rx: &Receiver<Closed>) {
-        let mut batch: Vec<Closed> = Vec::with_capacity(BATCH);
+    fn run(mut self, rx: &Receiver<Vec<Closed>>) {
         loop {
-            let open = fill(rx, &mut batch);
-            if !batch.is_empty() {
-                self.send(&batch);
-                batch.clear();
-            }
-            if !open {
-                return;
+            let wait = self.batch_since.map_or(FLUSH_EVERY, |t| {
+                (t + FLUSH_EVERY).saturating_duration_since(Instant::now())
+            });
+            match rx.recv_timeout(wait) {
+                Ok(mut chunk) => {
+                    self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    self.encode(&chunk);
+                    chunk.clear();
+                    // A full spare list frees it.
+                    let _ = self.spare.try_send(chunk);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.body.records() > 0 {
+                        self.send();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.body.records() > 0 {
+                        self.send();
+                    }
+                    return;
+                }
             }
         }
     }
 
-    fn send(&mut self, batch: &[Closed]) {
-        let observed = SystemTime::now();
-        let records = batch
-            .iter()
-            .filter_map(|c| {
-                Some(record::log_record(
-                    c,
-                    Direction::of(c)?,
-                    &self.clock,
-                    observed,
-                ))
-            })
-            .collect::<Vec<_>>();
-        let n = records.len() as u64;
-        let body = record::request(records, &self.host).encode_to_vec();
+    /// Adds a chunk's records to the request, sending it each time it is full.
+    fn encode(&mut self, chunk: &[Closed]) {
+        let observed = record::unix_ns(SystemTime::now());
+        for c in chunk {
+            let Some(direction) = Direction::of(c) else {
+                continue;
+            };
+            let labels = self.cgroups.lookup(c.cgroup_id, Instant::now).ok();
+            let time = record::unix_ns(self.clock.wall(c.closed_ns));
+            self.body.push(c, direction, labels, time, observed);
+            self.batch_since.get_or_insert_with(Instant::now);
+            if self.body.records() >= BATCH {
+                self.send();
+            }
+        }
+    }
+
+    /// Posts the request (retrying), counts the outcome and empties it.
+    fn send(&mut self) {
+        self.batch_since = None;
+        let n = self.body.records() as u64;
         let mut backoff = FIRST_BACKOFF;
         let attempts = if self.stopping.load(Ordering::Relaxed) {
             1
@@ -269,21 +359,17 @@ impl Worker {
             ATTEMPTS
         };
         let mut last = String::new();
+        let mut delivered = None;
         for attempt in 0..attempts {
             if attempt > 0 {
                 self.stats.retries.inc();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            match self.post(&body) {
+            match post(&self.endpoint, &mut self.conn, self.body.finish()) {
                 Ok(rejected) => {
-                    self.stats.exported.inc_by(n.saturating_sub(rejected));
-                    self.stats.rejected.inc_by(rejected.min(n));
-                    if self.failing {
-                        eprintln!("netmon agent: OTLP export to {} works again", self.url());
-                        self.failing = false;
-                    }
-                    return;
+                    delivered = Some(rejected);
+                    break;
                 }
                 Err(PostError::Retry(e)) => last = e,
                 Err(PostError::Permanent(e)) => {
@@ -291,6 +377,16 @@ impl Worker {
                     break;
                 }
             }
+        }
+        self.body.clear();
+        if let Some(rejected) = delivered {
+            self.stats.exported.inc_by(n.saturating_sub(rejected));
+            self.stats.rejected.inc_by(rejected.min(n));
+            if self.failing {
+                eprintln!("netmon agent: OTLP export to {} works again", self.url());
+                self.failing = false;
+            }
+            return;
         }
         self.stats.failed.inc_by(n);
         if !self.failing {
@@ -305,67 +401,54 @@ impl Worker {
     fn url(&self) -> String {
         format!("http://{}{}", self.endpoint.authority, self.endpoint.path)
     }
-
-    /// One POST; the number of records the endpoint said it rejected.
-    fn post(&mut self, body: &[u8]) -> Result<u64, PostError> {
-        let result = self.post_on_connection(body);
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
-    }
-
-    fn post_on_connection(&mut self, body: &[u8]) -> Result<u64, PostError> {
-        let retry = |what: &str, e: std::io::Error| PostError::Retry(format!("{what}: {e}"));
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(connect(&self.endpoint.authority)?));
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: netmon/{}\r\n\r\n",
-            self.endpoint.path,
-            self.endpoint.authority,
-            body.len(),
-            env!("CARGO_PKG_VERSION")
-        );
-        let stream = conn.get_mut();
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body))
-            .map_err(|e| retry("sending", e))?;
-        let response = read_response(conn).map_err(|e| retry("reading the response", e))?;
-        if !response.keep_alive {
-            self.conn = None;
-        }
-        match response.status {
-            200..=299 => Ok(rejected(&response.body)),
-            // OTLP/HTTP: these may succeed later; everything else will not.
-            429 | 502 | 503 | 504 => Err(PostError::Retry(format!("HTTP {}", response.status))),
-            s => Err(PostError::Permanent(format!("HTTP {s}"))),
-        }
-    }
 }
 
-/// Waits for the first record up to `FLUSH_EVERY`, then takes what arrives until the batch is
-/// full or the time is up; false once the agent dropped its end.
-fn fill(rx: &Receiver<Closed>, batch: &mut Vec<Closed>) -> bool {
-    let mut deadline = None::<Instant>;
-    while batch.len() < BATCH {
-        let wait = deadline.map_or(FLUSH_EVERY, |d| d.saturating_duration_since(Instant::now()));
-        match rx.recv_timeout(wait) {
-            Ok(c) => {
-                batch.push(c);
-                deadline.get_or_insert_with(|| Instant::now() + FLUSH_EVERY);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if !batch.is_empty() {
-                    return true;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return false,
-        }
+/// One POST on the kept-alive connection `conn` (made if there is none, dropped on an
+/// error); the number of records the endpoint said it rejected.
+fn post(
+    endpoint: &Endpoint,
+    conn: &mut Option<BufReader<TcpStream>>,
+    body: &[u8],
+) -> Result<u64, PostError> {
+    let result = post_on_connection(endpoint, conn, body);
+    if result.is_err() {
+        *conn = None;
     }
-    true
+    result
+}
+
+fn post_on_connection(
+    endpoint: &Endpoint,
+    conn: &mut Option<BufReader<TcpStream>>,
+    body: &[u8],
+) -> Result<u64, PostError> {
+    let retry = |what: &str, e: std::io::Error| PostError::Retry(format!("{what}: {e}"));
+    if conn.is_none() {
+        *conn = Some(BufReader::new(connect(&endpoint.authority)?));
+    }
+    let reader = conn.as_mut().expect("connected above");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nUser-Agent: netmon/{}\r\n\r\n",
+        endpoint.path,
+        endpoint.authority,
+        body.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let stream = reader.get_mut();
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .map_err(|e| retry("sending", e))?;
+    let response = read_response(reader).map_err(|e| retry("reading the response", e))?;
+    if !response.keep_alive {
+        *conn = None;
+    }
+    match response.status {
+        200..=299 => Ok(rejected(&response.body)),
+        // OTLP/HTTP: these may succeed later; everything else will not.
+        429 | 502 | 503 | 504 => Err(PostError::Retry(format!("HTTP {}", response.status))),
+        s => Err(PostError::Permanent(format!("HTTP {s}"))),
+    }
 }
 
 fn connect(authority: &str) -> Result<TcpStream, PostError> {
@@ -617,8 +700,12 @@ mod tests {
     #[test]
     fn queued_records_reach_the_receiver_and_listeners_are_not_sent() {
         let (addr, posts) = receiver();
-        let exporter =
-            Exporter::start(format!("http://{addr}").parse().unwrap(), Clock::now()).unwrap();
+        let mut exporter = Exporter::start(
+            format!("http://{addr}").parse().unwrap(),
+            Clock::now(),
+            CgroupNames::default(),
+        )
+        .unwrap();
         let stats = exporter.stats.clone();
         for cookie in 0..3 {
             exporter.push(&closed(cookie));
@@ -640,9 +727,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let exporter = Exporter::start(
+        let mut exporter = Exporter::start(
             format!("http://127.0.0.1:{port}").parse().unwrap(),
             Clock::now(),
+            CgroupNames::default(),
         )
         .unwrap();
         let stats = exporter.stats.clone();

@@ -1,6 +1,8 @@
-//! One OTLP log record per ended connection: OpenTelemetry semantic-convention attribute
-//! names where one exists (`network.*`, `source.*`, `destination.*`, `process.*`), `netmon.*`
-//! for the rest.
+//! The shape of the OTLP log record of an ended connection, as prost messages: OpenTelemetry
+//! semantic-convention attribute names where one exists (`network.*`, `source.*`,
+//! `destination.*`, `process.*`, `container.id`, `k8s.pod.uid`), `netmon.*` for the rest.
+//! The exporter writes the same bytes by hand ([`super::encode`]); this is the reference its
+//! tests compare with.
 
 use std::{net::SocketAddr, time::SystemTime};
 
@@ -9,6 +11,7 @@ use super::proto::{
     Resource, ResourceLogs, ScopeLogs, Value,
 };
 use crate::{
+    cgroup::Labels,
     clock::Clock,
     metrics::labels::{Direction, FAMILIES, family_index},
     output::state_name,
@@ -17,10 +20,10 @@ use crate::{
 
 /// The `event.name` of every record netmon sends.
 pub const EVENT_NAME: &str = "netmon.tcp.connection.closed";
-const SEVERITY_INFO: i32 = 9;
-const SEVERITY_WARN: i32 = 13;
+pub const SEVERITY_INFO: i32 = 9;
+pub const SEVERITY_WARN: i32 = 13;
 
-fn unix_ns(t: SystemTime) -> u64 {
+pub fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -40,10 +43,12 @@ fn endpoint(attrs: &mut Vec<KeyValue>, prefix: &str, addr: &SocketAddr) {
     ));
 }
 
-/// The log record of an ended connection; `observed` is when netmon sends it.
+/// The log record of an ended connection, with the labels of its socket's cgroup; `observed`
+/// is when netmon handled it.
 pub fn log_record(
     c: &Closed,
     direction: Direction,
+    labels: Option<&Labels>,
     clock: &Clock,
     observed: SystemTime,
 ) -> LogRecord {
@@ -73,6 +78,17 @@ pub fn log_record(
             AnyValue::string(o.task.comm()),
         ));
         attrs.push(KeyValue::new("process.user.id", int(u64::from(o.task.uid))));
+    }
+    if let Some(l) = labels {
+        for (key, value) in [
+            ("container.id", &l.container_id),
+            ("k8s.pod.uid", &l.pod_uid),
+            ("netmon.systemd.unit", &l.unit),
+        ] {
+            if let Some(v) = value {
+                attrs.push(KeyValue::new(key, AnyValue::string(v.as_str())));
+            }
+        }
     }
     attrs.push(KeyValue::new(
         "netmon.direction",

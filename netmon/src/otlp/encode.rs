@@ -1,0 +1,694 @@
+//! The OTLP/HTTP request body written by hand for netmon's one record shape: each ended
+//! connection is encoded straight into one reused buffer, with no message structs and no
+//! allocation per record. [`super::record`] builds the same records as prost messages; the
+//! tests hold the two byte-for-byte equal.
+//!
+//! Why by hand: building ~25 `KeyValue`/`AnyValue` structs with their `String`s per record and
+//! letting prost size and encode them took most of the exporter's time under a connection
+//! storm (malloc/free and `encoded_len` led the profile; README, "OTLP").
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use crate::{
+    cgroup::Labels,
+    metrics::labels::{Direction, FAMILIES, family_index},
+    output::state_name,
+    table::{Closed, End},
+};
+
+use super::record::{EVENT_NAME, SEVERITY_INFO, SEVERITY_WARN};
+
+// Field keys (field number << 3 | wire type) of the messages written here.
+/// `ExportLogsServiceRequest.resource_logs`, `ResourceLogs.resource`, `Resource.attributes`,
+/// `ScopeLogs.scope`, `InstrumentationScope.name`, `KeyValue.key`, `AnyValue.string_value`,
+/// `ArrayValue.values`: field 1, length-delimited.
+const F1_LEN: u8 = 1 << 3 | 2;
+/// `ResourceLogs.scope_logs`, `ScopeLogs.log_records`, `InstrumentationScope.version`,
+/// `KeyValue.value`: field 2, length-delimited.
+const F2_LEN: u8 = 2 << 3 | 2;
+const ANY_INT: u8 = 3 << 3;
+const ANY_ARRAY: u8 = 5 << 3 | 2;
+const LOG_TIME: u8 = 1 << 3 | 1;
+const LOG_SEVERITY_NUMBER: u8 = 2 << 3;
+const LOG_SEVERITY_TEXT: u8 = 3 << 3 | 2;
+const LOG_BODY: u8 = 5 << 3 | 2;
+const LOG_ATTRIBUTE: u8 = 6 << 3 | 2;
+const LOG_OBSERVED_TIME: u8 = 11 << 3 | 1;
+const LOG_EVENT_NAME: u8 = 12 << 3 | 2;
+
+/// Bytes a record's length is given before its fields are written: records are 300-2,000
+/// bytes, whose length takes two varint bytes; any other length moves the record once.
+const RECORD_LEN_GUESS: usize = 2;
+
+/// Bytes a record takes at most besides its variable texts (its labels, addresses, body line,
+/// comm) and its path: 31 attributes of at most 40 bytes of key and 34 of framing, 10-byte
+/// ints, times and severity, with room to spare.
+const RECORD_FIXED_MAX: usize = 3 * 1024;
+/// Bytes a path entry takes at most in the two arrays (a state name is at most 12 bytes).
+const PATH_ENTRY_MAX: usize = 64;
+
+/// Writes into a slice known to be large enough: unlike `Vec::push`, whose length lives in
+/// memory that every byte written might alias, the position stays in a register.
+struct W<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl W<'_> {
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        self.out[self.pos] = b;
+        self.pos += 1;
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        self.out[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+}
+
+#[inline(always)]
+fn varint_len(v: u64) -> usize {
+    // 7 bits a byte; 0 still takes one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline(always)]
+fn put_varint(buf: &mut W, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// A length-delimited field of `len` bytes starts: its key and length.
+#[inline(always)]
+fn put_len(buf: &mut W, key: u8, len: usize) {
+    buf.push(key);
+    put_varint(buf, len as u64);
+}
+
+/// Bytes of a length-delimited field holding `len` bytes (key included).
+#[inline(always)]
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// OTLP's int values are int64: larger counts are clamped, as `record::int` does.
+#[inline(always)]
+fn clamp(v: u64) -> u64 {
+    v.min(i64::MAX as u64)
+}
+
+/// `KeyValue.key` as encoded (key, length, the name), built at compile time: a fixed-size
+/// copy per attribute instead of three writes.
+const fn key_field<const N: usize>(key: &str) -> [u8; N] {
+    let name = key.as_bytes();
+    assert!(name.len() < 128 && N == name.len() + 2);
+    let mut out = [0; N];
+    out[0] = F1_LEN;
+    out[1] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        out[2 + i] = name[i];
+        i += 1;
+    }
+    out
+}
+
+/// The encoded key of an attribute name, as a `&'static [u8; N]`.
+macro_rules! key {
+    ($name:literal) => {{
+        const KEY: [u8; $name.len() + 2] = key_field($name);
+        &KEY
+    }};
+}
+
+#[inline(always)]
+fn kv_str<const N: usize>(buf: &mut W, key: &[u8; N], value: &[u8]) {
+    let any = field_len(value.len());
+    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
+    buf.extend_from_slice(key);
+    put_len(buf, F2_LEN, any);
+    put_len(buf, F1_LEN, value.len());
+    buf.extend_from_slice(value);
+}
+
+#[inline(always)]
+fn kv_int<const N: usize>(buf: &mut W, key: &[u8; N], value: u64) {
+    let value = clamp(value);
+    let any = 1 + varint_len(value);
+    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
+    buf.extend_from_slice(key);
+    put_len(buf, F2_LEN, any);
+    buf.push(ANY_INT);
+    put_varint(buf, value);
+}
+
+/// An array attribute whose values take `lens` bytes each as `AnyValue`s, written by `put`.
+#[inline(always)]
+fn kv_array<const N: usize>(
+    buf: &mut W,
+    key: &[u8; N],
+    lens: impl Iterator<Item = usize>,
+    put: impl FnOnce(&mut W),
+) {
+    let array: usize = lens.map(field_len).sum();
+    let any = field_len(array);
+    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
+    buf.extend_from_slice(key);
+    put_len(buf, F2_LEN, any);
+    put_len(buf, ANY_ARRAY, array);
+    put(buf);
+}
+
+/// Decimal digits of `v` appended to `out`.
+#[inline(always)]
+fn put_decimal(out: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[inline(always)]
+fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        put_decimal(out, u64::from(octet));
+    }
+}
+
+/// `addr` as `SocketAddr`'s `Display` writes it; IPv4 without the formatting machinery.
+fn put_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr, text: &mut String) {
+    match addr {
+        SocketAddr::V4(a) => {
+            put_ipv4(out, *a.ip());
+            out.push(b':');
+            put_decimal(out, u64::from(a.port()));
+        }
+        SocketAddr::V6(_) => {
+            text.clear();
+            write!(text, "{addr}").ok();
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr, text: &mut String) {
+    match ip {
+        IpAddr::V4(ip) => put_ipv4(out, ip),
+        IpAddr::V6(ip) => {
+            text.clear();
+            write!(text, "{ip}").ok();
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+/// The request being filled: records as they come, the resource and scope around them when
+/// it is sent.
+/// What `f` writes into a scratch buffer of `max` bytes, for the parts encoded once.
+fn encoded(max: usize, f: impl FnOnce(&mut W)) -> Vec<u8> {
+    let mut out = vec![0; max];
+    let mut w = W {
+        out: &mut out,
+        pos: 0,
+    };
+    f(&mut w);
+    let end = w.pos;
+    out.truncate(end);
+    out
+}
+
+/// The request being filled: records as they come, the resource and scope around them when
+/// it is sent.
+#[derive(Debug)]
+pub struct Body {
+    /// `headroom` bytes for the request's head, then the records as `ScopeLogs.log_records`
+    /// fields up to `end`; always initialised past `end`, so that a record is written into
+    /// a slice without growing the vector byte by byte.
+    buf: Vec<u8>,
+    end: usize,
+    headroom: usize,
+    /// `ResourceLogs.resource` and `ScopeLogs.scope`, encoded once.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    records: usize,
+    /// Reused text: the local and peer addresses, the body, IPv6 formatting.
+    local_ip: Vec<u8>,
+    peer_ip: Vec<u8>,
+    line: Vec<u8>,
+    text: String,
+}
+
+impl Body {
+    /// An empty request from this `host`, with room for `records` records of the usual size.
+    pub fn new(host: &str, records: usize) -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        let attr = |key: &str, value: &str| {
+            encoded(64 + key.len() + value.len(), |w| {
+                let any = field_len(value.len());
+                // `Resource.attributes` is field 1.
+                put_len(w, F1_LEN, field_len(key.len()) + field_len(any));
+                put_len(w, F1_LEN, key.len());
+                w.extend_from_slice(key.as_bytes());
+                put_len(w, F2_LEN, any);
+                put_len(w, F1_LEN, value.len());
+                w.extend_from_slice(value.as_bytes());
+            })
+        };
+        let attrs = [
+            attr("service.name", "netmon"),
+            attr("service.version", version),
+            attr("host.name", host),
+        ]
+        .concat();
+        let resource = encoded(16 + attrs.len(), |w| {
+            put_len(w, F1_LEN, attrs.len());
+            w.extend_from_slice(&attrs);
+        });
+        let scope_fields = encoded(64 + version.len(), |w| {
+            put_len(w, F1_LEN, "netmon".len());
+            w.extend_from_slice(b"netmon");
+            put_len(w, F2_LEN, version.len());
+            w.extend_from_slice(version.as_bytes());
+        });
+        let scope = encoded(16 + scope_fields.len(), |w| {
+            put_len(w, F1_LEN, scope_fields.len());
+            w.extend_from_slice(&scope_fields);
+        });
+        // The head: request -> resource_logs -> (resource, scope_logs -> (scope, records)),
+        // two lengths of at most 10 bytes each.
+        let headroom = 2 * (1 + 10) + resource.len() + scope.len();
+        Self {
+            buf: vec![0; headroom + records * 1024],
+            end: headroom,
+            headroom,
+            resource,
+            scope,
+            records: 0,
+            local_ip: Vec::with_capacity(64),
+            peer_ip: Vec::with_capacity(64),
+            line: Vec::with_capacity(256),
+            text: String::with_capacity(64),
+        }
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Empties it for the next request (keeping its memory).
+    pub fn clear(&mut self) {
+        self.end = self.headroom;
+        self.records = 0;
+    }
+
+    /// Appends the log record of an ended connection; `time_ns` is when it ended and
+    /// `observed_ns` when netmon handled it, both since the Unix epoch.
+    pub fn push(
+        &mut self,
+        c: &Closed,
+        direction: Direction,
+        labels: Option<&Labels>,
+        time_ns: u64,
+        observed_ns: u64,
+    ) {
+        self.local_ip.clear();
+        put_ip(&mut self.local_ip, c.local.ip(), &mut self.text);
+        self.peer_ip.clear();
+        put_ip(&mut self.peer_ip, c.remote.ip(), &mut self.text);
+        self.line.clear();
+        self.line.extend_from_slice(direction.word().as_bytes());
+        self.line.extend_from_slice(b" TCP connection ");
+        put_socket_addr(&mut self.line, &c.local, &mut self.text);
+        self.line.extend_from_slice(b" -> ");
+        put_socket_addr(&mut self.line, &c.remote, &mut self.text);
+        self.line.extend_from_slice(b" ended: ");
+        self.line.extend_from_slice(c.end.name().as_bytes());
+
+        let labels_len: usize = labels.map_or(0, |l| {
+            [&l.container_id, &l.pod_uid, &l.unit]
+                .iter()
+                .map(|v| v.as_ref().map_or(0, String::len))
+                .sum()
+        });
+        let max = RECORD_FIXED_MAX
+            + labels_len
+            + 4 * (self.local_ip.len() + self.peer_ip.len())
+            + self.line.len()
+            + PATH_ENTRY_MAX * c.path.durations(c.closed_ns).count();
+        if self.buf.len() < self.end + max {
+            self.buf.resize((self.end + max).max(2 * self.buf.len()), 0);
+        }
+        let mut w = W {
+            out: &mut self.buf,
+            pos: self.end,
+        };
+        let buf = &mut w;
+        buf.push(F2_LEN);
+        let len_at = buf.pos;
+        buf.extend_from_slice(&[0; RECORD_LEN_GUESS]);
+        let start = buf.pos;
+
+        // Fields in field-number order, zero values left out: as prost writes them.
+        if time_ns != 0 {
+            buf.push(LOG_TIME);
+            buf.extend_from_slice(&time_ns.to_le_bytes());
+        }
+        let (severity, severity_text) = match c.end {
+            End::Normal => (SEVERITY_INFO, "INFO"),
+            _ => (SEVERITY_WARN, "WARN"),
+        };
+        buf.push(LOG_SEVERITY_NUMBER);
+        put_varint(buf, severity as u64);
+        put_len(buf, LOG_SEVERITY_TEXT, severity_text.len());
+        buf.extend_from_slice(severity_text.as_bytes());
+        put_len(buf, LOG_BODY, field_len(self.line.len()));
+        put_len(buf, F1_LEN, self.line.len());
+        buf.extend_from_slice(&self.line);
+
+        kv_str(buf, key!("network.transport"), b"tcp");
+        kv_str(
+            buf,
+            key!("network.type"),
+            FAMILIES[family_index(&c.local)].as_bytes(),
+        );
+        let local_port = u64::from(c.local.port());
+        let peer_port = u64::from(c.remote.port());
+        kv_str(buf, key!("network.local.address"), &self.local_ip);
+        kv_int(buf, key!("network.local.port"), local_port);
+        kv_str(buf, key!("network.peer.address"), &self.peer_ip);
+        kv_int(buf, key!("network.peer.port"), peer_port);
+        // source = the side that connected, destination = the side that accepted.
+        let ends = match direction {
+            Direction::Outbound => Some(((&self.local_ip, local_port), (&self.peer_ip, peer_port))),
+            Direction::Inbound => Some(((&self.peer_ip, peer_port), (&self.local_ip, local_port))),
+            Direction::Unknown => None,
+        };
+        if let Some(((s_ip, s_port), (d_ip, d_port))) = ends {
+            kv_str(buf, key!("source.address"), s_ip);
+            kv_int(buf, key!("source.port"), s_port);
+            kv_str(buf, key!("destination.address"), d_ip);
+            kv_int(buf, key!("destination.port"), d_port);
+        }
+        if let Some(o) = &c.owner {
+            kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
+            kv_str(
+                buf,
+                key!("process.executable.name"),
+                o.task.comm().as_bytes(),
+            );
+            kv_int(buf, key!("process.user.id"), u64::from(o.task.uid));
+        }
+        if let Some(l) = labels {
+            if let Some(id) = &l.container_id {
+                kv_str(buf, key!("container.id"), id.as_bytes());
+            }
+            if let Some(uid) = &l.pod_uid {
+                kv_str(buf, key!("k8s.pod.uid"), uid.as_bytes());
+            }
+            if let Some(unit) = &l.unit {
+                kv_str(buf, key!("netmon.systemd.unit"), unit.as_bytes());
+            }
+        }
+        kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
+        kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
+        kv_str(
+            buf,
+            key!("netmon.last_state"),
+            state_name(c.last).as_bytes(),
+        );
+        if let Some(ns) = c.lifespan_ns() {
+            kv_int(buf, key!("netmon.lifespan_ns"), ns);
+        }
+        let path = || c.path.durations(c.closed_ns);
+        kv_array(
+            buf,
+            key!("netmon.states"),
+            path().map(|(s, _)| field_len(state_name(s).len())),
+            |buf| {
+                for (s, _) in path() {
+                    let name = state_name(s);
+                    put_len(buf, F1_LEN, field_len(name.len()));
+                    put_len(buf, F1_LEN, name.len());
+                    buf.extend_from_slice(name.as_bytes());
+                }
+            },
+        );
+        kv_array(
+            buf,
+            key!("netmon.state_durations_ns"),
+            path().map(|(_, ns)| 1 + varint_len(clamp(ns))),
+            |buf| {
+                for (_, ns) in path() {
+                    let ns = clamp(ns);
+                    put_len(buf, F1_LEN, 1 + varint_len(ns));
+                    buf.push(ANY_INT);
+                    put_varint(buf, ns);
+                }
+            },
+        );
+        kv_int(buf, key!("netmon.bytes_sent"), c.bytes_acked);
+        kv_int(buf, key!("netmon.bytes_received"), c.bytes_received);
+        kv_int(buf, key!("netmon.netns"), u64::from(c.netns));
+        kv_int(buf, key!("netmon.socket.cookie"), c.cookie);
+        if observed_ns != 0 {
+            buf.push(LOG_OBSERVED_TIME);
+            buf.extend_from_slice(&observed_ns.to_le_bytes());
+        }
+        put_len(buf, LOG_EVENT_NAME, EVENT_NAME.len());
+        buf.extend_from_slice(EVENT_NAME.as_bytes());
+
+        let end = buf.pos;
+        debug_assert!(end - start <= max, "a record past its bound");
+        let len = (end - start) as u64;
+        if varint_len(len) == RECORD_LEN_GUESS {
+            self.buf[len_at] = (len as u8 & 0x7f) | 0x80;
+            self.buf[len_at + 1] = (len >> 7) as u8;
+            self.end = end;
+        } else {
+            let prefix = encoded(10, |w| put_varint(w, len));
+            let moved = len_at + prefix.len();
+            if self.buf.len() < moved + len as usize {
+                self.buf.resize(moved + len as usize, 0);
+            }
+            self.buf.copy_within(start..end, moved);
+            self.buf[len_at..moved].copy_from_slice(&prefix);
+            self.end = moved + len as usize;
+        }
+        self.records += 1;
+    }
+
+    /// The encoded `ExportLogsServiceRequest` holding the records pushed since the last
+    /// [`Body::clear`].
+    pub fn finish(&mut self) -> &[u8] {
+        let records = self.end - self.headroom;
+        let scope_logs = self.scope.len() + records;
+        let resource_logs = self.resource.len() + field_len(scope_logs);
+        let head = encoded(self.headroom, |w| {
+            put_len(w, F1_LEN, resource_logs);
+            w.extend_from_slice(&self.resource);
+            put_len(w, F2_LEN, scope_logs);
+            w.extend_from_slice(&self.scope);
+        });
+        let start = self.headroom - head.len();
+        self.buf[start..self.headroom].copy_from_slice(&head);
+        &self.buf[start..self.end]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use prost::Message;
+
+    use netmon_common::{AF_INET, SockEvent, TcpState};
+
+    use super::{super::record, *};
+    use crate::{
+        clock::Clock,
+        decode::{Task, tests::event},
+        table::{Owner, Path, Table},
+        tracer::{Pipeline, Sink},
+    };
+
+    struct Collect(Vec<Closed>);
+
+    impl Sink for Collect {
+        fn closed(&mut self, c: &Closed) -> std::io::Result<()> {
+            self.0.push(*c);
+            Ok(())
+        }
+    }
+
+    /// SYN-SENT, ESTAB, FIN-WAIT-1, FIN-WAIT-2 as the table records them from ring records.
+    fn path() -> Path {
+        use TcpState::*;
+        let mut pipeline = Pipeline::new(Table::new());
+        let mut sink = Collect(Vec::new());
+        for (ts, old, new) in [
+            (1_000, Close, SynSent),
+            (60_000, SynSent, Established),
+            (8_000_000, Established, FinWait1),
+            (8_500_000, FinWait1, FinWait2),
+            (9_000_000, FinWait2, Close),
+        ] {
+            let mut ev = event(
+                AF_INET,
+                &[127, 0, 0, 1],
+                &[127, 0, 0, 2],
+                old.to_kernel(),
+                new.to_kernel(),
+            );
+            ev.ts_ns = ts;
+            // SAFETY: SockEvent is plain data without padding.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<SockEvent>())
+            };
+            pipeline.record(bytes, &mut sink).unwrap();
+        }
+        pipeline.end_batch(&mut sink).unwrap();
+        assert_eq!(sink.0.len(), 1);
+        assert!(!sink.0[0].path.is_empty());
+        sink.0[0].path
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (v, n) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(v), n, "{v}");
+            let buf = encoded(10, |w| put_varint(w, v));
+            assert_eq!(buf.len(), n, "{v}");
+        }
+    }
+
+    fn closed(local: &str, remote: &str) -> Closed {
+        let addr = |s: &str| s.parse().unwrap();
+        Closed {
+            cookie: u64::MAX,
+            netns: 4026531840,
+            local: addr(local),
+            remote: addr(remote),
+            born_ns: Some(1_000),
+            closed_ns: 9_000_000,
+            last: TcpState::FinWait2,
+            path: path(),
+            owner: Some(Owner::new(Task::new(4242, 4243, 1000, "curl"))),
+            end: End::Normal,
+            bytes_acked: 1 << 40,
+            bytes_received: 0,
+            cgroup_id: 7,
+            cgroup_source: netmon_common::CgroupSource::Socket,
+        }
+    }
+
+    /// The same records through prost's structs and through `Body`.
+    fn both(records: &[(Closed, Direction, Option<Labels>)]) -> (Vec<u8>, Vec<u8>) {
+        let clock = Clock::now();
+        let observed = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_800_000_000_123_456_789);
+        let unix =
+            |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let reference = record::request(
+            records
+                .iter()
+                .map(|(c, d, l)| record::log_record(c, *d, l.as_ref(), &clock, observed))
+                .collect(),
+            "host-1.example",
+        )
+        .encode_to_vec();
+        let mut body = Body::new("host-1.example", 4);
+        for (c, d, l) in records {
+            body.push(
+                c,
+                *d,
+                l.as_ref(),
+                unix(clock.wall(c.closed_ns)),
+                unix(observed),
+            );
+        }
+        assert_eq!(body.records(), records.len());
+        (reference, body.finish().to_vec())
+    }
+
+    #[test]
+    fn records_are_byte_for_byte_what_prost_writes() {
+        let labels = Labels::parse(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice/cri-containerd-4f1c0ffee0000000000000000000000000000000000000000000000000c0ffee.scope",
+        );
+        assert!(labels.pod_uid.is_some() && labels.container_id.is_some());
+        let unit = Labels::parse("/system.slice/web\\x2dfront.service");
+        let mut reset = closed("[::1]:443", "[fe80::1%2]:51000");
+        reset.end = End::ResetReceived;
+        reset.owner = None;
+        reset.born_ns = None;
+        let mut bare = closed("10.0.0.1:1", "255.255.255.255:65535");
+        bare.path = Default::default();
+        bare.last = TcpState::Unknown(77);
+        let cases = [
+            (
+                closed("127.0.0.1:40000", "127.0.0.1:80"),
+                Direction::Outbound,
+                None,
+            ),
+            (
+                closed("127.0.0.1:80", "127.0.0.1:40000"),
+                Direction::Inbound,
+                Some(labels),
+            ),
+            (reset, Direction::Unknown, Some(unit)),
+            (bare, Direction::Outbound, Some(Labels::parse("/"))),
+        ];
+        for case in &cases {
+            let (reference, ours) = both(std::slice::from_ref(case));
+            assert_eq!(ours, reference, "{:?}", case.0);
+        }
+        let (reference, ours) = both(&cases);
+        assert_eq!(ours, reference);
+        let (reference, ours) = both(&[]);
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn a_cleared_body_starts_over_and_odd_lengths_move_the_record() {
+        let mut body = Body::new("h", 1);
+        let c = closed("127.0.0.1:1", "127.0.0.1:2");
+        body.push(&c, Direction::Outbound, None, 1, 2);
+        let one = body.finish().to_vec();
+        body.push(&c, Direction::Outbound, None, 1, 2);
+        body.clear();
+        body.push(&c, Direction::Outbound, None, 1, 2);
+        assert_eq!(body.finish(), one.as_slice());
+        // A record past 16,383 bytes needs a third length byte: still prost's bytes.
+        let long = Labels {
+            unit: Some("u".repeat(20_000)),
+            ..Labels::default()
+        };
+        let (reference, ours) = both(&[(c, Direction::Outbound, Some(long))]);
+        assert_eq!(ours, reference);
+    }
+}
