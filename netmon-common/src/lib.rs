@@ -300,6 +300,97 @@ impl Default for KernelFilter {
     }
 }
 
+/// The `iter/tcp` program (a BPF iterator over the TCP sockets of the namespace its iterator
+/// was created in), and its per-reader filter map.
+pub const ITER_PROGRAM: &str = "netmon_iter_tcp";
+/// Global holding [`IterOffsets`].
+pub const GLOBAL_ITER_OFFSETS: &str = "ITER_OFFSETS";
+/// Hash map: thread id of the reader -> the [`KernelFilter`] its iterator applies.
+pub const MAP_ITER_FILTERS: &str = "ITER_FILTERS";
+/// Readers that may each hold a filter at once ([`MAP_ITER_FILTERS`]); a reader that finds
+/// the map full reads unfiltered (the userspace filter stays authoritative).
+pub const ITER_FILTER_SLOTS: u32 = 256;
+
+/// One TCP socket as the `iter/tcp` program writes it (`bpf_seq_write`): the fields of
+/// sock_diag's `inet_diag_msg` that `ss -tan` prints or filters on, and nothing it would have
+/// to compute (no timers, no attributes).
+///
+/// Ports in host byte order; addresses in network byte order, IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IterSock {
+    /// `bpf_get_socket_cookie()`, the value sock_diag reports as `idiag_cookie`.
+    pub cookie: u64,
+    /// The socket's inode number (`sock_i_ino()`); 0 for TIME-WAIT and request sockets and
+    /// sockets without a file (orphans, children still in the accept queue).
+    pub inode: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// As sock_diag's `idiag_rqueue`/`idiag_wqueue` (`tcp_diag_get_info()`): accept queue
+    /// and its limit for a listener, unread and unacknowledged bytes otherwise, 0 for
+    /// TIME-WAIT and request sockets.
+    pub recv_q: u32,
+    pub send_q: u32,
+    /// The iterator's uid (the listener's for a request socket, 0 for TIME-WAIT).
+    pub uid: u32,
+    /// `skc_bound_dev_if`.
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    /// The state sock_diag reports: `skc_state`, kernel numbering (12 for a request socket),
+    /// or a TIME-WAIT socket's `tw_substate`.
+    pub state: u8,
+    /// The byte of `sock_common` that holds the `skc_ipv6only` bit (userspace knows which
+    /// bit, from BTF); 0 for TIME-WAIT and request sockets.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<IterSock>() == 72);
+
+/// Byte offsets the `iter/tcp` program reads, resolved from BTF like [`SockOffsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IterOffsets {
+    /// `struct sock_common`.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_bound_dev_if: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// The byte holding the `skc_ipv6only` bitfield.
+    pub skc_ipv6only_byte: u32,
+    /// `struct sock`, read through the `struct tcp_sock *` that `bpf_skc_to_tcp_sock()`
+    /// gives (`sock` is at its offset 0).
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    pub sk_socket: u32,
+    /// `struct socket.file`, `struct file.f_inode`, `struct inode.i_ino`: the socket's inode
+    /// number, which is `SOCK_INODE(sk_socket)->i_ino` (the file of a socket is made on its
+    /// own inode, `sock_alloc_file()`).
+    pub socket_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    /// `socket_alloc.vfs_inode` + `inode.i_ino`: the same number for a socket without a file
+    /// (a kernel socket), read with `bpf_probe_read_kernel` (`SOCK_INODE()` is pointer
+    /// arithmetic the verifier does not follow).
+    pub socket_ino: u32,
+    /// `struct inet_timewait_sock.tw_substate` (at offset 0 of `struct tcp_timewait_sock`):
+    /// sock_diag reports a TIME-WAIT socket in this state (FIN-WAIT-2 for an orphan that
+    /// timed out in it, `tcp_time_wait()`).
+    pub tw_substate: u32,
+    /// `struct tcp_sock`.
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_snd_una: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain integers and byte arrays, no padding (asserted by size above).
@@ -308,6 +399,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     // SAFETY: u32/u16/u64 fields, explicit padding.
     unsafe impl aya::Pod for super::KernelFilter {}
+    // SAFETY: u32 fields only.
+    unsafe impl aya::Pod for super::IterOffsets {}
 }
 
 /// TCP states with the kernel's numbering (include/net/tcp_states.h) and ss's names.

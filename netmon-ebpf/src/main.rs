@@ -47,6 +47,8 @@
 #![no_std]
 #![no_main]
 
+mod iter;
+
 use core::ptr::read_volatile;
 
 use aya_ebpf::{

@@ -39,6 +39,7 @@ use crate::{
     clock::Clock,
     export::Export,
     filter::Services,
+    iter::TcpIter,
     metrics::{self, Metrics, MetricsConfig, groups::PeerGroup},
     netns::Netns,
     otlp::{self, Endpoint},
@@ -46,7 +47,7 @@ use crate::{
     slots::Slots,
     snapshot::{self, SnapshotArgs},
     sock_diag::Cancel,
-    source::{self, Enrich, LiveSource, Scope, SocketSource, What},
+    source::{self, Enrich, IterSource, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
     wire::{self, FRAME_DATA, FRAME_TRAILER, ReplyHeader, Request, SnapshotRequest, Trailer},
 };
@@ -263,6 +264,8 @@ struct Shared {
     in_flight: Arc<Budget>,
     /// The admin group's id, if it exists (else only root is an admin).
     admin_gid: Option<u32>,
+    /// The socket iterator, for snapshots it can serve; `None` where it could not load.
+    iter: Option<Arc<TcpIter>>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -326,6 +329,18 @@ pub async fn run(
             e.off_warning()
         );
     }
+    // Loaded while the agent still has the privileges to load programs.
+    let iter = match TcpIter::load() {
+        Ok(iter) => Some(Arc::new(iter)),
+        Err(e) => {
+            eprintln!(
+                "netmon agent: snapshots dump over sock_diag: the socket iterator did not load: \
+                 {:#}",
+                anyhow::Error::new(e)
+            );
+            None
+        }
+    };
     let seeded = tracer.seed();
     // The seed's dumps and /proc scan (tens of MB at 100k sockets) are freed: give them back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -396,6 +411,7 @@ pub async fn run(
         sources: live_source,
         in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
         admin_gid: group_id(&args.admin_group),
+        iter,
     });
     let server = tokio::spawn(accept_loop(listener, shared));
     let mut sink = (LossLog, Export { metrics, otlp });
@@ -585,10 +601,12 @@ pub fn caller_netns(
 }
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
-/// Blocking: the dump and the rendering happen here.
+/// Blocking: the dump and the rendering happen here. The sockets come from `iter` where it
+/// can serve the request's options ([`SnapshotArgs::iter_serves`]), else from `source`.
 pub fn serve(
     prepared: Prepared,
     source: &impl SocketSource,
+    iter: Option<&TcpIter>,
     table: &mut impl Enrich,
     services: &Services,
     clock: Clock,
@@ -601,8 +619,18 @@ pub fn serve(
     let what = What {
         closed_within_ns: prepared.request.closed_ns,
         ext: args.diag_ext(),
+        table: args.wants_table(&filter),
     };
-    let mut collected = source::collect(source, &prepared.scope, table, what)?;
+    let mut collected = match iter.filter(|_| args.iter_serves()) {
+        Some(iter) => {
+            let source = IterSource {
+                iter,
+                filter: filter.kernel_filter(),
+            };
+            source::collect(&source, &prepared.scope, table, what)?
+        }
+        None => source::collect(source, &prepared.scope, table, what)?,
+    };
     prepared.access.redact(&mut collected);
     let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(clock);
@@ -741,6 +769,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
             let result = serve(
                 prepared,
                 &(shared.sources)(cancel),
+                shared.iter.as_deref(),
                 &mut table,
                 &shared.services,
                 shared.clock,
@@ -1355,6 +1384,7 @@ mod tests {
         serve(
             prepared,
             &source,
+            None,
             &mut table,
             &services,
             Clock::now(),
@@ -1508,6 +1538,7 @@ mod tests {
             sources: live_source,
             in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
             admin_gid: None,
+            iter: None,
         })
     }
 

@@ -428,9 +428,17 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Attac
         .ok_or(AttachError::Missing { what: "map", name })
 }
 
+/// The embedded eBPF object, or why this build has none.
+pub(crate) fn object() -> Result<&'static [u8], AttachError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(AttachError::NoProgram);
+    }
+    Ok(EBPF_OBJECT)
+}
+
 /// EPERM/EACCES while loading means missing capabilities whatever the capability check said
 /// (e.g. a LSM or a user namespace): report it the same way.
-fn permission_or(
+pub(crate) fn permission_or(
     wrap: fn(aya::EbpfError) -> AttachError,
 ) -> impl Fn(aya::EbpfError) -> AttachError {
     move |e| {

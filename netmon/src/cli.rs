@@ -16,6 +16,7 @@ use crate::{
     config, docs,
     features::Support,
     filter::{Filter, Services, StateSet},
+    iter::TcpIter,
     netns::{self, Netns},
     offsets,
     output::{Format, Printer},
@@ -23,7 +24,7 @@ use crate::{
     snapshot::{self, SnapshotArgs},
     sock_diag::{self, Families},
     sockstat::SockStat,
-    source::{self, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
+    source::{self, IterSource, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
     tracer::TracerConfig,
     watch::{self, Watcher},
 };
@@ -58,6 +59,13 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print the TCP sockets that exist now, like `ss -tan`, or the ones that just closed
     /// (`--closed`). Served by `netmon agent` when it runs; otherwise a one-shot dump.
+    ///
+    /// Where the options print only what `ss -tan` prints (plus -p, -r, -O, --count, and any
+    /// filter), the sockets come from a BPF iterator (`iter/tcp`) that skips the ones the
+    /// filter's states, families and port ranges reject inside the kernel; -o, -e, -m, -i,
+    /// --cgroup, JSON and unit/container counts or filters dump over sock_diag, as ss does.
+    /// Without the agent the iterator is used as root from 100,000 sockets up (loading it
+    /// costs a few tenths of a second).
     Snapshot(SnapshotArgs),
     /// Keep the live connection table and serve `netmon snapshot` and `netmon top` (needs
     /// root).
@@ -360,7 +368,7 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
     }
     if let Some(path) = &args.from_dump {
         let source = replay_source(path)?;
-        let notes = fallback_snapshot(&args, &filter, &services, &source, &mut out)?;
+        let notes = fallback_snapshot(&args, &filter, &services, &source, None, &mut out)?;
         out.flush()?;
         for note in notes {
             eprintln!("netmon: {note}");
@@ -388,8 +396,16 @@ async fn snapshot_command(mut args: SnapshotArgs, summary: Option<SockStat>) -> 
         }
         Err(e) => {
             let e = anyhow::Error::new(e);
-            eprintln!("netmon: {e:#}; showing a one-shot sock_diag dump (no ages, no history)");
-            fallback_snapshot(&args, &filter, &services, &LiveSource::default(), &mut out)?
+            eprintln!("netmon: {e:#}; showing a one-shot dump (no ages, no history)");
+            let iter = fallback_iter(&args);
+            fallback_snapshot(
+                &args,
+                &filter,
+                &services,
+                &LiveSource::default(),
+                iter.as_ref(),
+                &mut out,
+            )?
         }
     };
     out.flush()?;
@@ -427,13 +443,43 @@ fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
     notes
 }
 
+/// Below this many TCP sockets in the namespace, a snapshot without the agent dumps over
+/// sock_diag: loading the iterator (two parses of the kernel's BTF, the verifier) costs a
+/// fixed 0.3-0.5 s on the loaded 2-vCPU development machine, more than sock_diag's extra
+/// per-socket time saves below about this count (see README, "At scale").
+const FALLBACK_ITER_MIN_SOCKETS: i64 = 100_000;
+
+/// The socket iterator for a snapshot without the agent, where it can serve the options, the
+/// namespace is big enough for its load to pay, and this process may load it (root); else the
+/// dump goes over sock_diag, as ss's does, and only a failure other than missing privileges
+/// is worth a line.
+fn fallback_iter(args: &SnapshotArgs) -> Option<TcpIter> {
+    if !args.iter_serves() || args.all_netns || !crate::attach::has_bpf_privileges() {
+        return None;
+    }
+    let stat = crate::sockstat::SockStat::read(std::path::Path::new("/proc/thread-self/net"))
+        .unwrap_or_default();
+    if stat.tcp4_inuse + stat.tcp6_inuse + stat.tcp_tw < FALLBACK_ITER_MIN_SOCKETS {
+        return None;
+    }
+    TcpIter::load()
+        .map_err(|e| {
+            eprintln!(
+                "netmon: the socket iterator did not load ({:#}): dumping over sock_diag",
+                anyhow::Error::new(e)
+            )
+        })
+        .ok()
+}
+
 /// What ss does: dump the sockets now (or replay a recorded dump), with nothing the event
-/// stream would add.
+/// stream would add; from `iter` where it is given.
 fn fallback_snapshot(
     args: &SnapshotArgs,
     filter: &Filter,
     services: &Services,
     source: &impl SocketSource,
+    iter: Option<&TcpIter>,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<String>> {
     let scope = if args.all_netns {
@@ -445,9 +491,19 @@ fn fallback_snapshot(
     let mut owners = ProcOwners(args.processes.then(procfs::socket_owners));
     let what = What {
         ext: args.diag_ext(),
+        table: args.processes,
         ..What::default()
     };
-    let mut collected = source::collect(source, &scope, &mut owners, what)?;
+    let mut collected = match iter {
+        Some(iter) => {
+            let source = IterSource {
+                iter,
+                filter: filter.kernel_filter(),
+            };
+            source::collect(&source, &scope, &mut owners, what)?
+        }
+        None => source::collect(source, &scope, &mut owners, what)?,
+    };
     let missing = std::mem::take(&mut collected.notes);
     let mut data = collected.data(Clock::now());
     // The kernel sent marks only if we may see them.

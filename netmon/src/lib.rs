@@ -30,6 +30,7 @@ pub mod features;
 pub mod filter;
 pub mod fires;
 pub mod hosts;
+pub mod iter;
 pub mod metrics;
 pub mod netns;
 pub mod offsets;

@@ -44,6 +44,11 @@ impl Netns {
         Ok(Self { inum, file })
     }
 
+    /// The open namespace file (for `setns`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn of_pid(pid: i32) -> io::Result<Self> {
         Self::open(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
     }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use netmon_common::{CGROUP_MODE_SOCKET, CGROUP_MODE_TASK, SockOffsets};
+use netmon_common::{CGROUP_MODE_SOCKET, CGROUP_MODE_TASK, IterOffsets, SockOffsets};
 
 /// Where the kernel publishes its own BTF (CONFIG_DEBUG_INFO_BTF).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -89,6 +89,91 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         tcp_bytes_acked: field_offset(btf, "tcp_sock", &["bytes_acked"], 8)?,
         tcp_bytes_received: field_offset(btf, "tcp_sock", &["bytes_received"], 8)?,
         ..cgroup_offsets(btf)
+    })
+}
+
+/// The offsets of the `iter/tcp` program, and the bit of `skc_ipv6only` in the byte at
+/// [`IterOffsets::skc_ipv6only_byte`].
+pub fn resolve_iter(btf: &Btf) -> Result<(IterOffsets, u8), OffsetError> {
+    let common = |field: &str, size: usize| field_offset(btf, "sock_common", &[field], size);
+    let sock = |field: &str, size: usize| field_offset(btf, "sock", &[field], size);
+    let tcp = |field: &str| field_offset(btf, "tcp_sock", &[field], 4);
+    let socket_first = field_offset(btf, "socket_alloc", &["socket"], 0)?;
+    if socket_first != 0 {
+        return Err(OffsetError::Shape {
+            strukt: "socket_alloc".into(),
+            field: "socket".into(),
+            found: format!("at offset {socket_first}"),
+            expected: "offset 0".into(),
+        });
+    }
+    let first = [
+        field_offset(btf, "tcp_timewait_sock", &["tw_sk"], 0)?,
+        field_offset(btf, "tcp_sock", &["inet_conn", "icsk_inet", "sk"], 0)?,
+    ];
+    if first != [0, 0] {
+        return Err(OffsetError::Shape {
+            strukt: "tcp_timewait_sock / tcp_sock".into(),
+            field: "tw_sk / sk".into(),
+            found: format!("at offsets {first:?}"),
+            expected: "offset 0".into(),
+        });
+    }
+    let v6only_bit = bitfield_bit(btf, "sock_common", "skc_ipv6only")?;
+    Ok((
+        IterOffsets {
+            skc_daddr: common("skc_daddr", 4)?,
+            skc_rcv_saddr: common("skc_rcv_saddr", 4)?,
+            skc_dport: common("skc_dport", 2)?,
+            skc_num: common("skc_num", 2)?,
+            skc_family: common("skc_family", 2)?,
+            skc_state: common("skc_state", 1)?,
+            skc_bound_dev_if: common("skc_bound_dev_if", 4)?,
+            skc_v6_daddr: common("skc_v6_daddr", 16)?,
+            skc_v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
+            skc_ipv6only_byte: v6only_bit / 8,
+            sk_ack_backlog: sock("sk_ack_backlog", 4)?,
+            sk_max_ack_backlog: sock("sk_max_ack_backlog", 4)?,
+            sk_socket: sock("sk_socket", 8)?,
+            socket_file: field_offset(btf, "socket", &["file"], 8)?,
+            file_inode: field_offset(btf, "file", &["f_inode"], 8)?,
+            inode_ino: field_offset(btf, "inode", &["i_ino"], 8)?,
+            socket_ino: field_offset(btf, "socket_alloc", &["vfs_inode"], 0)?
+                + field_offset(btf, "inode", &["i_ino"], 8)?,
+            tw_substate: field_offset(btf, "inet_timewait_sock", &["tw_substate"], 1)?,
+            tcp_rcv_nxt: tcp("rcv_nxt")?,
+            tcp_copied_seq: tcp("copied_seq")?,
+            tcp_write_seq: tcp("write_seq")?,
+            tcp_snd_una: tcp("snd_una")?,
+        },
+        (v6only_bit % 8) as u8,
+    ))
+}
+
+/// Bit offset of the one-bit bitfield `name`, a direct member of struct `strukt`.
+fn bitfield_bit(btf: &Btf, strukt: &str, name: &str) -> Result<u32, OffsetError> {
+    let ty = named_struct(btf, strukt)?;
+    let Type::Struct(s) = &ty else {
+        return Err(OffsetError::NoStruct {
+            name: strukt.into(),
+        });
+    };
+    for member in &s.members {
+        if btf.resolve_name(member).unwrap_or_default() == name {
+            return match member.bitfield_size() {
+                Some(1) => Ok(member.bit_offset()),
+                found => Err(OffsetError::Shape {
+                    strukt: strukt.into(),
+                    field: name.into(),
+                    found: format!("a bitfield of {found:?} bits"),
+                    expected: "a 1-bit bitfield".into(),
+                }),
+            };
+        }
+    }
+    Err(OffsetError::NoField {
+        strukt: strukt.into(),
+        field: name.into(),
     })
 }
 

@@ -157,6 +157,23 @@ impl SnapshotArgs {
             })
     }
 
+    /// Whether the `iter/tcp` iterator ([`crate::iter`]) has every field these options print
+    /// and filter on (state, queues, addresses, ports, uid, inode, owners through the table).
+    /// Timers (-o, -e), -e's details, -m, -i and cgroups (--cgroup, JSON, unit, container)
+    /// come from sock_diag.
+    pub fn iter_serves(&self) -> bool {
+        !self.timers() && self.diag_ext() == 0 && !self.wants_cgroups()
+    }
+
+    /// Whether the rows need what the table knows of each socket: owners (-p, --count owner,
+    /// `pid`/`comm` in `filter`) or ages (-e).
+    pub fn wants_table(&self, filter: &Filter) -> bool {
+        self.processes
+            || self.extended
+            || self.count.contains(&CountBy::Owner)
+            || filter.uses_owner()
+    }
+
     /// ss -o (also implied by -e).
     pub fn timers(&self) -> bool {
         self.options || self.extended

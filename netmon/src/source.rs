@@ -4,8 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use netmon_common::KernelFilter;
+
 use crate::{
     clock::Clock,
+    iter::TcpIter,
     netns::{self, Netns},
     snapshot::{Data, Row},
     sock_diag::{self, Cancel, DiagError, DiagSock},
@@ -27,6 +30,11 @@ pub struct NsDump {
     pub netns: u32,
     pub t0_ns: u64,
     pub dump: Result<Vec<DiagSock>, DiagError>,
+    /// Every socket of the namespace, from sock_diag: the table reconciles with it. An
+    /// iterator's dump (possibly filtered in the kernel) is only looked up in the table.
+    pub full: bool,
+    /// What the user should know about how this namespace was read.
+    pub note: Option<String>,
 }
 
 /// Lists the sockets of the namespaces in a scope. Blocking: keep it off the thread that
@@ -54,6 +62,8 @@ fn dump_cancellable(ns: &Netns, ext: u8, cancel: &Cancel) -> NsDump {
         netns: ns.inum,
         t0_ns: Clock::mono_now_ns(),
         dump: ns.dump_cancellable(ext, cancel),
+        full: true,
+        note: None,
     }
 }
 
@@ -71,6 +81,8 @@ impl SocketSource for LiveSource {
                             netns: inum,
                             t0_ns: Clock::mono_now_ns(),
                             dump: Err(DiagError::Cancelled),
+                            full: true,
+                            note: None,
                         },
                         Ok(ns) => dump(&ns),
                         Err(source) => NsDump {
@@ -80,6 +92,66 @@ impl SocketSource for LiveSource {
                                 call: "open netns",
                                 source,
                             }),
+                            full: true,
+                            note: None,
+                        },
+                    })
+                });
+                dumps
+            }
+        }
+    }
+}
+
+/// The `iter/tcp` iterator ([`crate::iter`]), skipping in the kernel what `filter` rejects;
+/// a namespace it cannot read is dumped over sock_diag instead, with a note.
+#[derive(Debug)]
+pub struct IterSource<'a> {
+    pub iter: &'a TcpIter,
+    pub filter: KernelFilter,
+}
+
+impl IterSource<'_> {
+    fn dump(&self, ns: &Netns, ext: u8) -> NsDump {
+        let t0_ns = Clock::mono_now_ns();
+        match self.iter.dump(ns, Some(self.filter)) {
+            Ok(socks) => NsDump {
+                netns: ns.inum,
+                t0_ns,
+                dump: Ok(socks),
+                full: false,
+                note: None,
+            },
+            Err(e) => NsDump {
+                note: Some(format!(
+                    "the socket iterator failed for netns {} ({}): dumped over sock_diag",
+                    ns.inum,
+                    with_causes(&e)
+                )),
+                ..dump(ns, ext)
+            },
+        }
+    }
+}
+
+impl SocketSource for IterSource<'_> {
+    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
+        match scope {
+            Scope::Caller(ns) => vec![self.dump(ns, ext)],
+            Scope::All => {
+                let mut dumps = Vec::new();
+                netns::each(|inum, ns| {
+                    dumps.push(match ns {
+                        Ok(ns) => self.dump(&ns, ext),
+                        Err(source) => NsDump {
+                            netns: inum,
+                            t0_ns: Clock::mono_now_ns(),
+                            dump: Err(DiagError::Io {
+                                call: "open netns",
+                                source,
+                            }),
+                            full: false,
+                            note: None,
                         },
                     })
                 });
@@ -127,6 +199,8 @@ impl SocketSource for ReplaySource {
             } else {
                 Ok(socks.clone())
             },
+            full: true,
+            note: None,
         };
         match scope {
             Scope::Caller(ns) => self
@@ -156,6 +230,10 @@ pub trait Enrich {
         dump: Vec<DiagSock>,
     ) -> Result<Vec<Row>, TracerStopped>;
 
+    /// The rows of a dump the table must not reconcile with (see [`NsDump::full`]), with what
+    /// the table knows of each socket.
+    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped>;
+
     /// Closed connections of these namespaces (all with `None`) that ended at or after
     /// `since_ns`, oldest first, and how many older ones were evicted from the history.
     fn closed_since(
@@ -173,6 +251,13 @@ impl Enrich for Table {
         dump: Vec<DiagSock>,
     ) -> Result<Vec<Row>, TracerStopped> {
         self.reconcile(netns, &dump, t0_ns);
+        Ok(dump
+            .into_iter()
+            .map(|s| Row::new(s, netns, Some(self)))
+            .collect())
+    }
+
+    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
         Ok(dump
             .into_iter()
             .map(|s| Row::new(s, netns, Some(self)))
@@ -214,6 +299,10 @@ impl Enrich for ProcOwners {
             .collect())
     }
 
+    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
+        self.rows(netns, 0, dump)
+    }
+
     fn closed_since(
         &mut self,
         _netns: Option<&[u32]>,
@@ -230,6 +319,9 @@ pub struct What {
     pub closed_within_ns: Option<u64>,
     /// The sock_diag attributes the options print (`SnapshotArgs::diag_ext`).
     pub ext: u8,
+    /// Whether the rows need the table's owners or ages (`SnapshotArgs::wants_table`); a
+    /// full dump is merged with the table whatever this says.
+    pub table: bool,
 }
 
 /// A snapshot's data, owned (it may be rendered on another thread than the table's).
@@ -292,8 +384,13 @@ pub fn collect(
     }
     let mut skipped = Vec::new();
     for d in source.dumps(scope, what.ext) {
+        out.notes.extend(d.note);
         match (d.dump, scope) {
-            (Ok(dump), _) => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
+            (Ok(dump), _) if d.full => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
+            (Ok(dump), _) if what.table => out.rows.extend(table.lookup(d.netns, dump)?),
+            (Ok(dump), _) => out
+                .rows
+                .extend(dump.into_iter().map(|s| Row::new(s, d.netns, None))),
             // Every namespace: say which are missing rather than fail them all.
             (Err(e), Scope::All) => skipped.push(format!("{} ({})", d.netns, with_causes(&e))),
             (Err(source), Scope::Caller(_)) => {

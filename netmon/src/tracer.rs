@@ -429,6 +429,13 @@ pub enum Query {
         dump: Vec<DiagSock>,
         reply: oneshot::Sender<Vec<Row>>,
     },
+    /// The rows of a dump that is not every socket of `netns` (an iterator's, filtered in
+    /// the kernel), with what the table knows; the table does not reconcile with it.
+    Lookup {
+        netns: u32,
+        dump: Vec<DiagSock>,
+        reply: oneshot::Sender<Vec<Row>>,
+    },
     /// Closed connections of these namespaces that ended at or after `since_ns`, with the
     /// count of evicted ones.
     Closed {
@@ -527,6 +534,10 @@ impl Enrich for TracerHandle {
             dump,
             reply,
         })
+    }
+
+    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
+        self.ask(|reply| Query::Lookup { netns, dump, reply })
     }
 
     fn closed_since(
@@ -753,6 +764,17 @@ impl<R: Ring> Tracer<R> {
                 });
                 self.pipeline.resyncs.merged(started);
                 let _ = reply.send(rows.unwrap_or_default());
+            }
+            Query::Lookup { netns, dump, reply } => {
+                self.drain(sink)?;
+                let table = &self.pipeline.table;
+                // Read-only, but a million lookups still take a while: keep reading the ring.
+                let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
+                    dump.into_iter()
+                        .map(|s| Row::new(s, netns, Some(table)))
+                        .collect::<Vec<_>>()
+                });
+                let _ = reply.send(rows);
             }
             Query::Closed {
                 netns,

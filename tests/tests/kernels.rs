@@ -354,3 +354,57 @@ fn missing_hooks_are_named_and_not_fatal() {
         assert_eq!(named, !present, "watch's stderr for {feature}: {err}");
     }
 }
+
+/// The socket iterator that serves `snapshot -tan` (netmon/src/iter.rs) loads on this kernel
+/// and lists what sock_diag lists, field by field (a listener and both ends of a connection,
+/// IPv4 and IPv6): where it cannot load, the agent and the fallback dump over sock_diag.
+#[test]
+fn the_socket_iterator_loads_and_lists_what_sock_diag_lists() {
+    use netmon::{
+        iter::TcpIter,
+        netns::Netns,
+        sock_diag::{self, Cancel, DiagSock, Families},
+    };
+
+    let ns = TestNetns::new();
+    let _held = ns.run(|| {
+        let mut held = Vec::new();
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(bind).expect("bind");
+            let client = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                .expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            held.push((listener, client, server));
+        }
+        held
+    });
+    let iter = TcpIter::load()
+        .unwrap_or_else(|e| panic!("loading the socket iterator: {:#}", anyhow::Error::new(e)));
+    let netns = Netns::open(Path::new(&ns.path())).expect("open the test netns");
+    let file = std::fs::File::open(ns.path()).expect("open the test netns");
+    // What the iterator carries: no timers, no attributes but v6only.
+    let strip = |socks: Vec<DiagSock>| -> BTreeMap<u64, DiagSock> {
+        socks
+            .into_iter()
+            .map(|mut s| {
+                s.timer = None;
+                s.attrs = netmon::diag_ext::Attrs {
+                    v6only: s.attrs.v6only,
+                    ..Default::default()
+                };
+                (s.cookie, s)
+            })
+            .collect()
+    };
+    let diag = || {
+        let never = Cancel::default();
+        strip(
+            sock_diag::dump_tcp_in_netns(&file, Families::ALL, sock_diag::SS_STATES, 0, &never)
+                .expect("sock_diag dump"),
+        )
+    };
+    let want = diag();
+    assert_eq!(want.len(), 6, "two listeners, two connections: {want:#?}");
+    let got = strip(iter.dump(&netns, None).expect("iterator dump"));
+    assert_eq!(got, want, "the iterator's sockets vs sock_diag's");
+}

@@ -241,3 +241,124 @@ fn a_recorded_dump_replays_as_ss_replays_it_and_as_ss_listed_it_live() {
     }
     std::fs::remove_file(&path).ok();
 }
+
+/// The socket iterator (`iter/tcp`) that serves `snapshot -tan` against sock_diag, the source
+/// ss reads, on the same sockets: every field both carry, socket by socket (by cookie); its
+/// in-kernel filter only ever drops sockets the userspace filter rejects; and it walks the
+/// namespace it is created in, not the others.
+#[test]
+fn the_socket_iterator_lists_what_sock_diag_lists_field_by_field() {
+    use netmon::{
+        filter::{Services, StateSet},
+        iter::TcpIter,
+        netns::Netns,
+        sock_diag::{self, DiagSock, Families},
+    };
+    use std::collections::BTreeMap;
+
+    let ns = TestNetns::new();
+    let _v4 = hold_every_state(&ns, Stack::V4);
+    let _v6 = hold_every_state(&ns, Stack::V6);
+    let mapped = hold_every_state(&ns, Stack::Mapped);
+    let iter = TcpIter::load()
+        .unwrap_or_else(|e| panic!("loading the iterator: {:#}", anyhow::Error::new(e)));
+    let netns = Netns::open(std::path::Path::new(&ns.path())).expect("open the test netns");
+    let by_cookie = |socks: Vec<DiagSock>| -> BTreeMap<u64, DiagSock> {
+        socks.into_iter().map(|s| (s.cookie, s)).collect()
+    };
+    let file = std::fs::File::open(ns.path()).unwrap();
+    let diag = || {
+        let never = sock_diag::Cancel::default();
+        let socks =
+            sock_diag::dump_tcp_in_netns(&file, Families::ALL, sock_diag::SS_STATES, 0, &never)
+                .expect("sock_diag dump");
+        by_cookie(socks)
+    };
+    // The iterator has no timers and no attributes but v6only (see netmon::iter).
+    let strip = |socks: BTreeMap<u64, DiagSock>| -> BTreeMap<u64, DiagSock> {
+        socks
+            .into_iter()
+            .map(|(c, mut s)| {
+                s.timer = None;
+                s.attrs = netmon::diag_ext::Attrs {
+                    v6only: s.attrs.v6only,
+                    ..Default::default()
+                };
+                (c, s)
+            })
+            .collect()
+    };
+    // The fixture's sockets hold still, but a timer may move one on between two dumps (a
+    // SYN retransmitted, a keep-alive): compare with sock_diag dumps that agree before and
+    // after, a few times at most.
+    let mut last = String::new();
+    let mut equal = false;
+    for _ in 0..5 {
+        let before = strip(diag());
+        let got = by_cookie(iter.dump(&netns, None).expect("iterator dump"));
+        let after = strip(diag());
+        if before != after {
+            last = format!("sock_diag changed between two dumps: {before:#?} {after:#?}");
+            continue;
+        }
+        assert!(before.len() >= 30, "the fixture's sockets: {before:#?}");
+        if got == before {
+            equal = true;
+            break;
+        }
+        last = format!("iterator:\n{got:#?}\nsock_diag:\n{before:#?}");
+    }
+    assert!(
+        equal,
+        "the iterator's sockets differ from sock_diag's: {last}"
+    );
+
+    // The kernel part of a filter: what it lets through is a superset of what the full
+    // filter selects, and it does drop the rest.
+    let services = Services::default();
+    let port = mapped.ports[0];
+    let words = vec![format!("sport = :{port}")];
+    let filter = netmon::filter::Filter::parse(&words, &services, StateSet::ALL).unwrap();
+    let all = diag();
+    let selected: BTreeSet<u64> = all
+        .values()
+        .filter(|s| {
+            filter.matches(&netmon::filter::FilterInput {
+                state: s.state,
+                local: s.local,
+                remote: s.remote,
+                netns: Some(ns.inum),
+                pid: None,
+                comm: None,
+                uid: Some(s.uid),
+                cgroup: None,
+            })
+        })
+        .map(|s| s.cookie)
+        .collect();
+    assert!(
+        !selected.is_empty(),
+        "the filter selects the socket on {port}"
+    );
+    let passed: BTreeSet<u64> = iter
+        .dump(&netns, Some(filter.kernel_filter()))
+        .expect("filtered iterator dump")
+        .into_iter()
+        .map(|s| s.cookie)
+        .collect();
+    assert!(passed.is_superset(&selected), "{passed:?} ⊉ {selected:?}");
+    assert!(passed.len() < all.len(), "the kernel dropped nothing");
+
+    // Created in this process's namespace, it lists none of the test namespace's sockets.
+    let here = Netns::current().unwrap();
+    let elsewhere: BTreeSet<u64> = iter
+        .dump(&here, None)
+        .expect("iterator dump here")
+        .into_iter()
+        .map(|s| s.cookie)
+        .collect();
+    assert!(
+        elsewhere.iter().all(|c| !all.contains_key(c)),
+        "the iterator of one namespace listed another's sockets"
+    );
+}

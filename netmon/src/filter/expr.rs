@@ -137,6 +137,16 @@ impl Expr {
         }
     }
 
+    /// Whether the expression looks at the owning process (`pid`, `comm`).
+    pub(super) fn uses_owner(&self) -> bool {
+        match self {
+            Self::All(terms) | Self::Any(terms) => terms.iter().any(Self::uses_owner),
+            Self::Not(e) => e.uses_owner(),
+            Self::Owner(Owner::Pid, ..) | Self::Comm(_) => true,
+            _ => false,
+        }
+    }
+
     pub(super) fn eval(&self, input: &FilterInput) -> bool {
         match self {
             Self::All(terms) => terms.iter().all(|e| e.eval(input)),

@@ -159,6 +159,12 @@ impl Filter {
         self.expr.as_ref().is_some_and(Expr::uses_cgroup)
     }
 
+    /// Whether the expression looks at the owning process (`pid`, `comm`): only then do rows
+    /// need owners from the agent's table.
+    pub fn uses_owner(&self) -> bool {
+        self.expr.as_ref().is_some_and(Expr::uses_owner)
+    }
+
     /// Whether a socket in `input.state` passes, as `ss` would list it.
     pub fn matches(&self, input: &FilterInput) -> bool {
         self.states.contains(input.state) && self.matches_socket(input)

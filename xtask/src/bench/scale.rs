@@ -304,13 +304,18 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
         counted.push(churn.finish()?);
         churn = Churning::start(ctx, ns, plan, "reconcile")?;
     }
-    // Snapshots during the churn: each dumps the namespace and merges it into the table on
-    // the thread that drains the ring.
+    // Snapshots during the churn: each dumps the namespace and merges it into the table
+    // beside the thread that drains the ring. `-o`: timers come only from sock_diag, whose
+    // full dump the table reconciles with (a plain -tan is served by the socket iterator and
+    // reconciles nothing).
     let mut reconciles = 0;
     let mut failed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(plan.churn_secs + 120.0);
     while churn.proc.exited()?.is_none() && Instant::now() < deadline {
-        match rows_of(ns.command(&ctx.netmon).args(["snapshot", "-tanH"]), &socket) {
+        match rows_of(
+            ns.command(&ctx.netmon).args(["snapshot", "-tanoH"]),
+            &socket,
+        ) {
             Ok(_) => reconciles += 1,
             Err(why) => failed.push(why),
         }
@@ -724,8 +729,8 @@ fn size_details(r: &SizeRun) -> String {
          the snapshots when the seed outlasted the first); fired = `perf stat -a \
          -e sock:inet_sock_set_state` filtered on the churn's ports; agent = \
          `netmon_events_total{{kind=\"transition\"}}` of an agent tracing only the bench's \
-         namespace (whose other sockets sit idle). {} `snapshot -tan` requests ran during the \
-         churn, each merging a dump of all {} sockets into the table.",
+         namespace (whose other sockets sit idle). {} `snapshot -tano` requests (sock_diag: \
+         timers) ran during the churn, each merging a dump of all {} sockets into the table.",
         r.churn.connections, r.churn.reconciles, r.sockets
     );
     let _ = writeln!(
