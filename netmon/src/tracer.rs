@@ -403,14 +403,19 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// thread).
 fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
     let mut dumps = Vec::new();
-    netns::each(|inum, ns| {
-        if netns.is_none_or(|only| only == inum) {
-            match ns {
-                Ok(ns) => dumps.push(source::dump(&ns, 0)),
-                Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+    let mut dump = |inum, ns: std::io::Result<netns::Netns>| match ns {
+        Ok(ns) => dumps.push(source::dump(&ns, 0)),
+        Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+    };
+    match netns {
+        // One namespace: found without walking every fd of the host, where it can be.
+        Some(only) => {
+            if let Some(ns) = netns::find(only) {
+                dump(only, ns);
             }
         }
-    });
+        None => netns::each(dump),
+    }
     dumps
 }
 
