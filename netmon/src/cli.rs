@@ -258,7 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.command {
+    let result = match cli.command {
         Command::Watch(args) => runtime.block_on(watch_command(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot_command(args, summary)),
         Command::Agent(args) => {
@@ -293,7 +293,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-    }
+    };
+    // Done: a reconcile's dump still running on a blocking thread (every namespace of a host
+    // with a million sockets takes seconds) must not hold up the exit, as dropping the
+    // runtime would; the process ends it.
+    runtime.shutdown_background();
+    result
 }
 
 async fn watch_command(args: WatchArgs) -> anyhow::Result<()> {

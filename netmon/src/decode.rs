@@ -6,7 +6,7 @@ use netmon_common::{AF_INET, AF_INET6, CgroupSource, EventKind, SockEvent, TcpSt
 
 /// The task that was on the CPU when the kernel fired the transition. For transitions run from
 /// softirq or timers this is not the socket's owner (often the peer, or pid 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,

@@ -29,6 +29,8 @@ pub mod export;
 pub mod features;
 pub mod filter;
 pub mod fires;
+#[cfg(test)]
+mod heap;
 pub mod hosts;
 pub mod iter;
 pub mod metrics;
@@ -39,6 +41,7 @@ pub mod output;
 pub mod peer;
 pub mod privileges;
 pub mod procfs;
+pub mod records;
 pub mod slots;
 pub mod snapshot;
 pub mod sock_diag;

@@ -111,38 +111,7 @@ pub fn all() -> Vec<Netns> {
 /// by the open-files limit. Processes that exit while we look are skipped.
 pub fn each(mut f: impl FnMut(u32, io::Result<Netns>)) {
     let mut seen = BTreeSet::new();
-    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(|e| e.path())
-        .collect();
-    let pinned = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten();
-    let held = pids.iter().flat_map(|p| {
-        std::fs::read_dir(p.join("fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|fd| {
-                std::fs::read_link(fd.path())
-                    .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"net:["))
-            })
-            .map(|fd| fd.path())
-    });
-    let paths = pids
-        .iter()
-        .map(|p| p.join("ns/net"))
-        .chain(pinned.map(|e| e.path()))
-        .chain(held);
-    for path in paths {
+    for path in candidates() {
         // Stat first: cheaper than opening, and most processes share a namespace.
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
@@ -161,6 +130,60 @@ pub fn each(mut f: impl FnMut(u32, io::Result<Netns>)) {
     }
 }
 
+/// Namespace `inum`, opened from the first place it is found, or `None` if it is not
+/// reachable. It stops there: a namespace a process lives in or `ip netns` pins is found
+/// without reading a single fd, where [`each`] reads every fd of every process (a million on
+/// a host with a million sockets, seconds of work).
+pub fn find(inum: u32) -> Option<io::Result<Netns>> {
+    for path in candidates() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.ino() as u32 != inum {
+            continue;
+        }
+        match Netns::open(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            opened => return Some(opened),
+        }
+    }
+    None
+}
+
+/// Where namespaces can be opened, cheapest first: every process's own, those `ip netns`
+/// pins, then those held by an fd (`net:[inode]`), read lazily.
+fn candidates() -> impl Iterator<Item = PathBuf> {
+    let pids: Vec<PathBuf> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    let pinned = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let own: Vec<PathBuf> = pids.iter().map(|p| p.join("ns/net")).collect();
+    let held = pids.into_iter().flat_map(|p| {
+        std::fs::read_dir(p.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"net:["))
+            })
+            .map(|fd| fd.path())
+    });
+    own.into_iter().chain(pinned).chain(held)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +194,8 @@ mod tests {
         assert!(all().iter().any(|ns| ns.inum == me));
         assert_eq!(Netns::current().unwrap().inum, me);
         assert_eq!(Netns::of_pid(std::process::id() as i32).unwrap().inum, me);
+        assert_eq!(find(me).unwrap().unwrap().inum, me);
+        // No namespace has inode 1.
+        assert!(find(1).is_none());
     }
 }

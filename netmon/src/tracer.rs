@@ -8,7 +8,6 @@
 //! two drains, so that dumps and rendering never run on the thread that drains the ring.
 
 use std::{
-    collections::HashMap,
     io,
     time::{Duration, Instant},
 };
@@ -403,14 +402,19 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// thread).
 fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
     let mut dumps = Vec::new();
-    netns::each(|inum, ns| {
-        if netns.is_none_or(|only| only == inum) {
-            match ns {
-                Ok(ns) => dumps.push(source::dump(&ns, 0)),
-                Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+    let mut dump = |inum, ns: std::io::Result<netns::Netns>| match ns {
+        Ok(ns) => dumps.push(source::dump(&ns, 0)),
+        Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+    };
+    match netns {
+        // One namespace: found without walking every fd of the host, where it can be.
+        Some(only) => {
+            if let Some(ns) = netns::find(only) {
+                dump(only, ns);
             }
         }
-    });
+        None => netns::each(dump),
+    }
     dumps
 }
 
@@ -717,7 +721,7 @@ impl<R: Ring> Tracer<R> {
         &mut self,
         sink: &mut impl Sink,
         d: NsDump,
-        owners: Option<&HashMap<u32, Owner>>,
+        owners: Option<&procfs::SocketOwners>,
     ) -> io::Result<()> {
         self.drain_for_reconcile(sink)?;
         match d.dump {
@@ -790,6 +794,7 @@ impl<R: Ring> Tracer<R> {
                 view.malformed = p.malformed;
                 view.resyncs = p.resyncs;
                 view.fire_count = p.fire_count;
+                view.held_bytes = self.held.bytes.capacity() as u64;
                 // The totals the loop last read from the kernel (every 250 ms): reading the
                 // counters here would take their deltas from the loop.
                 let l = p.losses();

@@ -250,3 +250,93 @@ fn watch_forgets_sockets_whose_close_its_filter_hid() {
         "after 1000 connections whose CLOSE was filtered out, the table holds {held} sockets"
     );
 }
+
+/// CPU time (user + system) a process has used, from the kernel's accounting.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command, which may hold spaces: state is the 3rd, utime the 14th.
+    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// A process (`sleep`) holding `n` more descriptors (dups of /dev/null); killed on drop.
+struct FdHolder(std::process::Child);
+
+impl FdHolder {
+    fn spawn(n: usize) -> Self {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("120").stdin(Stdio::null());
+        // SAFETY: dup is async-signal-safe; the hook allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for _ in 0..n {
+                    if libc::dup(0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Self(cmd.spawn().expect("spawn an fd holder"))
+    }
+}
+
+impl Drop for FdHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `watch` on one namespace reconciles it without reading every fd of every process on the
+/// host (its namespace is found from the process living in it), and a stop does not wait for
+/// a reconcile in progress. Before: each reconcile walked all of /proc/*/fd (a million fds on
+/// a host with a million sockets), and SIGINT waited for the walk to end.
+#[test]
+fn watch_on_one_namespace_neither_walks_the_hosts_fds_nor_waits_for_a_walk_to_stop() {
+    let ns = TestNetns::new();
+    // A process lives in the namespace, as in one a service or container runs in.
+    let mut resident = ns.run(|| {
+        Command::new("sleep")
+            .arg("120")
+            .spawn()
+            .expect("spawn a process in the namespace")
+    });
+    // 200,000 descriptors elsewhere on the host.
+    let holders: Vec<FdHolder> = (0..10).map(|_| FdHolder::spawn(19_000)).collect();
+    let fds: usize = holders.iter().map(|h| open_fds(h.0.id())).sum();
+    assert!(fds >= 190_000, "the holders hold {fds} fds");
+    let only_ours = format!("netns = {}", ns.inum);
+    let mut watch = spawn_watch(&["--resync-every", "1s", "--no-fire-count", &only_ours]);
+    let rx = lines(watch.stdout.take().unwrap());
+    wait_attached(&ns, &rx, &mut Vec::new());
+    // Four reconciles.
+    let before = cpu_time(watch.id());
+    std::thread::sleep(Duration::from_secs(4));
+    let spent = cpu_time(watch.id()) - before;
+    let asked = Instant::now();
+    interrupt(&watch);
+    let status = wait_with_timeout(&mut watch, Duration::from_secs(30));
+    let took = asked.elapsed();
+    let err = stderr_of(&mut watch);
+    eprintln!(
+        "{fds} fds on the host: watch used {spent:?} of CPU over 4 s of 1 s reconciles; exited \
+         {took:?} after SIGINT"
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        spent < Duration::from_millis(500),
+        "watch used {spent:?} of CPU in 4 s: its reconciles read the host's {fds} fds"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "watch took {took:?} to exit after SIGINT"
+    );
+    let _ = resident.kill();
+    let _ = resident.wait();
+    drop(holders);
+}

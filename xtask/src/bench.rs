@@ -1315,6 +1315,10 @@ fn snapshot_times(ctx: &Ctx, plan: &Plan) -> Result<SnapshotResults> {
     Ok(results)
 }
 
+/// How long one run of a tool may take: past it the tool is stopped and its figure is n/a
+/// (`ss -tanp` walks every process's fds: minutes at a million sockets).
+pub(crate) const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Median wall time of `runs` runs (after one warm-up run) of a tool inside `ns`, output to
 /// /dev/null; the inner error is the tool's own complaint when it fails.
 fn time_tool(
@@ -1332,7 +1336,14 @@ fn time_tool(
         }
         let t0 = Instant::now();
         let mut proc = Proc::spawn(&mut cmd, tool.label.clone())?;
-        let status = proc.wait(Duration::from_secs(120))?;
+        let status = match proc.wait(TOOL_TIMEOUT) {
+            Ok(status) => status,
+            // Stopped by PID when `proc` drops.
+            Err(_) if proc.exited()?.is_none() => {
+                return Ok(Err(format!("timed out after {} s", TOOL_TIMEOUT.as_secs())));
+            }
+            Err(e) => return Err(e),
+        };
         let elapsed = t0.elapsed();
         if status.success() {
             return Ok(Ok(elapsed));
@@ -1348,9 +1359,11 @@ fn time_tool(
             .trim()
             .to_owned()))
     };
-    // The warm-up also tells whether the tool can do it at all (`-p` may not exist).
-    if let Err(why) = run()? {
-        return Ok(Err(why));
+    // The warm-up also tells whether the tool can do it at all (`-p` may not exist); with
+    // no timed runs asked for, its time is the figure.
+    let warm = run()?;
+    if warm.is_err() || runs == 0 {
+        return Ok(warm);
     }
     let mut times = Vec::new();
     for _ in 0..runs {

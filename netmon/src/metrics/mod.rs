@@ -181,6 +181,8 @@ pub struct TableView {
     pub resyncs: Resyncs,
     /// Whether perf counts the tracepoint's fires (`not_run` losses can be seen).
     pub fire_count: bool,
+    /// Memory holding ring records read ahead of the table while a dump or a merge ran.
+    pub held_bytes: u64,
 }
 
 impl TableView {
@@ -291,6 +293,13 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(r.longest_merge_ns as f64 / 1e9).encode(merge)?;
+        let held = encoder.encode_descriptor(
+            "netmon_held_records",
+            "Memory holding ring records read while a dump or a merge ran, not yet applied to the table (freed once they all are)",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(view.held_bytes as i64).encode(held)?;
         let evicted = encoder.encode_descriptor(
             "netmon_closed_history_evictions",
             "Closed-connection records dropped from the history to respect its capacity",

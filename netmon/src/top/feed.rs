@@ -209,6 +209,8 @@ impl Local {
                 if let Err(e) = runtime.block_on(tracer.run(&mut (), Some(queries), stop)) {
                     eprintln!("netmon: the tracer stopped: {e:#}");
                 }
+                // `q` must not wait for a reconcile's dump still running (see cli::run).
+                runtime.shutdown_background();
             })
             .context("starting the tracer thread")?;
         ready

@@ -294,11 +294,11 @@ pub struct Model {
     pub recent: Vec<Ended>,
 }
 
-/// What the counting reads: the holder's data, borrowed.
+/// What the counting reads: the holder's records, unpacked one at a time.
 pub struct Input<'a, C, L>
 where
-    C: Iterator<Item = &'a Closed>,
-    L: Iterator<Item = &'a Sock>,
+    C: Iterator<Item = Closed>,
+    L: Iterator<Item = Sock>,
 {
     pub now_ns: u64,
     pub clock: Clock,
@@ -453,10 +453,10 @@ pub fn percentile(v: &mut [u64], p: u64) -> Option<u64> {
 }
 
 /// Counts `input` as `query` asks, keeping what `filter` accepts.
-pub fn compute<'a, C, L>(query: &Query, filter: &Filter, mut input: Input<'a, C, L>) -> Model
+pub fn compute<C, L>(query: &Query, filter: &Filter, mut input: Input<'_, C, L>) -> Model
 where
-    C: Iterator<Item = &'a Closed>,
-    L: Iterator<Item = &'a Sock>,
+    C: Iterator<Item = Closed>,
+    L: Iterator<Item = Sock>,
 {
     // Cgroups are looked up per connection only for a filter on them; groups by unit or
     // container are keyed by id and named once per group.
@@ -474,6 +474,7 @@ where
     let mut recent = Vec::with_capacity(max_recent);
     let mut oldest_seen = None;
     for c in input.closed_newest_first {
+        let c = &c;
         if c.closed_ns < since && recent.len() >= max_recent {
             break;
         }
@@ -543,6 +544,7 @@ where
     let mut states = [0u64; 14];
     let (mut close_wait, mut close_wait_oldest) = (0, None::<u64>);
     for s in input.live {
+        let s = &s;
         let owner = input.access.owner_by_task(s.owner);
         let owner = owner.as_ref();
         let labels = match &mut input.cgroups {
@@ -915,7 +917,7 @@ pub(crate) mod tests {
         pub fn input(
             &self,
             now_ns: u64,
-        ) -> Input<'_, impl Iterator<Item = &Closed>, impl Iterator<Item = &Sock>> {
+        ) -> Input<'_, impl Iterator<Item = Closed> + '_, impl Iterator<Item = Sock> + '_> {
             Input {
                 now_ns,
                 clock: clock(),

@@ -266,6 +266,13 @@ pub fn vm_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// Resets a process's peak resident size (VmHWM) to its current one (`clear_refs` 5), so that
+/// the next reading is the peak of what ran since.
+pub fn reset_hwm(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of {pid}"))
+}
+
 /// BPF programs and links a process holds, from the `prog_id:`/`link_id:` lines of its fdinfo.
 #[derive(Debug, Default)]
 pub struct BpfFds {

@@ -1,0 +1,782 @@
+//! Compact storage of the table's records: live sockets in a slab behind a cookie -> slot
+//! index, closed connections in a ring of fixed size, owners and IPv6 addresses interned.
+//!
+//! Why: an agent holds a record per socket of the machine (a million on a busy host). Kept as
+//! `FxHashMap<u64, Sock>`, each entry cost its 200-byte `Sock` in a table of power-of-two
+//! buckets that the churn of inserts and removals grows to twice the entries (499 bytes per
+//! live socket, measured in `records_stay_compact`). Here a hash bucket holds only a 4-byte
+//! slot number, a record packs its addresses (IPv4 in place, IPv6 as an interned id), its
+//! owner (an interned task plus the fd) and its optional times (sentinels, not `Option`), and
+//! the history of states lives in a side slab only for the sockets that have one (a socket
+//! found by a dump has none).
+
+use std::{
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use netmon_common::{CgroupSource, TcpState};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    decode::Task,
+    table::{Closed, End, Owner, Path, Sock},
+};
+
+/// "None" of an optional time or id.
+const NONE64: u64 = u64::MAX;
+const NONE32: u32 = u32::MAX;
+
+/// Maps and slabs below this many slots are never shrunk: not worth the rehash.
+const SMALL: usize = 4096;
+
+/// Values kept once however many records refer to them, with a reference count.
+#[derive(Debug)]
+struct Interner<T> {
+    ids: FxHashMap<T, u32>,
+    /// (value, references); a slot with 0 references is free.
+    items: Vec<(T, u32)>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            ids: FxHashMap::default(),
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy + Eq + Hash> Interner<T> {
+    fn intern(&mut self, v: T) -> u32 {
+        if let Some(&id) = self.ids.get(&v) {
+            self.items[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.items[id as usize] = (v, 1);
+                id
+            }
+            None => {
+                self.items.push((v, 1));
+                u32::try_from(self.items.len() - 1).expect("fewer than 2^32 distinct values")
+            }
+        };
+        self.ids.insert(v, id);
+        id
+    }
+
+    fn get(&self, id: u32) -> T {
+        self.items[id as usize].0
+    }
+
+    fn release(&mut self, id: u32) {
+        let item = &mut self.items[id as usize];
+        item.1 -= 1;
+        if item.1 == 0 {
+            self.ids.remove(&item.0);
+            self.free.push(id);
+        }
+    }
+
+    /// Gives memory back once every value is gone (ids are handed out again from 0).
+    fn shrink(&mut self) {
+        if self.ids.is_empty() && self.items.capacity() > SMALL {
+            *self = Self::default();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Records in a vector, addressed by slot; freed slots are reused.
+#[derive(Debug)]
+struct Slab<T> {
+    items: Vec<T>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy> Slab<T> {
+    fn insert(&mut self, v: T) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i as usize] = v;
+                i
+            }
+            None => {
+                self.items.push(v);
+                u32::try_from(self.items.len() - 1).expect("fewer than 2^32 records")
+            }
+        }
+    }
+
+    fn remove(&mut self, i: u32) -> T {
+        self.free.push(i);
+        self.items[i as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+
+    /// Whether holes take most of the room: then [`Slab::compact`] gives it back.
+    fn sparse(&self) -> bool {
+        self.items.capacity() > SMALL && self.items.capacity() / 4 > self.len()
+    }
+
+    /// Moves the records above slot `len()` into the holes below it and frees the rest.
+    /// `refs` calls its argument on every reference to a record in use, which is updated
+    /// where its record moves. Room for twice the records is kept, as for the maps.
+    fn compact(&mut self, refs: impl FnOnce(&mut dyn FnMut(&mut u32))) {
+        let n = self.len();
+        let mut holes: Vec<u32> = self
+            .free
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < n)
+            .collect();
+        let items = &mut self.items;
+        refs(&mut |slot: &mut u32| {
+            if *slot as usize >= n {
+                let hole = holes.pop().expect("a hole below len() per record above it");
+                items[hole as usize] = items[*slot as usize];
+                *slot = hole;
+            }
+        });
+        self.items.truncate(n);
+        self.items.shrink_to((n * 2).max(SMALL));
+        self.free = Vec::new();
+    }
+}
+
+/// Flag bits of a packed record.
+const SINCE_EXACT: u8 = 1;
+const RESET_SENT: u8 = 2;
+const RESET_RECEIVED: u8 = 4;
+const LOCAL_V6: u8 = 8;
+const REMOTE_V6: u8 = 16;
+
+/// A live socket, packed (56 bytes; [`Sock`] is what callers see).
+#[derive(Clone, Copy, Debug)]
+struct SockRec {
+    since_ns: u64,
+    born_ns: u64,
+    cgroup_id: u64,
+    netns: u32,
+    /// Interned task, or NONE32.
+    owner: u32,
+    fd: u32,
+    /// Slot in the path slab, or NONE32 for an empty path.
+    path: u32,
+    /// IPv4 address bits, or the interned IPv6 address (see the V6 flags).
+    local_ip: u32,
+    remote_ip: u32,
+    local_port: u16,
+    remote_port: u16,
+    state: u8,
+    flags: u8,
+    cgroup_source: u8,
+}
+
+/// A closed connection, packed (136 bytes against 224 for [`Closed`]).
+#[derive(Clone, Copy, Debug)]
+struct ClosedRec {
+    cookie: u64,
+    born_ns: u64,
+    closed_ns: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+    cgroup_id: u64,
+    path: Path,
+    netns: u32,
+    owner: u32,
+    fd: u32,
+    local_ip: u32,
+    remote_ip: u32,
+    local_port: u16,
+    remote_port: u16,
+    last: u8,
+    end: u8,
+    cgroup_source: u8,
+    flags: u8,
+}
+
+const ENDS: [End; 6] = [
+    End::Normal,
+    End::ResetSent,
+    End::ResetReceived,
+    End::Refused,
+    End::ConnectTimeout,
+    End::ConnectAborted,
+];
+
+fn end_to_u8(e: End) -> u8 {
+    ENDS.iter().position(|&x| x == e).unwrap_or(0) as u8
+}
+
+fn end_from_u8(v: u8) -> End {
+    ENDS.get(usize::from(v)).copied().unwrap_or(End::Normal)
+}
+
+fn opt64(v: u64) -> Option<u64> {
+    (v != NONE64).then_some(v)
+}
+
+/// What records share: owners' tasks and IPv6 addresses.
+#[derive(Debug, Default)]
+struct Pools {
+    tasks: Interner<Task>,
+    v6: Interner<[u8; 16]>,
+}
+
+impl Pools {
+    /// (address bits or id, whether it is IPv6).
+    fn addr(&mut self, a: IpAddr) -> (u32, bool) {
+        match a {
+            IpAddr::V4(v4) => (u32::from(v4), false),
+            IpAddr::V6(v6) => (self.v6.intern(v6.octets()), true),
+        }
+    }
+
+    fn ip(&self, bits: u32, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(self.v6.get(bits)))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(bits))
+        }
+    }
+
+    fn release_addr(&mut self, bits: u32, v6: bool) {
+        if v6 {
+            self.v6.release(bits);
+        }
+    }
+
+    /// (task id, fd) of an owner.
+    fn owner(&mut self, o: Option<Owner>) -> (u32, u32) {
+        match o {
+            Some(o) => (self.tasks.intern(o.task), o.fd.unwrap_or(NONE32)),
+            None => (NONE32, NONE32),
+        }
+    }
+
+    fn get_owner(&self, id: u32, fd: u32) -> Option<Owner> {
+        (id != NONE32).then(|| Owner {
+            task: self.tasks.get(id),
+            fd: (fd != NONE32).then_some(fd),
+        })
+    }
+
+    fn release_owner(&mut self, id: u32) {
+        if id != NONE32 {
+            self.tasks.release(id);
+        }
+    }
+}
+
+/// The live sockets and closed connections of a table.
+#[derive(Debug)]
+pub struct Records {
+    index: FxHashMap<u64, u32>,
+    socks: Slab<SockRec>,
+    paths: Slab<Path>,
+    pools: Pools,
+    /// The ring: `closed_cap` slots once full, `head` the oldest.
+    closed: Vec<ClosedRec>,
+    closed_cap: usize,
+    head: usize,
+}
+
+impl Records {
+    pub fn new(closed_capacity: usize) -> Self {
+        Self {
+            index: FxHashMap::default(),
+            socks: Slab::default(),
+            paths: Slab::default(),
+            pools: Pools::default(),
+            // Reserved, not touched: pages count only once written, and the ring never
+            // grows past its capacity (no doubling, no shrinking).
+            closed: Vec::with_capacity(closed_capacity),
+            closed_cap: closed_capacity,
+            head: 0,
+        }
+    }
+
+    fn decode(&self, r: &SockRec) -> Sock {
+        Sock {
+            netns: r.netns,
+            state: TcpState::from_kernel(r.state),
+            local: SocketAddr::new(
+                self.pools.ip(r.local_ip, r.flags & LOCAL_V6 != 0),
+                r.local_port,
+            ),
+            remote: SocketAddr::new(
+                self.pools.ip(r.remote_ip, r.flags & REMOTE_V6 != 0),
+                r.remote_port,
+            ),
+            born_ns: opt64(r.born_ns),
+            since_ns: r.since_ns,
+            since_exact: r.flags & SINCE_EXACT != 0,
+            path: if r.path == NONE32 {
+                Path::default()
+            } else {
+                self.paths.items[r.path as usize]
+            },
+            owner: self.pools.get_owner(r.owner, r.fd),
+            reset_sent: r.flags & RESET_SENT != 0,
+            reset_received: r.flags & RESET_RECEIVED != 0,
+            cgroup_id: r.cgroup_id,
+            cgroup_source: r.cgroup_source_value(),
+        }
+    }
+
+    /// A packed record of `s`, taking references in the pools (released by `release`).
+    /// Values `old` already holds are reused, so that rewriting a record costs no lookup.
+    fn encode(&mut self, s: &Sock, old: Option<&SockRec>) -> SockRec {
+        let (local_ip, lv6) = match old {
+            Some(o) if self.same_ip(o.local_ip, o.flags & LOCAL_V6 != 0, s.local.ip()) => {
+                self.retain_ip(o.local_ip, o.flags & LOCAL_V6 != 0)
+            }
+            _ => self.pools.addr(s.local.ip()),
+        };
+        let (remote_ip, rv6) = match old {
+            Some(o) if self.same_ip(o.remote_ip, o.flags & REMOTE_V6 != 0, s.remote.ip()) => {
+                self.retain_ip(o.remote_ip, o.flags & REMOTE_V6 != 0)
+            }
+            _ => self.pools.addr(s.remote.ip()),
+        };
+        let (owner, fd) = match (old, s.owner) {
+            (Some(o), Some(new))
+                if o.owner != NONE32 && self.pools.tasks.get(o.owner) == new.task =>
+            {
+                self.pools.tasks.items[o.owner as usize].1 += 1;
+                (o.owner, new.fd.unwrap_or(NONE32))
+            }
+            _ => self.pools.owner(s.owner),
+        };
+        let mut flags = 0;
+        for (on, bit) in [
+            (s.since_exact, SINCE_EXACT),
+            (s.reset_sent, RESET_SENT),
+            (s.reset_received, RESET_RECEIVED),
+            (lv6, LOCAL_V6),
+            (rv6, REMOTE_V6),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let path = match old.map(|o| o.path).filter(|&p| p != NONE32) {
+            _ if s.path.is_empty() => NONE32,
+            Some(p) => {
+                self.paths.items[p as usize] = s.path;
+                p
+            }
+            None => self.paths.insert(s.path),
+        };
+        SockRec {
+            since_ns: s.since_ns,
+            born_ns: s.born_ns.unwrap_or(NONE64),
+            cgroup_id: s.cgroup_id,
+            netns: s.netns,
+            owner,
+            fd,
+            path,
+            local_ip,
+            remote_ip,
+            local_port: s.local.port(),
+            remote_port: s.remote.port(),
+            state: s.state.to_kernel(),
+            flags,
+            cgroup_source: s.cgroup_source as u8,
+        }
+    }
+
+    fn same_ip(&self, bits: u32, v6: bool, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => !v6 && bits == u32::from(a),
+            IpAddr::V6(a) => v6 && self.pools.v6.get(bits) == a.octets(),
+        }
+    }
+
+    fn retain_ip(&mut self, bits: u32, v6: bool) -> (u32, bool) {
+        if v6 {
+            self.pools.v6.items[bits as usize].1 += 1;
+        }
+        (bits, v6)
+    }
+
+    /// Drops the pool references of a record; `keep_path` when its path slot lives on.
+    fn release(&mut self, r: &SockRec, keep_path: bool) {
+        self.pools.release_addr(r.local_ip, r.flags & LOCAL_V6 != 0);
+        self.pools
+            .release_addr(r.remote_ip, r.flags & REMOTE_V6 != 0);
+        self.pools.release_owner(r.owner);
+        if !keep_path && r.path != NONE32 {
+            self.paths.remove(r.path);
+        }
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<Sock> {
+        self.index
+            .get(&cookie)
+            .map(|&i| self.decode(&self.socks.items[i as usize]))
+    }
+
+    /// The state of a live socket, without decoding the rest.
+    pub fn state(&self, cookie: u64) -> Option<TcpState> {
+        self.index
+            .get(&cookie)
+            .map(|&i| TcpState::from_kernel(self.socks.items[i as usize].state))
+    }
+
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.index.contains_key(&cookie)
+    }
+
+    pub fn insert(&mut self, cookie: u64, s: &Sock) {
+        match self.index.get(&cookie).copied() {
+            Some(i) => {
+                let old = self.socks.items[i as usize];
+                let new = self.encode(s, Some(&old));
+                // The path slot was rewritten in place or freed below.
+                self.release(&old, new.path == old.path);
+                self.socks.items[i as usize] = new;
+            }
+            None => {
+                let new = self.encode(s, None);
+                let i = self.socks.insert(new);
+                self.index.insert(cookie, i);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, cookie: u64) -> Option<Sock> {
+        let i = self.index.remove(&cookie)?;
+        let r = self.socks.remove(i);
+        let s = self.decode(&r);
+        self.release(&r, false);
+        Some(s)
+    }
+
+    /// Keeps the live sockets for which `keep(cookie, netns, since_ns)` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, u32, u64) -> bool) {
+        let mut gone = Vec::new();
+        self.index.retain(|&cookie, &mut i| {
+            let r = &self.socks.items[i as usize];
+            let k = keep(cookie, r.netns, r.since_ns);
+            if !k {
+                gone.push(i);
+            }
+            k
+        });
+        for i in gone {
+            let r = self.socks.remove(i);
+            self.release(&r, false);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Sock)> + '_ {
+        self.index
+            .iter()
+            .map(|(&c, &i)| (c, self.decode(&self.socks.items[i as usize])))
+    }
+
+    /// Gives back most of the memory of a burst of sockets that is gone: a hash map and a
+    /// vector never shrink by themselves (see `Table::expire`).
+    pub fn shrink(&mut self) {
+        shrink_map(&mut self.index);
+        if self.socks.sparse() {
+            let index = &mut self.index;
+            self.socks.compact(|f| index.values_mut().for_each(f));
+        }
+        if self.paths.sparse() {
+            let (index, socks) = (&self.index, &mut self.socks.items);
+            // A socket's path slot is the one reference into the path slab.
+            self.paths.compact(|f| {
+                for &i in index.values() {
+                    let path = &mut socks[i as usize].path;
+                    if *path != NONE32 {
+                        f(path);
+                    }
+                }
+            });
+        }
+        self.pools.tasks.shrink();
+        self.pools.v6.shrink();
+    }
+
+    /// Room in the index and the slab, in records.
+    #[cfg(test)]
+    pub fn room(&self) -> usize {
+        self.index.capacity().max(self.socks.items.capacity())
+    }
+
+    /// Distinct owners' tasks and IPv6 addresses held.
+    pub fn interned(&self) -> (usize, usize) {
+        (self.pools.tasks.len(), self.pools.v6.len())
+    }
+
+    /// Keeps a closed connection; false when the history's capacity is 0, so nothing is kept.
+    /// Once full, each new record replaces the oldest (the caller counts the eviction).
+    pub fn push_closed(&mut self, c: &Closed) -> PushClosed {
+        if self.closed_cap == 0 {
+            return PushClosed::Dropped;
+        }
+        let (local_ip, lv6) = self.pools.addr(c.local.ip());
+        let (remote_ip, rv6) = self.pools.addr(c.remote.ip());
+        let (owner, fd) = self.pools.owner(c.owner);
+        let rec = ClosedRec {
+            cookie: c.cookie,
+            born_ns: c.born_ns.unwrap_or(NONE64),
+            closed_ns: c.closed_ns,
+            bytes_acked: c.bytes_acked,
+            bytes_received: c.bytes_received,
+            cgroup_id: c.cgroup_id,
+            path: c.path,
+            netns: c.netns,
+            owner,
+            fd,
+            local_ip,
+            remote_ip,
+            local_port: c.local.port(),
+            remote_port: c.remote.port(),
+            last: c.last.to_kernel(),
+            end: end_to_u8(c.end),
+            cgroup_source: c.cgroup_source as u8,
+            flags: if lv6 { LOCAL_V6 } else { 0 } | if rv6 { REMOTE_V6 } else { 0 },
+        };
+        if self.closed.len() < self.closed_cap {
+            self.closed.push(rec);
+            return PushClosed::Kept;
+        }
+        let old = std::mem::replace(&mut self.closed[self.head], rec);
+        self.head = (self.head + 1) % self.closed_cap;
+        self.pools
+            .release_addr(old.local_ip, old.flags & LOCAL_V6 != 0);
+        self.pools
+            .release_addr(old.remote_ip, old.flags & REMOTE_V6 != 0);
+        self.pools.release_owner(old.owner);
+        PushClosed::Evicted
+    }
+
+    fn closed_at(&self, i: usize) -> &ClosedRec {
+        &self.closed[(self.head + i) % self.closed.len()]
+    }
+
+    fn decode_closed(&self, r: &ClosedRec) -> Closed {
+        Closed {
+            cookie: r.cookie,
+            netns: r.netns,
+            local: SocketAddr::new(
+                self.pools.ip(r.local_ip, r.flags & LOCAL_V6 != 0),
+                r.local_port,
+            ),
+            remote: SocketAddr::new(
+                self.pools.ip(r.remote_ip, r.flags & REMOTE_V6 != 0),
+                r.remote_port,
+            ),
+            born_ns: opt64(r.born_ns),
+            closed_ns: r.closed_ns,
+            last: TcpState::from_kernel(r.last),
+            path: r.path,
+            owner: self.pools.get_owner(r.owner, r.fd),
+            end: end_from_u8(r.end),
+            bytes_acked: r.bytes_acked,
+            bytes_received: r.bytes_received,
+            cgroup_id: r.cgroup_id,
+            cgroup_source: CgroupSource::from_u8(r.cgroup_source),
+        }
+    }
+
+    /// Closed connections, oldest first.
+    pub fn closed(&self) -> impl DoubleEndedIterator<Item = Closed> + ExactSizeIterator + '_ {
+        (0..self.closed.len()).map(|i| self.decode_closed(self.closed_at(i)))
+    }
+
+    pub fn closed_len(&self) -> usize {
+        self.closed.len()
+    }
+
+    /// Applies `f` to the end of the newest record of `cookie` among the last `within`.
+    pub fn amend_closed(&mut self, cookie: u64, within: usize, f: impl FnOnce(&mut Closed)) {
+        let n = self.closed.len();
+        let Some(i) = (0..n)
+            .rev()
+            .take(within)
+            .find(|&i| self.closed_at(i).cookie == cookie)
+        else {
+            return;
+        };
+        let slot = (self.head + i) % n;
+        let mut c = self.decode_closed(&self.closed[slot]);
+        f(&mut c);
+        self.closed[slot].end = end_to_u8(c.end);
+    }
+}
+
+/// What [`Records::push_closed`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushClosed {
+    Kept,
+    /// Kept in place of the oldest.
+    Evicted,
+    /// The capacity is 0.
+    Dropped,
+}
+
+impl SockRec {
+    fn cgroup_source_value(&self) -> CgroupSource {
+        CgroupSource::from_u8(self.cgroup_source)
+    }
+}
+
+/// Gives back most of a map's memory once it holds less than a quarter of what it has room
+/// for: a hash map never shrinks by itself, so one burst of sockets (another namespace's
+/// 100k connections, a storm's TIME-WAIT) would otherwise stay in a long-running agent's RSS
+/// for good. Room for twice the entries is kept, so that a map that grows again does not
+/// rehash at once, and small maps are left alone.
+pub fn shrink_map<K: Hash + Eq, V>(map: &mut FxHashMap<K, V>) {
+    if map.capacity() > SMALL && map.capacity() / 4 > map.len() {
+        map.shrink_to((map.len() * 2).max(SMALL));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Task;
+
+    fn sock(i: u32, v6: bool, owner: Option<u32>) -> Sock {
+        let ip = |n: u32| -> IpAddr {
+            if v6 {
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + n))
+            }
+        };
+        let mut path = Path::default();
+        if i.is_multiple_of(2) {
+            path.push(TcpState::SynSent, 10_000);
+            path.push(TcpState::Established, 20_000 + u64::from(i));
+        }
+        Sock {
+            netns: 7,
+            state: TcpState::Established,
+            local: SocketAddr::new(ip(i), 1000 + i as u16),
+            remote: SocketAddr::new(ip(i + 1), 80),
+            born_ns: (!i.is_multiple_of(3)).then_some(u64::from(i) * 10),
+            since_ns: u64::from(i) * 20,
+            since_exact: i.is_multiple_of(2),
+            path,
+            owner: owner.map(|pid| Owner {
+                task: Task::new(pid, pid, 1000, "worker"),
+                fd: (pid % 2 == 0).then_some(pid + 3),
+            }),
+            reset_sent: i.is_multiple_of(5),
+            reset_received: i.is_multiple_of(7),
+            cgroup_id: u64::from(i),
+            cgroup_source: CgroupSource::Socket,
+        }
+    }
+
+    #[test]
+    fn a_record_decodes_to_what_was_stored() {
+        let mut r = Records::new(4);
+        for i in 0..20 {
+            let s = sock(i, i % 4 < 2, (!i.is_multiple_of(3)).then_some(100 + i % 2));
+            r.insert(u64::from(i), &s);
+            assert_eq!(r.get(u64::from(i)), Some(s), "record {i}");
+        }
+        // Rewritten with other values: owner, addresses, path change or go.
+        for i in 0..20 {
+            let s = sock(i + 1, i % 4 >= 2, (i % 2 == 0).then_some(200));
+            r.insert(u64::from(i), &s);
+            assert_eq!(r.get(u64::from(i)), Some(s), "rewritten {i}");
+        }
+        for i in 0..20u64 {
+            assert!(r.remove(i).is_some());
+        }
+        assert_eq!(r.interned(), (0, 0), "references all released");
+        assert_eq!(r.paths.len(), 0);
+    }
+
+    #[test]
+    fn the_closed_ring_keeps_the_newest_and_releases_what_it_evicts() {
+        let mut r = Records::new(3);
+        let closed = |i: u32| Closed {
+            cookie: u64::from(i),
+            netns: 1,
+            local: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 1),
+            remote: SocketAddr::new(IpAddr::V6(Ipv6Addr::new(1, 0, 0, 0, 0, 0, 0, i as u16)), 2),
+            born_ns: None,
+            closed_ns: u64::from(i),
+            last: TcpState::FinWait2,
+            path: Path::default(),
+            owner: Some(Owner::new(Task::new(i, i, 0, "c"))),
+            end: End::Refused,
+            bytes_acked: 5,
+            bytes_received: 6,
+            cgroup_id: 9,
+            cgroup_source: CgroupSource::Task,
+        };
+        let pushed: Vec<_> = (0..5).map(|i| r.push_closed(&closed(i))).collect();
+        assert_eq!(pushed[2], PushClosed::Kept);
+        assert_eq!(pushed[3], PushClosed::Evicted);
+        let kept: Vec<Closed> = r.closed().collect();
+        assert_eq!(kept, [closed(2), closed(3), closed(4)]);
+        assert_eq!(r.closed().next_back(), Some(closed(4)));
+        // ::1 once, three peers; three owners.
+        assert_eq!(r.interned(), (3, 4));
+        r.amend_closed(3, 64, |c| c.end = End::ResetSent);
+        assert_eq!(r.closed().nth(1).map(|c| c.end), Some(End::ResetSent));
+        assert_eq!(Records::new(0).push_closed(&closed(1)), PushClosed::Dropped);
+    }
+
+    #[test]
+    fn shrinking_moves_records_and_keeps_every_one() {
+        let mut r = Records::new(0);
+        for i in 0..40_000 {
+            r.insert(u64::from(i), &sock(i, false, Some(i % 8)));
+        }
+        let kept: Vec<u32> = (0..40_000).filter(|i| i % 97 == 0).collect();
+        r.retain(|c, _, _| c % 97 == 0);
+        r.shrink();
+        assert!(
+            r.socks.items.capacity() <= 8192,
+            "{}",
+            r.socks.items.capacity()
+        );
+        assert!(
+            r.paths.items.capacity() <= 8192,
+            "{}",
+            r.paths.items.capacity()
+        );
+        assert_eq!(r.len(), kept.len());
+        for i in kept {
+            assert_eq!(r.get(u64::from(i)), Some(sock(i, false, Some(i % 8))));
+        }
+    }
+}
