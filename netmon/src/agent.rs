@@ -1344,19 +1344,8 @@ mod tests {
     fn a_request_is_served_from_the_callers_namespace_with_the_tables_ages() {
         let services = Services::default();
         let me = Netns::current().unwrap();
-        let sock = |cookie, state, local: &str| crate::sock_diag::DiagSock {
-            cookie,
-            state,
-            local: local.parse().unwrap(),
-            remote: "127.0.0.1:9".parse().unwrap(),
-            recv_q: 0,
-            send_q: 0,
-            uid: 0,
-            inode: 0,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
+        let sock = |cookie, state, local: &str| {
+            crate::sock_diag::DiagSock::fixture(cookie, state, local, "127.0.0.1:9")
         };
         let source = ReplaySource {
             namespaces: BTreeMap::from([

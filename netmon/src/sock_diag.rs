@@ -127,6 +127,28 @@ pub struct DiagSock {
 /// Length of `struct inet_diag_msg`, the fixed header of every dump reply.
 pub const INET_DIAG_MSG_LEN: usize = 72;
 
+#[cfg(test)]
+impl DiagSock {
+    /// A socket as a dump reports it, with empty queues and no owner, timer or extras: the
+    /// fixture of the tests that feed dumps to the table, the tracer and the agent.
+    pub fn fixture(cookie: u64, state: TcpState, local: &str, remote: &str) -> Self {
+        Self {
+            cookie,
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            recv_q: 0,
+            send_q: 0,
+            uid: 0,
+            inode: 0,
+            ifindex: 0,
+            v6only: false,
+            timer: None,
+            attrs: Default::default(),
+        }
+    }
+}
+
 impl DiagSock {
     /// Decodes the fixed `struct inet_diag_msg` at the start of a `SOCK_DIAG_BY_FAMILY` reply
     /// payload. `None` if `payload` is shorter than [`INET_DIAG_MSG_LEN`] or the family is

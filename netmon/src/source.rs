@@ -445,19 +445,8 @@ mod tests {
     #[test]
     fn rows_keep_the_dumps_order_across_blocks() {
         let dump: Vec<DiagSock> = (0..40_000u64)
-            .map(|cookie| DiagSock {
-                cookie,
-                state: TcpState::Established,
-                local: "127.0.0.1:1".parse().unwrap(),
-                remote: "127.0.0.1:2".parse().unwrap(),
-                recv_q: 0,
-                send_q: 0,
-                uid: 0,
-                inode: 0,
-                ifindex: 0,
-                v6only: false,
-                timer: None,
-                attrs: Default::default(),
+            .map(|cookie| {
+                DiagSock::fixture(cookie, TcpState::Established, "127.0.0.1:1", "127.0.0.1:2")
             })
             .collect();
         let rows = rows_of(dump, |s| Row::new(s, 7, None));

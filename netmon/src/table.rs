@@ -896,20 +896,7 @@ mod tests {
     }
 
     fn diag(cookie: u64, state: TcpState) -> DiagSock {
-        DiagSock {
-            cookie,
-            state,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            recv_q: 0,
-            send_q: 0,
-            uid: 0,
-            inode: 0,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
-        }
+        DiagSock::fixture(cookie, state, "127.0.0.1:1", "127.0.0.1:2")
     }
 
     #[test]

@@ -1216,20 +1216,12 @@ mod tests {
             of(2, 400, 2, 7),
         ]);
         let netns = 4026531840;
-        let mut found = crate::sock_diag::DiagSock {
-            cookie: 1,
-            state: netmon_common::TcpState::Established,
-            local: "127.0.0.1:41000".parse().unwrap(),
-            remote: "127.0.0.1:8080".parse().unwrap(),
-            recv_q: 0,
-            send_q: 0,
-            uid: 0,
-            inode: 0,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
-        };
+        let mut found = crate::sock_diag::DiagSock::fixture(
+            1,
+            netmon_common::TcpState::Established,
+            "127.0.0.1:41000",
+            "127.0.0.1:8080",
+        );
         found.cookie = 1;
         let (tx, mut rx) = oneshot::channel();
         tracer
