@@ -460,18 +460,8 @@ mod tests {
 
     pub(crate) fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock {
         DiagSock {
-            cookie,
-            state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
-            recv_q: 0,
-            send_q: 0,
-            uid: 0,
             inode: cookie as u32,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
+            ..DiagSock::fixture(cookie, state, local, remote)
         }
     }
 
