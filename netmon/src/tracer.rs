@@ -830,10 +830,9 @@ impl<R: Ring> Tracer<R> {
                 self.drain(sink)?;
                 let table = &self.pipeline.table;
                 // Read-only, but a million lookups still take a while: keep reading the ring.
+                // Made a block at a time while the dump shrinks: never all of both at once.
                 let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
-                    dump.into_iter()
-                        .map(|s| Row::new(s, netns, Some(table)))
-                        .collect::<Vec<_>>()
+                    source::rows_of(dump, |s| Row::new(s, netns, Some(table)))
                 });
                 let _ = reply.send(rows);
             }
