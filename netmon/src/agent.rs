@@ -220,8 +220,9 @@ pub struct AgentArgs {
     /// copy of the program for then go unnoticed (no resync for them).
     #[arg(long)]
     pub no_fire_count: bool,
-    /// Bytes of rendered replies the agent holds for clients that read slowly, in all; a
-    /// reply that would pass it fails with an error (try again) rather than wait.
+    /// Bytes of rendered replies the agent holds for clients that read slowly, in all (past
+    /// a reply's first MiB, held deflated); a reply that would pass it fails with an error
+    /// (try again) rather than wait.
     #[arg(long, default_value_t = Limits::default().bytes_in_flight, value_name = "BYTES")]
     pub max_unread_bytes: usize,
     /// The same for the clients of one user (root: the total only), so that one user's
