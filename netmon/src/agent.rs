@@ -38,7 +38,7 @@ use crate::{
     clock::Clock,
     export::Export,
     filter::Services,
-    iter::TcpIter,
+    iter::{Fields, TcpIter},
     metrics::{self, Metrics, MetricsConfig, groups::PeerGroup},
     netns::Netns,
     otlp::{self, Endpoint},
@@ -605,11 +605,12 @@ pub fn caller_netns(
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
 /// Blocking: the dump and the rendering happen here. The sockets come from `iter` where it
-/// can serve the request's options ([`SnapshotArgs::iter_serves`]), else from `source`.
+/// can serve the request's options ([`SnapshotArgs::iter_serves`]), else from `source`; the
+/// iterator's read stops once its `Cancel` is set (the client left).
 pub fn serve(
     prepared: Prepared,
     source: &impl SocketSource,
-    iter: Option<&TcpIter>,
+    iter: Option<(&TcpIter, Cancel)>,
     table: &mut impl Enrich,
     services: &Services,
     clock: Clock,
@@ -625,10 +626,13 @@ pub fn serve(
         table: args.wants_table(&filter),
     };
     let mut collected = match iter.filter(|_| args.iter_serves()) {
-        Some(iter) => {
+        Some((iter, cancel)) => {
             let source = IterSource {
                 iter,
                 filter: filter.kernel_filter(),
+                // Owners come from the table, by cookie: no inode needed.
+                fields: Fields::TABLE,
+                cancel,
             };
             source::collect(&source, &prepared.scope, table, what)?
         }
@@ -710,8 +714,8 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
             let mut table = shared.table.clone();
             let result = serve(
                 prepared,
-                &(shared.sources)(cancel),
-                shared.iter.as_deref(),
+                &(shared.sources)(cancel.clone()),
+                shared.iter.as_deref().map(|i| (i, cancel)),
                 &mut table,
                 &shared.services,
                 shared.clock,
