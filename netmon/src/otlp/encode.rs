@@ -77,20 +77,21 @@ impl W<'_> {
     fn extend_short(&mut self, b: &[u8]) {
         let n = b.len();
         let at = self.pos;
-        if n >= 8 && n <= 16 {
-            let (head, tail) = (&b[..8], &b[n - 8..]);
-            self.out[at..at + 8].copy_from_slice(head);
-            self.out[at + n - 8..at + n].copy_from_slice(tail);
-        } else if n >= 4 && n < 8 {
-            let (head, tail) = (&b[..4], &b[n - 4..]);
-            self.out[at..at + 4].copy_from_slice(head);
-            self.out[at + n - 4..at + n].copy_from_slice(tail);
-        } else if n < 4 {
-            for (i, &byte) in b.iter().enumerate() {
-                self.out[at + i] = byte;
+        match n {
+            0..=3 => {
+                for (i, &byte) in b.iter().enumerate() {
+                    self.out[at + i] = byte;
+                }
             }
-        } else {
-            self.out[at..at + n].copy_from_slice(b);
+            4..=7 => {
+                self.out[at..at + 4].copy_from_slice(&b[..4]);
+                self.out[at + n - 4..at + n].copy_from_slice(&b[n - 4..]);
+            }
+            8..=16 => {
+                self.out[at..at + 8].copy_from_slice(&b[..8]);
+                self.out[at + n - 8..at + n].copy_from_slice(&b[n - 8..]);
+            }
+            _ => self.out[at..at + n].copy_from_slice(b),
         }
         self.pos = at + n;
     }
