@@ -305,11 +305,28 @@ impl Default for KernelFilter {
 pub const ITER_PROGRAM: &str = "netmon_iter_tcp";
 /// Global holding [`IterOffsets`].
 pub const GLOBAL_ITER_OFFSETS: &str = "ITER_OFFSETS";
-/// Hash map: thread id of the reader -> the [`KernelFilter`] its iterator applies.
+/// Hash map: thread id of the reader -> the [`IterRequest`] its iterator applies.
 pub const MAP_ITER_FILTERS: &str = "ITER_FILTERS";
-/// Readers that may each hold a filter at once ([`MAP_ITER_FILTERS`]); a reader that finds
-/// the map full reads unfiltered (the userspace filter stays authoritative).
+/// Readers that may each hold a request at once ([`MAP_ITER_FILTERS`]); a reader that finds
+/// the map full reads every socket with every field (the userspace filter stays
+/// authoritative).
 pub const ITER_FILTER_SLOTS: u32 = 256;
+/// [`IterRequest::fields`] bit: read the socket's inode number. It is three dependent loads
+/// (`sk_socket`, `file`, `f_inode`), each a cache miss at scale, and only the one-shot `-p`
+/// (owners by inode from /proc) needs it.
+pub const ITER_WANT_INODE: u32 = 1;
+
+/// What one reader of the iterator asks for: which sockets ([`KernelFilter`]; netns and
+/// cgroup ignored) and which optional fields (`ITER_WANT_*` bits; a field not asked for is 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IterRequest {
+    pub filter: KernelFilter,
+    pub fields: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<IterRequest>() == 40);
 
 /// One TCP socket as the `iter/tcp` program writes it (`bpf_seq_write`): the fields of
 /// sock_diag's `inet_diag_msg` that `ss -tan` prints or filters on, and nothing it would have
@@ -399,6 +416,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     // SAFETY: u32/u16/u64 fields, explicit padding.
     unsafe impl aya::Pod for super::KernelFilter {}
+    // SAFETY: a KernelFilter and u32 fields, explicit padding (size asserted).
+    unsafe impl aya::Pod for super::IterRequest {}
     // SAFETY: u32 fields only.
     unsafe impl aya::Pod for super::IterOffsets {}
 }

@@ -23,7 +23,7 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use netmon_common::{
-    AF_INET, FilterFields, ITER_FILTER_SLOTS, IterOffsets, IterSock, KernelFilter,
+    AF_INET, FilterFields, ITER_FILTER_SLOTS, ITER_WANT_INODE, IterOffsets, IterRequest, IterSock,
 };
 
 use crate::{load, read};
@@ -33,10 +33,11 @@ const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 const TCP_SYN_RECV: u8 = 3;
 
-/// The filter of each reader, by its thread id: an iterator has no parameters of its own,
-/// and the program runs in the `read()` of the thread that reads it.
+/// The request of each reader (its filter and the optional fields it wants), by its thread
+/// id: an iterator has no parameters of its own, and the program runs in the `read()` of the
+/// thread that reads it. A reader without one gets every socket with every field.
 #[map]
-static ITER_FILTERS: HashMap<u32, KernelFilter> = HashMap::with_max_entries(ITER_FILTER_SLOTS, 0);
+static ITER_FILTERS: HashMap<u32, IterRequest> = HashMap::with_max_entries(ITER_FILTER_SLOTS, 0);
 
 #[unsafe(no_mangle)]
 static ITER_OFFSETS: IterOffsets = IterOffsets {
@@ -143,13 +144,17 @@ fn show(ctx: *const IterTcp) -> Option<()> {
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is a plain struct copied out at once.
-    if let Some(filter) = unsafe { ITER_FILTERS.get(tid) } {
-        // The reader zeroes netns and cgroup in its filter: the iterator walks one namespace,
-        // and the cgroup is not read here.
-        if !filter.passes(&fields) {
-            return None;
+    let want = match unsafe { ITER_FILTERS.get(tid) } {
+        Some(request) => {
+            // The reader zeroes netns and cgroup in its filter: the iterator walks one
+            // namespace, and the cgroup is not read here.
+            if !request.filter.passes(&fields) {
+                return None;
+            }
+            request.fields
         }
-    }
+        None => ITER_WANT_INODE,
+    };
     let mut rec = IterSock {
         // SAFETY: `sk` is the BTF-typed socket pointer the helper accepts.
         cookie: unsafe { bpf_get_socket_cookie(sk as *mut c_void) },
@@ -181,7 +186,7 @@ fn show(ctx: *const IterTcp) -> Option<()> {
         rec.daddr = core::mem::transmute::<[u32; 4], [u8; 16]>(daddr);
     }
     if !tcp.is_null() {
-        full_socket(tcp, &off, kstate, &mut rec);
+        full_socket(tcp, &off, kstate, want, &mut rec);
     }
     // SAFETY: `meta` is the BTF-typed `struct bpf_iter_meta *`, whose first member is the
     // `struct seq_file *` the helper takes; `rec` is a live local of the size passed.
@@ -196,12 +201,13 @@ fn show(ctx: *const IterTcp) -> Option<()> {
     Some(())
 }
 
-/// What only a full socket has: queues as `tcp_diag_get_info()` computes them, the inode, the
-/// v6-only bit. `tp` is the `struct tcp_sock *` of `bpf_skc_to_tcp_sock()`: every load but the
-/// last resort for the inode is a direct one the verifier checks against BTF (measured: the
-/// same fields through `bpf_probe_read_kernel` were 15 % of a snapshot's time at 10k sockets).
+/// What only a full socket has: queues as `tcp_diag_get_info()` computes them, the v6-only
+/// bit, and the inode if `want` has [`ITER_WANT_INODE`]. `tp` is the `struct tcp_sock *` of
+/// `bpf_skc_to_tcp_sock()`: every load but the last resort for the inode is a direct one the
+/// verifier checks against BTF (measured: the same fields through `bpf_probe_read_kernel` were
+/// 15 % of a snapshot's time at 10k sockets).
 #[inline(always)]
-fn full_socket(tp: *const u8, off: &IterOffsets, state: u8, rec: &mut IterSock) {
+fn full_socket(tp: *const u8, off: &IterOffsets, state: u8, want: u32, rec: &mut IterSock) {
     // SAFETY: `tp` is a BTF-typed `struct tcp_sock *` (non-NULL), which starts with `struct
     // sock` and so `sock_common`: each offset is a field of it of the type loaded (offsets
     // resolved from BTF).
@@ -217,6 +223,9 @@ fn full_socket(tp: *const u8, off: &IterOffsets, state: u8, rec: &mut IterSock) 
             rec.send_q =
                 load::<u32>(tp, off.tcp_write_seq).wrapping_sub(load::<u32>(tp, off.tcp_snd_una));
         }
+    }
+    if want & ITER_WANT_INODE == 0 {
+        return;
     }
     // SAFETY: as above; `sk_socket` is a `struct socket *`, its `file` a `struct file *`, whose
     // `f_inode` is a `struct inode *` (each BTF-typed, checked for NULL before use).

@@ -23,27 +23,27 @@ use std::{
 };
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::{
     io::Interest,
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::mpsc,
 };
 
 use crate::{
     access::{self, Access},
     agent_socket,
-    budget::{Budget, Grant},
+    budget::Budget,
     cgroup::CgroupNames,
     clock::Clock,
     export::Export,
     filter::Services,
-    iter::TcpIter,
+    iter::{Fields, TcpIter},
     metrics::{self, Metrics, MetricsConfig, groups::PeerGroup},
     netns::Netns,
     otlp::{self, Endpoint},
     peer,
+    reply::FrameWriter,
     slots::Slots,
     snapshot::{self, SnapshotArgs},
     sock_diag::Cancel,
@@ -62,8 +62,6 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// Reconciles triggered by losses: at most one per this interval, so that a reconcile that
 /// itself causes a loss cannot chain into the next.
 pub const RECONCILE_AFTER_LOSS: Duration = Duration::from_secs(5);
-/// Rendered output goes to the client in frames of this size.
-const CHUNK: usize = 64 * 1024;
 
 /// What one agent spends on its clients, at most. Connections are cheap but each holds a
 /// descriptor; snapshots are not (a dump and a render of every socket of a namespace); unsent
@@ -222,8 +220,9 @@ pub struct AgentArgs {
     /// copy of the program for then go unnoticed (no resync for them).
     #[arg(long)]
     pub no_fire_count: bool,
-    /// Bytes of rendered replies the agent holds for clients that read slowly, in all; a
-    /// reply that would pass it fails with an error (try again) rather than wait.
+    /// Bytes of rendered replies the agent holds for clients that read slowly, in all (past
+    /// a reply's first MiB, held deflated); a reply that would pass it fails with an error
+    /// (try again) rather than wait.
     #[arg(long, default_value_t = Limits::default().bytes_in_flight, value_name = "BYTES")]
     pub max_unread_bytes: usize,
     /// The same for the clients of one user (root: the total only), so that one user's
@@ -378,6 +377,12 @@ pub async fn run(
         eprintln!("netmon agent: could not drop the capabilities it no longer needs: {e}");
     }
     let (table, queries) = TracerHandle::new();
+    let limits = Limits {
+        bytes_in_flight: args.max_unread_bytes,
+        bytes_in_flight_per_uid: args.max_unread_bytes_per_user,
+        ..Limits::default()
+    };
+    let in_flight = Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid);
     let scraper = match (metrics_listener, &metrics) {
         (Some(listener), Some(m)) => {
             eprintln!(
@@ -385,21 +390,19 @@ pub async fn run(
                 listener.local_addr()?
             );
             let (table, exposition) = (table.clone(), m.exposition());
+            let in_flight = in_flight.clone();
             let render = move |openmetrics| {
                 let (table, exposition) = (table.clone(), exposition.clone());
+                let in_flight = in_flight.clone();
                 async move {
-                    let view = table.metrics_view().await.ok()?;
+                    let mut view = table.metrics_view().await.ok()?;
+                    view.unread_reply_bytes = in_flight.held(0).0 as u64;
                     Some(exposition.render(view, openmetrics))
                 }
             };
             Some(tokio::spawn(metrics::http::serve(listener, render)))
         }
         _ => None,
-    };
-    let limits = Limits {
-        bytes_in_flight: args.max_unread_bytes,
-        bytes_in_flight_per_uid: args.max_unread_bytes_per_user,
-        ..Limits::default()
     };
     let shared = Arc::new(Shared {
         table,
@@ -409,7 +412,7 @@ pub async fn run(
         admission: Admission::default(),
         snapshots: Slots::new(limits.snapshots),
         sources: live_source,
-        in_flight: Budget::new(limits.bytes_in_flight, limits.bytes_in_flight_per_uid),
+        in_flight,
         admin_gid: group_id(&args.admin_group),
         iter,
     });
@@ -602,11 +605,12 @@ pub fn caller_netns(
 
 /// Collects and renders a prepared request into `out`; returns the notes for the user.
 /// Blocking: the dump and the rendering happen here. The sockets come from `iter` where it
-/// can serve the request's options ([`SnapshotArgs::iter_serves`]), else from `source`.
+/// can serve the request's options ([`SnapshotArgs::iter_serves`]), else from `source`; the
+/// iterator's read stops once its `Cancel` is set (the client left).
 pub fn serve(
     prepared: Prepared,
     source: &impl SocketSource,
-    iter: Option<&TcpIter>,
+    iter: Option<(&TcpIter, Cancel)>,
     table: &mut impl Enrich,
     services: &Services,
     clock: Clock,
@@ -622,10 +626,13 @@ pub fn serve(
         table: args.wants_table(&filter),
     };
     let mut collected = match iter.filter(|_| args.iter_serves()) {
-        Some(iter) => {
+        Some((iter, cancel)) => {
             let source = IterSource {
                 iter,
                 filter: filter.kernel_filter(),
+                // Owners come from the table, by cookie: no inode needed.
+                fields: Fields::TABLE,
+                cancel,
             };
             source::collect(&source, &prepared.scope, table, what)?
         }
@@ -640,60 +647,6 @@ pub fn serve(
     notes.extend(missing);
     out.flush()?;
     Ok(notes)
-}
-
-/// A frame and the share of the in-flight budget it holds until it is sent.
-type Frame = (Bytes, Grant);
-
-/// Frames what the renderer writes and queues full frames for the connection's writer. The
-/// renderer never waits for the client: a frame takes its bytes from the in-flight budget of
-/// the agent and of the client's uid, and a reply that finds it spent fails instead of holding
-/// a thread.
-struct FrameWriter {
-    buf: Vec<u8>,
-    tx: mpsc::UnboundedSender<Frame>,
-    budget: Arc<Budget>,
-    uid: u32,
-    cancel: Cancel,
-}
-
-impl FrameWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "client gone",
-            ));
-        }
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut frame = BytesMut::with_capacity(self.buf.len() + 8);
-        wire::put_frame(&mut frame, FRAME_DATA, &self.buf);
-        let permit = self
-            .budget
-            .take(self.uid, frame.len())
-            .map_err(std::io::Error::other)?;
-        self.buf.clear();
-        self.tx
-            .send((frame.freeze(), permit))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
-    }
-}
-
-impl Write for FrameWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
 }
 
 /// Serves one admitted connection; its place is given back when `_admitted` drops.
@@ -753,23 +706,16 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
     // and the renderer at its next frame, and the slot is free for the next request.
     let cancel = Cancel::default();
     let _cancel_on_exit = CancelOnDrop(cancel.clone());
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (mut out, mut rx) = FrameWriter::new(shared.in_flight.clone(), peer.uid, cancel.clone());
     let job = {
         let shared = shared.clone();
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let mut out = FrameWriter {
-                buf: Vec::with_capacity(CHUNK),
-                tx,
-                budget: shared.in_flight.clone(),
-                uid: peer.uid,
-                cancel: cancel.clone(),
-            };
             let mut table = shared.table.clone();
             let result = serve(
                 prepared,
-                &(shared.sources)(cancel),
-                shared.iter.as_deref(),
+                &(shared.sources)(cancel.clone()),
+                shared.iter.as_deref().map(|i| (i, cancel)),
                 &mut table,
                 &shared.services,
                 shared.clock,
@@ -781,8 +727,9 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         })
     };
     let send = async {
-        while let Some((frame, _permit)) = rx.recv().await {
-            stream.write_all(&frame).await?;
+        // A frame holds its budget until it is written.
+        while let Some(frame) = rx.recv().await {
+            stream.write_all(&frame.wire()?).await?;
         }
         let Ok((result, losses)) = job.await else {
             return Err(std::io::Error::other("the snapshot job panicked"));
@@ -941,7 +888,7 @@ async fn handle_top(
     let mut frames = BytesMut::new();
     let trailer = match answer {
         Ok(json) => {
-            for chunk in json.chunks(CHUNK) {
+            for chunk in json.chunks(crate::reply::CHUNK) {
                 wire::put_frame(&mut frames, FRAME_DATA, chunk);
             }
             Trailer {
@@ -1564,26 +1511,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e}").contains("accepts 4096 at most"), "{e}");
-    }
-
-    #[test]
-    fn a_reply_beyond_the_in_flight_budget_fails_instead_of_waiting() {
-        let budget = Budget::new(1 << 20, 100 << 10);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut w = FrameWriter {
-            buf: Vec::new(),
-            tx,
-            budget: budget.clone(),
-            uid: 1000,
-            cancel: Cancel::default(),
-        };
-        w.write_all(&[b'x'; CHUNK]).unwrap();
-        let e = w.write_all(&[b'x'; CHUNK]).unwrap_err();
-        assert!(e.to_string().contains("replies unread"), "{e}");
-        // Another user is not held back by the first one's unread reply.
-        let _other = budget.take(1001, 100 << 10).unwrap();
-        // Sending the first frame gives its budget back.
-        drop(rx.try_recv().unwrap());
-        assert_eq!(budget.held(1000), (100 << 10, 0));
     }
 }

@@ -16,13 +16,13 @@ use crate::{
     config, docs,
     features::Support,
     filter::{Filter, Services, StateSet},
-    iter::TcpIter,
+    iter::{Fields, TcpIter},
     netns::{self, Netns},
     offsets,
     output::{Format, Printer},
     procfs,
     snapshot::{self, SnapshotArgs},
-    sock_diag::{self, Families},
+    sock_diag::{self, Cancel, Families},
     sockstat::SockStat,
     source::{self, IterSource, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
     tracer::TracerConfig,
@@ -499,6 +499,11 @@ fn fallback_snapshot(
             let source = IterSource {
                 iter,
                 filter: filter.kernel_filter(),
+                // -p finds owners in /proc by inode, as ss does.
+                fields: Fields {
+                    inode: args.processes,
+                },
+                cancel: Cancel::default(),
             };
             source::collect(&source, &scope, &mut owners, what)?
         }

@@ -190,7 +190,13 @@ impl Grid {
 }
 
 fn pad(line: &mut String, n: usize) {
-    line.extend(std::iter::repeat_n(' ', n));
+    const SPACES: &str = "                                                                ";
+    let mut n = n;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        line.push_str(&SPACES[..k]);
+        n -= k;
+    }
 }
 
 #[cfg(test)]

@@ -26,16 +26,21 @@ use aya::{
     programs::Iter,
 };
 use netmon_common::{
-    AF_INET, AF_INET6, GLOBAL_ITER_OFFSETS, ITER_PROGRAM, IterSock, KernelFilter, MAP_ITER_FILTERS,
-    TcpState,
+    AF_INET, AF_INET6, GLOBAL_ITER_OFFSETS, ITER_PROGRAM, ITER_WANT_INODE, IterRequest, IterSock,
+    KernelFilter, MAP_ITER_FILTERS, TcpState,
 };
 
 use crate::{
     attach::{self, AttachError},
     netns::{self, Netns},
     offsets,
-    sock_diag::DiagSock,
+    sock_diag::{Cancel, DiagSock},
 };
+
+/// How much of the iterator one `read()` asks for: the records are converted chunk by chunk,
+/// so a dump of a million sockets never holds its 72 MB of records at once, and a reader
+/// whose client left stops between two chunks.
+const CHUNK_RECORDS: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IterError {
@@ -55,13 +60,33 @@ pub enum IterError {
     ThreadPanicked,
     #[error("the iterator gave {len} bytes, not a whole number of {size}-byte records")]
     Torn { len: usize, size: usize },
+    #[error("the client left: the iterator's read stopped")]
+    Cancelled,
+}
+
+/// What a reader asks the iterator for besides its filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fields {
+    /// The socket's inode (three dependent loads per socket in the kernel): only needed to
+    /// find owners in /proc by inode.
+    pub inode: bool,
+}
+
+impl Fields {
+    pub const ALL: Self = Self { inode: true };
+    /// What `ss -tan`'s columns and the agent's rows need (owners come from its table).
+    pub const TABLE: Self = Self { inode: false };
+
+    fn bits(self) -> u32 {
+        if self.inode { ITER_WANT_INODE } else { 0 }
+    }
 }
 
 /// The loaded and attached iterator: each [`TcpIter::dump`] creates one iterator from its
 /// link. Shared by the agent's snapshot threads.
 pub struct TcpIter {
     link: OwnedFd,
-    filters: Mutex<HashMap<MapData, u32, KernelFilter>>,
+    filters: Mutex<HashMap<MapData, u32, IterRequest>>,
     /// Which bit of [`IterSock::flags`] is `skc_ipv6only`.
     v6only_bit: u8,
 }
@@ -129,20 +154,36 @@ impl TcpIter {
     }
 
     /// The TCP sockets of `ns` that `filter` may select (all with `None`), in the kernel's
-    /// hash-table order. `filter`'s netns and cgroup are ignored: the iterator walks one
-    /// namespace and does not read cgroups.
+    /// hash-table order, with every field. `filter`'s netns and cgroup are ignored: the
+    /// iterator walks one namespace and does not read cgroups.
     pub fn dump(
         &self,
         ns: &Netns,
         filter: Option<KernelFilter>,
     ) -> Result<Vec<DiagSock>, IterError> {
-        let filter = filter.map(|f| KernelFilter {
-            netns: 0,
-            cgroup_id: 0,
-            ..f
-        });
+        self.dump_with(ns, filter, Fields::ALL, &Cancel::default())
+    }
+
+    /// As [`TcpIter::dump`], reading only the optional `fields` asked for (the others are
+    /// 0), and stopping with [`IterError::Cancelled`] between two reads once `cancel` is set.
+    pub fn dump_with(
+        &self,
+        ns: &Netns,
+        filter: Option<KernelFilter>,
+        fields: Fields,
+        cancel: &Cancel,
+    ) -> Result<Vec<DiagSock>, IterError> {
+        let request = IterRequest {
+            filter: KernelFilter {
+                netns: 0,
+                cgroup_id: 0,
+                ..filter.unwrap_or(KernelFilter::ALL)
+            },
+            fields: fields.bits(),
+            _pad: 0,
+        };
         if netns::current_inum().ok() == Some(ns.inum) {
-            return self.dump_here(filter);
+            return self.dump_here(request, cancel);
         }
         let fd = ns.file().as_raw_fd();
         std::thread::scope(|scope| {
@@ -154,28 +195,33 @@ impl TcpIter {
                     if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                         return Err(IterError::Setns(io::Error::last_os_error()));
                     }
-                    self.dump_here(filter)
+                    self.dump_here(request, cancel)
                 })
                 .map_err(IterError::Setns)?;
             worker.join().map_err(|_| IterError::ThreadPanicked)?
         })
     }
 
-    /// Reads an iterator created on this thread, so in this thread's namespace, with `filter`
-    /// keyed by this thread's id for the program to find.
-    fn dump_here(&self, filter: Option<KernelFilter>) -> Result<Vec<DiagSock>, IterError> {
+    /// Reads an iterator created on this thread, so in this thread's namespace, with
+    /// `request` keyed by this thread's id for the program to find.
+    fn dump_here(&self, request: IterRequest, cancel: &Cancel) -> Result<Vec<DiagSock>, IterError> {
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::gettid() } as u32;
-        let _filtered = filter.and_then(|f| {
-            let mut map = self.filters.lock().ok()?;
-            // A full map (more readers than slots) only costs this read its kernel filter.
-            map.insert(tid, f, 0).ok()?;
-            Some(FilterGuard { iter: self, tid })
-        });
-        let mut file = iter_create(self.link.as_raw_fd())?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(IterError::Read)?;
-        parse(&bytes, self.v6only_bit)
+        let _filtered = {
+            let mut map = self.filters.lock().ok();
+            // A full map (more readers than slots) only costs this read its kernel filter and
+            // the fields it could skip: the program then reads everything.
+            map.as_mut()
+                .and_then(|m| m.insert(tid, request, 0).ok())
+                .map(|()| FilterGuard { iter: self, tid })
+        };
+        let file = iter_create(self.link.as_raw_fd())?;
+        read_chunked(
+            file,
+            CHUNK_RECORDS * size_of::<IterSock>(),
+            cancel,
+            |chunk| parse(chunk, self.v6only_bit),
+        )
     }
 }
 
@@ -190,6 +236,48 @@ impl Drop for FilterGuard<'_> {
         if let Ok(mut map) = self.iter.filters.lock() {
             let _ = map.remove(&self.tid);
         }
+    }
+}
+
+/// Reads `from` to its end `chunk` bytes at a time (a record split between two reads is
+/// carried over), handing each run of whole records to `convert`; stops with
+/// [`IterError::Cancelled`] before a read once `cancel` is set.
+fn read_chunked(
+    mut from: impl Read,
+    chunk: usize,
+    cancel: &Cancel,
+    mut convert: impl FnMut(&[u8]) -> Result<Vec<DiagSock>, IterError>,
+) -> Result<Vec<DiagSock>, IterError> {
+    const SIZE: usize = size_of::<IterSock>();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; chunk.max(SIZE)];
+    let mut held = 0;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(IterError::Cancelled);
+        }
+        let n = match from.read(&mut buf[held..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IterError::Read(e)),
+        };
+        if n == 0 {
+            if held != 0 {
+                return Err(IterError::Torn {
+                    len: held,
+                    size: SIZE,
+                });
+            }
+            return Ok(out);
+        }
+        held += n;
+        let whole = held - held % SIZE;
+        if whole == 0 {
+            continue;
+        }
+        out.extend(convert(&buf[..whole])?);
+        buf.copy_within(whole..held, 0);
+        held -= whole;
     }
 }
 
@@ -388,6 +476,84 @@ mod tests {
             "sock_diag reports v6only for LISTEN and CLOSE only"
         );
         assert_eq!(socks[4].state, TcpState::SynRecv, "a request socket");
+    }
+
+    /// Hands out its bytes `step` at a time, as a seq_file may end a read mid-record.
+    struct Dribble<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_split_between_reads_are_carried_to_the_next_chunk() {
+        let recs: Vec<IterSock> = (0..50u64)
+            .map(|i| IterSock {
+                cookie: i,
+                ..record(AF_INET, 1, 0)
+            })
+            .collect();
+        let b = bytes(&recs);
+        for (step, chunk) in [(1, 72), (50, 144), (100, 72 * 7), (7200, 100), (4000, 7200)] {
+            let mut chunks = 0;
+            let socks = read_chunked(
+                Dribble { bytes: &b, step },
+                chunk,
+                &Cancel::default(),
+                |c| {
+                    chunks += 1;
+                    parse(c, 0)
+                },
+            )
+            .unwrap();
+            let cookies: Vec<u64> = socks.iter().map(|s| s.cookie).collect();
+            assert_eq!(
+                cookies,
+                (0..50).collect::<Vec<_>>(),
+                "step {step}, chunk {chunk}"
+            );
+            assert!(chunks > 1 || b.len() <= chunk, "converted as it reads");
+        }
+        let torn = read_chunked(
+            Dribble {
+                bytes: &b[..b.len() - 5],
+                step: 100,
+            },
+            144,
+            &Cancel::default(),
+            |c| parse(c, 0),
+        );
+        assert!(matches!(torn, Err(IterError::Torn { len: 67, .. })));
+    }
+
+    #[test]
+    fn a_cancelled_read_stops_before_the_next_chunk() {
+        let b = bytes(&vec![record(AF_INET, 1, 0); 100]);
+        let cancel = Cancel::default();
+        let mut converted = 0;
+        let result = read_chunked(
+            Dribble {
+                bytes: &b,
+                step: 720,
+            },
+            720,
+            &cancel,
+            |c| {
+                converted += 1;
+                cancel.cancel();
+                parse(c, 0)
+            },
+        );
+        assert!(matches!(result, Err(IterError::Cancelled)));
+        assert_eq!(converted, 1, "nothing read after the cancel");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod peer;
 pub mod privileges;
 pub mod procfs;
 pub mod records;
+pub mod reply;
 pub mod slots;
 pub mod snapshot;
 pub mod sock_diag;

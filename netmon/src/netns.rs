@@ -68,6 +68,23 @@ impl Netns {
             sock_diag::dump_tcp_in_netns(&self.file, families, states, ext, cancel)
         }
     }
+
+    /// Every TCP socket of the namespace in batches of `size` to `emit`
+    /// ([`sock_diag::dump_tcp_batched`]).
+    pub fn dump_batched(
+        &self,
+        cancel: &Cancel,
+        size: usize,
+        emit: sock_diag::Emit,
+    ) -> Result<(), DiagError> {
+        let (families, states) = (Families::ALL, sock_diag::SS_STATES);
+        let dump = || sock_diag::dump_tcp_batched(families, states, cancel, size, emit);
+        if current_inum().ok() == Some(self.inum) {
+            dump()
+        } else {
+            sock_diag::in_netns(&self.file, dump)
+        }
+    }
 }
 
 /// Moves the calling thread into the namespace `ip netns` calls `name` (/run/netns/NAME; a

@@ -386,6 +386,34 @@ pub fn dump_tcp_cancellable(
     Ok(d.out)
 }
 
+/// Takes a batch of a dump; false stops the dump ([`DiagError::Cancelled`]).
+pub type Emit = Box<dyn FnMut(Vec<DiagSock>) -> bool + Send>;
+
+/// [`dump_tcp_cancellable`] handed to `emit` in batches as the kernel's datagrams come: a
+/// batch goes once it holds `size` sockets or more (whole datagrams), the last one with what
+/// is left (none if nothing is). A caller merging them never holds the whole dump, and `emit`
+/// may wait: the kernel keeps the rest.
+pub fn dump_tcp_batched(
+    families: Families,
+    states: u32,
+    cancel: &Cancel,
+    size: usize,
+    emit: Emit,
+) -> Result<(), DiagError> {
+    let mut d = Dumper::new()?;
+    d.cancel = cancel.clone();
+    d.batches = Some((size.max(1), emit));
+    d.run(families, states)?;
+    let rest = std::mem::take(&mut d.out);
+    if let Some((_, emit)) = d.batches.as_mut()
+        && !rest.is_empty()
+        && !emit(rest)
+    {
+        return Err(DiagError::Cancelled);
+    }
+    Ok(())
+}
+
 /// [`dump_tcp_ext`] of the caller's namespace, returning the kernel's reply messages as they
 /// came, without the per-family `NLMSG_DONE`s, and ending with one `NLMSG_DONE`: the format
 /// `ss -D FILE` writes and `TCPDIAG_FILE=FILE ss` reads, which [`parse_recording`] replays.
@@ -455,6 +483,16 @@ pub fn dump_tcp_in_netns(
     ext: u8,
     cancel: &Cancel,
 ) -> Result<Vec<DiagSock>, DiagError> {
+    in_netns(netns, || {
+        dump_tcp_cancellable(families, states, ext, cancel)
+    })
+}
+
+/// Runs `work` on a thread of its own that has entered `netns` (the caller's namespace stays).
+pub fn in_netns<T: Send>(
+    netns: &File,
+    work: impl FnOnce() -> Result<T, DiagError> + Send,
+) -> Result<T, DiagError> {
     let fd = netns.as_raw_fd();
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
@@ -465,7 +503,7 @@ pub fn dump_tcp_in_netns(
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                     return Err(io_err("setns")(io::Error::last_os_error()));
                 }
-                dump_tcp_cancellable(families, states, ext, cancel)
+                work()
             })
             .map_err(io_err("thread spawn"))?;
         worker.join().map_err(|_| DiagError::ThreadPanicked)?
@@ -558,6 +596,10 @@ struct Dumper {
     record: Option<Vec<u8>>,
     budget: Budget,
     cancel: Cancel,
+    /// Where `out` goes each time it holds this many sockets ([`dump_tcp_batched`]).
+    batches: Option<(usize, Emit)>,
+    /// Whether any socket message came (some may already have gone in a batch).
+    received: bool,
 }
 
 impl Dumper {
@@ -584,6 +626,8 @@ impl Dumper {
             record: None,
             budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
             cancel: Cancel::default(),
+            batches: None,
+            received: false,
         })
     }
 
@@ -593,7 +637,7 @@ impl Dumper {
         if families == Families::ALL {
             match self.dump(Dump::Both, states) {
                 // Refused before anything was sent: this kernel lacks the legacy interface.
-                Err(DiagError::Kernel { .. }) if self.out.is_empty() => {}
+                Err(DiagError::Kernel { .. }) if !self.received => {}
                 r => return r,
             }
         }
@@ -662,9 +706,19 @@ impl Dumper {
                 });
             }
             let record = self.record.as_mut();
-            if parse_datagram(&self.buf[..len], what, Some(seq), &mut self.out, record)?
-                == Progress::Done
+            let before = self.out.len();
+            let progress =
+                parse_datagram(&self.buf[..len], what, Some(seq), &mut self.out, record)?;
+            self.received |= self.out.len() > before;
+            if let Some((size, emit)) = self.batches.as_mut()
+                && self.out.len() >= *size
             {
+                let batch = std::mem::replace(&mut self.out, Vec::with_capacity(*size));
+                if !emit(batch) {
+                    return Err(DiagError::Cancelled);
+                }
+            }
+            if progress == Progress::Done {
                 return Ok(());
             }
         }
@@ -1277,6 +1331,50 @@ mod tests {
         let e = dump_tcp_cancellable(Families::ALL, SS_STATES, 0, &cancel).unwrap_err();
         assert!(matches!(e, DiagError::Cancelled), "{e}");
         assert!(e.to_string().contains("client went away"), "{e}");
+    }
+
+    #[test]
+    fn a_dump_in_batches_finds_what_a_whole_one_finds() {
+        // Listeners of this test (other tests' sockets come and go meanwhile).
+        let listeners: Vec<_> = (0..40)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: std::collections::HashSet<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let mine = |socks: &[DiagSock]| -> std::collections::BTreeSet<u64> {
+            socks
+                .iter()
+                .filter(|s| s.state == TcpState::Listen && ports.contains(&s.local.port()))
+                .map(|s| s.cookie)
+                .collect()
+        };
+        let whole = dump_tcp(Families::ALL, SS_STATES).unwrap();
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let emit: Emit = {
+            let batches = batches.clone();
+            Box::new(move |b| {
+                batches.lock().unwrap().push(b);
+                true
+            })
+        };
+        dump_tcp_batched(Families::ALL, SS_STATES, &Cancel::default(), 7, emit).unwrap();
+        let batches = std::mem::take(&mut *batches.lock().unwrap());
+        assert!(batches.iter().all(|b| !b.is_empty()));
+        let all: Vec<DiagSock> = batches.into_iter().flatten().collect();
+        assert_eq!(mine(&all), mine(&whole));
+        assert_eq!(mine(&all).len(), 40);
+        // A receiver that stops taking batches stops the dump.
+        let e = dump_tcp_batched(
+            Families::ALL,
+            SS_STATES,
+            &Cancel::default(),
+            1,
+            Box::new(|_| false),
+        )
+        .unwrap_err();
+        assert!(matches!(e, DiagError::Cancelled), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use netmon_common::KernelFilter;
 
 use crate::{
     clock::Clock,
-    iter::TcpIter,
+    iter::{Fields, IterError, TcpIter},
     netns::{self, Netns},
     procfs::SocketOwners,
     snapshot::{Data, Row},
@@ -104,22 +104,35 @@ impl SocketSource for LiveSource {
     }
 }
 
-/// The `iter/tcp` iterator ([`crate::iter`]), skipping in the kernel what `filter` rejects;
-/// a namespace it cannot read is dumped over sock_diag instead, with a note.
+/// The `iter/tcp` iterator ([`crate::iter`]), skipping in the kernel what `filter` rejects
+/// and the optional `fields` not asked for; a namespace it cannot read is dumped over
+/// sock_diag instead, with a note. Reads stop once `cancel` is set (the client left).
 #[derive(Debug)]
 pub struct IterSource<'a> {
     pub iter: &'a TcpIter,
     pub filter: KernelFilter,
+    pub fields: Fields,
+    pub cancel: Cancel,
 }
 
 impl IterSource<'_> {
     fn dump(&self, ns: &Netns, ext: u8) -> NsDump {
         let t0_ns = Clock::mono_now_ns();
-        match self.iter.dump(ns, Some(self.filter)) {
+        match self
+            .iter
+            .dump_with(ns, Some(self.filter), self.fields, &self.cancel)
+        {
             Ok(socks) => NsDump {
                 netns: ns.inum,
                 t0_ns,
                 dump: Ok(socks),
+                full: false,
+                note: None,
+            },
+            Err(IterError::Cancelled) => NsDump {
+                netns: ns.inum,
+                t0_ns,
+                dump: Err(DiagError::Cancelled),
                 full: false,
                 note: None,
             },
@@ -256,10 +269,7 @@ impl Enrich for Table {
     }
 
     fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
-        Ok(dump
-            .into_iter()
-            .map(|s| Row::new(s, netns, Some(self)))
-            .collect())
+        Ok(rows_of(dump, |s| Row::new(s, netns, Some(self))))
     }
 
     fn closed_since(
@@ -281,7 +291,7 @@ impl Enrich for Table {
 /// whole dump and all the rows at once (at a million sockets, 144 MB of dump beside 224 MB of
 /// rows). A large vector has pages of its own (see `agent::bound_allocator`): shrinking it
 /// gives them back.
-fn rows_of(mut dump: Vec<DiagSock>, mut row: impl FnMut(DiagSock) -> Row) -> Vec<Row> {
+pub(crate) fn rows_of(mut dump: Vec<DiagSock>, mut row: impl FnMut(DiagSock) -> Row) -> Vec<Row> {
     const BLOCK: usize = 16_384;
     let mut rows = Vec::with_capacity(dump.len());
     while !dump.is_empty() {

@@ -272,6 +272,29 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// A reconcile of one namespace with a dump merged a part at a time ([`Table::reconcile_batch`]):
+/// the cookies found so far (8 bytes a socket, not the dump's 144).
+#[derive(Debug)]
+pub struct Reconcile {
+    netns: u32,
+    t0_ns: u64,
+    found: FxHashSet<u64>,
+}
+
+impl Reconcile {
+    pub fn new(netns: u32, t0_ns: u64) -> Self {
+        Self {
+            netns,
+            t0_ns,
+            found: FxHashSet::default(),
+        }
+    }
+
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+}
+
 #[derive(Debug)]
 pub struct Table {
     /// Live sockets (Fx hashing: keys are kernel cookies, not attacker-chosen, and SipHash
@@ -587,12 +610,17 @@ impl Table {
     /// kept; events from during the dump, still in the ring, are applied after it in order
     /// and converge on the newest state.
     pub fn reconcile(&mut self, netns: u32, dump: &[DiagSock], t0_ns: u64) {
-        let found: FxHashSet<u64> = dump.iter().map(|d| d.cookie).collect();
-        self.records.retain(|cookie, ns, since_ns| {
-            ns != netns || found.contains(&cookie) || since_ns > t0_ns
-        });
-        self.time_wait
-            .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
+        let mut r = Reconcile::new(netns, t0_ns);
+        self.reconcile_batch(&mut r, dump);
+        self.reconcile_end(r);
+    }
+
+    /// [`Table::reconcile`] a part of the dump at a time, so that the whole dump (144 bytes a
+    /// socket) is never held: each part adds what it found, and [`Table::reconcile_end`]
+    /// then drops what no part found. Events may be applied between two parts.
+    pub fn reconcile_batch(&mut self, r: &mut Reconcile, dump: &[DiagSock]) {
+        let (netns, t0_ns) = (r.netns, r.t0_ns);
+        r.found.extend(dump.iter().map(|d| d.cookie));
         for d in dump {
             // Cookies are unique on the machine and a socket never changes namespace: a record
             // that names another namespace's socket is not a real one (a forged reply) and
@@ -640,6 +668,21 @@ impl Table {
                 self.records.insert(d.cookie, &entry);
             }
         }
+    }
+
+    /// Ends a [`Reconcile`] whose every part was merged: the namespace's entries that no part
+    /// found and no event touched since the dump started are dropped.
+    pub fn reconcile_end(&mut self, r: Reconcile) {
+        let Reconcile {
+            netns,
+            t0_ns,
+            found,
+        } = r;
+        self.records.retain(|cookie, ns, since_ns| {
+            ns != netns || found.contains(&cookie) || since_ns > t0_ns
+        });
+        self.time_wait
+            .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
     }
 
     /// Drops TIME-WAIT entries older than the kernel keeps them.

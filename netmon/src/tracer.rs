@@ -23,9 +23,9 @@ use crate::{
     output::LossKind,
     procfs,
     snapshot::Row,
-    sock_diag::DiagSock,
+    sock_diag::{Cancel, DiagError, DiagSock},
     source::{self, Enrich, NsDump, TracerStopped},
-    table::{Closed, Owner, Table},
+    table::{Closed, Owner, Reconcile, Table},
 };
 
 /// How often the reader drains the ring when the program has not woken it.
@@ -418,6 +418,53 @@ fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
     dumps
 }
 
+/// Sockets per part of a periodic reconcile's dump (~0.6 MB of [`DiagSock`]s): the loop merges
+/// a part between two drains (a few ms), and never holds a namespace's whole dump.
+const RECONCILE_PART: usize = 4096;
+/// Parts waiting for the loop, at most, while the dump goes on (then the dump waits).
+const RECONCILE_PARTS_QUEUED: usize = 2;
+
+/// A periodic reconcile's dumps, as the dumping thread hands them to the loop.
+enum Part {
+    /// A namespace's dump starts at `t0_ns`.
+    Begin {
+        netns: u32,
+        t0_ns: u64,
+    },
+    Sockets(Vec<DiagSock>),
+    /// The namespace's dump ended; one that failed drops nothing (what it found is added).
+    End(Result<(), DiagError>),
+}
+
+/// Dumps every namespace on the machine, or only `netns`, in parts through `tx` (blocking:
+/// run it off the draining thread). Stops when the loop is gone.
+fn dump_scope_in_parts(netns: Option<u32>, tx: &mpsc::Sender<Part>) {
+    let dump = |inum, ns: std::io::Result<netns::Netns>| match ns {
+        Ok(ns) => {
+            let begin = Part::Begin {
+                netns: ns.inum,
+                t0_ns: Clock::mono_now_ns(),
+            };
+            if tx.blocking_send(begin).is_err() {
+                return;
+            }
+            let parts = tx.clone();
+            let emit = Box::new(move |sockets| parts.blocking_send(Part::Sockets(sockets)).is_ok());
+            let ended = ns.dump_batched(&Cancel::default(), RECONCILE_PART, emit);
+            let _ = tx.blocking_send(Part::End(ended));
+        }
+        Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
+    };
+    match netns {
+        Some(only) => {
+            if let Some(ns) = netns::find(only) {
+                dump(only, ns);
+            }
+        }
+        None => netns::each(dump),
+    }
+}
+
 /// What other threads may ask of the table; the loop answers between two drains.
 pub enum Query {
     /// Reconcile namespace `netns` with a dump that started at `t0_ns` and return its rows
@@ -717,31 +764,46 @@ impl<R: Ring> Tracer<R> {
         Ok(())
     }
 
-    fn apply_dump(
+    /// Merges one part of a periodic reconcile, after what the ring holds up to now.
+    fn apply_part(
         &mut self,
         sink: &mut impl Sink,
-        d: NsDump,
-        owners: Option<&procfs::SocketOwners>,
+        part: Part,
+        reconciling: &mut Option<Reconcile>,
     ) -> io::Result<()> {
-        self.drain_for_reconcile(sink)?;
-        match d.dump {
-            Ok(dump) => {
-                let started = Instant::now();
-                let table = &mut self.pipeline.table;
-                read_ring_while(&mut self.probe, &mut self.held, move || {
-                    table.reconcile(d.netns, &dump, d.t0_ns);
-                    if let Some(owners) = owners {
-                        table.set_owners(&dump, owners);
-                    }
-                });
-                self.pipeline.resyncs.merged(started);
+        match part {
+            Part::Begin { netns, t0_ns } => *reconciling = Some(Reconcile::new(netns, t0_ns)),
+            Part::Sockets(sockets) => {
+                if let Some(r) = reconciling.as_mut() {
+                    self.drain_for_reconcile(sink)?;
+                    let started = Instant::now();
+                    self.pipeline.table.reconcile_batch(r, &sockets);
+                    self.pipeline.resyncs.merged(started);
+                }
             }
-            // `{:#}` walks the sources: the failed step, then the errno.
-            Err(e) => eprintln!(
-                "netmon: dumping sockets of netns {}: {:#}",
-                d.netns,
-                anyhow::Error::new(e)
-            ),
+            Part::End(ended) => {
+                let Some(r) = reconciling.take() else {
+                    return Ok(());
+                };
+                match ended {
+                    Ok(()) => {
+                        self.drain_for_reconcile(sink)?;
+                        let started = Instant::now();
+                        let table = &mut self.pipeline.table;
+                        // One pass over the whole table: long at a million entries.
+                        read_ring_while(&mut self.probe, &mut self.held, move || {
+                            table.reconcile_end(r);
+                        });
+                        self.pipeline.resyncs.merged(started);
+                    }
+                    // `{:#}` walks the sources: the failed step, then the errno.
+                    Err(e) => eprintln!(
+                        "netmon: dumping sockets of netns {}: {:#}",
+                        r.netns(),
+                        anyhow::Error::new(e)
+                    ),
+                }
+            }
         }
         Ok(())
     }
@@ -768,10 +830,9 @@ impl<R: Ring> Tracer<R> {
                 self.drain(sink)?;
                 let table = &self.pipeline.table;
                 // Read-only, but a million lookups still take a while: keep reading the ring.
+                // Made a block at a time while the dump shrinks: never all of both at once.
                 let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
-                    dump.into_iter()
-                        .map(|s| Row::new(s, netns, Some(table)))
-                        .collect::<Vec<_>>()
+                    source::rows_of(dump, |s| Row::new(s, netns, Some(table)))
                 });
                 let _ = reply.send(rows);
             }
@@ -858,14 +919,18 @@ impl Tracer<Probe> {
         let mut expired = Instant::now();
         let mut policy = Resync::new(&self.config, Instant::now());
         let scope = self.config.netns;
-        // A reconcile's dumps run on a blocking thread while the ring keeps draining.
-        let mut resync: Option<tokio::task::JoinHandle<Vec<NsDump>>> = None;
+        // A reconcile's dumps run on a blocking thread while the ring keeps draining; their
+        // parts are merged here as they come.
+        let mut resync: Option<mpsc::Receiver<Part>> = None;
+        let mut reconciling: Option<Reconcile> = None;
         let mut after_loss = false;
         loop {
             let loss_pending = policy.loss_pending;
             if resync.is_none() && policy.due(Instant::now()) {
                 after_loss = loss_pending;
-                resync = Some(tokio::task::spawn_blocking(move || dump_scope(scope)));
+                let (tx, rx) = mpsc::channel(RECONCILE_PARTS_QUEUED);
+                tokio::task::spawn_blocking(move || dump_scope_in_parts(scope, &tx));
+                resync = Some(rx);
             }
             tokio::select! {
                 biased;
@@ -906,22 +971,25 @@ impl Tracer<Probe> {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 } } => self.answer(q, sink)?,
-                dumps = async { match resync.as_mut() {
-                    Some(h) => h.await,
+                part = async { match resync.as_mut() {
+                    Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 } } => {
-                    resync = None;
-                    let dumps = dumps.unwrap_or_default();
-                    let counted = if after_loss {
-                        &mut self.pipeline.resyncs.loss
-                    } else {
-                        &mut self.pipeline.resyncs.periodic
+                    let Some(part) = part else {
+                        // Every namespace done.
+                        resync = None;
+                        self.pipeline.table.expire(Clock::mono_now_ns());
+                        continue;
                     };
-                    *counted += dumps.len() as u64;
-                    for d in dumps {
-                        self.apply_dump(sink, d, None)?;
+                    if matches!(part, Part::End(_)) {
+                        let counted = if after_loss {
+                            &mut self.pipeline.resyncs.loss
+                        } else {
+                            &mut self.pipeline.resyncs.periodic
+                        };
+                        *counted += 1;
                     }
-                    self.pipeline.table.expire(Clock::mono_now_ns());
+                    self.apply_part(sink, part, &mut reconciling)?;
                 }
             }
         }
@@ -1244,6 +1312,71 @@ mod tests {
         assert_eq!(closed.len(), 1, "the connection that ended before the dump");
         assert_eq!(closed[0].born_ns, Some(300));
         assert_eq!(closed[0].owner.map(|o| o.task.pid), Some(7));
+    }
+
+    #[test]
+    fn a_reconcile_in_parts_drops_only_what_no_part_found_and_no_event_renewed() {
+        let mut tracer = Tracer::new(FakeRing::default(), &config());
+        let netns = 4026531840;
+        // Sockets 1, 2 and 3 connected long before the dump.
+        tracer
+            .probe
+            .0
+            .extend([of(1, 100, 7, 2), of(2, 110, 7, 2), of(3, 120, 7, 2)]);
+        tracer.drain(&mut ()).unwrap();
+        let found = |cookie| {
+            crate::sock_diag::DiagSock::fixture(
+                cookie,
+                netmon_common::TcpState::Established,
+                "127.0.0.1:41000",
+                "127.0.0.1:8080",
+            )
+        };
+        let mut reconciling = None;
+        let mut apply = |tracer: &mut Tracer<FakeRing>, part| {
+            tracer.apply_part(&mut (), part, &mut reconciling).unwrap();
+        };
+        apply(
+            &mut tracer,
+            Part::Begin {
+                netns,
+                t0_ns: 1_000,
+            },
+        );
+        apply(&mut tracer, Part::Sockets(vec![found(1)]));
+        // Between two parts: socket 4 connects after the dump started (no part has it).
+        tracer.probe.0.push_back(of(4, 1_500, 7, 2));
+        apply(&mut tracer, Part::Sockets(vec![found(2)]));
+        let table = &tracer.pipeline.table;
+        assert!(table.get(3).is_some(), "nothing is dropped before the end");
+        assert_eq!(
+            table.get(2).unwrap().state,
+            netmon_common::TcpState::Established
+        );
+        apply(&mut tracer, Part::End(Ok(())));
+        let table = &tracer.pipeline.table;
+        let mut live: Vec<u64> = table.live().map(|(c, _)| c).collect();
+        live.sort_unstable();
+        assert_eq!(
+            live,
+            [1, 2, 4],
+            "3's close was lost; 4 is newer than the dump"
+        );
+
+        // A dump that fails part way adds what it found and drops nothing.
+        tracer.probe.0.push_back(of(5, 2_000, 7, 2));
+        apply(
+            &mut tracer,
+            Part::Begin {
+                netns,
+                t0_ns: 3_000,
+            },
+        );
+        apply(&mut tracer, Part::Sockets(vec![found(6)]));
+        apply(&mut tracer, Part::End(Err(DiagError::Cancelled)));
+        let mut live: Vec<u64> = tracer.pipeline.table.live().map(|(c, _)| c).collect();
+        live.sort_unstable();
+        assert_eq!(live, [1, 2, 4, 5, 6]);
     }
 
     #[test]

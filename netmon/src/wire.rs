@@ -22,7 +22,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_FRAME: usize = 1 << 20;
 pub const FRAME_DATA: u8 = b'D';
 pub const FRAME_TRAILER: u8 = b'T';
-const FRAME_HEADER: usize = 5;
+pub const FRAME_HEADER: usize = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

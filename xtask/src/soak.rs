@@ -53,6 +53,11 @@ pub struct SoakArgs {
 struct Sample {
     at_s: f64,
     agent_rss_kib: u64,
+    /// The agent's peak RSS since the previous sample (VmHWM, reset at each sample): what a
+    /// sample of RSS alone can miss, or catch, by its timing.
+    agent_peak_kib: u64,
+    /// Memory holding replies not read yet (the agent's `netmon_unread_replies_bytes`).
+    unread_bytes: u64,
     agent_fds: usize,
     watch_rss_kib: u64,
     watch_fds: usize,
@@ -65,6 +70,13 @@ struct Sample {
     /// The agent's table (its metrics): live, TIME-WAIT and closed-history entries of every
     /// namespace, the soak's and everyone else's: what the agent's RSS has to hold.
     table: [u64; 3],
+}
+
+/// What the soak reads from the agent's metrics.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scraped {
+    table: [u64; 3],
+    unread_bytes: u64,
 }
 
 /// What the reader of `watch`'s output counted.
@@ -184,6 +196,7 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     );
     println!("{}", header());
     let started = Instant::now();
+    sys::reset_hwm(agent.pid())?;
     let mut samples = Vec::new();
     let end = started + Duration::from_secs_f64(secs);
     while Instant::now() < end {
@@ -198,9 +211,14 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
             }
         }
         let lat = std::mem::take(&mut *latencies.lock().unwrap());
+        let scraped = scrape(metrics);
+        let agent_peak_kib = sys::vm_kib(agent.pid(), "VmHWM")?;
+        sys::reset_hwm(agent.pid())?;
         let s = Sample {
             at_s: started.elapsed().as_secs_f64(),
             agent_rss_kib: sys::vm_kib(agent.pid(), "VmRSS")?,
+            agent_peak_kib,
+            unread_bytes: scraped.unread_bytes,
             agent_fds: fds(agent.pid()),
             watch_rss_kib: sys::vm_kib(watch.pid(), "VmRSS")?,
             watch_fds: fds(watch.pid()),
@@ -210,7 +228,7 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
             snapshots: lat.len(),
             snapshot_p99_ms: p99(&lat),
             snapshot_failures: failures.swap(0, Ordering::Relaxed),
-            table: table_entries(metrics),
+            table: scraped.table,
         };
         println!("{}", row(&s));
         samples.push(s);
@@ -259,9 +277,11 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
 
 fn header() -> String {
     format!(
-        "{:>6} {:>10} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
+        "{:>6} {:>10} {:>8} {:>9} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
         "min",
         "agent_MB",
+        "peak_MB",
+        "unread_MB",
         "fds",
         "live",
         "tw",
@@ -279,9 +299,11 @@ fn header() -> String {
 
 fn row(s: &Sample) -> String {
     format!(
-        "{:>6.1} {:>10.1} {:>6} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
+        "{:>6.1} {:>10.1} {:>8.1} {:>9.1} {:>6} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
         s.at_s / 60.0,
         s.agent_rss_kib as f64 / 1024.0,
+        s.agent_peak_kib as f64 / 1024.0,
+        s.unread_bytes as f64 / (1 << 20) as f64,
         s.agent_fds,
         s.table[0],
         s.table[1],
@@ -327,6 +349,13 @@ fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
             )),
         }
     }
+    if let Some((lo, hi)) = spread(&after2.iter().map(|s| s.agent_peak_kib).collect::<Vec<_>>()) {
+        out.push_str(&format!(
+            "agent peak RSS between samples after minute 2: {:.1}-{:.1} MB\n",
+            lo as f64 / 1024.0,
+            hi as f64 / 1024.0
+        ));
+    }
     // Exact or loud: every transition the load made is shown or counted as lost. The lost
     // count may exceed what this namespace missed: a fire the kernel ran no program for
     // (`not_run`) cannot be attributed to a namespace, so watch reports every one of them.
@@ -360,10 +389,11 @@ fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
     out
 }
 
-/// The agent's `netmon_table_entries` (live, time_wait, closed_history) from its metrics;
-/// zeros if the scrape fails (the row then shows it).
-fn table_entries(addr: SocketAddr) -> [u64; 3] {
-    let scrape = || -> std::io::Result<String> {
+/// The agent's `netmon_table_entries` (live, time_wait, closed_history) and
+/// `netmon_unread_replies_bytes` from its metrics; zeros if the scrape fails (the row then
+/// shows it).
+fn scrape(addr: SocketAddr) -> Scraped {
+    let get = || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
@@ -374,15 +404,19 @@ fn table_entries(addr: SocketAddr) -> [u64; 3] {
         s.read_to_string(&mut body)?;
         Ok(body)
     };
-    let Ok(body) = scrape() else {
-        return [0; 3];
+    let Ok(body) = get() else {
+        return Scraped::default();
     };
-    ["live", "time_wait", "closed_history"].map(|kind| {
-        let series = format!("netmon_table_entries{{kind=\"{kind}\"}} ");
+    let value = |series: &str| {
         body.lines()
-            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0)
-    })
+    };
+    Scraped {
+        table: ["live", "time_wait", "closed_history"]
+            .map(|kind| value(&format!("netmon_table_entries{{kind=\"{kind}\"}} "))),
+        unread_bytes: value("netmon_unread_replies_bytes "),
+    }
 }
 
 fn spread(xs: &[u64]) -> Option<(u64, u64)> {

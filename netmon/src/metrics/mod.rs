@@ -183,6 +183,8 @@ pub struct TableView {
     pub fire_count: bool,
     /// Memory holding ring records read ahead of the table while a dump or a merge ran.
     pub held_bytes: u64,
+    /// Memory holding snapshot replies that their clients have not read yet (the agent's).
+    pub unread_reply_bytes: u64,
 }
 
 impl TableView {
@@ -300,6 +302,13 @@ impl Collector for TableCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(view.held_bytes as i64).encode(held)?;
+        let unread = encoder.encode_descriptor(
+            "netmon_unread_replies",
+            "Memory holding snapshot replies not yet read by their clients (frames past a reply's first MiB held deflated), within --max-unread-bytes",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(view.unread_reply_bytes as i64).encode(unread)?;
         let evicted = encoder.encode_descriptor(
             "netmon_closed_history_evictions",
             "Closed-connection records dropped from the history to respect its capacity",
