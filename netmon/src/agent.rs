@@ -359,7 +359,7 @@ pub async fn run(
     // Said once serving: a refusal to serve stays the one line it is.
     eprintln!(
         "netmon agent: seeded {} sockets of {} namespaces in {} ms (owners from /proc {} ms \
-         beside the dumps {} ms, then merged in {} ms)",
+         beside the dumps {} ms, merged part by part in {} ms)",
         seeded.sockets,
         seeded.namespaces,
         seeded.took.as_millis(),

@@ -534,13 +534,14 @@ impl Table {
         self.records.insert(h.cookie, &sock);
     }
 
-    /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump.
-    pub fn set_owners(&mut self, dump: &[DiagSock], owners: &SocketOwners) {
-        for d in dump.iter().filter(|d| d.inode != 0) {
-            if let (Some(mut sock), Some(owner)) = (self.records.get(d.cookie), owners.get(d.inode))
-            {
+    /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump,
+    /// given as (cookie, inode) pairs: 16 bytes a socket kept until the scan is done, not the
+    /// dump's 144.
+    pub fn set_owners_of(&mut self, inodes: &[(u64, u32)], owners: &SocketOwners) {
+        for &(cookie, inode) in inodes.iter().filter(|(_, inode)| *inode != 0) {
+            if let (Some(mut sock), Some(owner)) = (self.records.get(cookie), owners.get(inode)) {
                 sock.owner = Some(owner);
-                self.records.insert(d.cookie, &sock);
+                self.records.insert(cookie, &sock);
             }
         }
     }
@@ -934,7 +935,10 @@ mod tests {
             task: Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
         };
-        table.set_owners(&[d], &[(4242, owner)].into_iter().collect());
+        table.set_owners_of(
+            &[(d.cookie, d.inode)],
+            &[(4242, owner)].into_iter().collect(),
+        );
         assert_eq!(table.get(9).and_then(|s| s.owner), Some(owner));
     }
 

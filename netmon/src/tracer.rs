@@ -24,7 +24,7 @@ use crate::{
     procfs,
     snapshot::Row,
     sock_diag::{Cancel, DiagError, DiagSock},
-    source::{self, Enrich, NsDump, TracerStopped},
+    source::{self, Enrich, TracerStopped},
     table::{Closed, Owner, Reconcile, Table},
 };
 
@@ -252,12 +252,23 @@ impl Resyncs {
     }
 }
 
+/// What the seed's merging thread counted.
+#[derive(Default)]
+struct Merged {
+    namespaces: usize,
+    sockets: usize,
+    scan: Duration,
+    dumps: Duration,
+    merge: Duration,
+}
+
 /// What [`Tracer::seed`] found and where its time went, for the agent's start-up line.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Seeded {
     pub namespaces: usize,
     pub sockets: usize,
-    /// All of it: the /proc scan for owners and the dumps (side by side), then the merges.
+    /// All of it: the /proc scan for owners beside the dumps, each part of a dump merged as
+    /// it comes, then the owners set.
     pub took: Duration,
     pub scan: Duration,
     pub dumps: Duration,
@@ -396,26 +407,6 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Dumps every namespace on the machine, or only `netns` (blocking: run it off the draining
-/// thread).
-fn dump_scope(netns: Option<u32>) -> Vec<NsDump> {
-    let mut dumps = Vec::new();
-    let mut dump = |inum, ns: std::io::Result<netns::Netns>| match ns {
-        Ok(ns) => dumps.push(source::dump(&ns, 0)),
-        Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
-    };
-    match netns {
-        // One namespace: found without walking every fd of the host, where it can be.
-        Some(only) => {
-            if let Some(ns) = netns::find(only) {
-                dump(only, ns);
-            }
-        }
-        None => netns::each(dump),
-    }
-    dumps
 }
 
 /// Sockets per part of a periodic reconcile's dump (~0.6 MB of [`DiagSock`]s): the loop merges
@@ -676,42 +667,74 @@ impl<R: Ring> Tracer<R> {
         let started = Instant::now();
         let mut seeded = Seeded::default();
         let scope = self.config.netns;
-        let ((owners, scan), (dumps, dumps_took)) =
-            read_ring_while(&mut self.probe, &mut self.held, || {
-                std::thread::scope(|s| {
-                    // The scan walks every process's fds and the dumps wait on the kernel:
-                    // side by side.
-                    let scan = s.spawn(|| {
-                        let t = Instant::now();
-                        (procfs::socket_owners(), t.elapsed())
-                    });
-                    let t = Instant::now();
-                    let dumps = dump_scope(scope);
-                    (joined(scan), (dumps, t.elapsed()))
-                })
-            });
-        seeded.scan = scan;
-        seeded.dumps = dumps_took;
-        let merging = Instant::now();
         let table = &mut self.pipeline.table;
-        let (namespaces, sockets) = read_ring_while(&mut self.probe, &mut self.held, move || {
-            let (mut namespaces, mut sockets) = (0, 0);
-            for d in dumps {
-                match d.dump {
-                    Ok(dump) => {
-                        namespaces += 1;
-                        sockets += dump.len();
-                        table.reconcile(d.netns, &dump, d.t0_ns);
-                        table.set_owners(&dump, &owners);
+        // The scan walks every process's fds and the dumps wait on the kernel: side by side,
+        // and each part of a dump is merged as it comes (never a whole dump held). Owners
+        // are set once the scan is done, from the (cookie, inode) of every socket merged.
+        let (owners, inodes, merged) = read_ring_while(&mut self.probe, &mut self.held, || {
+            std::thread::scope(|s| {
+                let scan = s.spawn(|| {
+                    let t = Instant::now();
+                    (procfs::socket_owners(), t.elapsed())
+                });
+                let (tx, mut rx) = mpsc::channel(RECONCILE_PARTS_QUEUED);
+                let dumps = s.spawn(move || {
+                    let t = Instant::now();
+                    dump_scope_in_parts(scope, &tx);
+                    t.elapsed()
+                });
+                let mut merged = Merged::default();
+                let mut inodes: Vec<(u64, u32)> = Vec::new();
+                let mut reconciling = None;
+                while let Some(part) = rx.blocking_recv() {
+                    let t = Instant::now();
+                    match part {
+                        Part::Begin { netns, t0_ns } => {
+                            reconciling = Some(Reconcile::new(netns, t0_ns));
+                        }
+                        Part::Sockets(sockets) => {
+                            if let Some(r) = reconciling.as_mut() {
+                                table.reconcile_batch(r, &sockets);
+                                merged.sockets += sockets.len();
+                                inodes.extend(
+                                    sockets
+                                        .iter()
+                                        .filter(|d| d.inode != 0)
+                                        .map(|d| (d.cookie, d.inode)),
+                                );
+                            }
+                        }
+                        Part::End(ended) => match (reconciling.take(), ended) {
+                            (Some(r), Ok(())) => {
+                                merged.namespaces += 1;
+                                table.reconcile_end(r);
+                            }
+                            (Some(r), Err(e)) => eprintln!(
+                                "netmon: dumping sockets of netns {}: {:#}",
+                                r.netns(),
+                                anyhow::Error::new(e)
+                            ),
+                            (None, _) => {}
+                        },
                     }
-                    Err(e) => eprintln!("netmon: dumping sockets of netns {}: {e}", d.netns),
+                    merged.merge += t.elapsed();
                 }
-            }
-            (namespaces, sockets)
+                merged.dumps = joined(dumps);
+                let (owners, scan) = joined(scan);
+                merged.scan = scan;
+                (owners, inodes, merged)
+            })
         });
-        seeded.namespaces = namespaces;
-        seeded.sockets = sockets;
-        seeded.merge = merging.elapsed();
+        let table = &mut self.pipeline.table;
+        let owning = Instant::now();
+        read_ring_while(&mut self.probe, &mut self.held, move || {
+            table.set_owners_of(&inodes, &owners);
+        });
+        seeded.namespaces = merged.namespaces;
+        seeded.sockets = merged.sockets;
+        seeded.scan = merged.scan;
+        seeded.dumps = merged.dumps;
+        seeded.merge = merged.merge + owning.elapsed();
         seeded.took = started.elapsed();
         seeded
     }
