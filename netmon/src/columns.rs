@@ -1,5 +1,6 @@
 //! The ss-style column model every netmon table is printed with: cells are written once into
-//! one buffer, every column is measured over all rows, then lines are printed aligned.
+//! one buffer, every column is measured over all rows (or, for the socket table, over the rows
+//! of each ~4 MiB batch and those before it, as ss does), then lines are printed aligned.
 //!
 //! As in ss (`misc/ss.c`, `struct column`): each column has an alignment and a delimiter
 //! printed before it (`""` glues it to the previous one, which is how ss's right-aligned
@@ -75,7 +76,19 @@ pub struct Grid {
     text: String,
     /// End offset in `text` of every cell, row after row.
     ends: Vec<u32>,
+    /// Widths measured over the batches already printed ([`Grid::print_batch_if_over`]): as
+    /// ss keeps its columns' `max_len` from one rendered batch to the next.
+    carried: Vec<usize>,
+    /// A batch went out already, and the header with it.
+    printed: bool,
 }
+
+/// ss renders what it has buffered once its buffer holds `BUF_CHUNKS_MAX` (5) chunks of
+/// `BUF_CHUNK` (1 MiB) at the end of a line (misc/ss.c `field_next()`), i.e. after about 4 MiB of
+/// fields: at 100k+ sockets it prints in batches, each padded to the widths measured so far. A
+/// table printed with [`Grid::print_batch_if_over`] at this size does the same, and holds no
+/// more than about that much rendered text at once.
+pub const SS_BATCH_BYTES: usize = 4 << 20;
 
 impl Grid {
     pub fn new(columns: Vec<Column>) -> Self {
@@ -85,10 +98,14 @@ impl Grid {
     /// `rows` rows expected (for the buffers' first allocation).
     pub fn with_capacity(columns: Vec<Column>, rows: usize) -> Self {
         let n = columns.len();
+        // A batched table never holds more than a batch (and a row) of text.
+        let rows = rows.min(SS_BATCH_BYTES / 16 / n.max(1) + 1);
         Self {
+            carried: vec![0; n],
             columns,
             text: String::with_capacity(rows * 16 * n),
             ends: Vec::with_capacity(rows * n),
+            printed: false,
         }
     }
 
@@ -127,23 +144,50 @@ impl Grid {
         })
     }
 
-    /// Prints the header (if `header`) and every row.
-    pub fn print(&self, out: &mut impl Write, header: bool) -> io::Result<()> {
-        assert!(
-            self.ends.len().is_multiple_of(self.columns.len().max(1)),
-            "a row of the table is incomplete"
-        );
+    /// At the end of a row: if the rows held reach `batch` bytes of text, prints them as
+    /// [`Grid::print`] would (the header only with the first batch) and lets them go, keeping
+    /// their widths as the least for the rows that follow.
+    pub fn print_batch_if_over(
+        &mut self,
+        out: &mut impl Write,
+        header: bool,
+        batch: usize,
+    ) -> io::Result<()> {
+        if self.text.len() < batch {
+            return Ok(());
+        }
+        self.carried = self.widths(header);
+        self.print(out, header)?;
+        self.text.clear();
+        self.ends.clear();
+        self.printed = true;
+        Ok(())
+    }
+
+    /// Every column's width over the rows held and the batches printed before.
+    fn widths(&self, header: bool) -> Vec<usize> {
         // A header counts only when printed, as in ss (`ss -tanH` sizes addresses by content).
         let mut width: Vec<usize> = self
             .columns
             .iter()
-            .map(|c| c.min.max(if header { c.header.len() } else { 0 }))
+            .zip(&self.carried)
+            .map(|(c, &w)| w.max(c.min).max(if header { c.header.len() } else { 0 }))
             .collect();
         for row in 0..self.rows() {
             for (w, cell) in width.iter_mut().zip(self.cells(row)) {
                 *w = (*w).max(cell.len());
             }
         }
+        width
+    }
+
+    /// Prints the header (if `header`, and no batch went out before) and every row held.
+    pub fn print(&self, out: &mut impl Write, header: bool) -> io::Result<()> {
+        assert!(
+            self.ends.len().is_multiple_of(self.columns.len().max(1)),
+            "a row of the table is incomplete"
+        );
+        let width = self.widths(header);
         let mut line = String::with_capacity(256);
         let mut emit = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| {
             line.clear();
@@ -178,7 +222,7 @@ impl Grid {
                 .map_or(0, |c| c.delim.len());
             out.write_all(&line.as_bytes()[skip.min(line.len() - 1)..])
         };
-        if header {
+        if header && !self.printed {
             let headers: Vec<&str> = self.columns.iter().map(|c| c.header).collect();
             emit(out, &mut headers.into_iter())?;
         }
@@ -244,6 +288,55 @@ mod tests {
             String::from_utf8(out)
                 .unwrap()
                 .starts_with("LISTEN 0  127.0.0.1:22\n")
+        );
+    }
+
+    fn batched(rows: &[[&str; 3]], batch: usize, header: bool) -> String {
+        let mut g = Grid::new(vec![
+            Column::left("State"),
+            Column::right("Local Address"),
+            Column::left(":Port").glued(),
+        ]);
+        let mut out = Vec::new();
+        for row in rows {
+            for c in row {
+                g.cell(c);
+            }
+            g.print_batch_if_over(&mut out, header, batch).unwrap();
+        }
+        g.print(&mut out, header).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn batches_keep_the_widths_measured_so_far_as_ss_does() {
+        let rows = [
+            ["ESTAB", "10.0.0.1", ":80"],
+            ["ESTAB", "10.0.0.2", ":80"],
+            ["LISTEN", "192.168.100.100", ":8080"],
+            ["ESTAB", "10.0.0.3", ":80"],
+        ];
+        // One batch (the tests' tables, below 4 MiB): every row at the widest row's widths.
+        assert_eq!(
+            batched(&rows, SS_BATCH_BYTES, true),
+            batched(&rows, usize::MAX, true)
+        );
+        // A batch of two rows, then the rest: the first two as wide as they and the header
+        // need, the rest at least as wide, the header once.
+        assert_eq!(
+            batched(&rows, 20, true),
+            "State Local Address:Port\n\
+             ESTAB      10.0.0.1:80\n\
+             ESTAB      10.0.0.2:80\n\
+             LISTEN 192.168.100.100:8080\n\
+             ESTAB         10.0.0.3:80\n"
+        );
+        assert_eq!(
+            batched(&rows, 20, false),
+            "ESTAB 10.0.0.1:80\n\
+             ESTAB 10.0.0.2:80\n\
+             LISTEN 192.168.100.100:8080\n\
+             ESTAB         10.0.0.3:80\n"
         );
     }
 }

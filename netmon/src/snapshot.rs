@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     cgroup::{CgroupNames, Unknown},
     clock::{Clock, time_of_day},
-    columns::{Column, Grid},
+    columns::{Column, Grid, SS_BATCH_BYTES},
     count::{self, CountBy},
     diag_ext::{self, TcpInfo},
     filter::{Filter, FilterInput, Services, StateSet},
@@ -484,6 +484,7 @@ fn render_table(
             diag_ext::info_text(ext, listening, args.timers(), args.numeric, buf);
         }
         grid.end_cell();
+        grid.print_batch_if_over(out, !args.no_header, SS_BATCH_BYTES)?;
     }
     grid.print(out, !args.no_header)
 }
