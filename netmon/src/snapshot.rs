@@ -414,21 +414,10 @@ fn write_port(port: u16, numeric: bool, services: &Services, buf: &mut String) {
     }
 }
 
-/// `n` in decimal, as `{}` prints it, without the formatting machinery: a snapshot of a
-/// million sockets prints ten numbers a row, and `write!` was a tenth of its rendering.
-fn push_decimal(buf: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    buf.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+/// `n` in decimal without the formatting machinery: a snapshot of a million sockets prints
+/// ten numbers a row, and `write!` was a tenth of its rendering.
+fn push_decimal(buf: &mut String, n: u64) {
+    buf.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `show_state` false drops the State column, as ss does when one state is selected.
