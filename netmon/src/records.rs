@@ -215,21 +215,12 @@ struct ClosedRec {
     flags: u8,
 }
 
-const ENDS: [End; 6] = [
-    End::Normal,
-    End::ResetSent,
-    End::ResetReceived,
-    End::Refused,
-    End::ConnectTimeout,
-    End::ConnectAborted,
-];
-
 fn end_to_u8(e: End) -> u8 {
-    ENDS.iter().position(|&x| x == e).unwrap_or(0) as u8
+    e as u8
 }
 
 fn end_from_u8(v: u8) -> End {
-    ENDS.get(usize::from(v)).copied().unwrap_or(End::Normal)
+    End::ALL.get(usize::from(v)).copied().unwrap_or(End::Normal)
 }
 
 fn opt64(v: u64) -> Option<u64> {

@@ -123,6 +123,16 @@ pub enum End {
 }
 
 impl End {
+    /// Every end, in declaration order (`End::X as usize` is its index here).
+    pub const ALL: [End; 6] = [
+        End::Normal,
+        End::ResetSent,
+        End::ResetReceived,
+        End::Refused,
+        End::ConnectTimeout,
+        End::ConnectAborted,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             End::Normal => "normal",
@@ -808,6 +818,13 @@ mod tests {
 
     fn owner_pid(table: &Table, cookie: u64) -> Option<u32> {
         table.get(cookie).and_then(|s| s.owner).map(|o| o.task.pid)
+    }
+
+    #[test]
+    fn every_end_is_listed_once_at_its_discriminant() {
+        for (i, e) in End::ALL.into_iter().enumerate() {
+            assert_eq!(e as usize, i, "{e:?}");
+        }
     }
 
     #[test]

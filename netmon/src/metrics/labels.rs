@@ -87,14 +87,7 @@ impl Direction {
     }
 }
 
-pub const ENDS: [End; 6] = [
-    End::Normal,
-    End::ResetSent,
-    End::ResetReceived,
-    End::Refused,
-    End::ConnectTimeout,
-    End::ConnectAborted,
-];
+pub const ENDS: [End; 6] = End::ALL;
 
 pub fn end_index(e: End) -> usize {
     e as usize
