@@ -719,6 +719,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 &mut out,
             );
             drop(slot);
+            // The parts were made and freed in the heap's arenas (each below the mmap
+            // threshold): give them back now, not once a client that may never read is gone.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
             let losses = table.losses().unwrap_or_default();
             (result, losses)
         })
@@ -755,8 +759,8 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         _ = tokio::time::timeout_at(deadline, send) => {}
         () = hung_up(fd, RUNNING_HANGUP_CHECK) => cancel.cancel(),
     }
-    // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
-    // text); glibc keeps freed memory of that size in the heap: give it back.
+    // The reply's frames (64 KiB each) were freed in the heap as they were sent: give them
+    // back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
