@@ -700,7 +700,7 @@ impl<R: Ring> Tracer<R> {
                     let t = Instant::now();
                     match part {
                         Part::Begin { netns, t0_ns } => {
-                            reconciling = Some(Reconcile::new(netns, t0_ns));
+                            reconciling = Some(Reconcile::seeding(netns, t0_ns));
                         }
                         Part::Sockets(sockets) => {
                             if let Some(r) = reconciling.as_mut() {
