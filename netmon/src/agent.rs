@@ -318,7 +318,13 @@ pub async fn run(
         };
         Metrics::new(&config, otlp.as_ref().map(|o| &o.stats))
     });
-    let mut tracer = Tracer::attach(&config)?;
+    // One parse of the kernel's BTF for both programs (see `offsets::Layout`).
+    let layout = crate::offsets::Layout::from_kernel().map_err(crate::attach::AttachError::from)?;
+    let mut tracer = Tracer::attach_with(
+        &config,
+        layout.sock.map_err(crate::attach::AttachError::from)?,
+        layout.support,
+    )?;
     for missing in &tracer.support().missing {
         eprintln!("netmon agent: this kernel lacks {missing}");
     }
@@ -329,7 +335,7 @@ pub async fn run(
         );
     }
     // Loaded while the agent still has the privileges to load programs.
-    let iter = match TcpIter::load() {
+    let iter = match TcpIter::load_with(layout.iter) {
         Ok(iter) => Some(Arc::new(iter)),
         Err(e) => {
             eprintln!(

@@ -159,8 +159,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks privileges, resolves offsets from BTF, loads and attaches the programs.
-    pub fn attach(config: &ProbeConfig) -> Result<Self, AttachError> {
+    /// What can fail before anything is read or loaded.
+    fn check(config: &ProbeConfig) -> Result<(), AttachError> {
         if EBPF_OBJECT.is_empty() {
             return Err(AttachError::NoProgram);
         }
@@ -171,10 +171,25 @@ impl Probe {
         if bytes < 4096 || !bytes.is_power_of_two() {
             return Err(AttachError::RingSize { bytes });
         }
-        let kernel_btf = offsets::kernel_btf()?;
-        let offsets: SockOffsets = offsets::resolve(&kernel_btf)?;
-        let mut support = Support::probe(&kernel_btf);
-        drop(kernel_btf);
+        Ok(())
+    }
+
+    /// Checks privileges, resolves offsets from BTF, loads and attaches the programs.
+    pub fn attach(config: &ProbeConfig) -> Result<Self, AttachError> {
+        Self::check(config)?;
+        let layout = offsets::Layout::from_kernel()?;
+        Self::attach_with(config, layout.sock?, layout.support)
+    }
+
+    /// [`Probe::attach`] with the offsets and support already read from BTF
+    /// ([`offsets::Layout`]).
+    pub fn attach_with(
+        config: &ProbeConfig,
+        offsets: SockOffsets,
+        mut support: Support,
+    ) -> Result<Self, AttachError> {
+        Self::check(config)?;
+        let bytes = config.ring_bytes;
         if !support.transitions {
             return Err(AttachError::NoTracepoint { name: TRACEPOINT });
         }

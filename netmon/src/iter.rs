@@ -101,14 +101,23 @@ impl TcpIter {
     /// Loads only the iterator program of netmon's eBPF object (the tracepoint programs stay
     /// unloaded, their maps minimal) and attaches it. Needs the privileges of the tracer.
     pub fn load() -> Result<Self, IterError> {
+        attach::object()?;
+        if !attach::has_bpf_privileges() {
+            return Err(AttachError::Privileges.into());
+        }
+        let layout = offsets::Layout::from_kernel().map_err(AttachError::from)?;
+        Self::load_with(layout.iter)
+    }
+
+    /// [`TcpIter::load`] with the offsets already read from BTF ([`offsets::Layout::iter`]).
+    pub fn load_with(
+        resolved: Result<(netmon_common::IterOffsets, u8), offsets::OffsetError>,
+    ) -> Result<Self, IterError> {
         let object = attach::object()?;
         if !attach::has_bpf_privileges() {
             return Err(AttachError::Privileges.into());
         }
-        let kernel_btf = offsets::kernel_btf().map_err(AttachError::from)?;
-        let (offsets, v6only_bit) =
-            offsets::resolve_iter(&kernel_btf).map_err(AttachError::from)?;
-        drop(kernel_btf);
+        let (offsets, v6only_bit) = resolved.map_err(AttachError::from)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_ITER_OFFSETS, &offsets, true)
             // The tracer's maps are created with the object: keep them small.

@@ -635,7 +635,22 @@ impl Tracer<Probe> {
     /// Attaches the program. Events start filling the ring at once; call [`Tracer::seed`]
     /// next, then [`Tracer::run`].
     pub fn attach(config: &TracerConfig) -> Result<Self, AttachError> {
-        let probe = Probe::attach(&config.probe_config())?;
+        Self::with_probe(Probe::attach(&config.probe_config())?, config)
+    }
+
+    /// [`Tracer::attach`] with the offsets and support already read from BTF.
+    pub fn attach_with(
+        config: &TracerConfig,
+        offsets: netmon_common::SockOffsets,
+        support: crate::features::Support,
+    ) -> Result<Self, AttachError> {
+        Self::with_probe(
+            Probe::attach_with(&config.probe_config(), offsets, support)?,
+            config,
+        )
+    }
+
+    fn with_probe(probe: Probe, config: &TracerConfig) -> Result<Self, AttachError> {
         let mut tracer = Self::new(probe, config);
         tracer.pipeline.fire_count = config.count_fires && tracer.fire_count_off().is_none();
         Ok(tracer)
