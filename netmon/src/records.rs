@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     decode::Task,
-    table::{Closed, End, Owner, Path, Sock},
+    table::{Closed, End, Owner, Path, Sock, Walked},
 };
 
 /// "None" of an optional time or id.
@@ -169,10 +169,15 @@ const RESET_SENT: u8 = 2;
 const RESET_RECEIVED: u8 = 4;
 const LOCAL_V6: u8 = 8;
 const REMOTE_V6: u8 = 16;
+/// The record holds what the last full walk that saw the socket reported ([`Walked`]).
+const WALKED: u8 = 32;
+const V6ONLY: u8 = 64;
 
-/// A live socket, packed (56 bytes; [`Sock`] is what callers see).
+/// A live socket, packed (80 bytes; [`Sock`] is what callers see).
 #[derive(Clone, Copy, Debug)]
 struct SockRec {
+    /// [`Walked`] without its flag: Recv-Q, Send-Q, uid, inode (valid with `WALKED`).
+    walked: [u32; 4],
     since_ns: u64,
     born_ns: u64,
     cgroup_id: u64,
@@ -371,6 +376,14 @@ impl Records {
                 flags |= bit;
             }
         }
+        // What a walk saw stays until the next walk: events do not carry it.
+        let walked = match old {
+            Some(o) => {
+                flags |= o.flags & (WALKED | V6ONLY);
+                o.walked
+            }
+            None => [0; 4],
+        };
         let path = match old.map(|o| o.path).filter(|&p| p != NONE32) {
             _ if s.path.is_empty() => NONE32,
             Some(p) => {
@@ -380,6 +393,7 @@ impl Records {
             None => self.paths.insert(s.path),
         };
         SockRec {
+            walked,
             since_ns: s.since_ns,
             born_ns: s.born_ns.unwrap_or(NONE64),
             cgroup_id: s.cgroup_id,
@@ -435,6 +449,51 @@ impl Records {
             .map(|&i| TcpState::from_kernel(self.socks.items[i as usize].state))
     }
 
+    /// Stores what a full walk reported of a live socket (nothing if it is not live).
+    pub fn set_walked(&mut self, cookie: u64, w: &Walked) {
+        if let Some(&i) = self.index.get(&cookie) {
+            let r = &mut self.socks.items[i as usize];
+            r.walked = [w.recv_q, w.send_q, w.uid, w.inode];
+            r.flags |= WALKED;
+            if w.v6only {
+                r.flags |= V6ONLY;
+            } else {
+                r.flags &= !V6ONLY;
+            }
+        }
+    }
+
+    /// What the last full walk that saw a live socket reported; `None` if no walk saw it.
+    pub fn walked(&self, cookie: u64) -> Option<Walked> {
+        let r = &self.socks.items[*self.index.get(&cookie)? as usize];
+        (r.flags & WALKED != 0).then(|| Walked {
+            recv_q: r.walked[0],
+            send_q: r.walked[1],
+            uid: r.walked[2],
+            inode: r.walked[3],
+            v6only: r.flags & V6ONLY != 0,
+        })
+    }
+
+    /// An address packed as a record packs it, taking a reference on an IPv6 address (give
+    /// it back with [`Records::release_packed`]).
+    pub fn pack(&mut self, a: SocketAddr) -> PackedAddr {
+        let (ip, v6) = self.pools.addr(a.ip());
+        PackedAddr {
+            ip,
+            port: a.port(),
+            v6,
+        }
+    }
+
+    pub fn unpack(&self, p: PackedAddr) -> SocketAddr {
+        SocketAddr::new(self.pools.ip(p.ip, p.v6), p.port)
+    }
+
+    pub fn release_packed(&mut self, p: PackedAddr) {
+        self.pools.release_addr(p.ip, p.v6);
+    }
+
     pub fn contains(&self, cookie: u64) -> bool {
         self.index.contains_key(&cookie)
     }
@@ -483,6 +542,14 @@ impl Records {
 
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// The cookies of the live sockets of a namespace, without decoding their records.
+    pub fn cookies_of(&self, netns: u32) -> impl Iterator<Item = u64> + '_ {
+        self.index
+            .iter()
+            .filter(move |&(_, &i)| self.socks.items[i as usize].netns == netns)
+            .map(|(&c, _)| c)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -626,6 +693,14 @@ impl Records {
         f(&mut c);
         self.closed[slot].end = end_to_u8(c.end);
     }
+}
+
+/// An address outside a record (a TIME-WAIT entry's): IPv4 bits or an interned IPv6 id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedAddr {
+    ip: u32,
+    port: u16,
+    v6: bool,
 }
 
 /// What [`Records::push_closed`] did.

@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use netmon_common::KernelFilter;
 
 use crate::{
+    access::Access,
     clock::Clock,
+    filter::Filter,
     iter::{Fields, IterError, TcpIter},
     netns::{self, Netns},
     procfs::SocketOwners,
+    served::{self, Served},
     snapshot::{Data, Row},
     sock_diag::{self, Cancel, DiagError, DiagSock},
-    table::{Closed, Table},
+    table::{Closed, Stale, Table},
 };
 
 /// Which namespaces a snapshot covers.
@@ -255,6 +258,30 @@ pub trait Enrich {
         netns: Option<&[u32]>,
         since_ns: u64,
     ) -> Result<(Vec<Closed>, u64), TracerStopped>;
+
+    /// The sockets of `netns` the table itself serves for a request (`--max-age`), or why it
+    /// cannot ([`crate::served::select`]).
+    fn served(
+        &mut self,
+        netns: u32,
+        max_age_ns: u64,
+        filter: &Filter,
+        access: Access,
+    ) -> Result<Result<Served, Stale>, TracerStopped> {
+        let _ = (netns, max_age_ns, filter, access);
+        Ok(Err(Stale::NoTable))
+    }
+
+    /// The rows of a part of [`Served::cookies`].
+    fn served_rows(
+        &mut self,
+        netns: u32,
+        cookies: Vec<u64>,
+        now_ns: u64,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        let _ = (netns, cookies, now_ns);
+        Ok(Vec::new())
+    }
 }
 
 impl Enrich for Table {
@@ -283,6 +310,28 @@ impl Enrich for Table {
             .filter(|c| netns.is_none_or(|n| n.contains(&c.netns)))
             .collect();
         Ok((closed, self.evicted))
+    }
+
+    fn served(
+        &mut self,
+        netns: u32,
+        max_age_ns: u64,
+        filter: &Filter,
+        access: Access,
+    ) -> Result<Result<Served, Stale>, TracerStopped> {
+        let now_ns = Clock::mono_now_ns();
+        Ok(served::select(
+            self, netns, now_ns, max_age_ns, filter, access,
+        ))
+    }
+
+    fn served_rows(
+        &mut self,
+        netns: u32,
+        cookies: Vec<u64>,
+        now_ns: u64,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        Ok(served::rows(self, netns, &cookies, now_ns))
     }
 }
 
