@@ -21,56 +21,64 @@ use crate::{
     filter::Filter,
     snapshot::Row,
     sock_diag::DiagSock,
-    table::{Stale, TIME_WAIT_NS, Table},
+    table::{Sock, Stale, TIME_WAIT_NS, Table, Walked},
 };
 
 /// Rows asked of the table at a time, so that a snapshot never holds all of them as rows.
 pub const PART: usize = 4096;
 
-/// What the table can serve of a namespace: the cookies of the sockets that pass the
-/// request's filter (as the client may see them), and when the walk behind the queues ran.
+/// A socket the table serves: its cookie, and where its record was ([`NO_SLOT`]: TIME-WAIT).
+pub type Key = (u64, u32);
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// What the table can serve of a namespace: the sockets that pass the request's filter (as
+/// the client may see them), and when the walk behind the queues ran.
 #[derive(Debug, Default)]
 pub struct Served {
     pub walk_ns: u64,
     pub now_ns: u64,
-    pub cookies: Vec<u64>,
+    pub cookies: Vec<Key>,
 }
 
 /// The row the table serves for a socket of `netns`, if it has one.
-pub fn row(table: &Table, netns: u32, cookie: u64, now_ns: u64) -> Option<Row> {
-    if let Some(s) = table.get(cookie) {
-        if s.netns != netns {
-            return None;
-        }
-        let walked = table.walked(cookie);
-        let w = walked.unwrap_or_default();
-        return Some(Row {
-            sock: DiagSock {
-                cookie,
-                state: s.state,
-                local: s.local,
-                remote: s.remote,
-                recv_q: w.recv_q,
-                send_q: w.send_q,
-                // A socket's uid is its creator's: the owner's when no walk saw it, else
-                // unknown ((uid_t)-1 is no user's, so it shows no owner to a non-admin).
-                uid: match walked {
-                    Some(w) => w.uid,
-                    None => s.owner.map_or(u32::MAX, |o| o.task.uid),
-                },
-                inode: w.inode,
-                ifindex: 0,
-                v6only: w.v6only,
-                timer: None,
-                attrs: Default::default(),
-            },
-            netns,
-            born_ns: s.born_ns,
-            since_ns: s.since_exact.then_some(s.since_ns),
-            owner: s.owner,
-            unwalked: walked.is_none(),
-        });
+pub fn row(table: &Table, netns: u32, (cookie, slot): Key, now_ns: u64) -> Option<Row> {
+    match table.served(cookie, slot) {
+        Some((s, walked)) => (s.netns == netns).then(|| live_row(cookie, s, walked)),
+        None => time_wait_row(table, netns, cookie, now_ns),
     }
+}
+
+fn live_row(cookie: u64, s: Sock, walked: Option<Walked>) -> Row {
+    let w = walked.unwrap_or_default();
+    Row {
+        sock: DiagSock {
+            cookie,
+            state: s.state,
+            local: s.local,
+            remote: s.remote,
+            recv_q: w.recv_q,
+            send_q: w.send_q,
+            // A socket's uid is its creator's: the owner's when no walk saw it, else
+            // unknown ((uid_t)-1 is no user's, so it shows no owner to a non-admin).
+            uid: match walked {
+                Some(w) => w.uid,
+                None => s.owner.map_or(u32::MAX, |o| o.task.uid),
+            },
+            inode: w.inode,
+            ifindex: 0,
+            v6only: w.v6only,
+            timer: None,
+            attrs: Default::default(),
+        },
+        netns: s.netns,
+        born_ns: s.born_ns,
+        since_ns: s.since_exact.then_some(s.since_ns),
+        owner: s.owner,
+        unwalked: walked.is_none(),
+    }
+}
+
+fn time_wait_row(table: &Table, netns: u32, cookie: u64, now_ns: u64) -> Option<Row> {
     let tw = table.time_wait(cookie)?;
     if tw.netns != netns || now_ns.saturating_sub(tw.since_ns) >= TIME_WAIT_NS {
         return None;
@@ -111,12 +119,22 @@ pub fn select(
     access: Access,
 ) -> Result<Served, Stale> {
     let walk_ns = table.freshness(netns, now_ns, max_age_ns)?;
-    let cookies = table.cookies_of(netns, |cookie| {
-        row(table, netns, cookie, now_ns).is_some_and(|mut r| {
-            r.owner = access.owner(r.sock.uid, r.owner);
-            filter.matches(&r.input(None))
-        })
+    let mut cookies = Vec::new();
+    let mut keep = |key: Key, mut r: Row| {
+        r.owner = access.owner(r.sock.uid, r.owner);
+        if filter.matches(&r.input(None)) {
+            cookies.push(key);
+        }
+    };
+    table.each_served(netns, |cookie, slot, s, walked| {
+        keep((cookie, slot), live_row(cookie, s, walked))
     });
+    for cookie in table.time_wait_cookies(netns) {
+        if let Some(r) = time_wait_row(table, netns, cookie, now_ns) {
+            keep((cookie, NO_SLOT), r);
+        }
+    }
+    cookies.shrink_to_fit();
     Ok(Served {
         walk_ns,
         now_ns,
@@ -125,10 +143,10 @@ pub fn select(
 }
 
 /// The rows of a part of [`Served::cookies`] (sockets gone since are left out).
-pub fn rows(table: &Table, netns: u32, cookies: &[u64], now_ns: u64) -> Vec<Row> {
+pub fn rows(table: &Table, netns: u32, cookies: &[Key], now_ns: u64) -> Vec<Row> {
     cookies
         .iter()
-        .filter_map(|&c| row(table, netns, c, now_ns))
+        .filter_map(|&k| row(table, netns, k, now_ns))
         .collect()
 }
 
@@ -260,7 +278,7 @@ mod tests {
         assert_eq!(served.walk_ns, 1_000);
         // TIME-WAIT ends 60 s after it began, whether or not `expire` ran.
         let late = 1_000 + TIME_WAIT_NS;
-        assert!(row(&t, 7, 3, late).is_none());
+        assert!(row(&t, 7, (3, NO_SLOT), late).is_none());
     }
 
     #[test]
@@ -270,11 +288,11 @@ mod tests {
         t.apply(&opened(5, 2_000, 42));
         let by_pid = filter(&["pid", "=", "42"]);
         let admin = select(&t, 7, 3_000, 5_000, &by_pid, Access::Admin).unwrap();
-        assert_eq!(admin.cookies, [5]);
+        assert_eq!(admin.cookies.iter().map(|k| k.0).collect::<Vec<_>>(), [5]);
         let other = select(&t, 7, 3_000, 5_000, &by_pid, Access::User { uid: 1001 }).unwrap();
         assert!(other.cookies.is_empty(), "another user's owner is hidden");
         let own = select(&t, 7, 3_000, 5_000, &by_pid, Access::User { uid: 1000 }).unwrap();
-        assert_eq!(own.cookies, [5]);
+        assert_eq!(own.cookies.iter().map(|k| k.0).collect::<Vec<_>>(), [5]);
         let dport = filter(&["dport", "=", ":81"]);
         assert!(
             select(&t, 7, 3_000, 5_000, &dport, Access::Admin)

@@ -276,7 +276,7 @@ pub trait Enrich {
     fn served_rows(
         &mut self,
         netns: u32,
-        cookies: Vec<u64>,
+        cookies: Vec<served::Key>,
         now_ns: u64,
     ) -> Result<Vec<Row>, TracerStopped> {
         let _ = (netns, cookies, now_ns);
@@ -328,7 +328,7 @@ impl Enrich for Table {
     fn served_rows(
         &mut self,
         netns: u32,
-        cookies: Vec<u64>,
+        cookies: Vec<served::Key>,
         now_ns: u64,
     ) -> Result<Vec<Row>, TracerStopped> {
         Ok(served::rows(self, netns, &cookies, now_ns))

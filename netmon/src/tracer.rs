@@ -497,7 +497,7 @@ pub enum Query {
     /// The table's rows for a part of [`Served::cookies`].
     ServedRows {
         netns: u32,
-        cookies: Vec<u64>,
+        cookies: Vec<served::Key>,
         now_ns: u64,
         reply: oneshot::Sender<Vec<Row>>,
     },
@@ -631,7 +631,7 @@ impl Enrich for TracerHandle {
     fn served_rows(
         &mut self,
         netns: u32,
-        cookies: Vec<u64>,
+        cookies: Vec<served::Key>,
         now_ns: u64,
     ) -> Result<Vec<Row>, TracerStopped> {
         self.ask(|reply| Query::ServedRows {
