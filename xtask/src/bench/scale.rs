@@ -397,7 +397,7 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
     let pairs: [(&str, Vec<&str>, Vec<&str>); 7] = [
         ("-tan", vec!["-tan"], vec!["-tan"]),
         (
-            "-tan --max-age",
+            "-tan --max-age 30s",
             [&["-tan"][..], &max_age].concat(),
             vec!["-tan"],
         ),
@@ -407,13 +407,13 @@ fn measure(ctx: &Ctx, plan: &Plan, ns: &Netns, sockets: usize, port: u16) -> Res
             vec!["-tan", &dport],
         ),
         (
-            "-tan --max-age 'dport = :P'",
+            "-tan --max-age 30s 'dport = :P'",
             [&["-tan"][..], &max_age, &[&dport]].concat(),
             vec!["-tan", &dport],
         ),
         ("-tanp", vec!["-tanp"], vec!["-tanp"]),
         (
-            "-tanp --max-age",
+            "-tanp --max-age 30s",
             [&["-tanp"][..], &max_age].concat(),
             vec!["-tanp"],
         ),
@@ -789,8 +789,14 @@ fn rows(r: &SizeRun) -> Vec<Row> {
             _ => Some(0.25),
         };
         let (ratio, text) = ratio(netmon, ss);
+        // ss's arguments: netmon's without `--max-age` and the note on how it was served.
+        let ss_label = label
+            .split(" (")
+            .next()
+            .unwrap_or_default()
+            .replace(&format!(" --max-age {MAX_AGE}"), "");
         rows.push(Row::new(
-            format!("scale {n}: `snapshot {label}` / `ss {label}`"),
+            format!("scale {n}: `snapshot {label}` / `ss {ss_label}`"),
             format!("{} / {} = {text}", fmt_timed(netmon), fmt_timed(ss)),
             target.map_or(String::new(), |t| format!("<= {t}x")),
             target.zip(ratio).map(|(t, x)| x <= t),
