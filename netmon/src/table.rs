@@ -739,6 +739,11 @@ impl Table {
                 entry.cgroup_id = id;
                 entry.cgroup_source = CgroupSource::Dump;
             }
+            // The connect event fires before the local port is chosen: a socket still in
+            // SYN-SENT has no other event to tell it, and the table serves rows (--max-age).
+            if entry.local.port() == 0 || entry.local.ip().is_unspecified() {
+                entry.local = d.local;
+            }
             if entry.state != d.state && entry.since_ns <= t0_ns {
                 entry.state = d.state;
                 entry.since_ns = t0_ns;
@@ -1317,6 +1322,22 @@ mod tests {
         old.cookie = 3;
         assert_eq!(table.apply(&old), Applied::default());
         assert_eq!(table.get(3).map(|s| s.state), Some(TcpState::Listen));
+    }
+
+    #[test]
+    fn a_walk_gives_a_connecting_socket_its_local_port() {
+        let mut t = by(5, 42, 100, TcpState::Close, TcpState::SynSent);
+        t.local.set_port(0);
+        let mut table = Table::new();
+        table.apply(&t);
+        let remote = t.remote.to_string();
+        let found = DiagSock::fixture(5, TcpState::SynSent, "127.0.0.1:5555", &remote);
+        table.reconcile(t.netns, &[found], 200);
+        let s = table.get(5).unwrap();
+        assert_eq!(
+            (s.local.port(), s.owner.map(|o| o.task.pid)),
+            (5555, Some(42))
+        );
     }
 
     #[test]

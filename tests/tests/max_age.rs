@@ -79,7 +79,7 @@ fn max_age_snapshot_is_served_from_the_table_equal_to_ss_and_walks_when_stale() 
     let port = listener.local_addr().expect("addr").port();
     let (out, err) = snapshot(&agent, &ns, &["-tan", "--max-age", "60s"]);
     let (_, rows) = served(&out).unwrap_or_else(|| panic!("not served: {out}{err}"));
-    let new = |line: &&String| line.contains(&format!(":{port} "));
+    let new = |line: &&String| line.split(' ').any(|w| w.ends_with(&format!(":{port}")));
     let (fresh, older): (Vec<String>, Vec<String>) =
         normalise(&rows, 5).into_iter().partition(|l| new(&l));
     let ss = normalise(&ss_in(&ns, &["-tanH"]), 5);
