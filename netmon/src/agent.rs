@@ -46,7 +46,7 @@ use crate::{
     reply::FrameWriter,
     served,
     slots::Slots,
-    snapshot::{self, SnapshotArgs},
+    snapshot::{Renderer, SnapshotArgs},
     sock_diag::Cancel,
     source::{self, Enrich, IterSource, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -625,6 +625,7 @@ pub fn serve(
         closed_within_ns: prepared.request.closed_ns,
         ext: args.diag_ext(),
         table: args.wants_table(&filter),
+        access: prepared.access,
     };
     // `--max-age`: the table answers if it may; if not, a full walk answers, which also
     // refreshes the table for the next request.
@@ -644,7 +645,9 @@ pub fn serve(
     } else if args.max_age.is_some() {
         stale = Some("the table serves one namespace's live sockets without -o, -e, -m, -i, --cgroup or JSON".to_string());
     }
-    let mut collected = match iter.filter(|_| args.iter_serves() && stale.is_none()) {
+    // This runs off the thread that drains the ring, so -r may wait on the resolver.
+    let mut renderer = Renderer::new(&args, &filter, services, clock, prepared.show_mark, out);
+    let missing = match iter.filter(|_| args.iter_serves() && stale.is_none()) {
         Some((iter, cancel)) => {
             let source = IterSource {
                 iter,
@@ -653,24 +656,18 @@ pub fn serve(
                 fields: Fields::TABLE,
                 cancel,
             };
-            source::collect(&source, &prepared.scope, table, what)?
+            source::stream(&source, &prepared.scope, table, what, &mut renderer)?
         }
-        None => source::collect(source, &prepared.scope, table, what)?,
+        None => source::stream(source, &prepared.scope, table, what, &mut renderer)?,
     };
-    prepared.access.redact(&mut collected);
-    let missing = std::mem::take(&mut collected.notes);
-    let mut data = collected.data(clock);
-    // This runs off the thread that drains the ring, so -r may wait on the resolver.
-    data.add_names(&args, prepared.show_mark);
-    let mut notes = snapshot::render(&args, &filter, services, &data, out)?;
+    let mut notes = renderer.finish()?;
     notes.extend(missing);
     notes.extend(stale.map(|why| format!("--max-age: {why}; answered from a walk now (exact)")));
-    out.flush()?;
     Ok(notes)
 }
 
-/// Renders what the table serves ([`crate::served`]), fetched a part at a time, after the
-/// line that says how old its queues are (a note instead with -H or --count).
+/// Renders what the table serves ([`crate::served`]), a part at a time, after the line that
+/// says how old its queues are (a note instead with -H or --count).
 #[allow(clippy::too_many_arguments)]
 fn serve_table(
     prepared: &Prepared,
@@ -685,16 +682,6 @@ fn serve_table(
     let Scope::Caller(ns) = &prepared.scope else {
         anyhow::bail!("the table serves one namespace");
     };
-    let mut collected = source::Collected {
-        rows: Vec::with_capacity(served.cookies.len()),
-        now_ns: served.now_ns,
-        ..Default::default()
-    };
-    for part in served.cookies.chunks(served::PART) {
-        let rows = table.served_rows(ns.inum, part.to_vec(), served.now_ns)?;
-        collected.rows.extend(rows);
-    }
-    prepared.access.redact(&mut collected);
     let header = served::header(&served, args.max_age.unwrap_or_default());
     let mut notes = Vec::new();
     if args.no_header || !args.count.is_empty() {
@@ -703,10 +690,15 @@ fn serve_table(
         out.write_all(header.as_bytes())?;
         out.write_all(b"\n")?;
     }
-    let mut data = collected.data(clock);
-    data.add_names(args, prepared.show_mark);
-    notes.extend(snapshot::render(args, filter, services, &data, out)?);
-    out.flush()?;
+    let mut renderer = Renderer::new(args, filter, services, clock, prepared.show_mark, out);
+    for part in served.cookies.chunks(served::PART) {
+        let mut rows = table.served_rows(ns.inum, part.to_vec(), served.now_ns)?;
+        for row in &mut rows {
+            prepared.access.redact(row);
+        }
+        renderer.rows(rows, served.now_ns)?;
+    }
+    notes.extend(renderer.finish()?);
     Ok(notes)
 }
 
@@ -783,6 +775,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 &mut out,
             );
             drop(slot);
+            // The parts were made and freed in the heap's arenas (each below the mmap
+            // threshold): give them back now, not once a client that may never read is gone.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
             let losses = table.losses().unwrap_or_default();
             (result, losses)
         })
@@ -819,8 +815,8 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         _ = tokio::time::timeout_at(deadline, send) => {}
         () = hung_up(fd, RUNNING_HANGUP_CHECK) => cancel.cancel(),
     }
-    // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
-    // text); glibc keeps freed memory of that size in the heap: give it back.
+    // The reply's frames (64 KiB each) were freed in the heap as they were sent: give them
+    // back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
@@ -1460,14 +1456,13 @@ mod tests {
     struct SlowDump(Cancel);
 
     impl SocketSource for SlowDump {
-        fn dumps(&self, _: &Scope, _: u8) -> Vec<source::NsDump> {
+        fn parts(&self, _: &Scope, _: u8, _: &mut dyn FnMut(source::Part) -> bool) {
             let start = std::time::Instant::now();
             while !self.0.is_cancelled() && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let ms = start.elapsed().as_millis() as u64;
             SLOW_DUMP_RAN_MS.store(ms.max(1), std::sync::atomic::Ordering::SeqCst);
-            Vec::new()
         }
     }
 

@@ -225,6 +225,9 @@ mod tests {
         // An older walk merged late does not move the time back.
         t.reconcile(7, &[], 1_200);
         assert_eq!(t.freshness(7, 2_000, 5_000), Ok(1_500));
+        // The seed is a walk too.
+        t.reconcile_end(crate::table::Reconcile::seeding(9, 3_000));
+        assert_eq!(t.freshness(9, 4_000, 5_000), Ok(3_000));
     }
 
     #[test]
