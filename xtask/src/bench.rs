@@ -1250,8 +1250,70 @@ fn paired_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
             format!(">= -{tolerance:.2}"),
             s.within(tolerance),
         ));
+        if mode == Mode::AgentOtlp {
+            rows.extend(cpu_estimate_row(runs, mode, tolerance));
+        }
     }
     rows
+}
+
+/// The ratio difference the CPU figures predict, round by round: on CPUs the storm keeps
+/// saturated, each µs of extra CPU per connection comes out of the storm, so at the traced
+/// run's rate R on N CPUs the ratio drops by the agent's ratio times extra × R / N. The extra
+/// is the agent's CPU above the plain agent's plus the sink's (for OTLP; the other modes'
+/// helpers, tmux or the scraper, are not measured). Cache effects are not in it; it is an
+/// estimate whose spread is that of the CPU figures, far steadier than the rates' (README,
+/// "OTLP").
+fn cpu_estimate_row(runs: &[StormRun], mode: Mode, tolerance: f64) -> Option<Row> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_conn = |r: &StormRun, cpu: Option<Duration>| {
+        Some(cpu?.as_secs_f64() / r.out.connections.max(1) as f64)
+    };
+    // Every traced run has a baseline on either side, so these line up with the runs.
+    let agent = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Agent)
+        .zip(ratios(runs, Mode::Agent));
+    let traced = runs.iter().filter(|r| r.mode == mode);
+    let est: Vec<f64> = traced
+        .zip(agent)
+        .filter_map(|(m, (a, ratio_a))| {
+            let cpu = |r: &StormRun| {
+                per_conn(r, r.tracer_cpu.map(|c| Duration::from_secs_f64(c.total())))
+            };
+            let extra = cpu(m)? - cpu(a)? + per_conn(m, m.sink_cpu).unwrap_or(0.0);
+            Some(-ratio_a * extra * m.out.rate() / cpus)
+        })
+        .collect();
+    if est.is_empty() {
+        return None;
+    }
+    let e = Spread::of(&est);
+    let verdict = match e.within(tolerance) {
+        Some(true) => "within",
+        Some(false) => "not within",
+        None => "cannot tell",
+    };
+    Some(Row::new(
+        format!(
+            "the same predicted from CPU ({} and its sink)",
+            mode.short()
+        ),
+        format!(
+            "{:+.3} ± {:.3} (mean, 95 % CI over {} rounds; rounds {}): {verdict}; an estimate \
+             (extra CPU per connection × rate / {cpus} CPUs × the agent's ratio), not a rate \
+             measured",
+            e.mean,
+            e.half_width,
+            e.n,
+            est.iter()
+                .map(|x| format!("{x:+.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        format!(">= -{tolerance:.2}"),
+        None,
+    ))
 }
 
 fn capture_rows(runs: &[StormRun]) -> Vec<Row> {
@@ -1986,6 +2048,50 @@ mod tests {
         }
         assert_eq!(OTLP_POSTS.swap(0, Ordering::Relaxed), 3);
         assert!(OTLP_SINK_CPU_NS.swap(0, Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn the_cpu_estimate_charges_extra_cpu_at_the_traced_rate() {
+        let run = |mode, conns, cpu: f64, sink: Option<f64>| StormRun {
+            mode,
+            out: StormOut {
+                connections: conns,
+                secs: 1.0,
+                ..Default::default()
+            },
+            tracer_cpu: Some(sys::CpuTime {
+                user: cpu,
+                system: 0.0,
+            }),
+            irq_work: 0,
+            unfinished: (0, 0),
+            capture: None,
+            progs: Vec::new(),
+            seen: None,
+            recovered: None,
+            fired: None,
+            busy_before: 0.0,
+            idle_wait: Duration::ZERO,
+            sink_cpu: sink.map(Duration::from_secs_f64),
+        };
+        // Agent at 0.5 of the baseline with 2 µs a connection; with OTLP 50k conn/s at 2.5 µs
+        // plus 0.1 µs in the sink: 0.6 µs extra.
+        let runs = [
+            run(Mode::Baseline, 100_000, 0.0, None),
+            run(Mode::Agent, 50_000, 0.1, None),
+            run(Mode::Baseline, 100_000, 0.0, None),
+            run(Mode::AgentOtlp, 50_000, 0.125, Some(0.005)),
+            run(Mode::Baseline, 100_000, 0.0, None),
+        ];
+        let row = cpu_estimate_row(&runs, Mode::AgentOtlp, 0.02).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let want = -0.5 * 0.6e-6 * 50_000.0 / cpus;
+        let got: f64 = row.result.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (got - want).abs() < 0.001,
+            "{} (want {want:+.4})",
+            row.result
+        );
     }
 
     #[test]
