@@ -468,9 +468,42 @@ pub fn normalise(table: &str, columns: usize) -> Vec<String> {
     lines
 }
 
+/// A child process a test started, killed (SIGKILL, by its pid) and reaped when dropped, so a
+/// test that fails (panics) does not leave its `netmon` or peer processes running. Until it is
+/// waited for, its pid cannot be reused: the kill reaches only this child.
+pub struct Reaped(Child);
+
+impl Reaped {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A `netmon agent` started by a test on a socket of its own; stopped (SIGTERM, by pid) on drop.
 pub struct AgentProcess {
-    child: std::process::Child,
+    child: Reaped,
     pub socket: PathBuf,
     /// The agent's stderr lines, when started with [`AgentProcess::start_reading_stderr`].
     pub stderr: Option<Receiver<String>>,
@@ -484,11 +517,11 @@ pub fn agent_socket_path() -> PathBuf {
 }
 
 /// `netmon agent --socket SOCKET ARGS`, stderr piped, not waited for.
-pub fn spawn_agent(socket: &std::path::Path) -> Child {
+pub fn spawn_agent(socket: &std::path::Path) -> Reaped {
     spawn_agent_with(socket, &[], Stdio::piped())
 }
 
-fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> Child {
+fn spawn_agent_with(socket: &std::path::Path, args: &[&str], stderr: Stdio) -> Reaped {
     spawn_agent_wrapped(&[], socket, args, stderr)
 }
 
@@ -499,7 +532,7 @@ fn spawn_agent_wrapped(
     socket: &std::path::Path,
     args: &[&str],
     stderr: Stdio,
-) -> Child {
+) -> Reaped {
     require_root();
     let mut cmd = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -514,6 +547,7 @@ fn spawn_agent_wrapped(
         .args(args)
         .stderr(stderr)
         .spawn()
+        .map(Reaped)
         .expect("spawn netmon agent")
 }
 
@@ -560,7 +594,7 @@ impl AgentProcess {
 
     /// Takes over an agent spawned with [`spawn_agent`] and already serving `socket`; its
     /// stderr is read (and dropped) from here on, so that its messages never meet a closed pipe.
-    pub fn adopt(mut child: Child, socket: PathBuf) -> Self {
+    pub fn adopt(mut child: Reaped, socket: PathBuf) -> Self {
         if let Some(mut err) = child.stderr.take() {
             std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         }
@@ -677,7 +711,7 @@ pub fn ss_in(ns: &TestNetns, args: &[&str]) -> String {
 }
 
 /// `netmon watch ARGS` with stdout and stderr piped.
-pub fn spawn_watch(args: &[&str]) -> Child {
+pub fn spawn_watch(args: &[&str]) -> Reaped {
     require_root();
     Command::new(netmon_bin())
         .arg("watch")
@@ -685,6 +719,7 @@ pub fn spawn_watch(args: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped)
         .expect("spawn netmon watch")
 }
 
@@ -935,7 +970,7 @@ impl Cgroups {
     }
 
     /// `command`, started in cgroup `rel` (the child joins it before exec) inside `ns`.
-    pub fn spawn(&self, ns: &TestNetns, rel: &str, mut command: Command) -> Child {
+    pub fn spawn(&self, ns: &TestNetns, rel: &str, mut command: Command) -> Reaped {
         let procs = CString::new(
             self.dir(rel)
                 .join("cgroup.procs")
@@ -961,7 +996,7 @@ impl Cgroups {
                 }
             });
         }
-        ns.run(move || command.spawn().expect("spawn in cgroup"))
+        Reaped(ns.run(move || command.spawn().expect("spawn in cgroup")))
     }
 }
 
@@ -983,5 +1018,26 @@ impl Drop for Cgroups {
             std::fs::remove_dir(&dir).ok();
         }
         std::fs::remove_dir(self.dir(&self.slice)).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a failing test leaves behind: a child it started, dropped while unwinding.
+    #[test]
+    fn a_child_dropped_by_a_panicking_test_is_killed_and_reaped() {
+        let child = Reaped::new(Command::new("sleep").arg("60").spawn().expect("spawn sleep"));
+        let pid = child.id();
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        assert!(proc.exists());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _child = child;
+            panic!("the test failed");
+        }));
+        assert!(unwound.is_err());
+        // Reaped, not a zombie: the pid is gone at once (sleep was still running).
+        assert!(!proc.exists(), "pid {pid} outlived its test");
     }
 }

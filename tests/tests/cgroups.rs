@@ -4,12 +4,12 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use netmon_tests::{
-    AgentProcess, Cgroups, ID, POD_CONTAINER, POD_UID, TestNetns, UNIT, interrupt, lines,
+    AgentProcess, Cgroups, ID, POD_CONTAINER, POD_UID, Reaped, TestNetns, UNIT, interrupt, lines,
     normalise,
     otlp::{attr, int, otlp_receiver, text},
     snapshot_without_agent, spawn_watch, ss_in, wait_attached, wait_with_timeout,
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
 
-fn first_line(child: &mut Child) -> u16 {
+fn first_line(child: &mut Reaped) -> u16 {
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -26,11 +26,11 @@ fn first_line(child: &mut Child) -> u16 {
     line.trim().parse().expect("a port")
 }
 
-fn server(cg: &Cgroups, ns: &TestNetns) -> (Child, u16) {
+fn server(cg: &Cgroups, ns: &TestNetns) -> (Reaped, u16) {
     server_in(cg, ns, &cg.scope())
 }
 
-fn server_in(cg: &Cgroups, ns: &TestNetns, rel: &str) -> (Child, u16) {
+fn server_in(cg: &Cgroups, ns: &TestNetns, rel: &str) -> (Reaped, u16) {
     let mut cmd = Command::new(PEER);
     cmd.args(["server", "127.0.0.1:0", "normal"])
         .stdout(Stdio::piped());
@@ -40,7 +40,7 @@ fn server_in(cg: &Cgroups, ns: &TestNetns, rel: &str) -> (Child, u16) {
 }
 
 /// A client that holds its connection until its stdin closes; returns it and its local port.
-fn holding_client(cg: &Cgroups, ns: &TestNetns, port: u16) -> (Child, u16) {
+fn holding_client(cg: &Cgroups, ns: &TestNetns, port: u16) -> (Reaped, u16) {
     let mut cmd = Command::new(PEER);
     cmd.args(["client", &format!("127.0.0.1:{port}"), "hold-stdin"])
         .stdin(Stdio::piped())
@@ -50,7 +50,7 @@ fn holding_client(cg: &Cgroups, ns: &TestNetns, port: u16) -> (Child, u16) {
     (child, local)
 }
 
-fn finish(mut child: Child) -> u32 {
+fn finish(mut child: Reaped) -> u32 {
     drop(child.stdin.take());
     let pid = child.id();
     let status = wait_with_timeout(&mut child, Duration::from_secs(10));
@@ -150,7 +150,7 @@ fn watch_filters_by_unit_and_cgroup() {
     let cg = Cgroups::new();
     let unit = format!("netns = {} and unit = {UNIT}", ns.inum);
     let path = format!("netns = {} and cgroup {}", ns.inum, cg.service());
-    let mut watches: Vec<(Child, std::sync::mpsc::Receiver<String>)> = [unit, path]
+    let mut watches: Vec<(Reaped, std::sync::mpsc::Receiver<String>)> = [unit, path]
         .iter()
         .map(|f| {
             let mut w = spawn_watch(&["--format", "json", f]);

@@ -2,26 +2,27 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use netmon_tests::{
-    AgentProcess, TestNetns, interrupt, lines, spawn_watch, wait_attached, wait_with_timeout,
+    AgentProcess, Reaped, TestNetns, interrupt, lines, spawn_watch, wait_attached,
+    wait_with_timeout,
 };
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
 
 /// Starts `tcp-peer server` in `ns`; returns it and its port.
-fn server(ns: &TestNetns, bind: &'static str, mode: &'static str) -> (Child, u16) {
-    let mut child = ns.run(move || {
+fn server(ns: &TestNetns, bind: &'static str, mode: &'static str) -> (Reaped, u16) {
+    let mut child = Reaped::new(ns.run(move || {
         Command::new(PEER)
             .args(["server", bind, mode])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn tcp-peer server")
-    });
+    }));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -29,16 +30,16 @@ fn server(ns: &TestNetns, bind: &'static str, mode: &'static str) -> (Child, u16
     (child, line.trim().parse().expect("server port"))
 }
 
-fn client(ns: &TestNetns, addr: String, mode: &'static str) -> Child {
-    ns.run(move || {
+fn client(ns: &TestNetns, addr: String, mode: &'static str) -> Reaped {
+    Reaped::new(ns.run(move || {
         Command::new(PEER)
             .args(["client", &addr, mode])
             .spawn()
             .expect("spawn tcp-peer client")
-    })
+    }))
 }
 
-fn finish(mut child: Child) -> u32 {
+fn finish(mut child: Reaped) -> u32 {
     let pid = child.id();
     let status = wait_with_timeout(&mut child, Duration::from_secs(10));
     assert!(status.success(), "tcp-peer {pid} failed: {status}");

@@ -5,12 +5,14 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use netmon::wire::{Request, SnapshotRequest, VERSION};
-use netmon_tests::{AgentProcess, TestNetns, agent_socket_path, netmon_bin, wait_with_timeout};
+use netmon_tests::{
+    AgentProcess, Reaped, TestNetns, agent_socket_path, netmon_bin, wait_with_timeout,
+};
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_tcp-peer");
@@ -77,25 +79,15 @@ fn ok_json(out: Output) -> Vec<Value> {
         .collect()
 }
 
-/// A child killed (by pid) when dropped, also when the test fails.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A `tcp-peer server` in `ns`, run by `who`; its port.
-fn server(ns: &TestNetns, who: As) -> (Child, u16) {
-    let mut child = ns.run(move || {
+fn server(ns: &TestNetns, who: As) -> (Reaped, u16) {
+    let mut child = Reaped::new(ns.run(move || {
         command(&who, PEER)
             .args(["server", "127.0.0.1:0", "normal"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn tcp-peer server")
-    });
+    }));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -141,7 +133,7 @@ fn group_members_see_their_own_namespace_owners_and_history_only() {
     );
     let (mut root_srv, root_port) = server(&ns, As::Root);
     let (mut user_srv, user_port) = server(&ns, As::Nobody(vec![]));
-    let _other_srv = Killed(server(&other, As::Root).0);
+    let _other_srv = server(&other, As::Root).0;
     let member = As::Nobody(vec![users]);
     let admin = As::Nobody(vec![users, staff]);
 
@@ -245,8 +237,8 @@ fn a_member_cannot_see_another_namespace_by_passing_its_fd() {
         &["--group", "users", "--admin-group", "staff"],
     );
     // A process of nobody's in `other`: nobody may open its /proc/PID/ns/net.
-    let holder = Killed(server(&other, As::Nobody(vec![])).0);
-    let path = format!("/proc/{}/ns/net", holder.0.id());
+    let holder = server(&other, As::Nobody(vec![])).0;
+    let path = format!("/proc/{}/ns/net", holder.id());
     let mut cmd = command(&As::Nobody(vec![users]), env!("CARGO_BIN_EXE_ns-client"));
     cmd.arg(&agent.socket).arg(&path);
     let out = ns.run(move || cmd.output().expect("run ns-client"));
@@ -278,8 +270,8 @@ fn top_shows_a_member_its_own_owners_only() {
     assert!(wait_with_timeout(&mut user_srv, Duration::from_secs(10)).success());
     // Still open while the screens are taken: a live connection of root's, one of nobody's.
     let (root_live, root_live_port) = server(&ns, As::Root);
-    let _root_live = Killed(root_live);
-    let root_holder = Killed(hold(&ns, As::Root, root_live_port));
+    let _root_live = root_live;
+    let root_holder = hold(&ns, As::Root, root_live_port);
 
     let screen = |who: &As| {
         let mut cmd = command(who, netmon_bin().to_str().unwrap());
@@ -297,7 +289,7 @@ fn top_shows_a_member_its_own_owners_only() {
     let seen = screen(&member);
     assert!(seen.contains(&mine(user_client)), "{seen}");
     assert!(seen.contains(&mine(user_srv.id())), "{seen}");
-    for hidden in [root_client, root_srv.id(), root_holder.0.id()] {
+    for hidden in [root_client, root_srv.id(), root_holder.id()] {
         assert!(
             !seen.contains(&format!("[{hidden}]")),
             "pid {hidden}:\n{seen}"
@@ -310,20 +302,20 @@ fn top_shows_a_member_its_own_owners_only() {
     );
 
     let all = screen(&As::Root);
-    for pid in [root_client, root_srv.id(), user_client, root_holder.0.id()] {
+    for pid in [root_client, root_srv.id(), user_client, root_holder.id()] {
         assert!(all.contains(&mine(pid)), "pid {pid}:\n{all}");
     }
 }
 
 /// A `tcp-peer client` of `who` that connects to `port` and holds the connection.
-fn hold(ns: &TestNetns, who: As, port: u16) -> Child {
-    let mut c = ns.run(move || {
+fn hold(ns: &TestNetns, who: As, port: u16) -> Reaped {
+    let mut c = Reaped::new(ns.run(move || {
         command(&who, PEER)
             .args(["client", &format!("127.0.0.1:{port}"), "hold"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn tcp-peer client hold")
-    });
+    }));
     let mut line = String::new();
     BufReader::new(c.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -376,7 +368,7 @@ fn one_users_unread_replies_leave_another_user_its_share() {
             .env("NETMON_AGENT_SOCKET", &agent.socket)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        stuck.push(Killed(
+        stuck.push(Reaped::new(
             ns.run(move || cmd.spawn().expect("spawn a stuck snapshot")),
         ));
         std::thread::sleep(Duration::from_millis(300));
@@ -446,8 +438,8 @@ fn one_users_flood_of_snapshots_leaves_another_user_a_slot() {
         .arg(&request)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut flood = Killed(ns.run(move || cmd.spawn().expect("spawn unix-clients")));
-    let mut out = BufReader::new(flood.0.stdout.take().unwrap());
+    let mut flood = Reaped::new(ns.run(move || cmd.spawn().expect("spawn unix-clients")));
+    let mut out = BufReader::new(flood.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "connected 100");
