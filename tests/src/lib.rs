@@ -1028,7 +1028,12 @@ mod tests {
     /// What a failing test leaves behind: a child it started, dropped while unwinding.
     #[test]
     fn a_child_dropped_by_a_panicking_test_is_killed_and_reaped() {
-        let child = Reaped::new(Command::new("sleep").arg("60").spawn().expect("spawn sleep"));
+        let child = Reaped::new(
+            Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("spawn sleep"),
+        );
         let pid = child.id();
         let proc = PathBuf::from(format!("/proc/{pid}"));
         assert!(proc.exists());
