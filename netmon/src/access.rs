@@ -7,7 +7,7 @@
 //!   the owners of its own sockets only, and only its own closed connections.
 
 use crate::{
-    source::Collected,
+    snapshot::Row,
     table::{Closed, Owner},
 };
 
@@ -47,17 +47,11 @@ impl Access {
         }
     }
 
-    /// Takes out of a snapshot what the client may not see: other users' owners and closed
-    /// connections. Done before the filter runs, so that a `pid`/`comm` filter cannot probe
-    /// what is hidden.
-    pub fn redact(&self, c: &mut Collected) {
-        if *self == Self::Admin {
-            return;
-        }
-        for row in &mut c.rows {
-            row.owner = self.owner(row.sock.uid, row.owner);
-        }
-        c.closed.retain(|x| self.closed(x));
+    /// Takes out of a snapshot's row what the client may not see: another user's owner.
+    /// Done before the filter runs, so that a `pid`/`comm` filter cannot probe what is hidden
+    /// (closed connections: [`Access::closed`]).
+    pub fn redact(&self, row: &mut Row) {
+        row.owner = self.owner(row.sock.uid, row.owner);
     }
 
     /// The owner a client may see of a socket of `socket_uid` whose owner is `owner`.

@@ -45,7 +45,7 @@ use crate::{
     peer,
     reply::FrameWriter,
     slots::Slots,
-    snapshot::{self, SnapshotArgs},
+    snapshot::{Renderer, SnapshotArgs},
     sock_diag::Cancel,
     source::{self, Enrich, IterSource, LiveSource, Scope, SocketSource, What},
     tracer::{Tracer, TracerConfig, TracerHandle},
@@ -624,8 +624,11 @@ pub fn serve(
         closed_within_ns: prepared.request.closed_ns,
         ext: args.diag_ext(),
         table: args.wants_table(&filter),
+        access: prepared.access,
     };
-    let mut collected = match iter.filter(|_| args.iter_serves()) {
+    // This runs off the thread that drains the ring, so -r may wait on the resolver.
+    let mut renderer = Renderer::new(&args, &filter, services, clock, prepared.show_mark, out);
+    let missing = match iter.filter(|_| args.iter_serves()) {
         Some((iter, cancel)) => {
             let source = IterSource {
                 iter,
@@ -634,18 +637,12 @@ pub fn serve(
                 fields: Fields::TABLE,
                 cancel,
             };
-            source::collect(&source, &prepared.scope, table, what)?
+            source::stream(&source, &prepared.scope, table, what, &mut renderer)?
         }
-        None => source::collect(source, &prepared.scope, table, what)?,
+        None => source::stream(source, &prepared.scope, table, what, &mut renderer)?,
     };
-    prepared.access.redact(&mut collected);
-    let missing = std::mem::take(&mut collected.notes);
-    let mut data = collected.data(clock);
-    // This runs off the thread that drains the ring, so -r may wait on the resolver.
-    data.add_names(&args, prepared.show_mark);
-    let mut notes = snapshot::render(&args, &filter, services, &data, out)?;
+    let mut notes = renderer.finish()?;
     notes.extend(missing);
-    out.flush()?;
     Ok(notes)
 }
 
@@ -722,6 +719,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
                 &mut out,
             );
             drop(slot);
+            // The parts were made and freed in the heap's arenas (each below the mmap
+            // threshold): give them back now, not once a client that may never read is gone.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
             let losses = table.losses().unwrap_or_default();
             (result, losses)
         })
@@ -758,8 +759,8 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream, peer: Peer, _admitt
         _ = tokio::time::timeout_at(deadline, send) => {}
         () = hung_up(fd, RUNNING_HANGUP_CHECK) => cancel.cancel(),
     }
-    // A snapshot of 100k sockets allocates tens of MB for one request (dump, rows, rendered
-    // text); glibc keeps freed memory of that size in the heap: give it back.
+    // The reply's frames (64 KiB each) were freed in the heap as they were sent: give them
+    // back.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 }
@@ -1399,14 +1400,13 @@ mod tests {
     struct SlowDump(Cancel);
 
     impl SocketSource for SlowDump {
-        fn dumps(&self, _: &Scope, _: u8) -> Vec<source::NsDump> {
+        fn parts(&self, _: &Scope, _: u8, _: &mut dyn FnMut(source::Part) -> bool) {
             let start = std::time::Instant::now();
             while !self.0.is_cancelled() && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let ms = start.elapsed().as_millis() as u64;
             SLOW_DUMP_RAN_MS.store(ms.max(1), std::sync::atomic::Ordering::SeqCst);
-            Vec::new()
         }
     }
 

@@ -21,7 +21,7 @@ use crate::{
     offsets,
     output::{Format, Printer},
     procfs,
-    snapshot::{self, SnapshotArgs},
+    snapshot::{Renderer, SnapshotArgs},
     sock_diag::{self, Cancel, Families},
     sockstat::SockStat,
     source::{self, IterSource, LiveSource, ProcOwners, ReplaySource, Scope, SocketSource, What},
@@ -494,7 +494,9 @@ fn fallback_snapshot(
         table: args.processes,
         ..What::default()
     };
-    let mut collected = match iter {
+    // The kernel sent marks only if we may see them.
+    let mut renderer = Renderer::new(args, filter, services, Clock::now(), true, out);
+    let missing = match iter {
         Some(iter) => {
             let source = IterSource {
                 iter,
@@ -505,15 +507,11 @@ fn fallback_snapshot(
                 },
                 cancel: Cancel::default(),
             };
-            source::collect(&source, &scope, &mut owners, what)?
+            source::stream(&source, &scope, &mut owners, what, &mut renderer)?
         }
-        None => source::collect(source, &scope, &mut owners, what)?,
+        None => source::stream(source, &scope, &mut owners, what, &mut renderer)?,
     };
-    let missing = std::mem::take(&mut collected.notes);
-    let mut data = collected.data(Clock::now());
-    // The kernel sent marks only if we may see them.
-    data.add_names(args, true);
-    let mut notes = snapshot::render(args, filter, services, &data, out)?;
+    let mut notes = renderer.finish()?;
     notes.extend(missing);
     Ok(notes)
 }

@@ -109,6 +109,16 @@ impl Grid {
         }
     }
 
+    /// A table to be printed with [`Grid::print_batch_if_over`] at [`SS_BATCH_BYTES`]: its
+    /// buffers are sized for a batch once, not grown by doubling past it.
+    pub fn batched(columns: Vec<Column>) -> Self {
+        let mut grid = Self::with_capacity(columns, 0);
+        // A batch ends after the row that reaches the size: room for that row too (growing
+        // by doubling would hold 4 MiB and 8 MiB at once for the row that crosses).
+        grid.text.reserve_exact(SS_BATCH_BYTES + (64 << 10));
+        grid
+    }
+
     /// The buffer the current cell is written to.
     pub fn buf(&mut self) -> &mut String {
         &mut self.text

@@ -119,12 +119,28 @@ struct Group {
     resets: u64,
 }
 
-fn group<'a>(by: &[CountBy], items: impl Iterator<Item = (Item<'a>, Option<u64>)>) -> Vec<Group> {
-    let mut groups: HashMap<Vec<String>, Group> = HashMap::new();
-    for (item, lifespan) in items {
-        let keys: Vec<String> = by.iter().map(|&b| key(b, &item)).collect();
-        let g = groups.entry(keys.clone()).or_insert_with(|| Group {
-            keys,
+/// Groups being counted, a part of the rows (or closed connections) at a time: only the
+/// groups are held, never the rows.
+pub struct Counts {
+    by: Vec<CountBy>,
+    /// Counting closed connections (lifespans and resets printed too).
+    closed: bool,
+    groups: HashMap<Vec<String>, Group>,
+}
+
+impl Counts {
+    pub fn new(by: &[CountBy], closed: bool) -> Self {
+        Self {
+            by: by.to_vec(),
+            closed,
+            groups: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, item: &Item, lifespan: Option<u64>) {
+        let keys: Vec<String> = self.by.iter().map(|&b| key(b, item)).collect();
+        let g = self.groups.entry(keys).or_insert_with_key(|keys| Group {
+            keys: keys.clone(),
             count: 0,
             lifespans: Vec::new(),
             resets: 0,
@@ -138,13 +154,44 @@ fn group<'a>(by: &[CountBy], items: impl Iterator<Item = (Item<'a>, Option<u64>)
             g.resets += 1;
         }
     }
-    let mut groups: Vec<Group> = groups.into_values().collect();
-    // Most frequent first; ties in key order, so the output is stable.
-    groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.keys.cmp(&b.keys)));
-    for g in &mut groups {
-        g.lifespans.sort_unstable();
+
+    /// Counts a live socket (already filtered).
+    pub fn live(&mut self, r: &Row, cgroups: Option<&CgroupNames>) {
+        let item = Item {
+            state: r.sock.state.ss_name(),
+            local: r.sock.local,
+            remote: r.sock.remote,
+            owner: r.owner.as_ref(),
+            end: None,
+            cgroup: labels(cgroups, r.sock.attrs.cgroup_id.unwrap_or(0)),
+        };
+        self.add(&item, None);
     }
-    groups
+
+    /// Counts a closed connection (already filtered).
+    pub fn closed(&mut self, c: &Closed, cgroups: Option<&CgroupNames>) {
+        let state = state_name(c.last);
+        let item = Item {
+            state: &state,
+            local: c.local,
+            remote: c.remote,
+            owner: c.owner.as_ref(),
+            end: Some(c.end),
+            cgroup: labels(cgroups, c.cgroup_id),
+        };
+        self.add(&item, c.lifespan_ns());
+    }
+
+    /// Prints the groups, most frequent first.
+    pub fn print(&mut self, args: &SnapshotArgs, out: &mut impl Write) -> io::Result<()> {
+        let mut groups: Vec<Group> = std::mem::take(&mut self.groups).into_values().collect();
+        // Most frequent first; ties in key order, so the output is stable.
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.keys.cmp(&b.keys)));
+        for g in &mut groups {
+            g.lifespans.sort_unstable();
+        }
+        print(args, &groups, self.closed, out)
+    }
 }
 
 /// The nearest-rank percentile `p` (0-100] of sorted `v`.
@@ -156,56 +203,9 @@ fn percentile(v: &[u64], p: u64) -> Option<u64> {
     v.get(rank - 1).copied()
 }
 
-/// `--count` over live sockets (already filtered).
-pub fn live(
-    args: &SnapshotArgs,
-    rows: &[&Row],
-    cgroups: Option<&CgroupNames>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    let items = rows.iter().map(|r| {
-        (
-            Item {
-                state: r.sock.state.ss_name(),
-                local: r.sock.local,
-                remote: r.sock.remote,
-                owner: r.owner.as_ref(),
-                end: None,
-                cgroup: labels(cgroups, r.sock.attrs.cgroup_id.unwrap_or(0)),
-            },
-            None,
-        )
-    });
-    print(args, &group(&args.count, items), false, out)
-}
-
-/// `--count` over closed connections (already filtered).
 /// The labels of cgroup `id`, as the snapshot's walk found them.
 pub fn labels(cgroups: Option<&CgroupNames>, id: u64) -> Option<&Labels> {
     cgroups.and_then(|c| c.get(id))
-}
-
-pub fn closed(
-    args: &SnapshotArgs,
-    closed: &[&Closed],
-    cgroups: Option<&CgroupNames>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    let names: Vec<_> = closed.iter().map(|c| state_name(c.last)).collect();
-    let items = closed.iter().zip(&names).map(|(c, name)| {
-        (
-            Item {
-                state: name,
-                local: c.local,
-                remote: c.remote,
-                owner: c.owner.as_ref(),
-                end: Some(c.end),
-                cgroup: labels(cgroups, c.cgroup_id),
-            },
-            c.lifespan_ns(),
-        )
-    });
-    print(args, &group(&args.count, items), true, out)
 }
 
 fn print(

@@ -173,6 +173,27 @@ impl TcpIter {
         fields: Fields,
         cancel: &Cancel,
     ) -> Result<Vec<DiagSock>, IterError> {
+        let mut out = Vec::new();
+        self.dump_parts(ns, filter, fields, cancel, CHUNK_RECORDS, &mut |part| {
+            out.extend(part);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// As [`TcpIter::dump_with`], handing the sockets to `emit` in parts of `part` or more (the
+    /// last with what is left) as they are read: the dump is never held whole. `emit`
+    /// returning false stops the read ([`IterError::Cancelled`]). It runs on a thread that
+    /// entered `ns` when that is not the caller's namespace.
+    pub fn dump_parts(
+        &self,
+        ns: &Netns,
+        filter: Option<KernelFilter>,
+        fields: Fields,
+        cancel: &Cancel,
+        part: usize,
+        emit: &mut (dyn FnMut(Vec<DiagSock>) -> bool + Send),
+    ) -> Result<(), IterError> {
         let request = IterRequest {
             filter: KernelFilter {
                 netns: 0,
@@ -183,7 +204,7 @@ impl TcpIter {
             _pad: 0,
         };
         if netns::current_inum().ok() == Some(ns.inum) {
-            return self.dump_here(request, cancel);
+            return self.dump_here(request, cancel, part, emit);
         }
         let fd = ns.file().as_raw_fd();
         std::thread::scope(|scope| {
@@ -195,7 +216,7 @@ impl TcpIter {
                     if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                         return Err(IterError::Setns(io::Error::last_os_error()));
                     }
-                    self.dump_here(request, cancel)
+                    self.dump_here(request, cancel, part, emit)
                 })
                 .map_err(IterError::Setns)?;
             worker.join().map_err(|_| IterError::ThreadPanicked)?
@@ -204,7 +225,13 @@ impl TcpIter {
 
     /// Reads an iterator created on this thread, so in this thread's namespace, with
     /// `request` keyed by this thread's id for the program to find.
-    fn dump_here(&self, request: IterRequest, cancel: &Cancel) -> Result<Vec<DiagSock>, IterError> {
+    fn dump_here(
+        &self,
+        request: IterRequest,
+        cancel: &Cancel,
+        part: usize,
+        emit: &mut dyn FnMut(Vec<DiagSock>) -> bool,
+    ) -> Result<(), IterError> {
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::gettid() } as u32;
         let _filtered = {
@@ -216,11 +243,13 @@ impl TcpIter {
                 .map(|()| FilterGuard { iter: self, tid })
         };
         let file = iter_create(self.link.as_raw_fd())?;
-        read_chunked(
+        read_parts(
             file,
             CHUNK_RECORDS * size_of::<IterSock>(),
             cancel,
             |chunk| parse(chunk, self.v6only_bit),
+            part,
+            emit,
         )
     }
 }
@@ -242,12 +271,31 @@ impl Drop for FilterGuard<'_> {
 /// Reads `from` to its end `chunk` bytes at a time (a record split between two reads is
 /// carried over), handing each run of whole records to `convert`; stops with
 /// [`IterError::Cancelled`] before a read once `cancel` is set.
+#[cfg(test)]
 fn read_chunked(
+    from: impl Read,
+    chunk: usize,
+    cancel: &Cancel,
+    convert: impl FnMut(&[u8]) -> Result<Vec<DiagSock>, IterError>,
+) -> Result<Vec<DiagSock>, IterError> {
+    let mut out = Vec::new();
+    read_parts(from, chunk, cancel, convert, 1, &mut |part| {
+        out.extend(part);
+        true
+    })?;
+    Ok(out)
+}
+
+/// As [`read_chunked`], handing the sockets to `emit` once `part` or more were converted (and
+/// what is left at the end); `emit` returning false stops the read.
+fn read_parts(
     mut from: impl Read,
     chunk: usize,
     cancel: &Cancel,
     mut convert: impl FnMut(&[u8]) -> Result<Vec<DiagSock>, IterError>,
-) -> Result<Vec<DiagSock>, IterError> {
+    part: usize,
+    emit: &mut dyn FnMut(Vec<DiagSock>) -> bool,
+) -> Result<(), IterError> {
     const SIZE: usize = size_of::<IterSock>();
     let mut out = Vec::new();
     let mut buf = vec![0u8; chunk.max(SIZE)];
@@ -268,7 +316,10 @@ fn read_chunked(
                     size: SIZE,
                 });
             }
-            return Ok(out);
+            if !out.is_empty() && !emit(out) {
+                return Err(IterError::Cancelled);
+            }
+            return Ok(());
         }
         held += n;
         let whole = held - held % SIZE;
@@ -278,6 +329,9 @@ fn read_chunked(
         out.extend(convert(&buf[..whole])?);
         buf.copy_within(whole..held, 0);
         held -= whole;
+        if out.len() >= part && !emit(std::mem::take(&mut out)) {
+            return Err(IterError::Cancelled);
+        }
     }
 }
 

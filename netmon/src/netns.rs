@@ -69,16 +69,17 @@ impl Netns {
         }
     }
 
-    /// Every TCP socket of the namespace in batches of `size` to `emit`
-    /// ([`sock_diag::dump_tcp_batched`]).
+    /// Every TCP socket of the namespace, with the optional attributes in `ext`, in batches
+    /// of `size` to `emit` ([`sock_diag::dump_tcp_batched`]).
     pub fn dump_batched(
         &self,
+        ext: u8,
         cancel: &Cancel,
         size: usize,
         emit: sock_diag::Emit,
     ) -> Result<(), DiagError> {
         let (families, states) = (Families::ALL, sock_diag::SS_STATES);
-        let dump = || sock_diag::dump_tcp_batched(families, states, cancel, size, emit);
+        let dump = || sock_diag::dump_tcp_batched(families, states, ext, cancel, size, emit);
         if current_inum().ok() == Some(self.inum) {
             dump()
         } else {

@@ -611,6 +611,18 @@ impl Records {
         self.closed.len()
     }
 
+    /// The `i`th closed connection, oldest first, if it ended at or after `since_ns` in one of
+    /// the namespaces `netns` accepts: the two are read before the record is unpacked.
+    pub fn closed_if(
+        &self,
+        i: usize,
+        since_ns: u64,
+        netns: impl Fn(u32) -> bool,
+    ) -> Option<Closed> {
+        let r = self.closed_at(i);
+        (r.closed_ns >= since_ns && netns(r.netns)).then(|| self.decode_closed(r))
+    }
+
     /// Applies `f` to the end of the newest record of `cookie` among the last `within`.
     pub fn amend_closed(&mut self, cookie: u64, within: usize, f: impl FnOnce(&mut Closed)) {
         let n = self.closed.len();

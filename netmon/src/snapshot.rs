@@ -3,7 +3,7 @@
 //! fallback mode.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     io::{self, Write},
     net::{IpAddr, SocketAddr},
@@ -266,99 +266,201 @@ impl Row {
     }
 }
 
-/// Everything a snapshot shows.
+/// What rendering needs beyond the rows: clocks, names, and whether marks may be shown.
 #[derive(Default)]
-pub struct Data<'a> {
-    pub rows: Vec<Row>,
-    pub closed: Vec<&'a Closed>,
-    /// Closed records evicted from the bounded history.
-    pub evicted: u64,
+pub struct Context {
     /// CLOCK_MONOTONIC now, for ages.
     pub now_ns: u64,
     pub clock: Clock,
     /// cgroup paths and labels, for -e, --cgroup, JSON, cgroup filters and counts.
     pub cgroups: Option<CgroupNames>,
-    /// Host names, for -r.
+    /// Host names, for -r: those found so far.
     pub names: HashMap<IpAddr, String>,
+    /// Addresses -r looked up already, named or not.
+    looked_up: HashSet<IpAddr>,
     /// Whether `SO_MARK` may be shown: the kernel reports it only to CAP_NET_ADMIN, and the
     /// agent shows it only to root.
     pub show_mark: bool,
 }
 
-impl Data<'_> {
-    /// Loads what the options print beyond the dump: cgroup paths (-e) and host names (-r,
-    /// blocking on the resolver: not on a thread that drains the ring). `show_mark`: see
-    /// [`Data::show_mark`].
-    pub fn add_names(&mut self, args: &SnapshotArgs, show_mark: bool) {
-        if args.wants_cgroups() {
-            self.cgroups = Some(CgroupNames::load());
-        }
-        if args.resolve {
-            self.names = crate::hosts::resolve(self.addresses());
-        }
-        self.show_mark = show_mark;
-    }
-
-    /// The addresses -r has to look up.
-    pub fn addresses(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .rows
+impl Context {
+    /// Names the addresses of `rows` not looked up before (-r, blocking on the resolver:
+    /// not on a thread that drains the ring).
+    fn resolve(&mut self, rows: &[Row]) {
+        let mut new: Vec<IpAddr> = rows
             .iter()
             .flat_map(|r| [r.sock.local.ip(), r.sock.remote.ip()])
+            .filter(|ip| !self.looked_up.contains(ip))
             .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        new.sort_unstable();
+        new.dedup();
+        self.looked_up.extend(new.iter().copied());
+        self.names.extend(crate::hosts::resolve(new));
     }
 }
 
-/// Renders `data` as `args` asks; returns notes for stderr.
-pub fn render(
-    args: &SnapshotArgs,
-    filter: &Filter,
-    services: &Services,
-    data: &Data<'_>,
-    out: &mut impl Write,
-) -> io::Result<Vec<String>> {
-    let mut notes = Vec::new();
-    if args.closed.is_some() {
-        let closed: Vec<&Closed> = data
-            .closed
-            .iter()
-            .copied()
-            .filter(|c| filter.matches_socket(&closed_input(c, data.cgroups.as_ref())))
-            .collect();
-        if args.count.is_empty() {
-            render_closed(args, &closed, data, out)?;
-        } else {
-            count::closed(args, &closed, data.cgroups.as_ref(), out)?;
+/// How the rows are being printed.
+enum Form {
+    /// ss's table, printed in ss-sized batches.
+    Table(Grid),
+    Json,
+    Count(count::Counts),
+    ClosedTable(Grid),
+    ClosedJson,
+}
+
+/// Renders a snapshot a part at a time, as `args` asks: rows (or closed connections) go in
+/// by parts, are filtered, written to the output or counted, and let go; nothing but the
+/// table's current batch of text (ss's ~4 MiB, [`SS_BATCH_BYTES`]) and the counts is held
+/// from one part to the next. The output is the same whatever the parts are.
+pub struct Renderer<'a, W: Write> {
+    args: &'a SnapshotArgs,
+    filter: &'a Filter,
+    services: &'a Services,
+    out: W,
+    pub context: Context,
+    /// Closed connections evicted from the bounded history, as of the last part.
+    evicted: u64,
+    form: Form,
+}
+
+impl<'a, W: Write> Renderer<'a, W> {
+    /// Loads the cgroup paths if the options print or filter on them. `show_mark`: see
+    /// [`Context::show_mark`].
+    pub fn new(
+        args: &'a SnapshotArgs,
+        filter: &'a Filter,
+        services: &'a Services,
+        clock: Clock,
+        show_mark: bool,
+        out: W,
+    ) -> Self {
+        let form = match (args.closed.is_some(), args.count.is_empty(), args.format) {
+            (closed, false, _) => Form::Count(count::Counts::new(&args.count, closed)),
+            (true, true, Format::Json) => Form::ClosedJson,
+            (true, true, Format::Text) => Form::ClosedTable(closed_grid()),
+            (false, true, Format::Json) => Form::Json,
+            (false, true, Format::Text) => {
+                Form::Table(table_grid(args, !filter.one_state_selected()))
+            }
+        };
+        Self {
+            args,
+            filter,
+            services,
+            out,
+            context: Context {
+                clock,
+                cgroups: args.wants_cgroups().then(CgroupNames::load),
+                show_mark,
+                ..Context::default()
+            },
+            evicted: 0,
+            form,
         }
-        if data.evicted > 0 {
+    }
+
+    /// Renders a part of the live sockets; `now_ns` (CLOCK_MONOTONIC) dates their ages.
+    pub fn rows(&mut self, mut rows: Vec<Row>, now_ns: u64) -> io::Result<()> {
+        let Self {
+            args,
+            filter,
+            services,
+            context,
+            form,
+            out,
+            ..
+        } = self;
+        context.now_ns = now_ns;
+        rows.retain(|r| filter.matches(&r.input(context.cgroups.as_ref())));
+        if args.resolve {
+            context.resolve(&rows);
+        }
+        match form {
+            Form::Table(grid) => {
+                for r in &rows {
+                    table_row(args, services, r, context, grid);
+                    grid.print_batch_if_over(out, !args.no_header, SS_BATCH_BYTES)?;
+                }
+            }
+            Form::Json => {
+                for r in &rows {
+                    json_row(args, r, context, out)?;
+                }
+            }
+            Form::Count(counts) => {
+                for r in &rows {
+                    counts.live(r, context.cgroups.as_ref());
+                }
+            }
+            Form::ClosedTable(_) | Form::ClosedJson => {}
+        }
+        Ok(())
+    }
+
+    /// Renders a part of the closed connections; `evicted`: how many the history has
+    /// evicted so far.
+    pub fn closed(&mut self, closed: Vec<Closed>, evicted: u64) -> io::Result<()> {
+        let Self {
+            args,
+            filter,
+            context,
+            form,
+            out,
+            ..
+        } = self;
+        self.evicted = evicted;
+        let cgroups = context.cgroups.as_ref();
+        let shown = closed
+            .iter()
+            .filter(|c| filter.matches_socket(&closed_input(c, cgroups)));
+        match form {
+            Form::ClosedTable(grid) => {
+                for c in shown {
+                    closed_row(c, context, grid);
+                    grid.print_batch_if_over(out, !args.no_header, SS_BATCH_BYTES)?;
+                }
+            }
+            Form::ClosedJson => {
+                for c in shown {
+                    closed_json(c, context, out)?;
+                }
+            }
+            Form::Count(counts) => {
+                for c in shown {
+                    counts.closed(c, cgroups);
+                }
+            }
+            Form::Table(_) | Form::Json => {}
+        }
+        Ok(())
+    }
+
+    /// Prints what is still held (the last batch of the table, the counts); returns notes
+    /// for stderr.
+    pub fn finish(mut self) -> io::Result<Vec<String>> {
+        let header = !self.args.no_header;
+        match &mut self.form {
+            Form::Table(grid) | Form::ClosedTable(grid) => grid.print(&mut self.out, header)?,
+            Form::Json => {}
+            Form::ClosedJson => {
+                if self.evicted > 0 {
+                    writeln!(self.out, r#"{{"type":"evicted","count":{}}}"#, self.evicted)?;
+                }
+            }
+            Form::Count(counts) => counts.print(self.args, &mut self.out)?,
+        }
+        self.out.flush()?;
+        let mut notes = Vec::new();
+        if self.args.closed.is_some() && self.evicted > 0 {
             notes.push(format!(
                 "{} older closed connections were evicted from the history (raise the agent's \
                  --closed-capacity)",
-                data.evicted
+                self.evicted
             ));
         }
-        return Ok(notes);
+        Ok(notes)
     }
-    let rows: Vec<&Row> = data
-        .rows
-        .iter()
-        .filter(|r| filter.matches(&r.input(data.cgroups.as_ref())))
-        .collect();
-    if !args.count.is_empty() {
-        count::live(args, &rows, data.cgroups.as_ref(), out)?;
-        return Ok(notes);
-    }
-    match args.format {
-        Format::Json => render_json(args, &rows, data, out)?,
-        Format::Text => {
-            let show_state = !filter.one_state_selected();
-            render_table(args, services, show_state, &rows, data, out)?
-        }
-    }
-    Ok(notes)
 }
 
 fn closed_input<'a>(c: &'a Closed, cgroups: Option<&'a CgroupNames>) -> FilterInput<'a> {
@@ -420,67 +522,58 @@ fn push_decimal(buf: &mut String, n: u64) {
     buf.push_str(itoa::Buffer::new().format(n));
 }
 
-/// `show_state` false drops the State column, as ss does when one state is selected.
-fn render_table(
-    args: &SnapshotArgs,
-    services: &Services,
-    show_state: bool,
-    rows: &[&Row],
-    data: &Data<'_>,
-    out: &mut impl Write,
-) -> io::Result<()> {
+/// ss's socket table; `show_state` false drops the State column, as ss does when one state
+/// is selected.
+fn table_grid(args: &SnapshotArgs, show_state: bool) -> Grid {
     // ss's columns (ss.c `columns[]`), plus netmon's netns before Process.
-    let mut grid = Grid::with_capacity(
-        vec![
-            Column::left("State").hidden_if(!show_state),
-            Column::left("Recv-Q").min_width(6),
-            Column::left("Send-Q").min_width(6),
-            Column::right("Local Address"),
-            Column::left(":Port").glued(),
-            Column::right("Peer Address"),
-            Column::left(":Port").glued(),
-            Column::left("Netns").hidden_if(!args.all_netns),
-            Column::left("Process").glued(),
-            Column::free(),
-        ],
-        rows.len(),
-    );
+    Grid::batched(vec![
+        Column::left("State").hidden_if(!show_state),
+        Column::left("Recv-Q").min_width(6),
+        Column::left("Send-Q").min_width(6),
+        Column::right("Local Address"),
+        Column::left(":Port").glued(),
+        Column::right("Peer Address"),
+        Column::left(":Port").glued(),
+        Column::left("Netns").hidden_if(!args.all_netns),
+        Column::left("Process").glued(),
+        Column::free(),
+    ])
+}
+
+/// One socket's row of ss's table.
+fn table_row(args: &SnapshotArgs, services: &Services, r: &Row, data: &Context, grid: &mut Grid) {
     let names = args.resolve.then_some(&data.names);
-    for r in rows {
-        let s = &r.sock;
-        grid.cell(s.state.ss_name());
-        push_decimal(grid.buf(), s.recv_q.into());
+    let s = &r.sock;
+    grid.cell(s.state.ss_name());
+    push_decimal(grid.buf(), s.recv_q.into());
+    grid.end_cell();
+    push_decimal(grid.buf(), s.send_q.into());
+    grid.end_cell();
+    for a in [&s.local, &s.remote] {
+        write_host(a, s.v6only, names, grid.buf());
         grid.end_cell();
-        push_decimal(grid.buf(), s.send_q.into());
+        write_port(a.port(), args.numeric, services, grid.buf());
         grid.end_cell();
-        for a in [&s.local, &s.remote] {
-            write_host(a, s.v6only, names, grid.buf());
-            grid.end_cell();
-            write_port(a.port(), args.numeric, services, grid.buf());
-            grid.end_cell();
-        }
-        if args.all_netns {
-            write!(grid.buf(), "{}", r.netns).ok();
-        }
-        grid.end_cell();
-        process_cell(args, r, data, grid.buf());
-        grid.end_cell();
-        if args.memory || args.info {
-            let buf = grid.buf();
-            buf.push_str(if args.oneline { "" } else { "\n\t" });
-            let ext = s.attrs.ext.as_deref();
-            let listening = s.state == TcpState::Listen;
-            diag_ext::info_text(ext, listening, args.timers(), args.numeric, buf);
-        }
-        grid.end_cell();
-        grid.print_batch_if_over(out, !args.no_header, SS_BATCH_BYTES)?;
     }
-    grid.print(out, !args.no_header)
+    if args.all_netns {
+        push_decimal(grid.buf(), r.netns.into());
+    }
+    grid.end_cell();
+    process_cell(args, r, data, grid.buf());
+    grid.end_cell();
+    if args.memory || args.info {
+        let buf = grid.buf();
+        buf.push_str(if args.oneline { "" } else { "\n\t" });
+        let ext = s.attrs.ext.as_deref();
+        let listening = s.state == TcpState::Listen;
+        diag_ext::info_text(ext, listening, args.timers(), args.numeric, buf);
+    }
+    grid.end_cell();
 }
 
 /// What ss prints after the addresses, each with its leading space: `users:(...)` (-p), the
 /// timer (-o), the details (-e), then netmon's ages (-e).
-fn process_cell(args: &SnapshotArgs, r: &Row, data: &Data<'_>, buf: &mut String) {
+fn process_cell(args: &SnapshotArgs, r: &Row, data: &Context, buf: &mut String) {
     if args.processes
         && let Some(o) = &r.owner
     {
@@ -508,7 +601,7 @@ fn process_cell(args: &SnapshotArgs, r: &Row, data: &Data<'_>, buf: &mut String)
 
 /// ss -e: `uid:N` (when not 0), `ino:N sk:COOKIE`, the attribute details, then netmon's
 /// `age:` and `in-state:` times (`-` when the agent did not see the moment).
-fn extended_details(r: &Row, data: &Data<'_>, buf: &mut String) {
+fn extended_details(r: &Row, data: &Context, buf: &mut String) {
     let s = &r.sock;
     if s.uid != 0 {
         write!(buf, " uid:{}", s.uid).ok();
@@ -599,13 +692,9 @@ struct JsonSkmem {
     drops: Option<u32>,
 }
 
-fn render_json(
-    args: &SnapshotArgs,
-    rows: &[&Row],
-    data: &Data<'_>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    for r in rows {
+/// One socket as a JSON line.
+fn json_row(args: &SnapshotArgs, r: &Row, data: &Context, out: &mut impl Write) -> io::Result<()> {
+    {
         let s = &r.sock;
         let ago = |t: Option<u64>| t.map(|t| data.now_ns.saturating_sub(t));
         let ext = s.attrs.ext.as_deref();
@@ -685,60 +774,50 @@ fn render_json(
     Ok(())
 }
 
-fn render_closed(
-    args: &SnapshotArgs,
-    closed: &[&Closed],
-    data: &Data<'_>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    if args.format == Format::Json {
-        for c in closed {
-            let labels = data.cgroups.as_ref().map_or(Err(Unknown::NoMount), |g| {
-                g.get(c.cgroup_id).ok_or(Unknown::NotFound)
-            });
-            let labels = if c.cgroup_id == 0 {
-                Err(Unknown::NoId)
-            } else {
-                labels
-            };
-            let rec = JsonClosed::new(c, &data.clock, "closed", labels);
-            serde_json::to_writer(&mut *out, &rec)?;
-            out.write_all(b"\n")?;
-        }
-        if data.evicted > 0 {
-            writeln!(out, r#"{{"type":"evicted","count":{}}}"#, data.evicted)?;
-        }
-        return Ok(());
+/// One closed connection as a JSON line.
+fn closed_json(c: &Closed, data: &Context, out: &mut impl Write) -> io::Result<()> {
+    let labels = data.cgroups.as_ref().map_or(Err(Unknown::NoMount), |g| {
+        g.get(c.cgroup_id).ok_or(Unknown::NotFound)
+    });
+    let labels = if c.cgroup_id == 0 {
+        Err(Unknown::NoId)
+    } else {
+        labels
+    };
+    let rec = JsonClosed::new(c, &data.clock, "closed", labels);
+    serde_json::to_writer(&mut *out, &rec)?;
+    out.write_all(b"\n")
+}
+
+/// The table of closed connections.
+fn closed_grid() -> Grid {
+    Grid::batched(vec![
+        Column::left("Closed(UTC)"),
+        Column::right("Lifespan"),
+        Column::right("Local Address"),
+        Column::left(":Port").glued(),
+        Column::right("Peer Address"),
+        Column::left(":Port").glued(),
+        Column::left("End"),
+        Column::left("Process"),
+        Column::left("States"),
+    ])
+}
+
+/// One closed connection's row.
+fn closed_row(c: &Closed, data: &Context, grid: &mut Grid) {
+    grid.cell(&time_of_day(&data.clock, c.closed_ns));
+    grid.cell(&c.lifespan_ns().map_or_else(|| "-".into(), duration));
+    for a in [&c.local, &c.remote] {
+        write_host(a, true, None, grid.buf());
+        grid.end_cell();
+        // Numeric: no services table.
+        write_port(a.port(), true, &Services::default(), grid.buf());
+        grid.end_cell();
     }
-    let mut grid = Grid::with_capacity(
-        vec![
-            Column::left("Closed(UTC)"),
-            Column::right("Lifespan"),
-            Column::right("Local Address"),
-            Column::left(":Port").glued(),
-            Column::right("Peer Address"),
-            Column::left(":Port").glued(),
-            Column::left("End"),
-            Column::left("Process"),
-            Column::left("States"),
-        ],
-        closed.len(),
-    );
-    let services = Services::default();
-    for c in closed {
-        grid.cell(&time_of_day(&data.clock, c.closed_ns));
-        grid.cell(&c.lifespan_ns().map_or_else(|| "-".into(), duration));
-        for a in [&c.local, &c.remote] {
-            write_host(a, true, None, grid.buf());
-            grid.end_cell();
-            write_port(a.port(), true, &services, grid.buf());
-            grid.end_cell();
-        }
-        grid.cell(c.end.name());
-        grid.cell(&c.owner.map_or_else(|| "-".into(), |o| users(&o)));
-        grid.cell(&states_text(c));
-    }
-    grid.print(out, !args.no_header)
+    grid.cell(c.end.name());
+    grid.cell(&c.owner.map_or_else(|| "-".into(), |o| users(&o)));
+    grid.cell(&states_text(c));
 }
 
 /// ss -p's process column: `users:(("comm",pid=N,fd=F))`, the fd only when known.
@@ -809,16 +888,11 @@ mod tests {
         let a = args(words);
         let services = Services::from_text("ssh 22/tcp\nhttp 80/tcp www\n");
         let filter = a.filter(&services).unwrap();
-        let data = Data {
-            rows,
-            closed: vec![],
-            evicted: 0,
-            now_ns: 5_000_000_000,
-            clock: Clock::fixed(UNIX_EPOCH),
-            ..Data::default()
-        };
         let mut out = Vec::new();
-        render(&a, &filter, &services, &data, &mut out).unwrap();
+        let clock = Clock::fixed(UNIX_EPOCH);
+        let mut renderer = Renderer::new(&a, &filter, &services, clock, false, &mut out);
+        renderer.rows(rows, 5_000_000_000).unwrap();
+        renderer.finish().unwrap();
         String::from_utf8(out).unwrap()
     }
 

@@ -396,11 +396,13 @@ pub type Emit = Box<dyn FnMut(Vec<DiagSock>) -> bool + Send>;
 pub fn dump_tcp_batched(
     families: Families,
     states: u32,
+    ext: u8,
     cancel: &Cancel,
     size: usize,
     emit: Emit,
 ) -> Result<(), DiagError> {
     let mut d = Dumper::new()?;
+    d.ext = ext;
     d.cancel = cancel.clone();
     d.batches = Some((size.max(1), emit));
     d.run(families, states)?;
@@ -1359,7 +1361,7 @@ mod tests {
                 true
             })
         };
-        dump_tcp_batched(Families::ALL, SS_STATES, &Cancel::default(), 7, emit).unwrap();
+        dump_tcp_batched(Families::ALL, SS_STATES, 0, &Cancel::default(), 7, emit).unwrap();
         let batches = std::mem::take(&mut *batches.lock().unwrap());
         assert!(batches.iter().all(|b| !b.is_empty()));
         let all: Vec<DiagSock> = batches.into_iter().flatten().collect();
@@ -1369,6 +1371,7 @@ mod tests {
         let e = dump_tcp_batched(
             Families::ALL,
             SS_STATES,
+            0,
             &Cancel::default(),
             1,
             Box::new(|_| false),

@@ -1,20 +1,31 @@
-//! Where a snapshot's data comes from: a socket source (the kernel over sock_diag, or a
-//! recorded dump replayed, like ss's TCPDIAG_FILE) merged with what a table knows, by
-//! [`collect`], the one assembly used by the agent and by the one-shot fallback.
+//! Where a snapshot's data comes from and how it flows: a socket source (the kernel over
+//! sock_diag or the `iter/tcp` iterator, or a recorded dump replayed, like ss's TCPDIAG_FILE)
+//! yields each namespace's dump a part at a time; [`stream`] merges each part with what a
+//! table knows, and hands its rows to the renderer, which prints them and lets them go, before
+//! the next part is read. The one pipeline of the agent and of the one-shot fallback.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io::Write, sync::mpsc::SyncSender};
 
 use netmon_common::KernelFilter;
 
 use crate::{
+    access::Access,
     clock::Clock,
     iter::{Fields, IterError, TcpIter},
     netns::{self, Netns},
     procfs::SocketOwners,
-    snapshot::{Data, Row},
+    snapshot::{Renderer, Row},
     sock_diag::{self, Cancel, DiagError, DiagSock},
-    table::{Closed, Table},
+    table::{ClosedCursor, ClosedPart, Reconcile, Table},
 };
+
+/// Sockets in a part of a dump, about (sock_diag hands whole datagrams, the iterator whole
+/// reads): ~0.6 MB of [`DiagSock`]s and ~1 MB of rows, against a snapshot's 350 bytes a
+/// socket when a whole dump was held while it rendered.
+pub const PART: usize = 4096;
+
+/// Closed connections in a part of a reply's history.
+pub const CLOSED_PART: usize = 4096;
 
 /// Which namespaces a snapshot covers.
 #[derive(Debug)]
@@ -25,25 +36,33 @@ pub enum Scope {
     All,
 }
 
-/// A dump of one namespace and when it started (CLOCK_MONOTONIC).
+/// A dump as a source yields it: for each namespace a `Begin`, its sockets in parts, an `End`.
 #[derive(Debug)]
-pub struct NsDump {
-    pub netns: u32,
-    pub t0_ns: u64,
-    pub dump: Result<Vec<DiagSock>, DiagError>,
-    /// Every socket of the namespace, from sock_diag: the table reconciles with it. An
-    /// iterator's dump (possibly filtered in the kernel) is only looked up in the table.
-    pub full: bool,
-    /// What the user should know about how this namespace was read.
-    pub note: Option<String>,
+pub enum Part {
+    /// A namespace's dump starts at `t0_ns` (CLOCK_MONOTONIC). `full`: it lists every socket
+    /// of the namespace (sock_diag), so the table reconciles with it; an iterator's dump
+    /// (possibly filtered in the kernel) is only looked up in the table.
+    Begin {
+        netns: u32,
+        t0_ns: u64,
+        full: bool,
+    },
+    Sockets(Vec<DiagSock>),
+    /// The namespace's dump ended; one that failed may have given some parts before.
+    End {
+        ended: Result<(), DiagError>,
+        /// What the user should know about how this namespace was read.
+        note: Option<String>,
+    },
 }
 
-/// Lists the sockets of the namespaces in a scope. Blocking: keep it off the thread that
-/// drains the ring.
+/// Lists the sockets of the namespaces in a scope, a part at a time. Blocking: keep it off
+/// the thread that drains the ring.
 pub trait SocketSource {
-    /// `ext`: the optional sock_diag attributes to ask for (bits of
-    /// [`crate::diag_ext::want`]).
-    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump>;
+    /// Hands the dumps of `scope` to `each`, in [`Part`]s; `ext`: the optional sock_diag
+    /// attributes to ask for (bits of [`crate::diag_ext::want`]). Once `each` returns false,
+    /// the dump stops and `each` is not called again.
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool);
 }
 
 /// The kernel, over sock_diag; dumps stop once `cancel` is set (the client left), and what
@@ -53,54 +72,127 @@ pub struct LiveSource {
     pub cancel: Cancel,
 }
 
-/// Dumps one namespace now, with the optional attributes in `ext`.
-pub fn dump(ns: &Netns, ext: u8) -> NsDump {
-    dump_cancellable(ns, ext, &Cancel::default())
+/// Runs `produce` on a thread of its own and hands what it sends to `each` on this one, a
+/// part at a time: the next part is made while this one is rendered, and no more (the channel
+/// holds none). `each` may hold what cannot cross threads (the output, the table's handle);
+/// once it returns false, the receiver goes and the producer's next send fails, which stops it.
+fn bridged<R: Send>(
+    produce: impl FnOnce(SyncSender<Vec<DiagSock>>) -> R + Send,
+    each: &mut dyn FnMut(Vec<DiagSock>) -> bool,
+) -> std::io::Result<R> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        let producer = std::thread::Builder::new()
+            .name("netmon-dump".into())
+            .spawn_scoped(scope, move || produce(tx))?;
+        for part in rx.iter() {
+            if !each(part) {
+                break;
+            }
+        }
+        drop(rx);
+        Ok(producer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
 }
 
-fn dump_cancellable(ns: &Netns, ext: u8, cancel: &Cancel) -> NsDump {
-    NsDump {
-        netns: ns.inum,
+/// Calls `each` for the namespaces of `scope` (opened, or why not), in turn, while it
+/// returns true.
+fn each_netns(scope: &Scope, mut each: impl FnMut(u32, Result<&Netns, std::io::Error>) -> bool) {
+    match scope {
+        Scope::Caller(ns) => {
+            each(ns.inum, Ok(ns));
+        }
+        Scope::All => {
+            let mut go_on = true;
+            netns::each(|inum, ns| {
+                if go_on {
+                    go_on = match ns {
+                        Ok(ns) => each(inum, Ok(&ns)),
+                        Err(e) => each(inum, Err(e)),
+                    };
+                }
+            });
+        }
+    }
+}
+
+/// A namespace that could not be opened: its Begin and End.
+fn unopened(
+    inum: u32,
+    source: std::io::Error,
+    full: bool,
+    each: &mut dyn FnMut(Part) -> bool,
+) -> bool {
+    each(Part::Begin {
+        netns: inum,
         t0_ns: Clock::mono_now_ns(),
-        dump: ns.dump_cancellable(ext, cancel),
-        full: true,
+        full,
+    }) && each(Part::End {
+        ended: Err(DiagError::Io {
+            call: "open netns",
+            source,
+        }),
         note: None,
+    })
+}
+
+impl LiveSource {
+    /// One namespace over sock_diag, a part at a time.
+    fn dump(
+        &self,
+        ns: &Netns,
+        ext: u8,
+        note: Option<String>,
+        each: &mut dyn FnMut(Part) -> bool,
+    ) -> bool {
+        let begin = Part::Begin {
+            netns: ns.inum,
+            t0_ns: Clock::mono_now_ns(),
+            full: true,
+        };
+        if !each(begin) {
+            return false;
+        }
+        let mut go_on = true;
+        let ended = bridged(
+            |tx| {
+                let emit = Box::new(move |part| tx.send(part).is_ok());
+                ns.dump_batched(ext, &self.cancel, PART, emit)
+            },
+            &mut |part| {
+                go_on = each(Part::Sockets(part));
+                go_on
+            },
+        )
+        .unwrap_or_else(|source| {
+            Err(DiagError::Io {
+                call: "thread spawn",
+                source,
+            })
+        });
+        go_on && each(Part::End { ended, note })
     }
 }
 
 impl SocketSource for LiveSource {
-    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
-        let dump = |ns: &Netns| dump_cancellable(ns, ext, &self.cancel);
-        match scope {
-            Scope::Caller(ns) => vec![dump(ns)],
-            Scope::All => {
-                let mut dumps = Vec::new();
-                netns::each(|inum, ns| {
-                    dumps.push(match ns {
-                        // Each dump checks too; this spares the setns thread of the rest.
-                        _ if self.cancel.is_cancelled() => NsDump {
-                            netns: inum,
-                            t0_ns: Clock::mono_now_ns(),
-                            dump: Err(DiagError::Cancelled),
-                            full: true,
-                            note: None,
-                        },
-                        Ok(ns) => dump(&ns),
-                        Err(source) => NsDump {
-                            netns: inum,
-                            t0_ns: Clock::mono_now_ns(),
-                            dump: Err(DiagError::Io {
-                                call: "open netns",
-                                source,
-                            }),
-                            full: true,
-                            note: None,
-                        },
-                    })
-                });
-                dumps
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        each_netns(scope, |inum, ns| match ns {
+            // Each dump checks too; this spares the setns thread of the rest.
+            _ if self.cancel.is_cancelled() => {
+                each(Part::Begin {
+                    netns: inum,
+                    t0_ns: Clock::mono_now_ns(),
+                    full: true,
+                }) && each(Part::End {
+                    ended: Err(DiagError::Cancelled),
+                    note: None,
+                })
             }
-        }
+            Ok(ns) => self.dump(ns, ext, None, each),
+            Err(source) => unopened(inum, source, true, each),
+        })
     }
 }
 
@@ -116,68 +208,70 @@ pub struct IterSource<'a> {
 }
 
 impl IterSource<'_> {
-    fn dump(&self, ns: &Netns, ext: u8) -> NsDump {
-        let t0_ns = Clock::mono_now_ns();
-        match self
-            .iter
-            .dump_with(ns, Some(self.filter), self.fields, &self.cancel)
-        {
-            Ok(socks) => NsDump {
-                netns: ns.inum,
-                t0_ns,
-                dump: Ok(socks),
-                full: false,
-                note: None,
+    fn dump(&self, ns: &Netns, ext: u8, each: &mut dyn FnMut(Part) -> bool) -> bool {
+        let begin = Part::Begin {
+            netns: ns.inum,
+            t0_ns: Clock::mono_now_ns(),
+            full: false,
+        };
+        // Begun at the first part: an iterator that fails before it is replaced by sock_diag.
+        let mut begin = Some(begin);
+        let mut go_on = true;
+        let read = bridged(
+            |tx| {
+                self.iter.dump_parts(
+                    ns,
+                    Some(self.filter),
+                    self.fields,
+                    &self.cancel,
+                    PART,
+                    &mut |part| tx.send(part).is_ok(),
+                )
             },
-            Err(IterError::Cancelled) => NsDump {
-                netns: ns.inum,
-                t0_ns,
-                dump: Err(DiagError::Cancelled),
-                full: false,
-                note: None,
+            &mut |part| {
+                go_on = begin.take().is_none_or(&mut *each) && each(Part::Sockets(part));
+                go_on
             },
-            Err(e) => NsDump {
-                note: Some(format!(
+        )
+        .unwrap_or_else(|e| Err(IterError::Setns(e)));
+        if !go_on {
+            return false;
+        }
+        let ended = match read {
+            Ok(()) => Ok(()),
+            Err(IterError::Cancelled) => Err(DiagError::Cancelled),
+            Err(e) if begin.is_some() => {
+                let note = format!(
                     "the socket iterator failed for netns {} ({}): dumped over sock_diag",
                     ns.inum,
                     with_causes(&e)
-                )),
-                ..dump(ns, ext)
-            },
-        }
+                );
+                let live = LiveSource {
+                    cancel: self.cancel.clone(),
+                };
+                return live.dump(ns, ext, Some(note), each);
+            }
+            Err(e) => Err(DiagError::Io {
+                call: "reading the socket iterator",
+                source: std::io::Error::other(with_causes(&e)),
+            }),
+        };
+        begin.take().is_none_or(&mut *each) && each(Part::End { ended, note: None })
     }
 }
 
 impl SocketSource for IterSource<'_> {
-    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
-        match scope {
-            Scope::Caller(ns) => vec![self.dump(ns, ext)],
-            Scope::All => {
-                let mut dumps = Vec::new();
-                netns::each(|inum, ns| {
-                    dumps.push(match ns {
-                        Ok(ns) => self.dump(&ns, ext),
-                        Err(source) => NsDump {
-                            netns: inum,
-                            t0_ns: Clock::mono_now_ns(),
-                            dump: Err(DiagError::Io {
-                                call: "open netns",
-                                source,
-                            }),
-                            full: false,
-                            note: None,
-                        },
-                    })
-                });
-                dumps
-            }
-        }
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        each_netns(scope, |inum, ns| match ns {
+            Ok(ns) => self.dump(ns, ext, each),
+            Err(source) => unopened(inum, source, false, each),
+        })
     }
 }
 
 impl SocketSource for Box<dyn SocketSource + Send> {
-    fn dumps(&self, scope: &Scope, ext: u8) -> Vec<NsDump> {
-        (**self).dumps(scope, ext)
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        (**self).parts(scope, ext, each)
     }
 }
 
@@ -187,6 +281,8 @@ pub struct ReplaySource {
     pub namespaces: BTreeMap<u32, Vec<DiagSock>>,
     /// Namespaces that could not be opened (e.g. the agent was out of descriptors).
     pub unreachable: Vec<u32>,
+    /// Sockets a part ([`PART`] with 0).
+    pub part: usize,
 }
 
 impl ReplaySource {
@@ -194,36 +290,51 @@ impl ReplaySource {
     pub fn from_recording(netns: u32, recording: &[u8]) -> Result<Self, DiagError> {
         Ok(Self {
             namespaces: BTreeMap::from([(netns, sock_diag::parse_recording(recording)?)]),
-            unreachable: Vec::new(),
+            ..Self::default()
         })
     }
 }
 
 impl SocketSource for ReplaySource {
     /// Replays the attributes that were recorded, whatever `ext` asks.
-    fn dumps(&self, scope: &Scope, _ext: u8) -> Vec<NsDump> {
-        let replay = |(netns, socks): (&u32, &Vec<DiagSock>)| NsDump {
-            netns: *netns,
-            t0_ns: Clock::mono_now_ns(),
-            dump: if self.unreachable.contains(netns) {
-                Err(DiagError::Io {
-                    call: "open netns",
-                    source: std::io::Error::from_raw_os_error(libc::EMFILE),
+    fn parts(&self, scope: &Scope, _ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        let replay = |(netns, socks): (&u32, &Vec<DiagSock>),
+                      each: &mut dyn FnMut(Part) -> bool| {
+            if self.unreachable.contains(netns) {
+                return unopened(
+                    *netns,
+                    std::io::Error::from_raw_os_error(libc::EMFILE),
+                    true,
+                    each,
+                );
+            }
+            let begin = Part::Begin {
+                netns: *netns,
+                t0_ns: Clock::mono_now_ns(),
+                full: true,
+            };
+            each(begin)
+                && socks
+                    .chunks(if self.part == 0 { PART } else { self.part })
+                    .all(|part| each(Part::Sockets(part.to_vec())))
+                && each(Part::End {
+                    ended: Ok(()),
+                    note: None,
                 })
-            } else {
-                Ok(socks.clone())
-            },
-            full: true,
-            note: None,
         };
         match scope {
-            Scope::Caller(ns) => self
-                .namespaces
-                .get_key_value(&ns.inum)
-                .map(replay)
-                .into_iter()
-                .collect(),
-            Scope::All => self.namespaces.iter().map(replay).collect(),
+            Scope::Caller(ns) => {
+                if let Some(found) = self.namespaces.get_key_value(&ns.inum) {
+                    replay(found, each);
+                }
+            }
+            Scope::All => {
+                for found in &self.namespaces {
+                    if !replay(found, each) {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -233,74 +344,75 @@ impl SocketSource for ReplaySource {
 #[error("the agent's tracer stopped")]
 pub struct TracerStopped;
 
-/// What a table adds to a dump: ages and owners of its rows, and the closed history.
+/// What a table adds to a dump, a part at a time: ages and owners of its rows, and the
+/// closed history.
 pub trait Enrich {
-    /// Makes the table agree with a dump of `netns` that started at `t0_ns`, and returns the
-    /// dump's rows with what the table knows of each socket.
-    fn rows(
+    /// Merges a part of a dump of every socket of a namespace into the table
+    /// ([`Table::reconcile_batch`]), and returns its rows with what the table knows of each.
+    fn merge(
         &mut self,
-        netns: u32,
-        t0_ns: u64,
-        dump: Vec<DiagSock>,
-    ) -> Result<Vec<Row>, TracerStopped>;
+        r: Reconcile,
+        part: Vec<DiagSock>,
+    ) -> Result<(Reconcile, Vec<Row>), TracerStopped>;
 
-    /// The rows of a dump the table must not reconcile with (see [`NsDump::full`]), with what
-    /// the table knows of each socket.
-    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped>;
+    /// Ends a reconcile whose dump was merged whole ([`Table::reconcile_end`]).
+    fn merge_end(&mut self, r: Reconcile) -> Result<(), TracerStopped>;
 
-    /// Closed connections of these namespaces (all with `None`) that ended at or after
-    /// `since_ns`, oldest first, and how many older ones were evicted from the history.
-    fn closed_since(
+    /// The rows of a part of a dump the table must not reconcile with (see [`Part::Begin`]),
+    /// with what the table knows of each socket.
+    fn lookup(&mut self, netns: u32, part: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped>;
+
+    /// The next part of the closed connections of these namespaces (all with `None`) that
+    /// ended at or after `since_ns`, oldest first ([`Table::closed_part`]).
+    fn closed_part(
         &mut self,
         netns: Option<&[u32]>,
         since_ns: u64,
-    ) -> Result<(Vec<Closed>, u64), TracerStopped>;
+        cursor: ClosedCursor,
+    ) -> Result<ClosedPart, TracerStopped>;
 }
 
 impl Enrich for Table {
-    fn rows(
+    fn merge(
         &mut self,
-        netns: u32,
-        t0_ns: u64,
-        dump: Vec<DiagSock>,
-    ) -> Result<Vec<Row>, TracerStopped> {
-        self.reconcile(netns, &dump, t0_ns);
-        Ok(rows_of(dump, |s| Row::new(s, netns, Some(self))))
+        mut r: Reconcile,
+        part: Vec<DiagSock>,
+    ) -> Result<(Reconcile, Vec<Row>), TracerStopped> {
+        self.reconcile_batch(&mut r, &part);
+        let netns = r.netns();
+        let rows = part
+            .into_iter()
+            .map(|s| Row::new(s, netns, Some(self)))
+            .collect();
+        Ok((r, rows))
     }
 
-    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
-        Ok(rows_of(dump, |s| Row::new(s, netns, Some(self))))
+    fn merge_end(&mut self, r: Reconcile) -> Result<(), TracerStopped> {
+        self.reconcile_end(r);
+        Ok(())
     }
 
-    fn closed_since(
+    fn lookup(&mut self, netns: u32, part: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
+        Ok(part
+            .into_iter()
+            .map(|s| Row::new(s, netns, Some(self)))
+            .collect())
+    }
+
+    fn closed_part(
         &mut self,
         netns: Option<&[u32]>,
         since_ns: u64,
-    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
-        let closed = self
-            .closed()
-            .filter(|c| c.closed_ns >= since_ns)
-            .filter(|c| netns.is_none_or(|n| n.contains(&c.netns)))
-            .collect();
-        Ok((closed, self.evicted))
+        cursor: ClosedCursor,
+    ) -> Result<ClosedPart, TracerStopped> {
+        Ok(Table::closed_part(
+            self,
+            netns,
+            since_ns,
+            cursor,
+            CLOSED_PART,
+        ))
     }
-}
-
-/// The rows of a dump, in its order, made from its end a block at a time while the dump
-/// shrinks: a row is larger than its socket, so collecting them in one pass would hold the
-/// whole dump and all the rows at once (at a million sockets, 144 MB of dump beside 224 MB of
-/// rows). A large vector has pages of its own (see `agent::bound_allocator`): shrinking it
-/// gives them back.
-pub(crate) fn rows_of(mut dump: Vec<DiagSock>, mut row: impl FnMut(DiagSock) -> Row) -> Vec<Row> {
-    const BLOCK: usize = 16_384;
-    let mut rows = Vec::with_capacity(dump.len());
-    while !dump.is_empty() {
-        let from = dump.len().saturating_sub(BLOCK);
-        rows.extend(dump.drain(from..).rev().map(&mut row));
-        dump.shrink_to_fit();
-    }
-    rows.reverse();
-    rows
 }
 
 /// No table, as ss: owners (if asked) from a /proc walk, no ages, no history.
@@ -308,33 +420,48 @@ pub(crate) fn rows_of(mut dump: Vec<DiagSock>, mut row: impl FnMut(DiagSock) -> 
 pub struct ProcOwners(pub Option<SocketOwners>);
 
 impl Enrich for ProcOwners {
-    fn rows(
+    fn merge(
         &mut self,
-        netns: u32,
-        _t0_ns: u64,
-        dump: Vec<DiagSock>,
-    ) -> Result<Vec<Row>, TracerStopped> {
-        Ok(rows_of(dump, |s| Row {
-            owner: self.0.as_ref().and_then(|o| o.get(s.inode)),
-            ..Row::new(s, netns, None)
-        }))
+        r: Reconcile,
+        part: Vec<DiagSock>,
+    ) -> Result<(Reconcile, Vec<Row>), TracerStopped> {
+        let rows = self.lookup(r.netns(), part)?;
+        Ok((r, rows))
     }
 
-    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
-        self.rows(netns, 0, dump)
+    fn merge_end(&mut self, _r: Reconcile) -> Result<(), TracerStopped> {
+        Ok(())
     }
 
-    fn closed_since(
+    fn lookup(&mut self, netns: u32, part: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
+        Ok(part
+            .into_iter()
+            .map(|s| Row {
+                owner: self.0.as_ref().and_then(|o| o.get(s.inode)),
+                ..Row::new(s, netns, None)
+            })
+            .collect())
+    }
+
+    fn closed_part(
         &mut self,
         _netns: Option<&[u32]>,
         _since_ns: u64,
-    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
-        Ok((Vec::new(), 0))
+        cursor: ClosedCursor,
+    ) -> Result<ClosedPart, TracerStopped> {
+        Ok(ClosedPart {
+            closed: Vec::new(),
+            cursor: ClosedCursor {
+                end: cursor.next,
+                ..cursor
+            },
+            evicted: 0,
+        })
     }
 }
 
-/// What to collect.
-#[derive(Clone, Copy, Debug, Default)]
+/// What to show.
+#[derive(Clone, Copy, Debug)]
 pub struct What {
     /// Closed connections of the last this-many nanoseconds instead of live sockets.
     pub closed_within_ns: Option<u64>,
@@ -343,35 +470,23 @@ pub struct What {
     /// Whether the rows need the table's owners or ages (`SnapshotArgs::wants_table`); a
     /// full dump is merged with the table whatever this says.
     pub table: bool,
+    /// What the client may see: rows are redacted before they are filtered.
+    pub access: Access,
 }
 
-/// A snapshot's data, owned (it may be rendered on another thread than the table's).
-#[derive(Debug, Default)]
-pub struct Collected {
-    pub rows: Vec<Row>,
-    pub closed: Vec<Closed>,
-    pub evicted: u64,
-    pub now_ns: u64,
-    /// What the user must know about what is missing (namespaces that could not be dumped).
-    pub notes: Vec<String>,
-}
-
-impl Collected {
-    /// The renderer's view (the rows move into it).
-    pub fn data(&mut self, clock: Clock) -> Data<'_> {
-        Data {
-            rows: std::mem::take(&mut self.rows),
-            closed: self.closed.iter().collect(),
-            evicted: self.evicted,
-            now_ns: self.now_ns,
-            clock,
-            ..Data::default()
+impl Default for What {
+    fn default() -> Self {
+        Self {
+            closed_within_ns: None,
+            ext: 0,
+            table: false,
+            access: Access::Admin,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CollectError {
+pub enum StreamError {
     #[error("dumping sockets of netns {netns}")]
     Dump {
         netns: u32,
@@ -380,57 +495,136 @@ pub enum CollectError {
     },
     #[error(transparent)]
     Stopped(#[from] TracerStopped),
+    #[error("writing the snapshot")]
+    Output(#[from] std::io::Error),
 }
 
-/// Assembles a snapshot: the scope's sockets from `source`, merged with `table`.
-pub fn collect(
+/// A namespace being streamed.
+struct Streaming {
+    netns: u32,
+    /// The table's reconcile with a full dump.
+    reconcile: Option<Reconcile>,
+    /// Parts rendered.
+    parts: usize,
+}
+
+/// Makes a snapshot: the scope's sockets from `source`, each part merged with `table`,
+/// redacted, filtered and rendered by `out` before the next part is read. Returns what the
+/// user must know about what is missing (namespaces that could not be dumped); the caller
+/// ends the rendering ([`Renderer::finish`]).
+pub fn stream(
     source: &impl SocketSource,
     scope: &Scope,
     table: &mut impl Enrich,
     what: What,
-) -> Result<Collected, CollectError> {
-    let mut out = Collected::default();
+    out: &mut Renderer<'_, impl Write>,
+) -> Result<Vec<String>, StreamError> {
     if let Some(window) = what.closed_within_ns {
         let netns = match scope {
             Scope::Caller(ns) => Some(vec![ns.inum]),
             Scope::All => None,
         };
-        let now_ns = Clock::mono_now_ns();
-        let (closed, evicted) =
-            table.closed_since(netns.as_deref(), now_ns.saturating_sub(window))?;
-        out.closed = closed;
-        out.evicted = evicted;
-        out.now_ns = now_ns;
-        return Ok(out);
+        let since_ns = Clock::mono_now_ns().saturating_sub(window);
+        let mut cursor = ClosedCursor::START;
+        while !cursor.done() {
+            let mut part = table.closed_part(netns.as_deref(), since_ns, cursor)?;
+            part.closed.retain(|c| what.access.closed(c));
+            out.closed(part.closed, part.evicted)?;
+            cursor = part.cursor;
+        }
+        return Ok(Vec::new());
     }
-    let mut skipped = Vec::new();
-    for d in source.dumps(scope, what.ext) {
-        out.notes.extend(d.note);
-        match (d.dump, scope) {
-            (Ok(dump), _) if d.full => out.rows.extend(table.rows(d.netns, d.t0_ns, dump)?),
-            (Ok(dump), _) if what.table => out.rows.extend(table.lookup(d.netns, dump)?),
-            (Ok(dump), _) => out
-                .rows
-                .extend(dump.into_iter().map(|s| Row::new(s, d.netns, None))),
-            // Every namespace: say which are missing rather than fail them all.
-            (Err(e), Scope::All) => skipped.push(format!("{} ({})", d.netns, with_causes(&e))),
-            (Err(source), Scope::Caller(_)) => {
-                return Err(CollectError::Dump {
-                    netns: d.netns,
-                    source,
+    let mut notes = Vec::new();
+    let mut missing = Vec::new();
+    let mut incomplete = Vec::new();
+    let mut failed = None;
+    let mut ns: Option<Streaming> = None;
+    let mut step = |part: Part| -> Result<(), StreamError> {
+        match part {
+            Part::Begin { netns, t0_ns, full } => {
+                ns = Some(Streaming {
+                    netns,
+                    reconcile: full.then(|| Reconcile::new(netns, t0_ns)),
+                    parts: 0,
                 });
             }
+            Part::Sockets(socks) => {
+                let Some(ns) = ns.as_mut() else {
+                    return Ok(());
+                };
+                let mut rows = match ns.reconcile.take() {
+                    Some(r) => {
+                        let (r, rows) = table.merge(r, socks)?;
+                        ns.reconcile = Some(r);
+                        rows
+                    }
+                    None if what.table => table.lookup(ns.netns, socks)?,
+                    None => socks
+                        .into_iter()
+                        .map(|s| Row::new(s, ns.netns, None))
+                        .collect(),
+                };
+                for row in &mut rows {
+                    what.access.redact(row);
+                }
+                ns.parts += 1;
+                out.rows(rows, Clock::mono_now_ns())?;
+            }
+            Part::End { ended, note } => {
+                notes.extend(note);
+                let Some(ns) = ns.take() else {
+                    return Ok(());
+                };
+                match (ended, scope) {
+                    (Ok(()), _) => {
+                        if let Some(r) = ns.reconcile {
+                            table.merge_end(r)?;
+                        }
+                    }
+                    // Every namespace: say which are missing rather than fail them all.
+                    (Err(e), Scope::All) if ns.parts == 0 => {
+                        missing.push(format!("{} ({})", ns.netns, with_causes(&e)))
+                    }
+                    (Err(e), Scope::All) => {
+                        incomplete.push(format!("{} ({})", ns.netns, with_causes(&e)))
+                    }
+                    (Err(source), Scope::Caller(_)) => {
+                        return Err(StreamError::Dump {
+                            netns: ns.netns,
+                            source,
+                        });
+                    }
+                }
+            }
         }
+        Ok(())
+    };
+    source.parts(scope, what.ext, &mut |part| match step(part) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
-    if !skipped.is_empty() {
-        out.notes.push(format!(
+    if !missing.is_empty() {
+        notes.push(format!(
             "{} network namespaces are missing from this snapshot: {}",
-            skipped.len(),
-            skipped.join(", ")
+            missing.len(),
+            missing.join(", ")
         ));
     }
-    out.now_ns = Clock::mono_now_ns();
-    Ok(out)
+    if !incomplete.is_empty() {
+        notes.push(format!(
+            "{} network namespaces are incomplete in this snapshot (their dump failed midway): \
+             {}",
+            incomplete.len(),
+            incomplete.join(", ")
+        ));
+    }
+    Ok(notes)
 }
 
 /// `e` and each of its causes once, as `{:#}` prints an anyhow error: a note built with `{e}`
@@ -451,22 +645,7 @@ mod tests {
     use netmon_common::TcpState;
 
     use super::*;
-
-    #[test]
-    fn rows_keep_the_dumps_order_across_blocks() {
-        let dump: Vec<DiagSock> = (0..40_000u64)
-            .map(|cookie| {
-                DiagSock::fixture(cookie, TcpState::Established, "127.0.0.1:1", "127.0.0.1:2")
-            })
-            .collect();
-        let rows = rows_of(dump, |s| Row::new(s, 7, None));
-        assert_eq!(rows.len(), 40_000);
-        assert!(
-            rows.iter()
-                .enumerate()
-                .all(|(i, r)| r.sock.cookie == i as u64)
-        );
-    }
+    use crate::snapshot::SnapshotArgs;
 
     pub(crate) fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock {
         DiagSock {
@@ -475,8 +654,53 @@ mod tests {
         }
     }
 
+    fn args(words: &[&str]) -> SnapshotArgs {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: SnapshotArgs,
+        }
+        let argv = std::iter::once("snapshot").chain(words.iter().copied());
+        <P as clap::Parser>::try_parse_from(argv).unwrap().a
+    }
+
+    /// `netmon snapshot WORDS` from `source` through `table`: the output and the notes.
+    fn snap(
+        source: &impl SocketSource,
+        scope: &Scope,
+        table: &mut impl Enrich,
+        words: &[&str],
+        out: &mut impl Write,
+    ) -> Result<Vec<String>, StreamError> {
+        let args = args(words);
+        let services = crate::filter::Services::from_text("ssh 22/tcp\nhttp-alt 8080/tcp\n");
+        let filter = args.filter(&services).unwrap();
+        let what = What {
+            ext: args.diag_ext(),
+            table: args.wants_table(&filter),
+            ..What::default()
+        };
+        let clock = Clock::fixed(std::time::UNIX_EPOCH);
+        let mut renderer = Renderer::new(&args, &filter, &services, clock, false, out);
+        let missing = stream(source, scope, table, what, &mut renderer)?;
+        let mut notes = renderer.finish()?;
+        notes.extend(missing);
+        Ok(notes)
+    }
+
+    fn lines(
+        source: &impl SocketSource,
+        scope: &Scope,
+        table: &mut impl Enrich,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut out = Vec::new();
+        let notes = snap(source, scope, table, &["-tanH"], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        (text.lines().map(str::to_owned).collect(), notes)
+    }
+
     #[test]
-    fn collect_merges_a_replayed_dump_with_the_table_and_scopes_by_namespace() {
+    fn stream_merges_a_replayed_dump_with_the_table_and_scopes_by_namespace() {
         let me = Netns::current().unwrap();
         let source = ReplaySource {
             namespaces: BTreeMap::from([
@@ -492,13 +716,38 @@ mod tests {
             ..Default::default()
         };
         let mut table = Table::new();
-        let got = collect(&source, &Scope::Caller(me), &mut table, What::default()).unwrap();
-        assert_eq!(got.rows.len(), 1);
-        assert_eq!(got.rows[0].sock.cookie, 1);
+        let (got, _) = lines(&source, &Scope::Caller(me), &mut table);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].contains("127.0.0.1:80"), "{got:?}");
         assert_eq!(table.len(), 1, "the table learned the namespace it saw");
-        let got = collect(&source, &Scope::All, &mut table, What::default()).unwrap();
-        assert_eq!(got.rows.len(), 2);
+        let (got, _) = lines(&source, &Scope::All, &mut table);
+        assert_eq!(got.len(), 2);
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_reconcile_over_parts_drops_only_what_the_whole_dump_missed() {
+        let me = Netns::current().unwrap();
+        let socks: Vec<DiagSock> = (1..=10u64)
+            .map(|c| diag(c, TcpState::Established, "10.0.0.1:1", "10.0.0.2:2"))
+            .collect();
+        let source = |socks: Vec<DiagSock>| ReplaySource {
+            namespaces: BTreeMap::from([(me.inum, socks)]),
+            part: 3,
+            ..Default::default()
+        };
+        let mut table = Table::new();
+        lines(&source(socks.clone()), &Scope::All, &mut table);
+        assert_eq!(table.len(), 10, "every part was merged");
+        // Sockets 4 and 9 are gone from the next dump (in parts too): only they go.
+        let fewer = socks
+            .into_iter()
+            .filter(|s| s.cookie != 4 && s.cookie != 9)
+            .collect();
+        lines(&source(fewer), &Scope::All, &mut table);
+        let mut live: Vec<u64> = table.live().map(|(c, _)| c).collect();
+        live.sort_unstable();
+        assert_eq!(live, [1, 2, 3, 5, 6, 7, 8, 10]);
     }
 
     #[test]
@@ -508,30 +757,31 @@ mod tests {
         let source = ReplaySource {
             namespaces: BTreeMap::from([(me.inum, listener()), (7, listener())]),
             unreachable: vec![7],
+            ..Default::default()
         };
-        let got = collect(&source, &Scope::All, &mut Table::new(), What::default()).unwrap();
-        assert_eq!(got.rows.len(), 1);
-        assert_eq!(got.notes.len(), 1);
+        let (got, notes) = lines(&source, &Scope::All, &mut Table::new());
+        assert_eq!(got.len(), 1);
         assert_eq!(
-            got.notes[0],
-            format!(
+            notes,
+            [format!(
                 "1 network namespaces are missing from this snapshot: 7 (sock_diag open netns \
                  failed: {})",
                 std::io::Error::from_raw_os_error(libc::EMFILE)
-            )
+            )]
         );
         let me_inum = me.inum;
         let source = ReplaySource {
             unreachable: vec![me.inum],
             ..source
         };
-        let e = collect(
+        let e = snap(
             &source,
             &Scope::Caller(me),
             &mut Table::new(),
-            What::default(),
+            &["-tan"],
+            &mut Vec::new(),
         );
-        assert!(matches!(e, Err(CollectError::Dump { .. })), "{e:?}");
+        assert!(matches!(e, Err(StreamError::Dump { .. })), "{e:?}");
         // At the CLI edge, `{:#}` names each step and the errno once.
         assert_eq!(
             format!("{:#}", anyhow::Error::new(e.unwrap_err())),
@@ -543,29 +793,148 @@ mod tests {
         );
     }
 
+    /// A source that notes the heap this thread holds each time it hands out a part: what
+    /// the pipeline kept of the parts before.
+    struct Weighed<'a> {
+        inner: ReplaySource,
+        held: &'a std::cell::RefCell<Vec<isize>>,
+    }
+
+    impl SocketSource for Weighed<'_> {
+        fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+            self.inner.parts(scope, ext, &mut |part| {
+                if matches!(part, Part::Sockets(_)) {
+                    let now = crate::heap::held();
+                    self.held.borrow_mut().push(now);
+                }
+                each(part)
+            })
+        }
+    }
+
+    fn many(n: u64) -> Vec<DiagSock> {
+        (0..n)
+            .map(|i| {
+                let local = format!("10.{}.{}.{}:{}", i >> 16 & 255, i >> 8 & 255, i & 255, 443);
+                let remote = format!("192.168.{}.{}:{}", i >> 8 & 255, i & 255, 1024 + i % 60000);
+                diag(i + 1, TcpState::Established, &local, &remote)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dump_of_many_parts_is_rendered_holding_a_part_at_a_time() {
+        let me = Netns::current().unwrap();
+        const PARTS: usize = 40;
+        let inner = ReplaySource {
+            namespaces: BTreeMap::from([(me.inum, many((PARTS * PART) as u64))]),
+            ..Default::default()
+        };
+        let held = std::cell::RefCell::new(Vec::with_capacity(PARTS + 1));
+        let source = Weighed { inner, held: &held };
+        for words in [
+            &["-tan"][..],
+            &["-tan", "-f", "json"],
+            &["-tan", "--count", "state,local-port"],
+        ] {
+            held.borrow_mut().clear();
+            let (notes, heap) = crate::heap::measure(|| {
+                snap(
+                    &source,
+                    &Scope::All,
+                    &mut ProcOwners(None),
+                    words,
+                    &mut std::io::sink(),
+                )
+                .unwrap()
+            });
+            assert!(notes.is_empty(), "{notes:?}");
+            let held = held.borrow();
+            assert_eq!(held.len(), PARTS, "{words:?}");
+            // What stays from one part to the next: the table's current batch of text (ss's
+            // ~4 MiB, its index growing until the first batch is printed), the counts'
+            // groups; never the rows of the parts before.
+            let part_rows = PART * size_of::<Row>();
+            let most = held.iter().max().unwrap() - held[0];
+            assert!(
+                most < (part_rows + crate::columns::SS_BATCH_BYTES) as isize,
+                "{words:?}: {most} bytes more at a part than at the first ({part_rows} of rows \
+                 a part)"
+            );
+            let grown = held[PARTS - 1] - held[PARTS / 2];
+            assert!(
+                grown < part_rows as isize,
+                "{words:?}: the heap grew {grown} bytes over the last {} parts",
+                PARTS / 2
+            );
+            // At most two parts (the one rendered, the next one made), the text batch, and
+            // the groups: far below the rows of the whole dump.
+            let whole = PARTS * part_rows;
+            let bound = 3 * part_rows + 2 * crate::columns::SS_BATCH_BYTES;
+            assert!(
+                (heap.peak as usize) < bound && bound < whole / 2,
+                "{words:?}: peak {} bytes, bound {bound}, the whole dump's rows {whole}",
+                heap.peak
+            );
+        }
+    }
+
+    #[test]
+    fn parts_render_as_the_whole_does() {
+        let me = Netns::current().unwrap();
+        let dump: Vec<DiagSock> = many(500)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.state = [TcpState::Established, TcpState::TimeWait, TcpState::Listen][i % 3];
+                s.recv_q = (i * 37 % 1000) as u32;
+                s
+            })
+            .collect();
+        let whole = ReplaySource {
+            namespaces: BTreeMap::from([(me.inum, dump)]),
+            part: usize::MAX,
+            ..Default::default()
+        };
+        for words in [
+            &["-tan"][..],
+            &["-ta"],
+            &["-tn", "state", "established"],
+            &["-tan", "-f", "json"],
+            &["-tan", "--count", "state,peer-port"],
+            &["-tanH", "dport", ">", ":1200"],
+        ] {
+            let render = |source: &ReplaySource| {
+                let mut out = Vec::new();
+                snap(source, &Scope::All, &mut Table::new(), words, &mut out).unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            let at_once = render(&whole);
+            assert!(at_once.lines().count() > 10, "{words:?}: {at_once}");
+            for part in [1, 7, 100] {
+                let parts = ReplaySource {
+                    part,
+                    ..whole.clone()
+                };
+                assert_eq!(render(&parts), at_once, "{words:?} in parts of {part}");
+            }
+        }
+    }
+
     /// Renders a recorded fixture (netmon/testdata, made by record-fixture.py there) as
     /// `netmon snapshot --from-dump FILE ARGS` does.
     fn replay(recording: &[u8], words: &[&str]) -> String {
-        #[derive(clap::Parser)]
-        struct P {
-            #[command(flatten)]
-            a: crate::snapshot::SnapshotArgs,
-        }
-        let argv = std::iter::once("snapshot").chain(words.iter().copied());
-        let args = <P as clap::Parser>::try_parse_from(argv).unwrap().a;
-        let services = crate::filter::Services::from_text("ssh 22/tcp\nhttp-alt 8080/tcp\n");
-        let filter = args.filter(&services).unwrap();
         let me = Netns::current().unwrap();
         let source = ReplaySource::from_recording(me.inum, recording).unwrap();
-        let what = What {
-            ext: args.diag_ext(),
-            ..What::default()
-        };
-        let mut owners = ProcOwners(None);
-        let mut got = collect(&source, &Scope::Caller(me), &mut owners, what).unwrap();
-        let data = got.data(Clock::fixed(std::time::UNIX_EPOCH));
         let mut out = Vec::new();
-        crate::snapshot::render(&args, &filter, &services, &data, &mut out).unwrap();
+        snap(
+            &source,
+            &Scope::Caller(me),
+            &mut ProcOwners(None),
+            words,
+            &mut out,
+        )
+        .unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -674,8 +1043,30 @@ CLOSE-WAIT 1      0               127.0.0.1:http-alt          127.0.0.1:49300
             fd: Some(3),
         };
         let mut enrich = ProcOwners(Some([(7, owner)].into_iter().collect()));
-        let got = collect(&source, &Scope::Caller(me), &mut enrich, What::default()).unwrap();
-        assert_eq!(got.rows[0].owner, Some(owner));
-        assert_eq!(got.rows[0].born_ns, None, "no table, no ages");
+        let mut out = Vec::new();
+        snap(
+            &source,
+            &Scope::Caller(me),
+            &mut enrich,
+            &["-tlpH"],
+            &mut out,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.ends_with(" users:((\"sshd\",pid=55,fd=3))\n"), "{out}");
+        let mut out = Vec::new();
+        snap(
+            &source,
+            &Scope::Caller(Netns::current().unwrap()),
+            &mut enrich,
+            &["-tleH"],
+            &mut out,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.ends_with(" age:- in-state:-\n"),
+            "no table, no ages: {out}"
+        );
     }
 }

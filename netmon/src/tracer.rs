@@ -25,7 +25,7 @@ use crate::{
     snapshot::Row,
     sock_diag::{Cancel, DiagError, DiagSock},
     source::{self, Enrich, TracerStopped},
-    table::{Closed, Owner, Reconcile, Table},
+    table::{Closed, ClosedCursor, ClosedPart, Owner, Reconcile, Table},
 };
 
 /// How often the reader drains the ring when the program has not woken it.
@@ -441,7 +441,7 @@ fn dump_scope_in_parts(netns: Option<u32>, tx: &mpsc::Sender<Part>) {
             }
             let parts = tx.clone();
             let emit = Box::new(move |sockets| parts.blocking_send(Part::Sockets(sockets)).is_ok());
-            let ended = ns.dump_batched(&Cancel::default(), RECONCILE_PART, emit);
+            let ended = ns.dump_batched(0, &Cancel::default(), RECONCILE_PART, emit);
             let _ = tx.blocking_send(Part::End(ended));
         }
         Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
@@ -458,27 +458,33 @@ fn dump_scope_in_parts(netns: Option<u32>, tx: &mpsc::Sender<Part>) {
 
 /// What other threads may ask of the table; the loop answers between two drains.
 pub enum Query {
-    /// Reconcile namespace `netns` with a dump that started at `t0_ns` and return its rows
-    /// with what the table knows (ages, owners).
-    Merge {
-        netns: u32,
-        t0_ns: u64,
-        dump: Vec<DiagSock>,
-        reply: oneshot::Sender<Vec<Row>>,
+    /// Merge a part of a dump of every socket of a namespace ([`Table::reconcile_batch`]) and
+    /// return its rows with what the table knows (ages, owners).
+    MergePart {
+        reconcile: Reconcile,
+        part: Vec<DiagSock>,
+        reply: oneshot::Sender<(Reconcile, Vec<Row>)>,
     },
-    /// The rows of a dump that is not every socket of `netns` (an iterator's, filtered in
-    /// the kernel), with what the table knows; the table does not reconcile with it.
+    /// End a reconcile whose dump was merged whole ([`Table::reconcile_end`]).
+    MergeEnd {
+        reconcile: Reconcile,
+        reply: oneshot::Sender<()>,
+    },
+    /// The rows of a part of a dump that is not every socket of `netns` (an iterator's,
+    /// filtered in the kernel), with what the table knows; the table does not reconcile with
+    /// it.
     Lookup {
         netns: u32,
-        dump: Vec<DiagSock>,
+        part: Vec<DiagSock>,
         reply: oneshot::Sender<Vec<Row>>,
     },
-    /// Closed connections of these namespaces that ended at or after `since_ns`, with the
-    /// count of evicted ones.
+    /// The next part of the closed connections of these namespaces that ended at or after
+    /// `since_ns` ([`Table::closed_part`]).
     Closed {
         netns: Option<Vec<u32>>,
         since_ns: u64,
-        reply: oneshot::Sender<(Vec<Closed>, u64)>,
+        cursor: ClosedCursor,
+        reply: oneshot::Sender<ClosedPart>,
     },
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
@@ -559,33 +565,37 @@ impl TracerHandle {
 }
 
 impl Enrich for TracerHandle {
-    fn rows(
+    fn merge(
         &mut self,
-        netns: u32,
-        t0_ns: u64,
-        dump: Vec<DiagSock>,
-    ) -> Result<Vec<Row>, TracerStopped> {
-        self.ask(|reply| Query::Merge {
-            netns,
-            t0_ns,
-            dump,
+        reconcile: Reconcile,
+        part: Vec<DiagSock>,
+    ) -> Result<(Reconcile, Vec<Row>), TracerStopped> {
+        self.ask(|reply| Query::MergePart {
+            reconcile,
+            part,
             reply,
         })
     }
 
-    fn lookup(&mut self, netns: u32, dump: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
-        self.ask(|reply| Query::Lookup { netns, dump, reply })
+    fn merge_end(&mut self, reconcile: Reconcile) -> Result<(), TracerStopped> {
+        self.ask(|reply| Query::MergeEnd { reconcile, reply })
     }
 
-    fn closed_since(
+    fn lookup(&mut self, netns: u32, part: Vec<DiagSock>) -> Result<Vec<Row>, TracerStopped> {
+        self.ask(|reply| Query::Lookup { netns, part, reply })
+    }
+
+    fn closed_part(
         &mut self,
         netns: Option<&[u32]>,
         since_ns: u64,
-    ) -> Result<(Vec<Closed>, u64), TracerStopped> {
+        cursor: ClosedCursor,
+    ) -> Result<ClosedPart, TracerStopped> {
         let netns = netns.map(<[u32]>::to_vec);
         self.ask(|reply| Query::Closed {
             netns,
             since_ns,
+            cursor,
             reply,
         })
     }
@@ -690,7 +700,7 @@ impl<R: Ring> Tracer<R> {
                     let t = Instant::now();
                     match part {
                         Part::Begin { netns, t0_ns } => {
-                            reconciling = Some(Reconcile::new(netns, t0_ns));
+                            reconciling = Some(Reconcile::seeding(netns, t0_ns));
                         }
                         Part::Sockets(sockets) => {
                             if let Some(r) = reconciling.as_mut() {
@@ -833,40 +843,56 @@ impl<R: Ring> Tracer<R> {
 
     fn answer(&mut self, q: Query, sink: &mut impl Sink) -> io::Result<()> {
         match q {
-            Query::Merge {
-                netns,
-                t0_ns,
-                dump,
+            Query::MergePart {
+                reconcile,
+                part,
                 reply,
             } => {
+                // What the ring holds is older than the part: applied first, as for a
+                // periodic reconcile's parts.
+                self.drain_for_reconcile(sink)?;
+                let started = Instant::now();
+                let table = &mut self.pipeline.table;
+                let merged = read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.merge(reconcile, part)
+                });
+                self.pipeline.resyncs.merged(started);
+                if let Ok(merged) = merged {
+                    let _ = reply.send(merged);
+                }
+            }
+            Query::MergeEnd { reconcile, reply } => {
                 self.drain_for_reconcile(sink)?;
                 self.pipeline.resyncs.snapshot += 1;
                 let started = Instant::now();
                 let table = &mut self.pipeline.table;
-                let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
-                    table.rows(netns, t0_ns, dump)
+                // One pass over the whole table: long at a million entries.
+                read_ring_while(&mut self.probe, &mut self.held, move || {
+                    table.reconcile_end(reconcile);
                 });
                 self.pipeline.resyncs.merged(started);
-                let _ = reply.send(rows.unwrap_or_default());
+                let _ = reply.send(());
             }
-            Query::Lookup { netns, dump, reply } => {
+            Query::Lookup { netns, part, reply } => {
                 self.drain(sink)?;
-                let table = &self.pipeline.table;
-                // Read-only, but a million lookups still take a while: keep reading the ring.
-                // Made a block at a time while the dump shrinks: never all of both at once.
-                let rows = read_ring_while(&mut self.probe, &mut self.held, move || {
-                    source::rows_of(dump, |s| Row::new(s, netns, Some(table)))
-                });
-                let _ = reply.send(rows);
+                let table = &mut self.pipeline.table;
+                let rows = table.lookup(netns, part);
+                let _ = reply.send(rows.unwrap_or_default());
             }
             Query::Closed {
                 netns,
                 since_ns,
+                cursor,
                 reply,
             } => {
                 self.drain(sink)?;
-                let closed = self.pipeline.table.closed_since(netns.as_deref(), since_ns);
-                let _ = reply.send(closed.unwrap_or_default());
+                let part = self.pipeline.table.closed_part(
+                    netns.as_deref(),
+                    since_ns,
+                    cursor,
+                    source::CLOSED_PART,
+                );
+                let _ = reply.send(part);
             }
             Query::Losses { reply } => {
                 let _ = reply.send(self.pipeline.losses());
@@ -1317,16 +1343,26 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         tracer
             .answer(
-                Query::Merge {
-                    netns,
-                    t0_ns: 1_000,
-                    dump: vec![found],
+                Query::MergePart {
+                    reconcile: Reconcile::new(netns, 1_000),
+                    part: vec![found],
                     reply: tx,
                 },
                 &mut (),
             )
             .unwrap();
-        let rows = rx.try_recv().unwrap();
+        let (reconcile, rows) = rx.try_recv().unwrap();
+        let (tx, mut rx) = oneshot::channel();
+        tracer
+            .answer(
+                Query::MergeEnd {
+                    reconcile,
+                    reply: tx,
+                },
+                &mut (),
+            )
+            .unwrap();
+        rx.try_recv().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].born_ns, Some(100), "the socket's age survived");
         assert_eq!(rows[0].since_ns, Some(200), "and its time in state");

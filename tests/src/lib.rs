@@ -294,7 +294,10 @@ pub fn hold_every_state(ns: &TestNetns, stack: Stack) -> StateFixture {
     ns.run(move || {
         let [est, fw1, last_ack, closing, syn_sent] = [(); 5].map(|()| stack.listen());
         let syn_recv = stack.listen();
-        set_int_opt(&syn_recv, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 30);
+        // The request lives until its SYN-ACK was retransmitted for this long (1+2+...+64 s
+        // for 120): with 30 (31 s) it completed into the accept queue before the last
+        // comparisons of ss_options.rs (45 s on a machine shared with two other test runs).
+        set_int_opt(&syn_recv, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 120);
         let port = |l: &TcpListener| l.local_addr().expect("addr").port();
         nft(&format!(
             "add table inet netmon_test
