@@ -44,6 +44,7 @@ use crate::{
     otlp::{self, Endpoint},
     peer,
     reply::FrameWriter,
+    served,
     slots::Slots,
     snapshot::{Renderer, SnapshotArgs},
     sock_diag::Cancel,
@@ -626,9 +627,27 @@ pub fn serve(
         table: args.wants_table(&filter),
         access: prepared.access,
     };
+    // `--max-age`: the table answers if it may; if not, a full walk answers, which also
+    // refreshes the table for the next request.
+    let mut stale = None;
+    if let (Some(max_age), Scope::Caller(ns)) = (args.max_age, &prepared.scope)
+        && args.table_serves()
+    {
+        let max_age_ns = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        match table.served(ns.inum, max_age_ns, &filter, prepared.access)? {
+            Ok(served) => {
+                return serve_table(
+                    &prepared, &args, &filter, served, table, services, clock, out,
+                );
+            }
+            Err(why) => stale = Some(why.to_string()),
+        }
+    } else if args.max_age.is_some() {
+        stale = Some("the table serves one namespace's live sockets without -o, -e, -m, -i, --cgroup or JSON".to_string());
+    }
     // This runs off the thread that drains the ring, so -r may wait on the resolver.
     let mut renderer = Renderer::new(&args, &filter, services, clock, prepared.show_mark, out);
-    let missing = match iter.filter(|_| args.iter_serves()) {
+    let missing = match iter.filter(|_| args.iter_serves() && stale.is_none()) {
         Some((iter, cancel)) => {
             let source = IterSource {
                 iter,
@@ -643,6 +662,43 @@ pub fn serve(
     };
     let mut notes = renderer.finish()?;
     notes.extend(missing);
+    notes.extend(stale.map(|why| format!("--max-age: {why}; answered from a walk now (exact)")));
+    Ok(notes)
+}
+
+/// Renders what the table serves ([`crate::served`]), a part at a time, after the line that
+/// says how old its queues are (a note instead with -H or --count).
+#[allow(clippy::too_many_arguments)]
+fn serve_table(
+    prepared: &Prepared,
+    args: &SnapshotArgs,
+    filter: &crate::filter::Filter,
+    served: served::Served,
+    table: &mut impl Enrich,
+    services: &Services,
+    clock: Clock,
+    out: &mut impl Write,
+) -> anyhow::Result<Vec<String>> {
+    let Scope::Caller(ns) = &prepared.scope else {
+        anyhow::bail!("the table serves one namespace");
+    };
+    let header = served::header(&served, args.max_age.unwrap_or_default());
+    let mut notes = Vec::new();
+    if args.no_header || !args.count.is_empty() {
+        notes.push(header.trim_start_matches("# ").to_string());
+    } else {
+        out.write_all(header.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    let mut renderer = Renderer::new(args, filter, services, clock, prepared.show_mark, out);
+    for part in served.cookies.chunks(served::PART) {
+        let mut rows = table.served_rows(ns.inum, part.to_vec(), served.now_ns)?;
+        for row in &mut rows {
+            prepared.access.redact(row);
+        }
+        renderer.rows(rows, served.now_ns)?;
+    }
+    notes.extend(renderer.finish()?);
     Ok(notes)
 }
 

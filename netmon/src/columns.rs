@@ -167,7 +167,8 @@ impl Grid {
             return Ok(());
         }
         self.carried = self.widths(header);
-        self.print(out, header)?;
+        // Measured once: a pass over every cell of a batch costs as much as printing it.
+        self.print_with(out, header, &self.carried)?;
         self.text.clear();
         self.ends.clear();
         self.printed = true;
@@ -193,16 +194,19 @@ impl Grid {
 
     /// Prints the header (if `header`, and no batch went out before) and every row held.
     pub fn print(&self, out: &mut impl Write, header: bool) -> io::Result<()> {
+        self.print_with(out, header, &self.widths(header))
+    }
+
+    fn print_with(&self, out: &mut impl Write, header: bool, width: &[usize]) -> io::Result<()> {
         assert!(
             self.ends.len().is_multiple_of(self.columns.len().max(1)),
             "a row of the table is incomplete"
         );
-        let width = self.widths(header);
         let mut line = String::with_capacity(256);
         let mut emit = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| {
             line.clear();
             let mut free = "";
-            for ((c, w), cell) in self.columns.iter().zip(&width).zip(cells) {
+            for ((c, w), cell) in self.columns.iter().zip(width).zip(cells) {
                 if c.hidden {
                     continue;
                 }

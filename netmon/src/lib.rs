@@ -43,6 +43,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod records;
 pub mod reply;
+pub mod served;
 pub mod slots;
 pub mod snapshot;
 pub mod sock_diag;

@@ -11,12 +11,14 @@ use netmon_common::KernelFilter;
 use crate::{
     access::Access,
     clock::Clock,
+    filter::Filter,
     iter::{Fields, IterError, TcpIter},
     netns::{self, Netns},
     procfs::SocketOwners,
+    served::{self, Served},
     snapshot::{Renderer, Row},
     sock_diag::{self, Cancel, DiagError, DiagSock},
-    table::{ClosedCursor, ClosedPart, Reconcile, Table},
+    table::{ClosedCursor, ClosedPart, Reconcile, Stale, Table},
 };
 
 /// Sockets in a part of a dump, about (sock_diag hands whole datagrams, the iterator whole
@@ -370,6 +372,30 @@ pub trait Enrich {
         since_ns: u64,
         cursor: ClosedCursor,
     ) -> Result<ClosedPart, TracerStopped>;
+
+    /// The sockets of `netns` the table itself serves for a request (`--max-age`), or why it
+    /// cannot ([`crate::served::select`]).
+    fn served(
+        &mut self,
+        netns: u32,
+        max_age_ns: u64,
+        filter: &Filter,
+        access: Access,
+    ) -> Result<Result<Served, Stale>, TracerStopped> {
+        let _ = (netns, max_age_ns, filter, access);
+        Ok(Err(Stale::NoTable))
+    }
+
+    /// The rows of a part of [`Served::cookies`].
+    fn served_rows(
+        &mut self,
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        let _ = (netns, cookies, now_ns);
+        Ok(Vec::new())
+    }
 }
 
 impl Enrich for Table {
@@ -412,6 +438,28 @@ impl Enrich for Table {
             cursor,
             CLOSED_PART,
         ))
+    }
+
+    fn served(
+        &mut self,
+        netns: u32,
+        max_age_ns: u64,
+        filter: &Filter,
+        access: Access,
+    ) -> Result<Result<Served, Stale>, TracerStopped> {
+        let now_ns = Clock::mono_now_ns();
+        Ok(served::select(
+            self, netns, now_ns, max_age_ns, filter, access,
+        ))
+    }
+
+    fn served_rows(
+        &mut self,
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        Ok(served::rows(self, netns, &cookies, now_ns))
     }
 }
 

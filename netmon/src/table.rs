@@ -21,7 +21,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
     procfs::SocketOwners,
-    records::{PushClosed, Records, shrink_map},
+    records::{PackedAddr, PushClosed, Records, shrink_map},
     sock_diag::DiagSock,
 };
 
@@ -238,9 +238,13 @@ impl Closed {
 /// connections closed in the last minute (100k after a storm).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TimeWait {
-    /// `u64::MAX`: netmon did not see the socket created (24 bytes, not 40 with `Option`).
+    /// `u64::MAX`: netmon did not see the socket created (40 bytes, not 56 with `Option`).
     born_ns: u64,
     since_ns: u64,
+    /// Its addresses, for the rows the table serves (`--max-age`); references into the
+    /// records' pools, given back where the entry goes ([`Table::drop_time_wait`]).
+    local: PackedAddr,
+    remote: PackedAddr,
     netns: u32,
     since_exact: bool,
     /// IPv6 (v4-mapped included), for the metrics' per-family counts.
@@ -248,19 +252,75 @@ struct TimeWait {
 }
 
 impl TimeWait {
-    fn new(netns: u32, born_ns: Option<u64>, since_ns: u64, since_exact: bool, v6: bool) -> Self {
+    fn new(
+        records: &mut Records,
+        netns: u32,
+        (local, remote): (SocketAddr, SocketAddr),
+        born_ns: Option<u64>,
+        (since_ns, since_exact): (u64, bool),
+    ) -> Self {
         Self {
             born_ns: born_ns.unwrap_or(u64::MAX),
             since_ns,
+            local: records.pack(local),
+            remote: records.pack(remote),
             netns,
             since_exact,
-            v6,
+            v6: local.is_ipv6(),
         }
     }
 
     fn born_ns(&self) -> Option<u64> {
         (self.born_ns != u64::MAX).then_some(self.born_ns)
     }
+}
+
+/// What a walk of the kernel reports of a socket and no event carries: a row served from the
+/// table (`snapshot --max-age`) shows it as of the last full walk that saw the socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walked {
+    pub recv_q: u32,
+    pub send_q: u32,
+    pub uid: u32,
+    pub inode: u32,
+    pub v6only: bool,
+}
+
+impl Walked {
+    pub fn of(d: &DiagSock) -> Self {
+        Self {
+            recv_q: d.recv_q,
+            send_q: d.send_q,
+            uid: d.uid,
+            inode: d.inode,
+            v6only: d.v6only,
+        }
+    }
+}
+
+/// A TIME-WAIT socket as the table serves it: the kernel reports no queues, uid or inode for
+/// one (`inet_twsk_diag_fill()` sets them 0), so nothing of it is stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWaitView {
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub since_ns: u64,
+}
+
+/// Why the table cannot answer for a namespace within a freshness bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    #[error("the agent has not walked this namespace's sockets")]
+    NeverWalked,
+    #[error("the agent's last walk of this namespace is {:.1} s old", *age_ns as f64 / 1e9)]
+    TooOld { age_ns: u64 },
+    #[error("events were lost since the agent's last walk of this namespace")]
+    LossSince,
+    #[error("the agent is behind on its events")]
+    Behind,
+    #[error("no agent's table")]
+    NoTable,
 }
 
 /// When a socket was created and entered its state, as far as the table saw.
@@ -370,6 +430,10 @@ pub struct Table {
     /// Connections closed since the last [`Table::take_batch`]: a reset reported just after
     /// the CLOSE (see [`Table::hint`]) still amends them before consumers see them.
     batch: Vec<Closed>,
+    /// When the last complete walk of each namespace that the table merged started.
+    walks: FxHashMap<u32, u64>,
+    /// When a loss was last counted (0: never); see [`Table::freshness`].
+    lost_ns: u64,
 }
 
 /// How many closes `recently_closed` remembers: a duplicate follows its original within
@@ -402,6 +466,8 @@ impl Table {
             duplicates: 0,
             foreign: 0,
             batch: Vec::new(),
+            walks: FxHashMap::default(),
+            lost_ns: 0,
         }
     }
 
@@ -637,16 +703,16 @@ impl Table {
         // The kernel replaces a full socket that leaves FIN-WAIT-2 or CLOSING with a timewait
         // socket of the same cookie (tcp_time_wait()) and fires no event for it.
         if matches!(t.old, TcpState::FinWait2 | TcpState::Closing) {
-            self.time_wait.insert(
-                t.cookie,
-                TimeWait::new(
-                    sock.netns,
-                    sock.born_ns,
-                    t.ts_ns,
-                    true,
-                    sock.local.is_ipv6(),
-                ),
+            let tw = TimeWait::new(
+                &mut self.records,
+                sock.netns,
+                (sock.local, sock.remote),
+                sock.born_ns,
+                (t.ts_ns, true),
             );
+            if let Some(old) = self.time_wait.insert(t.cookie, tw) {
+                self.drop_time_wait(old);
+            }
         }
         closed
     }
@@ -691,13 +757,16 @@ impl Table {
             }
             if d.state == TcpState::TimeWait {
                 self.records.remove(d.cookie);
-                self.time_wait.entry(d.cookie).or_insert(TimeWait::new(
-                    netns,
-                    None,
-                    t0_ns,
-                    false,
-                    d.local.is_ipv6(),
-                ));
+                if !self.time_wait.contains_key(&d.cookie) {
+                    let tw = TimeWait::new(
+                        &mut self.records,
+                        netns,
+                        (d.local, d.remote),
+                        None,
+                        (t0_ns, false),
+                    );
+                    self.time_wait.insert(d.cookie, tw);
+                }
                 continue;
             }
             let mut entry =
@@ -714,6 +783,11 @@ impl Table {
                 entry.cgroup_id = id;
                 entry.cgroup_source = CgroupSource::Dump;
             }
+            // The connect event fires before the local port is chosen: a socket still in
+            // SYN-SENT has no other event to tell it, and the table serves rows (--max-age).
+            if entry.local.port() == 0 || entry.local.ip().is_unspecified() {
+                entry.local = d.local;
+            }
             if entry.state != d.state && entry.since_ns <= t0_ns {
                 entry.state = d.state;
                 entry.since_ns = t0_ns;
@@ -722,6 +796,7 @@ impl Table {
             if before != Some(entry) {
                 self.records.insert(d.cookie, &entry);
             }
+            self.records.set_walked(d.cookie, &Walked::of(d));
         }
     }
 
@@ -733,20 +808,97 @@ impl Table {
             t0_ns,
             found,
         } = r;
+        // Only a complete walk makes the namespace's rows servable (see `freshness`); an
+        // older walk merged late does not move the time back. The seed's counts too.
+        let walk = self.walks.entry(netns).or_insert(t0_ns);
+        *walk = (*walk).max(t0_ns);
         let Some(found) = found else {
             return;
         };
         self.records.retain(|cookie, ns, since_ns| {
             ns != netns || found.contains(&cookie) || since_ns > t0_ns
         });
+        self.retain_time_wait(|cookie, s| {
+            s.netns != netns || found.contains(&cookie) || s.since_ns > t0_ns
+        });
+    }
+
+    fn retain_time_wait(&mut self, mut keep: impl FnMut(u64, &TimeWait) -> bool) {
+        let records = &mut self.records;
+        self.time_wait.retain(|&cookie, s| {
+            let k = keep(cookie, s);
+            if !k {
+                records.release_packed(s.local);
+                records.release_packed(s.remote);
+            }
+            k
+        });
+    }
+
+    fn drop_time_wait(&mut self, tw: TimeWait) {
+        self.records.release_packed(tw.local);
+        self.records.release_packed(tw.remote);
+    }
+
+    /// A loss was counted at `now_ns`: until the next complete walk, the table's view of a
+    /// namespace may miss sockets or states, so it serves no rows.
+    pub fn lost_at(&mut self, now_ns: u64) {
+        self.lost_ns = self.lost_ns.max(now_ns);
+    }
+
+    /// Whether the table may answer for namespace `netns` at `now_ns` within `max_age_ns`:
+    /// its last complete walk started no longer ago than that, and no loss was counted since
+    /// it started (a loss counted before the walk started is repaired by it). Returns when
+    /// that walk started.
+    pub fn freshness(&self, netns: u32, now_ns: u64, max_age_ns: u64) -> Result<u64, Stale> {
+        let walk_ns = *self.walks.get(&netns).ok_or(Stale::NeverWalked)?;
+        let age_ns = now_ns.saturating_sub(walk_ns);
+        if age_ns > max_age_ns {
+            return Err(Stale::TooOld { age_ns });
+        }
+        if self.lost_ns >= walk_ns {
+            return Err(Stale::LossSince);
+        }
+        Ok(walk_ns)
+    }
+
+    /// What the last full walk that saw a live socket reported of it.
+    pub fn walked(&self, cookie: u64) -> Option<Walked> {
+        self.records.walked(cookie)
+    }
+
+    /// A live socket (without its path) and what the last walk saw of it; `slot` as
+    /// [`Table::each_served`] gave it.
+    pub fn served(&self, cookie: u64, slot: u32) -> Option<(Sock, Option<Walked>)> {
+        self.records.served(cookie, slot)
+    }
+
+    /// [`Table::served`] for every live socket of `netns`: (cookie, slot, socket, walked).
+    pub fn each_served(&self, netns: u32, live: impl FnMut(u64, u32, Sock, Option<Walked>)) {
+        self.records.each_served(netns, live);
+    }
+
+    /// The cookies of the TIME-WAIT sockets of `netns`.
+    pub fn time_wait_cookies(&self, netns: u32) -> impl Iterator<Item = u64> + '_ {
         self.time_wait
-            .retain(|cookie, s| s.netns != netns || found.contains(cookie) || s.since_ns > t0_ns);
+            .iter()
+            .filter(move |(_, t)| t.netns == netns)
+            .map(|(&c, _)| c)
+    }
+
+    /// A TIME-WAIT socket the table holds.
+    pub fn time_wait(&self, cookie: u64) -> Option<TimeWaitView> {
+        self.time_wait.get(&cookie).map(|t| TimeWaitView {
+            netns: t.netns,
+            local: self.records.unpack(t.local),
+            remote: self.records.unpack(t.remote),
+            since_ns: t.since_ns,
+        })
     }
 
     /// Drops TIME-WAIT entries older than the kernel keeps them.
     pub fn expire(&mut self, now_ns: u64) {
-        self.time_wait
-            .retain(|_, s| now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS);
+        self.retain_time_wait(|_, s| now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS);
         self.records.shrink();
         shrink_map(&mut self.time_wait);
         shrink_map(&mut self.listeners);
@@ -1126,13 +1278,15 @@ mod tests {
     fn records_stay_compact() {
         let (_, heap) = table_heap(100_000, 0);
         let per_live = heap.retained / 100_000;
-        assert!(per_live <= 180, "{per_live} bytes per live socket");
+        // 180 before the walked queues, uid and inode that `snapshot --max-age` serves and
+        // the cookie kept in the record (24 bytes a record, in a vector that doubles).
+        assert!(per_live <= 210, "{per_live} bytes per live socket");
         let (_, heap) = table_heap(0, 100_000);
         let per_closed = heap.retained / 100_000;
         assert!(per_closed <= 150, "{per_closed} bytes per closed record");
         let (mut table, heap) = table_heap(100_000, 100_000);
         assert!(
-            heap.retained <= 33 << 20,
+            heap.retained <= 35 << 20,
             "{} bytes for 100k + 100k",
             heap.retained
         );
@@ -1144,7 +1298,7 @@ mod tests {
         let ns = table.get(1).unwrap().netns;
         let ((), heap) = crate::heap::measure(|| table.reconcile(ns, &dump, 1));
         assert_eq!(table.len(), 200_000);
-        assert!(heap.retained / 100_000 <= 100, "{heap:?}");
+        assert!(heap.retained / 100_000 <= 110, "{heap:?}");
         assert!(heap.peak / 100_000 <= 120, "{heap:?}");
     }
 
@@ -1248,6 +1402,22 @@ mod tests {
         old.cookie = 3;
         assert_eq!(table.apply(&old), Applied::default());
         assert_eq!(table.get(3).map(|s| s.state), Some(TcpState::Listen));
+    }
+
+    #[test]
+    fn a_walk_gives_a_connecting_socket_its_local_port() {
+        let mut t = by(5, 42, 100, TcpState::Close, TcpState::SynSent);
+        t.local.set_port(0);
+        let mut table = Table::new();
+        table.apply(&t);
+        let remote = t.remote.to_string();
+        let found = DiagSock::fixture(5, TcpState::SynSent, "127.0.0.1:5555", &remote);
+        table.reconcile(t.netns, &[found], 200);
+        let s = table.get(5).unwrap();
+        assert_eq!(
+            (s.local.port(), s.owner.map(|o| o.task.pid)),
+            (5555, Some(42))
+        );
     }
 
     #[test]

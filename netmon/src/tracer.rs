@@ -22,10 +22,11 @@ use crate::{
     netns,
     output::LossKind,
     procfs,
+    served::{self, Served},
     snapshot::Row,
     sock_diag::{Cancel, DiagError, DiagSock},
     source::{self, Enrich, TracerStopped},
-    table::{Closed, ClosedCursor, ClosedPart, Owner, Reconcile, Table},
+    table::{Closed, ClosedCursor, ClosedPart, Owner, Reconcile, Stale, Table},
 };
 
 /// How often the reader drains the ring when the program has not woken it.
@@ -359,6 +360,10 @@ impl Pipeline {
                 self.reported[slot] = total;
             }
         }
+        if !out.is_empty() {
+            // The table no longer answers alone (`snapshot --max-age`) until a walk after this.
+            self.table.lost_at(Clock::mono_now_ns());
+        }
         Ok(out)
     }
 
@@ -486,6 +491,22 @@ pub enum Query {
         cursor: ClosedCursor,
         reply: oneshot::Sender<ClosedPart>,
     },
+    /// Which sockets of `netns` the table serves for a request (`snapshot --max-age`), once
+    /// the ring is applied up to now, if its last walk of `netns` is fresh enough.
+    Served {
+        netns: u32,
+        max_age_ns: u64,
+        filter: crate::filter::Filter,
+        access: crate::access::Access,
+        reply: oneshot::Sender<Result<Served, Stale>>,
+    },
+    /// The table's rows for a part of [`Served::cookies`].
+    ServedRows {
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+        reply: oneshot::Sender<Vec<Row>>,
+    },
     /// What was lost so far.
     Losses { reply: oneshot::Sender<LossTotals> },
     /// What a metrics scrape reads from the table and the kernel, as of now.
@@ -596,6 +617,37 @@ impl Enrich for TracerHandle {
             netns,
             since_ns,
             cursor,
+            reply,
+        })
+    }
+
+    fn served(
+        &mut self,
+        netns: u32,
+        max_age_ns: u64,
+        filter: &crate::filter::Filter,
+        access: crate::access::Access,
+    ) -> Result<Result<Served, Stale>, TracerStopped> {
+        let filter = filter.clone();
+        self.ask(|reply| Query::Served {
+            netns,
+            max_age_ns,
+            filter,
+            access,
+            reply,
+        })
+    }
+
+    fn served_rows(
+        &mut self,
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+    ) -> Result<Vec<Row>, TracerStopped> {
+        self.ask(|reply| Query::ServedRows {
+            netns,
+            cookies,
+            now_ns,
             reply,
         })
     }
@@ -893,6 +945,34 @@ impl<R: Ring> Tracer<R> {
                     source::CLOSED_PART,
                 );
                 let _ = reply.send(part);
+            }
+            Query::Served {
+                netns,
+                max_age_ns,
+                filter,
+                access,
+                reply,
+            } => {
+                // Every event up to now applied first: the rows are current, not a batch old.
+                self.drain_for_reconcile(sink)?;
+                let served = if self.held.is_empty() {
+                    let table = &self.pipeline.table;
+                    let now_ns = Clock::mono_now_ns();
+                    read_ring_while(&mut self.probe, &mut self.held, move || {
+                        served::select(table, netns, now_ns, max_age_ns, &filter, access)
+                    })
+                } else {
+                    Err(Stale::Behind)
+                };
+                let _ = reply.send(served);
+            }
+            Query::ServedRows {
+                netns,
+                cookies,
+                now_ns,
+                reply,
+            } => {
+                let _ = reply.send(served::rows(&self.pipeline.table, netns, &cookies, now_ns));
             }
             Query::Losses { reply } => {
                 let _ = reply.send(self.pipeline.losses());

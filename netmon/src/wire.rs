@@ -80,6 +80,11 @@ pub struct SnapshotRequest {
     pub oneline: bool,
     pub count: Vec<CountBy>,
     pub cgroup: bool,
+    /// `--max-age`: the agent may answer from its table when its last walk of the
+    /// namespace is at most this old (nanoseconds). Left out when not asked, so that an
+    /// agent of the previous version still takes the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_ns: Option<u64>,
 }
 
 impl From<&SnapshotArgs> for SnapshotRequest {
@@ -107,6 +112,9 @@ impl From<&SnapshotArgs> for SnapshotRequest {
             oneline: a.oneline,
             count: a.count.clone(),
             cgroup: a.cgroup,
+            max_age_ns: a
+                .max_age
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -140,6 +148,7 @@ impl SnapshotRequest {
             oneline: self.oneline,
             count: self.count.clone(),
             cgroup: self.cgroup,
+            max_age: self.max_age_ns.map(Duration::from_nanos),
             ..SnapshotArgs::default()
         }
     }
@@ -265,6 +274,7 @@ mod tests {
         let req = SnapshotRequest {
             extended: true,
             closed_ns: Some(5_000_000_000),
+            max_age_ns: Some(2_500_000_000),
             json: true,
             filter: vec!["state".into(), "listening".into()],
             ..Default::default()
