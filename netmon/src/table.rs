@@ -44,7 +44,7 @@ pub struct Path {
 }
 
 impl Path {
-    const CAP: usize = 8;
+    pub(crate) const CAP: usize = 8;
 
     pub(crate) fn push(&mut self, state: TcpState, ts_ns: u64) {
         if self.len == 0 {

@@ -226,6 +226,7 @@ pub fn bench(args: &BenchArgs, netmon: &Path, target: &Path) -> Result<()> {
         let _stats = args.bpf_stats.then(sys::BpfStats::enable).transpose()?;
         let runs = storm_rates(&ctx, &plan)?;
         rows.extend(storm_rows(&runs, &plan.modes));
+        rows.extend(paired_rows(&runs, &plan.modes));
         rows.extend(capture_rows(&runs));
         details.push_str(&storm_details(&runs));
         let counted = capture::runs(&ctx, &plan)?;
@@ -321,6 +322,16 @@ impl Mode {
         }
     }
 
+    /// How far below the plain agent's ratio the issues allow an export's (13: metrics and
+    /// OTLP within 0.02; 15: top within 0.01).
+    fn within_agent(self) -> Option<f64> {
+        match self {
+            Mode::AgentMetrics | Mode::AgentOtlp => Some(0.02),
+            Mode::AgentTop => Some(0.01),
+            _ => None,
+        }
+    }
+
     fn is_agent(self) -> bool {
         matches!(
             self,
@@ -387,16 +398,18 @@ struct StormRun {
     /// Its `Fired` slot plus the first copy's recursion misses: every transition the kernel
     /// fired while netmon was attached, all namespaces.
     fired: Option<u64>,
+    /// How busy the CPUs were (0..1, over 200 ms) when the run started, and how long the
+    /// bench waited for them to calm down first: a neighbour's load or the purge of the last
+    /// run's namespace shows here.
+    busy_before: f64,
+    idle_wait: Duration,
+    /// CPU the OTLP sink (threads of this process) spent on the run's posts.
+    sink_cpu: Option<Duration>,
 }
 
 /// Runs B T B T ... B with the traced modes in turn, `rounds` times each.
 fn storm_rates(ctx: &Ctx, plan: &Plan) -> Result<Vec<StormRun>> {
-    let mut sequence = vec![Mode::Baseline];
-    for _ in 0..plan.rounds {
-        for &mode in &plan.modes {
-            sequence.extend([mode, Mode::Baseline]);
-        }
-    }
+    let sequence = storm_sequence(&plan.modes, plan.rounds);
     let mut runs = Vec::new();
     for (i, &mode) in sequence.iter().enumerate() {
         let run = storm_once(ctx, plan, mode)
@@ -416,7 +429,31 @@ fn storm_rates(ctx: &Ctx, plan: &Plan) -> Result<Vec<StormRun>> {
     Ok(runs)
 }
 
+/// B T B T ... B, the traced modes in turn, `rounds` times, every other round in reverse
+/// order: a paired comparison of two modes (agent + OTLP against the agent) then has each
+/// mode first as often as second, so that a drift of the machine during a round adds to one
+/// as much as to the other.
+fn storm_sequence(modes: &[Mode], rounds: usize) -> Vec<Mode> {
+    let mut sequence = vec![Mode::Baseline];
+    for round in 0..rounds {
+        let mut order = modes.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for mode in order {
+            sequence.extend([mode, Mode::Baseline]);
+        }
+    }
+    sequence
+}
+
 fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
+    // Deleting the last run's namespace purges its TIME-WAIT sockets in a kernel worker: let
+    // that (and a neighbour's burst) finish before this run measures, and say how long it
+    // took and what was left.
+    let waited = Instant::now();
+    let busy_before = sys::wait_idle(Duration::from_secs(3));
+    let idle_wait = waited.elapsed();
     let ns = ctx.netns("storm")?;
     let json = ctx.dir.join("watch.json");
     let errors = ctx.dir.join("tracer.err");
@@ -473,9 +510,15 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
             capture = Some(read_capture(&json, &errors, ns.inum)?);
         }
     }
+    let mut sink_cpu = None;
     if let Some(e) = exports {
         let (what, n) = e.stop();
         eprintln!("bench: {}: {n} {what}", mode.short());
+        if mode == Mode::AgentOtlp {
+            sink_cpu = Some(Duration::from_nanos(
+                OTLP_SINK_CPU_NS.swap(0, Ordering::Relaxed),
+            ));
+        }
     }
     // Hundreds of MB per run: keep none of it unless asked to.
     let keep = mode == Mode::Baseline || (plan.keep_json && mode == Mode::Json);
@@ -483,9 +526,6 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         std::fs::remove_file(&json).ok();
     }
     drop(ns);
-    // Deleting the namespace purges its TIME-WAIT sockets in a kernel worker: let that finish
-    // before the next run measures.
-    sys::wait_idle(Duration::from_secs(3));
     Ok(StormRun {
         mode,
         out,
@@ -497,6 +537,9 @@ fn storm_once(ctx: &Ctx, plan: &Plan, mode: Mode) -> Result<StormRun> {
         seen,
         recovered,
         fired,
+        busy_before,
+        idle_wait,
+        sink_cpu,
     })
 }
 
@@ -701,13 +744,29 @@ fn scrape(addr: &str) -> std::io::Result<()> {
 }
 
 static OTLP_POSTS: AtomicU64 = AtomicU64::new(0);
+/// CPU the sink's threads spent reading and answering posts, in ns (per run: taken and
+/// zeroed when the run ends).
+static OTLP_SINK_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's CPU time so far, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant the kernel knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
 
 /// A local OTLP/HTTP sink for the bench (started once): reads each post and answers 200.
 ///
 /// It stands in for a collector that would normally run on another host, yet shares the
 /// storm's 2 cores, so it is made as cheap as a reader can be: it never decodes the protobuf
-/// (the integration tests' receiver, tests/src/otlp.rs, does) and drops each body straight
-/// out of a 1 MiB read buffer, a few `read` calls a post instead of one per 8 KiB.
+/// (the integration tests' receiver, tests/src/otlp.rs, does) and discards each body in the
+/// kernel (`recv` with `MSG_TRUNC`, which TCP takes as "drop this many bytes" without
+/// copying them out), a few calls a post. What it still costs is measured (its threads' CPU
+/// time) and reported beside the agent's.
 fn otlp_sink_port() -> Result<u16> {
     static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
     if let Some(p) = PORT.get() {
@@ -718,10 +777,18 @@ fn otlp_sink_port() -> Result<u16> {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                use std::io::{BufRead, Write};
-                let mut reader = std::io::BufReader::with_capacity(1 << 20, &stream);
+                use std::{
+                    io::{BufRead, Write},
+                    os::fd::AsRawFd,
+                };
+                // Small: the head is read through it, the body mostly not.
+                let mut reader = std::io::BufReader::with_capacity(8 << 10, &stream);
+                // Never written to (MSG_TRUNC), so its pages are never touched either.
+                let mut discard = vec![0u8; 1 << 20];
                 let mut line = String::new();
                 loop {
+                    // Thread CPU time: the wait for the next post counts nothing.
+                    let cpu0 = thread_cpu_ns();
                     line.clear();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
@@ -740,12 +807,36 @@ fn otlp_sink_port() -> Result<u16> {
                             length = v.trim().parse().unwrap_or(0);
                         }
                     }
+                    // The start of the body came with the head; the rest is dropped unread.
+                    let buffered = reader
+                        .buffer()
+                        .len()
+                        .min(usize::try_from(length).unwrap_or(usize::MAX));
+                    reader.consume(buffered);
+                    length -= buffered as u64;
                     while length > 0 {
-                        let n = match reader.fill_buf() {
-                            Ok([]) | Err(_) => return,
-                            Ok(buf) => buf.len().min(usize::try_from(length).unwrap_or(usize::MAX)),
+                        let want = usize::try_from(length)
+                            .unwrap_or(usize::MAX)
+                            .min(discard.len());
+                        // SAFETY: `discard` is valid for `want` bytes (with MSG_TRUNC a TCP
+                        // socket does not even write them).
+                        let n = unsafe {
+                            libc::recv(
+                                stream.as_raw_fd(),
+                                discard.as_mut_ptr().cast(),
+                                want,
+                                libc::MSG_TRUNC,
+                            )
                         };
-                        reader.consume(n);
+                        if n < 0
+                            && std::io::Error::last_os_error().kind()
+                                == std::io::ErrorKind::Interrupted
+                        {
+                            continue;
+                        }
+                        if n <= 0 {
+                            return;
+                        }
                         length -= n as u64;
                     }
                     OTLP_POSTS.fetch_add(1, Ordering::Relaxed);
@@ -753,6 +844,7 @@ fn otlp_sink_port() -> Result<u16> {
                     if (&stream).write_all(ok).is_err() {
                         return;
                     }
+                    OTLP_SINK_CPU_NS.fetch_add(thread_cpu_ns() - cpu0, Ordering::Relaxed);
                 }
             });
         }
@@ -1035,6 +1127,195 @@ fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
     rows
 }
 
+/// Mean, median and the half-width of a 95 % confidence interval of the mean (Student's t)
+/// of a few paired differences.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    n: usize,
+    mean: f64,
+    median: f64,
+    half_width: f64,
+}
+
+impl Spread {
+    fn of(xs: &[f64]) -> Self {
+        // Two-sided 95 % quantiles of Student's t for 1..=20 degrees of freedom.
+        const T95: [f64; 20] = [
+            12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+            2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        ];
+        let n = xs.len();
+        let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
+        let half_width = if n < 2 {
+            f64::INFINITY
+        } else {
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let t = T95.get(n - 2).copied().unwrap_or(1.96);
+            t * (var / n as f64).sqrt()
+        };
+        Self {
+            n,
+            mean,
+            median: median(xs),
+            half_width,
+        }
+    }
+
+    /// Whether the whole interval lies above `-tolerance` (met), wholly below it (not met),
+    /// or straddles it (cannot tell from these rounds).
+    fn within(&self, tolerance: f64) -> Option<bool> {
+        if self.mean - self.half_width >= -tolerance {
+            Some(true)
+        } else if self.mean + self.half_width < -tolerance {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// Each agent + export mode against the plain agent, round by round: the difference of the
+/// two storm ratios of a round (each over its own neighbouring baselines), and of the agent's
+/// CPU per connection. A round's two runs are a few runs apart and take turns going first
+/// ([`storm_sequence`]), so these differences carry less of the machine's drift than the
+/// ratios themselves do.
+fn paired_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
+    if !modes.contains(&Mode::Agent) {
+        return Vec::new();
+    }
+    let cpu = |mode: Mode| -> Vec<Option<f64>> {
+        runs.iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| Some(1e6 * r.tracer_cpu?.total() / r.out.connections.max(1) as f64))
+            .collect()
+    };
+    let agent = ratios(runs, Mode::Agent);
+    let agent_cpu = cpu(Mode::Agent);
+    let mut rows = Vec::new();
+    for &mode in modes {
+        let Some(tolerance) = mode.within_agent() else {
+            continue;
+        };
+        let d: Vec<f64> = ratios(runs, mode)
+            .iter()
+            .zip(&agent)
+            .map(|(m, a)| m - a)
+            .collect();
+        if d.is_empty() {
+            continue;
+        }
+        let s = Spread::of(&d);
+        let cpu_d: Vec<f64> = cpu(mode)
+            .iter()
+            .zip(&agent_cpu)
+            .filter_map(|(m, a)| Some((*m)? - (*a)?))
+            .collect();
+        let c = Spread::of(&cpu_d);
+        let verdict = match s.within(tolerance) {
+            Some(true) => "within",
+            Some(false) => "not within",
+            None => "cannot tell: the interval spans the bound; more rounds would narrow it",
+        };
+        let mut sink = String::new();
+        if mode == Mode::AgentOtlp {
+            let per: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.mode == mode)
+                .filter_map(|r| {
+                    Some(1e6 * r.sink_cpu?.as_secs_f64() / r.out.connections.max(1) as f64)
+                })
+                .collect();
+            let _ = write!(
+                sink,
+                "; the sink's own CPU {:.2} µs/conn (median)",
+                median(&per)
+            );
+        }
+        rows.push(Row::new(
+            format!("storm ratio of {} minus the agent's, paired by round", mode.short()),
+            format!(
+                "{:+.3} ± {:.3} (mean, 95 % CI over {} rounds; median {:+.3}; rounds {}): {verdict}. \
+                 Agent CPU {:+.2} ± {:.2} µs/conn{sink}",
+                s.mean,
+                s.half_width,
+                s.n,
+                s.median,
+                d.iter()
+                    .map(|x| format!("{x:+.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                c.mean,
+                c.half_width,
+            ),
+            format!(">= -{tolerance:.2}"),
+            s.within(tolerance),
+        ));
+        if mode == Mode::AgentOtlp {
+            rows.extend(cpu_estimate_row(runs, mode, tolerance));
+        }
+    }
+    rows
+}
+
+/// The ratio difference the CPU figures predict, round by round: on CPUs the storm keeps
+/// saturated, each µs of extra CPU per connection comes out of the storm, so at the traced
+/// run's rate R on N CPUs the ratio drops by the agent's ratio times extra × R / N. The extra
+/// is the agent's CPU above the plain agent's plus the sink's (for OTLP; the other modes'
+/// helpers, tmux or the scraper, are not measured). Cache effects are not in it; it is an
+/// estimate whose spread is that of the CPU figures, far steadier than the rates' (README,
+/// "OTLP").
+fn cpu_estimate_row(runs: &[StormRun], mode: Mode, tolerance: f64) -> Option<Row> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_conn = |r: &StormRun, cpu: Option<Duration>| {
+        Some(cpu?.as_secs_f64() / r.out.connections.max(1) as f64)
+    };
+    // Every traced run has a baseline on either side, so these line up with the runs.
+    let agent = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Agent)
+        .zip(ratios(runs, Mode::Agent));
+    let traced = runs.iter().filter(|r| r.mode == mode);
+    let est: Vec<f64> = traced
+        .zip(agent)
+        .filter_map(|(m, (a, ratio_a))| {
+            let cpu = |r: &StormRun| {
+                per_conn(r, r.tracer_cpu.map(|c| Duration::from_secs_f64(c.total())))
+            };
+            let extra = cpu(m)? - cpu(a)? + per_conn(m, m.sink_cpu).unwrap_or(0.0);
+            Some(-ratio_a * extra * m.out.rate() / cpus)
+        })
+        .collect();
+    if est.is_empty() {
+        return None;
+    }
+    let e = Spread::of(&est);
+    let verdict = match e.within(tolerance) {
+        Some(true) => "within",
+        Some(false) => "not within",
+        None => "cannot tell",
+    };
+    Some(Row::new(
+        format!(
+            "the same predicted from CPU ({} and its sink)",
+            mode.short()
+        ),
+        format!(
+            "{:+.3} ± {:.3} (mean, 95 % CI over {} rounds; rounds {}): {verdict}; an estimate \
+             (extra CPU per connection × rate / {cpus} CPUs × the agent's ratio), not a rate \
+             measured",
+            e.mean,
+            e.half_width,
+            e.n,
+            est.iter()
+                .map(|x| format!("{x:+.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        format!(">= -{tolerance:.2}"),
+        None,
+    ))
+}
+
 fn capture_rows(runs: &[StormRun]) -> Vec<Row> {
     let json: Vec<&StormRun> = runs.iter().filter(|r| r.mode == Mode::Json).collect();
     if json.is_empty() {
@@ -1110,6 +1391,15 @@ fn storm_details(runs: &[StormRun]) -> String {
             );
         }
         let _ = write!(s, ", {} IRQ-work interrupts", r.irq_work);
+        let _ = write!(
+            s,
+            "; CPUs {:.0} % busy at the start, after waiting {:.1} s",
+            100.0 * r.busy_before,
+            r.idle_wait.as_secs_f64()
+        );
+        if let Some(c) = r.sink_cpu {
+            let _ = write!(s, ", OTLP sink CPU {:.3} s", c.as_secs_f64());
+        }
         if r.unfinished != (0, 0) {
             let _ = write!(
                 s,
@@ -1697,6 +1987,9 @@ mod tests {
             seen: None,
             recovered: None,
             fired: None,
+            busy_before: 0.0,
+            idle_wait: Duration::ZERO,
+            sink_cpu: None,
         };
         let runs = [
             run(Mode::Baseline, 100),
@@ -1707,6 +2000,98 @@ mod tests {
         ];
         assert_eq!(ratios(&runs, Mode::Json), vec![1.0]);
         assert_eq!(ratios(&runs, Mode::Agent), vec![0.95]);
+    }
+
+    #[test]
+    fn rounds_alternate_their_order_between_baselines() {
+        use Mode::{Agent as A, AgentOtlp as O, Baseline as B};
+        assert_eq!(
+            storm_sequence(&[A, O], 3),
+            vec![B, A, B, O, B, O, B, A, B, A, B, O, B]
+        );
+    }
+
+    #[test]
+    fn paired_differences_are_judged_by_their_interval() {
+        let s = Spread::of(&[-0.01, 0.0, 0.01, 0.0]);
+        assert_eq!((s.n, s.mean, s.median), (4, 0.0, 0.0));
+        // sd 0.00816, t(3) 3.182: 3.182 * 0.00816 / 2.
+        assert!((s.half_width - 0.01299).abs() < 1e-4, "{s:?}");
+        assert_eq!(s.within(0.02), Some(true));
+        let wide = Spread::of(&[-0.1, 0.05, -0.03, 0.02]);
+        assert_eq!(wide.within(0.02), None);
+        let below = Spread::of(&[-0.05, -0.06, -0.055, -0.045]);
+        assert_eq!(below.within(0.02), Some(false));
+        assert_eq!(Spread::of(&[0.0]).within(0.02), None);
+    }
+
+    #[test]
+    fn the_sink_answers_each_post_of_a_kept_alive_connection() {
+        use std::io::{Read, Write};
+        let port = otlp_sink_port().unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Bodies past the sink's 8 KiB head buffer and its 1 MiB discard size, then a small one:
+        // each answer must come only once its whole body was taken.
+        for len in [3 << 20, 100, 9000] {
+            let body = vec![0x5a; len];
+            write!(
+                s,
+                "POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"
+            )
+            .unwrap();
+            s.write_all(&body).unwrap();
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+            let mut answer = vec![0; ok.len()];
+            s.read_exact(&mut answer).unwrap();
+            assert_eq!(answer, ok);
+        }
+        assert_eq!(OTLP_POSTS.swap(0, Ordering::Relaxed), 3);
+        assert!(OTLP_SINK_CPU_NS.swap(0, Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn the_cpu_estimate_charges_extra_cpu_at_the_traced_rate() {
+        let run = |mode, conns, cpu: f64, sink: Option<f64>| StormRun {
+            mode,
+            out: StormOut {
+                connections: conns,
+                secs: 1.0,
+                ..Default::default()
+            },
+            tracer_cpu: Some(sys::CpuTime {
+                user: cpu,
+                system: 0.0,
+            }),
+            irq_work: 0,
+            unfinished: (0, 0),
+            capture: None,
+            progs: Vec::new(),
+            seen: None,
+            recovered: None,
+            fired: None,
+            busy_before: 0.0,
+            idle_wait: Duration::ZERO,
+            sink_cpu: sink.map(Duration::from_secs_f64),
+        };
+        // Agent at 0.5 of the baseline with 2 µs a connection; with OTLP 50k conn/s at 2.5 µs
+        // plus 0.1 µs in the sink: 0.6 µs extra.
+        let runs = [
+            run(Mode::Baseline, 100_000, 0.0, None),
+            run(Mode::Agent, 50_000, 0.1, None),
+            run(Mode::Baseline, 100_000, 0.0, None),
+            run(Mode::AgentOtlp, 50_000, 0.125, Some(0.005)),
+            run(Mode::Baseline, 100_000, 0.0, None),
+        ];
+        let row = cpu_estimate_row(&runs, Mode::AgentOtlp, 0.02).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let want = -0.5 * 0.6e-6 * 50_000.0 / cpus;
+        let got: f64 = row.result.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (got - want).abs() < 0.001,
+            "{} (want {want:+.4})",
+            row.result
+        );
     }
 
     #[test]

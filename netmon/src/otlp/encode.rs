@@ -255,6 +255,46 @@ impl IpText {
     }
 }
 
+/// A run of attributes as encoded for the last `K` it was asked for, written again only when
+/// that changes: a storm's records repeat their family, owner, direction, end and path
+/// states, and writing those ~10 attributes field by field (a few varint lengths each) was a
+/// third of a record's encoding.
+#[derive(Debug)]
+struct Segment<K> {
+    of: Option<K>,
+    bytes: Vec<u8>,
+}
+
+impl<K> Default for Segment<K> {
+    fn default() -> Self {
+        Self {
+            of: None,
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl<K: PartialEq> Segment<K> {
+    /// The attributes for `key`, written by `write` into at most `max` bytes when `key` is
+    /// not the last one.
+    #[inline(always)]
+    fn get(&mut self, key: K, max: usize, write: impl FnOnce(&mut W)) -> &[u8] {
+        if self.of.as_ref() != Some(&key) {
+            self.bytes.clear();
+            self.bytes.resize(max, 0);
+            let mut w = W {
+                out: &mut self.bytes,
+                pos: 0,
+            };
+            write(&mut w);
+            let end = w.pos;
+            self.bytes.truncate(end);
+            self.of = Some(key);
+        }
+        &self.bytes
+    }
+}
+
 /// What `f` writes into a scratch buffer of `max` bytes, for the parts encoded once.
 fn encoded(max: usize, f: impl FnOnce(&mut W)) -> Vec<u8> {
     let mut out = vec![0; max];
@@ -287,7 +327,18 @@ pub struct Body {
     peer_ip: IpText,
     line: Vec<u8>,
     text: String,
+    /// `network.transport` and `network.type`, by family index.
+    network: Segment<usize>,
+    /// `process.*`, by what they say of the owner (pid, uid, comm; not the thread).
+    owner: Segment<Option<(u32, u32, [u8; 16])>>,
+    /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`, one for each direction:
+    /// the two ends of a loopback connection take turns.
+    ending: [Segment<(End, netmon_common::TcpState)>; 3],
+    /// `netmon.states`, by the path's states (their count first).
+    states: Segment<[u8; PATH_CAP + 1]>,
 }
+
+const PATH_CAP: usize = crate::table::Path::CAP;
 
 impl Body {
     /// An empty request from this `host`, with room for `records` records of the usual size.
@@ -339,6 +390,10 @@ impl Body {
             peer_ip: IpText::default(),
             line: Vec::with_capacity(256),
             text: String::with_capacity(64),
+            network: Segment::default(),
+            owner: Segment::default(),
+            ending: Default::default(),
+            states: Segment::default(),
         }
     }
 
@@ -415,12 +470,11 @@ impl Body {
         put_len(buf, F1_LEN, self.line.len());
         buf.extend_from_slice(&self.line);
 
-        kv_str(buf, key!("network.transport"), b"tcp");
-        kv_str(
-            buf,
-            key!("network.type"),
-            FAMILIES[family_index(&c.local)].as_bytes(),
-        );
+        let family = family_index(&c.local);
+        buf.extend_from_slice(self.network.get(family, 128, |buf| {
+            kv_str(buf, key!("network.transport"), b"tcp");
+            kv_str(buf, key!("network.type"), FAMILIES[family].as_bytes());
+        }));
         let local_port = u64::from(c.local.port());
         let peer_port = u64::from(c.remote.port());
         kv_str(buf, key!("network.local.address"), local_ip);
@@ -439,15 +493,23 @@ impl Body {
             kv_str(buf, key!("destination.address"), d_ip);
             kv_int(buf, key!("destination.port"), d_port);
         }
-        if let Some(o) = &c.owner {
-            kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
-            kv_str(
-                buf,
-                key!("process.executable.name"),
-                o.task.comm().as_bytes(),
-            );
-            kv_int(buf, key!("process.user.id"), u64::from(o.task.uid));
-        }
+        let owner = c.owner.map(|o| {
+            let mut comm = [0; 16];
+            let name = o.task.comm().as_bytes();
+            comm[..name.len()].copy_from_slice(name);
+            (o.task.pid, o.task.uid, comm)
+        });
+        buf.extend_from_slice(self.owner.get(owner, 256, |buf| {
+            if let Some(o) = &c.owner {
+                kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
+                kv_str(
+                    buf,
+                    key!("process.executable.name"),
+                    o.task.comm().as_bytes(),
+                );
+                kv_int(buf, key!("process.user.id"), u64::from(o.task.uid));
+            }
+        }));
         if let Some(l) = labels {
             if let Some(id) = &l.container_id {
                 kv_str(buf, key!("container.id"), id.as_bytes());
@@ -459,30 +521,45 @@ impl Body {
                 kv_str(buf, key!("netmon.systemd.unit"), unit.as_bytes());
             }
         }
-        kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
-        kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
-        kv_str(
-            buf,
-            key!("netmon.last_state"),
-            state_name(c.last).as_bytes(),
-        );
+        let ending = match direction {
+            Direction::Outbound => &mut self.ending[0],
+            Direction::Inbound => &mut self.ending[1],
+            Direction::Unknown => &mut self.ending[2],
+        };
+        buf.extend_from_slice(ending.get((c.end, c.last), 256, |buf| {
+            kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
+            kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
+            kv_str(
+                buf,
+                key!("netmon.last_state"),
+                state_name(c.last).as_bytes(),
+            );
+        }));
         if let Some(ns) = c.lifespan_ns() {
             kv_int(buf, key!("netmon.lifespan_ns"), ns);
         }
         let path = || c.path.durations(c.closed_ns);
-        kv_array(
-            buf,
-            key!("netmon.states"),
-            path().map(|(s, _)| field_len(state_name(s).len())),
-            |buf| {
-                for (s, _) in path() {
-                    let name = state_name(s);
-                    put_len(buf, F1_LEN, field_len(name.len()));
-                    put_len(buf, F1_LEN, name.len());
-                    buf.extend_short(name.as_bytes());
-                }
-            },
-        );
+        let mut states = [0u8; PATH_CAP + 1];
+        for (i, (s, _)) in path().take(PATH_CAP).enumerate() {
+            states[0] = i as u8 + 1;
+            states[i + 1] = s.to_kernel();
+        }
+        let array_max = 64 + PATH_ENTRY_MAX * usize::from(states[0]);
+        buf.extend_from_slice(self.states.get(states, array_max, |buf| {
+            kv_array(
+                buf,
+                key!("netmon.states"),
+                path().map(|(s, _)| field_len(state_name(s).len())),
+                |buf| {
+                    for (s, _) in path() {
+                        let name = state_name(s);
+                        put_len(buf, F1_LEN, field_len(name.len()));
+                        put_len(buf, F1_LEN, name.len());
+                        buf.extend_short(name.as_bytes());
+                    }
+                },
+            );
+        }));
         kv_array(
             buf,
             key!("netmon.state_durations_ns"),
@@ -701,6 +778,37 @@ mod tests {
         let (reference, ours) = both(&cases);
         assert_eq!(ours, reference);
         let (reference, ours) = both(&[]);
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn parts_kept_from_the_last_record_are_rewritten_when_they_change() {
+        // Family, owner, direction/end/last state and path states are kept encoded from the
+        // last record: a change, also back to an earlier value, must show in the bytes.
+        let a = closed("127.0.0.1:40000", "127.0.0.1:80");
+        let mut b = closed("[::1]:443", "[::1]:51000");
+        b.owner = None;
+        b.end = End::Refused;
+        b.last = TcpState::SynSent;
+        b.path = Default::default();
+        let mut c = a;
+        c.owner = Some(Owner::new(Task::new(7, 7, 0, "nginx")));
+        c.end = End::ResetSent;
+        let mut d = c;
+        d.owner = Some(Owner::new(Task::new(7, 7, 0, "nginy")));
+        d.last = TcpState::Unknown(77);
+        use Direction::{Inbound, Outbound, Unknown};
+        let records = [
+            (a, Outbound, None),
+            (a, Outbound, None),
+            (b, Inbound, None),
+            (a, Outbound, None),
+            (c, Unknown, None),
+            (d, Unknown, None),
+            (b, Outbound, None),
+            (a, Inbound, None),
+        ];
+        let (reference, ours) = both(&records);
         assert_eq!(ours, reference);
     }
 
