@@ -52,10 +52,6 @@ fn live_row(cookie: u64, s: Sock, walked: Option<Walked>) -> Row {
     let w = walked.unwrap_or_default();
     Row {
         sock: DiagSock {
-            cookie,
-            state: s.state,
-            local: s.local,
-            remote: s.remote,
             recv_q: w.recv_q,
             send_q: w.send_q,
             // A socket's uid is its creator's: the owner's when no walk saw it, else
@@ -65,10 +61,8 @@ fn live_row(cookie: u64, s: Sock, walked: Option<Walked>) -> Row {
                 None => s.owner.map_or(u32::MAX, |o| o.task.uid),
             },
             inode: w.inode,
-            ifindex: 0,
             v6only: w.v6only,
-            timer: None,
-            attrs: Default::default(),
+            ..DiagSock::new(cookie, s.state, s.local, s.remote)
         },
         netns: s.netns,
         born_ns: s.born_ns,
@@ -85,20 +79,7 @@ fn time_wait_row(table: &Table, netns: u32, cookie: u64, now_ns: u64) -> Option<
     }
     let ages = table.ages(cookie, TcpState::TimeWait);
     Some(Row {
-        sock: DiagSock {
-            cookie,
-            state: TcpState::TimeWait,
-            local: tw.local,
-            remote: tw.remote,
-            recv_q: 0,
-            send_q: 0,
-            uid: 0,
-            inode: 0,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
-        },
+        sock: DiagSock::new(cookie, TcpState::TimeWait, tw.local, tw.remote),
         netns,
         born_ns: ages.born_ns,
         since_ns: ages.since_ns,

@@ -883,18 +883,10 @@ mod tests {
 
     fn sock(state: TcpState, local: &str, remote: &str, rq: u32, sq: u32) -> DiagSock {
         DiagSock {
-            cookie: 0x1011,
-            state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
             recv_q: rq,
             send_q: sq,
-            uid: 0,
             inode: 11352,
-            ifindex: 0,
-            v6only: false,
-            timer: None,
-            attrs: Default::default(),
+            ..DiagSock::fixture(0x1011, state, local, remote)
         }
     }
 

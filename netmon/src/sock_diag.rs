@@ -127,16 +127,15 @@ pub struct DiagSock {
 /// Length of `struct inet_diag_msg`, the fixed header of every dump reply.
 pub const INET_DIAG_MSG_LEN: usize = 72;
 
-#[cfg(test)]
 impl DiagSock {
-    /// A socket as a dump reports it, with empty queues and no owner, timer or extras: the
-    /// fixture of the tests that feed dumps to the table, the tracer and the agent.
-    pub fn fixture(cookie: u64, state: TcpState, local: &str, remote: &str) -> Self {
+    /// A socket with empty queues and no uid, inode, timer or extras: what a dump reports of a
+    /// TIME-WAIT socket, and the base every other record is built on.
+    pub fn new(cookie: u64, state: TcpState, local: SocketAddr, remote: SocketAddr) -> Self {
         Self {
             cookie,
             state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
+            local,
+            remote,
             recv_q: 0,
             send_q: 0,
             uid: 0,
@@ -146,6 +145,18 @@ impl DiagSock {
             timer: None,
             attrs: Default::default(),
         }
+    }
+
+    /// A socket as a dump reports it, with empty queues and no owner, timer or extras: the
+    /// fixture of the tests that feed dumps to the table, the tracer and the agent.
+    #[cfg(test)]
+    pub fn fixture(cookie: u64, state: TcpState, local: &str, remote: &str) -> Self {
+        Self::new(
+            cookie,
+            state,
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
+        )
     }
 }
 
