@@ -855,7 +855,7 @@ pub fn users(o: &Owner) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
@@ -890,7 +890,8 @@ mod tests {
         }
     }
 
-    fn args(words: &[&str]) -> SnapshotArgs {
+    /// `netmon snapshot WORDS` parsed as the CLI parses it.
+    pub(crate) fn args(words: &[&str]) -> SnapshotArgs {
         #[derive(clap::Parser)]
         struct P {
             #[command(flatten)]

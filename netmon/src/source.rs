@@ -693,7 +693,6 @@ mod tests {
     use netmon_common::TcpState;
 
     use super::*;
-    use crate::snapshot::SnapshotArgs;
 
     pub(crate) fn diag(cookie: u64, state: TcpState, local: &str, remote: &str) -> DiagSock {
         DiagSock {
@@ -702,15 +701,7 @@ mod tests {
         }
     }
 
-    fn args(words: &[&str]) -> SnapshotArgs {
-        #[derive(clap::Parser)]
-        struct P {
-            #[command(flatten)]
-            a: SnapshotArgs,
-        }
-        let argv = std::iter::once("snapshot").chain(words.iter().copied());
-        <P as clap::Parser>::try_parse_from(argv).unwrap().a
-    }
+    use crate::snapshot::tests::args;
 
     /// `netmon snapshot WORDS` from `source` through `table`: the output and the notes.
     fn snap(
