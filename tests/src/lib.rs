@@ -480,6 +480,17 @@ impl Reaped {
     pub fn new(child: Child) -> Self {
         Self(child)
     }
+
+    /// The first line the child prints (`tcp-peer` prints its port, or `ready`), trimmed;
+    /// blocks until it comes. The child's stdout must be piped.
+    pub fn first_line(&mut self) -> String {
+        let out = self.0.stdout.as_mut().expect("the child's stdout is piped");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("reading the child's first line");
+        line.trim().to_owned()
+    }
 }
 
 impl std::ops::Deref for Reaped {

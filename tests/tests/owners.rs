@@ -1,7 +1,6 @@
 //! Owner attribution and connection endings, with client and server in processes of their own.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,11 +22,8 @@ fn server(ns: &TestNetns, bind: &'static str, mode: &'static str) -> (Reaped, u1
             .spawn()
             .expect("spawn tcp-peer server")
     }));
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().parse().expect("server port"))
+    let port = child.first_line().parse().expect("server port");
+    (child, port)
 }
 
 fn client(ns: &TestNetns, addr: String, mode: &'static str) -> Reaped {

@@ -88,11 +88,8 @@ fn server(ns: &TestNetns, who: As) -> (Reaped, u16) {
             .spawn()
             .expect("spawn tcp-peer server")
     }));
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().parse().unwrap())
+    let port = child.first_line().parse().expect("server port");
+    (child, port)
 }
 
 /// A `tcp-peer client` connection to `port` and back; the client's pid.
@@ -307,6 +304,15 @@ fn top_shows_a_member_its_own_owners_only() {
     }
 }
 
+/// `n` listeners on 127.0.0.1 in `ns`, held until dropped.
+fn listeners(ns: &TestNetns, n: usize) -> Vec<std::net::TcpListener> {
+    ns.run(move || {
+        (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener"))
+            .collect()
+    })
+}
+
 /// A `tcp-peer client` of `who` that connects to `port` and holds the connection.
 fn hold(ns: &TestNetns, who: As, port: u16) -> Reaped {
     let mut c = Reaped::new(ns.run(move || {
@@ -316,10 +322,8 @@ fn hold(ns: &TestNetns, who: As, port: u16) -> Reaped {
             .spawn()
             .expect("spawn tcp-peer client hold")
     }));
-    let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // It prints a line once connected.
+    c.first_line();
     c
 }
 
@@ -331,12 +335,8 @@ fn one_users_unread_replies_leave_another_user_its_share() {
     let users = gid("users");
     let ns = TestNetns::new();
     raise_nofile();
-    // ~3,000 listeners: a JSON reply of about 1 MB.
-    let _listeners = ns.run(|| {
-        (0..3000)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener"))
-            .collect::<Vec<_>>()
-    });
+    // A JSON reply of about 1 MB.
+    let _listeners = listeners(&ns, 3000);
     const MIB: usize = 1 << 20;
     let agent = AgentProcess::start_with(
         agent_socket_path(),
@@ -397,12 +397,8 @@ fn one_users_flood_of_snapshots_leaves_another_user_a_slot() {
     let users = gid("users");
     let ns = TestNetns::new();
     raise_nofile();
-    // ~3,000 listeners: every snapshot dumps and renders all of them.
-    let _listeners = ns.run(|| {
-        (0..3000)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener"))
-            .collect::<Vec<_>>()
-    });
+    // Every snapshot dumps and renders all of them.
+    let _listeners = listeners(&ns, 3000);
     let agent = AgentProcess::start_with(
         agent_socket_path(),
         &["--group", "users", "--admin-group", "staff"],
