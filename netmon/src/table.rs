@@ -21,7 +21,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
     procfs::SocketOwners,
-    records::{PackedAddr, PushClosed, Records, shrink_map},
+    records::{Glance, PackedAddr, PushClosed, Records, shrink_map},
     sock_diag::DiagSock,
 };
 
@@ -873,17 +873,30 @@ impl Table {
         self.records.served(cookie, slot)
     }
 
-    /// [`Table::served`] for every live socket of `netns`: (cookie, slot, socket, walked).
-    pub fn each_served(&self, netns: u32, live: impl FnMut(u64, u32, Sock, Option<Walked>)) {
-        self.records.each_served(netns, live);
+    /// [`Table::served`] for every live socket of `netns` that `look` keeps (see
+    /// [`Records::each_served`]): (cookie, slot, socket, walked).
+    pub fn each_served(
+        &self,
+        netns: u32,
+        look: impl FnMut(Glance) -> bool,
+        live: impl FnMut(u64, u32, Sock, Option<Walked>),
+    ) {
+        self.records.each_served(netns, look, live);
     }
 
-    /// The cookies of the TIME-WAIT sockets of `netns`.
-    pub fn time_wait_cookies(&self, netns: u32) -> impl Iterator<Item = u64> + '_ {
+    /// The cookies of the TIME-WAIT sockets of `netns`, with their ports.
+    pub fn time_wait_cookies(&self, netns: u32) -> impl Iterator<Item = (u64, Glance)> + '_ {
         self.time_wait
             .iter()
             .filter(move |(_, t)| t.netns == netns)
-            .map(|(&c, _)| c)
+            .map(|(&c, t)| {
+                let glance = Glance {
+                    state: TcpState::TimeWait.to_kernel(),
+                    local_port: t.local.port(),
+                    remote_port: t.remote.port(),
+                };
+                (c, glance)
+            })
     }
 
     /// A TIME-WAIT socket the table holds.
