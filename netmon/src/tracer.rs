@@ -394,14 +394,21 @@ fn read_ring_while<T: Send>(
     held: &mut Held,
     work: impl FnOnce() -> T + Send,
 ) -> T {
+    let reader = std::thread::current();
     std::thread::scope(|s| {
-        let work = s.spawn(work);
+        let work = s.spawn(move || {
+            let out = work();
+            // The reader wakes as the work ends, not at its next poll: short work (a
+            // `--max-age` request's pass over the table) would wait up to a poll for nothing.
+            reader.unpark();
+            out
+        });
         while !work.is_finished() {
             if held.pending_bytes() < HELD_MAX_BYTES && probe.drain(|record| held.push(record)).more
             {
                 continue;
             }
-            std::thread::sleep(READ_POLL);
+            std::thread::park_timeout(READ_POLL);
         }
         joined(work)
     })
