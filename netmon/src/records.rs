@@ -503,6 +503,22 @@ impl Records {
         })
     }
 
+    /// Sets the owner `owner_of` gives for the inode of each live socket a walk saw, in one
+    /// pass over the slab.
+    pub fn set_owners_by_inode(&mut self, mut owner_of: impl FnMut(u32) -> Option<Owner>) {
+        for i in 0..self.socks.items.len() {
+            let r = self.socks.items[i];
+            if r.state == FREE || r.flags & WALKED == 0 || r.walked[3] == 0 {
+                continue;
+            }
+            if let Some(owner) = owner_of(r.walked[3]) {
+                let mut sock = self.decode(&r);
+                sock.owner = Some(owner);
+                self.insert(r.cookie, &sock);
+            }
+        }
+    }
+
     /// A live socket without its path, and what a walk saw of it: what a served row needs.
     /// `slot` is where [`Records::each_served`] found it: still there unless the slab was
     /// compacted since, else it is looked up.

@@ -813,8 +813,8 @@ impl<R: Ring> Tracer<R> {
         let table = &mut self.pipeline.table;
         // The scan walks every process's fds and the dumps wait on the kernel: side by side,
         // and each part of a dump is merged as it comes (never a whole dump held). Owners
-        // are set once the scan is done, from the (cookie, inode) of every socket merged.
-        let (owners, inodes, merged) = read_ring_while(&mut self.probe, &mut self.held, || {
+        // are set once the scan is done, by the inode each merged socket's walk reported.
+        let (owners, merged) = read_ring_while(&mut self.probe, &mut self.held, || {
             std::thread::scope(|s| {
                 let scan = s.spawn(|| {
                     let t = Instant::now();
@@ -827,7 +827,6 @@ impl<R: Ring> Tracer<R> {
                     t.elapsed()
                 });
                 let mut merged = Merged::default();
-                let mut inodes: Vec<(u64, u32)> = Vec::new();
                 let mut reconciling = None;
                 while let Some(part) = rx.blocking_recv() {
                     let t = Instant::now();
@@ -839,12 +838,6 @@ impl<R: Ring> Tracer<R> {
                             if let Some(r) = reconciling.as_mut() {
                                 table.reconcile_batch(r, &sockets);
                                 merged.sockets += sockets.len();
-                                inodes.extend(
-                                    sockets
-                                        .iter()
-                                        .filter(|d| d.inode != 0)
-                                        .map(|d| (d.cookie, d.inode)),
-                                );
                             }
                         }
                         Part::End(ended) => match (reconciling.take(), ended) {
@@ -865,13 +858,13 @@ impl<R: Ring> Tracer<R> {
                 merged.dumps = joined(dumps);
                 let (owners, scan) = joined(scan);
                 merged.scan = scan;
-                (owners, inodes, merged)
+                (owners, merged)
             })
         });
         let table = &mut self.pipeline.table;
         let owning = Instant::now();
         read_ring_while(&mut self.probe, &mut self.held, move || {
-            table.set_owners_of(&inodes, &owners);
+            table.set_owners_of_walked(&owners);
         });
         seeded.namespaces = merged.namespaces;
         seeded.sockets = merged.sockets;
