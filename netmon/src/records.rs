@@ -203,6 +203,16 @@ struct SockRec {
     cgroup_source: u8,
 }
 
+/// What a pass over the records can judge a socket by before decoding it: decoding (owner,
+/// addresses) is most of a pass's cost, and a filtered request keeps few sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    /// The kernel's number for the state.
+    pub state: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
 /// A closed connection, packed (136 bytes against 224 for [`Closed`]).
 #[derive(Clone, Copy, Debug)]
 struct ClosedRec {
@@ -493,6 +503,22 @@ impl Records {
         })
     }
 
+    /// Sets the owner `owner_of` gives for the inode of each live socket a walk saw, in one
+    /// pass over the slab.
+    pub fn set_owners_by_inode(&mut self, mut owner_of: impl FnMut(u32) -> Option<Owner>) {
+        for i in 0..self.socks.items.len() {
+            let r = self.socks.items[i];
+            if r.state == FREE || r.flags & WALKED == 0 || r.walked[3] == 0 {
+                continue;
+            }
+            if let Some(owner) = owner_of(r.walked[3]) {
+                let mut sock = self.decode(&r);
+                sock.owner = Some(owner);
+                self.insert(r.cookie, &sock);
+            }
+        }
+    }
+
     /// A live socket without its path, and what a walk saw of it: what a served row needs.
     /// `slot` is where [`Records::each_served`] found it: still there unless the slab was
     /// compacted since, else it is looked up.
@@ -504,11 +530,24 @@ impl Records {
         Some((self.decode_pathless(r), Self::walked_of(r)))
     }
 
-    /// [`Records::served`] for each live socket of `netns` (cookie, slot, ...), in one pass
-    /// over the slab in order.
-    pub fn each_served(&self, netns: u32, mut f: impl FnMut(u64, u32, Sock, Option<Walked>)) {
+    /// [`Records::served`] for each live socket of `netns` (cookie, slot, ...) that `look`
+    /// keeps, in one pass over the slab in order; `look` sees the packed record's state and
+    /// ports before anything is decoded.
+    pub fn each_served(
+        &self,
+        netns: u32,
+        mut look: impl FnMut(Glance) -> bool,
+        mut f: impl FnMut(u64, u32, Sock, Option<Walked>),
+    ) {
         for (i, r) in self.socks.items.iter().enumerate() {
-            if r.netns == netns && r.state != FREE {
+            if r.netns == netns
+                && r.state != FREE
+                && look(Glance {
+                    state: r.state,
+                    local_port: r.local_port,
+                    remote_port: r.remote_port,
+                })
+            {
                 f(
                     r.cookie,
                     i as u32,
@@ -756,6 +795,12 @@ pub struct PackedAddr {
     v6: bool,
 }
 
+impl PackedAddr {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// What [`Records::push_closed`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushClosed {
@@ -840,7 +885,7 @@ mod tests {
         }
         let before: Vec<(u64, u32)> = {
             let mut v = Vec::new();
-            r.each_served(7, |c, slot, _, _| v.push((c, slot)));
+            r.each_served(7, |_| true, |c, slot, _, _| v.push((c, slot)));
             v
         };
         r.shrink();
@@ -852,7 +897,7 @@ mod tests {
             },
         );
         let mut after = Vec::new();
-        r.each_served(7, |c, _, s, _| after.push((c, s.netns)));
+        r.each_served(7, |_| true, |c, _, s, _| after.push((c, s.netns)));
         after.sort_unstable();
         let want: Vec<(u64, u32)> = (1..100)
             .map(|i| i * 100)

@@ -21,7 +21,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
     procfs::SocketOwners,
-    records::{PackedAddr, PushClosed, Records, shrink_map},
+    records::{Glance, PackedAddr, PushClosed, Records, shrink_map},
     sock_diag::DiagSock,
 };
 
@@ -652,16 +652,11 @@ impl Table {
         self.records.insert(h.cookie, &sock);
     }
 
-    /// Sets owners found by a /proc scan (socket inode -> owner) for the sockets of a dump,
-    /// given as (cookie, inode) pairs: 16 bytes a socket kept until the scan is done, not the
-    /// dump's 144.
-    pub fn set_owners_of(&mut self, inodes: &[(u64, u32)], owners: &SocketOwners) {
-        for &(cookie, inode) in inodes.iter().filter(|(_, inode)| *inode != 0) {
-            if let (Some(mut sock), Some(owner)) = (self.records.get(cookie), owners.get(inode)) {
-                sock.owner = Some(owner);
-                self.records.insert(cookie, &sock);
-            }
-        }
+    /// Sets owners found by a /proc scan (socket inode -> owner) for the live sockets a walk
+    /// saw, by the inode the walk reported: the seed keeps no list of the sockets it merged
+    /// (16 MB of (cookie, inode) pairs at a million, held at its peak).
+    pub fn set_owners_of_walked(&mut self, owners: &SocketOwners) {
+        self.records.set_owners_by_inode(|inode| owners.get(inode));
     }
 
     fn close(&mut self, t: &Transition, sock: Sock) -> Closed {
@@ -873,17 +868,30 @@ impl Table {
         self.records.served(cookie, slot)
     }
 
-    /// [`Table::served`] for every live socket of `netns`: (cookie, slot, socket, walked).
-    pub fn each_served(&self, netns: u32, live: impl FnMut(u64, u32, Sock, Option<Walked>)) {
-        self.records.each_served(netns, live);
+    /// [`Table::served`] for every live socket of `netns` that `look` keeps (see
+    /// [`Records::each_served`]): (cookie, slot, socket, walked).
+    pub fn each_served(
+        &self,
+        netns: u32,
+        look: impl FnMut(Glance) -> bool,
+        live: impl FnMut(u64, u32, Sock, Option<Walked>),
+    ) {
+        self.records.each_served(netns, look, live);
     }
 
-    /// The cookies of the TIME-WAIT sockets of `netns`.
-    pub fn time_wait_cookies(&self, netns: u32) -> impl Iterator<Item = u64> + '_ {
+    /// The cookies of the TIME-WAIT sockets of `netns`, with their ports.
+    pub fn time_wait_cookies(&self, netns: u32) -> impl Iterator<Item = (u64, Glance)> + '_ {
         self.time_wait
             .iter()
             .filter(move |(_, t)| t.netns == netns)
-            .map(|(&c, _)| c)
+            .map(|(&c, t)| {
+                let glance = Glance {
+                    state: TcpState::TimeWait.to_kernel(),
+                    local_port: t.local.port(),
+                    remote_port: t.remote.port(),
+                };
+                (c, glance)
+            })
     }
 
     /// A TIME-WAIT socket the table holds.
@@ -1184,11 +1192,16 @@ mod tests {
             task: Task::new(55, 55, 0, "sshd"),
             fd: Some(3),
         };
-        table.set_owners_of(
-            &[(d.cookie, d.inode)],
-            &[(4242, owner)].into_iter().collect(),
-        );
+        let mut other = diag(10, TcpState::Listen);
+        other.inode = 4343;
+        table.reconcile(8, &[other], 0);
+        table.set_owners_of_walked(&[(4242, owner)].into_iter().collect());
         assert_eq!(table.get(9).and_then(|s| s.owner), Some(owner));
+        assert_eq!(
+            table.get(10).and_then(|s| s.owner),
+            None,
+            "no owner has its inode"
+        );
     }
 
     fn diag(cookie: u64, state: TcpState) -> DiagSock {

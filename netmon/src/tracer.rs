@@ -8,6 +8,7 @@
 //! two drains, so that dumps and rendering never run on the thread that drains the ring.
 
 use std::{
+    collections::VecDeque,
     io,
     time::{Duration, Instant},
 };
@@ -52,43 +53,101 @@ const HELD_MAX_BYTES: usize = 64 << 20;
 const REPLAY_BATCH: usize = 16_384;
 
 /// Ring records read ahead of the pipeline, oldest first: what the ring delivered while a
-/// dump or a merge ran, replayed once the table is free again (length-prefixed, flat).
+/// dump or a merge ran, replayed once the table is free again (length-prefixed, flat). A
+/// seed at a million sockets holds seconds of a busy machine's events (~12 MB a second of a
+/// 10k connections/s churn): past the first [`HELD_CHUNK`] they are kept deflated a chunk at
+/// a time (records of one churn repeat most of their bytes), and a chunk is inflated only
+/// when its turn to be replayed comes.
 #[derive(Debug, Default)]
 struct Held {
-    bytes: Vec<u8>,
-    /// Where the oldest record not yet replayed starts.
+    /// Records not packed yet, the newest.
+    open: Vec<u8>,
+    /// Full chunks, deflated, oldest first, with their inflated length.
+    packed: VecDeque<(Vec<u8>, usize)>,
+    packed_bytes: usize,
+    /// The chunk being replayed (inflated), and where its oldest record not yet replayed
+    /// starts.
+    replaying: Vec<u8>,
     pos: usize,
 }
+
+/// Held records are deflated in chunks of this size (a few ms of miniz's fastest level, on
+/// the thread that reads the ring; a short hold, e.g. a `--max-age` request's pass, stays
+/// below it and costs nothing).
+const HELD_CHUNK: usize = 1 << 20;
+/// miniz's fastest level: ~5x on a churn's records.
+const HELD_LEVEL: u8 = 1;
 
 impl Held {
     fn push(&mut self, record: &[u8]) {
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
-        self.bytes.extend_from_slice(&len.to_ne_bytes());
-        self.bytes.extend_from_slice(&record[..len as usize]);
+        if !self.open.is_empty() && self.open.len() + 4 + len as usize > HELD_CHUNK {
+            let chunk = miniz_oxide::deflate::compress_to_vec(&self.open, HELD_LEVEL);
+            self.packed_bytes += chunk.len();
+            self.packed.push_back((chunk, self.open.len()));
+            self.open.clear();
+        }
+        if self.open.capacity() == 0 {
+            // One chunk's worth at once, so that the open chunk never doubles past it.
+            self.open.reserve_exact(HELD_CHUNK);
+        }
+        self.open.extend_from_slice(&len.to_ne_bytes());
+        self.open.extend_from_slice(&record[..len as usize]);
     }
 
     fn is_empty(&self) -> bool {
-        self.pos == self.bytes.len()
+        self.pos == self.replaying.len() && self.packed.is_empty() && self.open.is_empty()
     }
 
+    /// Bytes held, as held (deflated chunks at their deflated size).
     fn pending_bytes(&self) -> usize {
-        self.bytes.len() - self.pos
+        self.replaying.len() - self.pos + self.packed_bytes + self.open.len()
     }
 
-    /// Hands out up to `max` of the oldest records; the memory goes once all were handed out.
+    /// Bytes of memory the held records take (capacities included).
+    fn resident_bytes(&self) -> usize {
+        self.open.capacity() + self.packed_bytes + self.replaying.capacity()
+    }
+
+    /// Hands out up to `max` of the oldest records; a chunk's memory goes once all its
+    /// records were handed out, and all of it once every record was.
     fn take(&mut self, max: usize, mut f: impl FnMut(&[u8])) {
-        for _ in 0..max {
-            let rest = &self.bytes[self.pos..];
-            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+        let mut given = 0;
+        while given < max {
+            if self.pos == self.replaying.len() && !self.next_chunk() {
                 break;
+            }
+            let rest = &self.replaying[self.pos..];
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                // A torn tail cannot happen (records are pushed whole); drop it.
+                self.pos = self.replaying.len();
+                continue;
             };
-            let len = u32::from_ne_bytes(*len) as usize;
+            let len = (u32::from_ne_bytes(*len) as usize).min(tail.len());
             f(&tail[..len]);
             self.pos += 4 + len;
+            given += 1;
         }
         if self.is_empty() {
             *self = Self::default();
         }
+    }
+
+    /// Moves the oldest chunk not replayed yet into `replaying`; false if none is left.
+    fn next_chunk(&mut self) -> bool {
+        self.pos = 0;
+        if let Some((chunk, len)) = self.packed.pop_front() {
+            self.packed_bytes -= chunk.len();
+            // Deflated by `push` a moment ago in this process: it inflates, to its length.
+            let mut chunk = miniz_oxide::inflate::decompress_to_vec_with_limit(&chunk, len)
+                .expect("a chunk deflated by this process inflates to its length");
+            // Inflating doubles its buffer as it goes: one chunk's worth is kept.
+            chunk.shrink_to_fit();
+            self.replaying = chunk;
+            return true;
+        }
+        self.replaying = std::mem::take(&mut self.open);
+        !self.replaying.is_empty()
     }
 }
 
@@ -394,14 +453,21 @@ fn read_ring_while<T: Send>(
     held: &mut Held,
     work: impl FnOnce() -> T + Send,
 ) -> T {
+    let reader = std::thread::current();
     std::thread::scope(|s| {
-        let work = s.spawn(work);
+        let work = s.spawn(move || {
+            let out = work();
+            // The reader wakes as the work ends, not at its next poll: short work (a
+            // `--max-age` request's pass over the table) would wait up to a poll for nothing.
+            reader.unpark();
+            out
+        });
         while !work.is_finished() {
             if held.pending_bytes() < HELD_MAX_BYTES && probe.drain(|record| held.push(record)).more
             {
                 continue;
             }
-            std::thread::sleep(READ_POLL);
+            std::thread::park_timeout(READ_POLL);
         }
         joined(work)
     })
@@ -747,8 +813,8 @@ impl<R: Ring> Tracer<R> {
         let table = &mut self.pipeline.table;
         // The scan walks every process's fds and the dumps wait on the kernel: side by side,
         // and each part of a dump is merged as it comes (never a whole dump held). Owners
-        // are set once the scan is done, from the (cookie, inode) of every socket merged.
-        let (owners, inodes, merged) = read_ring_while(&mut self.probe, &mut self.held, || {
+        // are set once the scan is done, by the inode each merged socket's walk reported.
+        let (owners, merged) = read_ring_while(&mut self.probe, &mut self.held, || {
             std::thread::scope(|s| {
                 let scan = s.spawn(|| {
                     let t = Instant::now();
@@ -761,7 +827,6 @@ impl<R: Ring> Tracer<R> {
                     t.elapsed()
                 });
                 let mut merged = Merged::default();
-                let mut inodes: Vec<(u64, u32)> = Vec::new();
                 let mut reconciling = None;
                 while let Some(part) = rx.blocking_recv() {
                     let t = Instant::now();
@@ -773,12 +838,6 @@ impl<R: Ring> Tracer<R> {
                             if let Some(r) = reconciling.as_mut() {
                                 table.reconcile_batch(r, &sockets);
                                 merged.sockets += sockets.len();
-                                inodes.extend(
-                                    sockets
-                                        .iter()
-                                        .filter(|d| d.inode != 0)
-                                        .map(|d| (d.cookie, d.inode)),
-                                );
                             }
                         }
                         Part::End(ended) => match (reconciling.take(), ended) {
@@ -799,13 +858,13 @@ impl<R: Ring> Tracer<R> {
                 merged.dumps = joined(dumps);
                 let (owners, scan) = joined(scan);
                 merged.scan = scan;
-                (owners, inodes, merged)
+                (owners, merged)
             })
         });
         let table = &mut self.pipeline.table;
         let owning = Instant::now();
         read_ring_while(&mut self.probe, &mut self.held, move || {
-            table.set_owners_of(&inodes, &owners);
+            table.set_owners_of_walked(&owners);
         });
         seeded.namespaces = merged.namespaces;
         seeded.sockets = merged.sockets;
@@ -999,7 +1058,7 @@ impl<R: Ring> Tracer<R> {
                 view.malformed = p.malformed;
                 view.resyncs = p.resyncs;
                 view.fire_count = p.fire_count;
-                view.held_bytes = self.held.bytes.capacity() as u64;
+                view.held_bytes = self.held.resident_bytes() as u64;
                 // The totals the loop last read from the kernel (every 250 ms): reading the
                 // counters here would take their deltas from the loop.
                 let l = p.losses();
@@ -1562,7 +1621,75 @@ mod tests {
         held.take(10, |r| seen.push(r.to_vec()));
         assert_eq!(seen.len(), 5);
         assert!(held.is_empty());
-        assert_eq!(held.bytes.capacity(), 0, "the memory is given back");
+        assert_eq!(held.resident_bytes(), 0, "the memory is given back");
+    }
+
+    /// The records of a loopback churn as the program writes them: 10 transitions a
+    /// connection, ~10 µs apart, a new cookie and client port per connection, two tasks.
+    fn churn_records(n: u64) -> Vec<Vec<u8>> {
+        let states = [
+            (7, 2),
+            (2, 1),
+            (1, 4),
+            (4, 5),
+            (5, 7),
+            (10, 3),
+            (3, 1),
+            (1, 8),
+            (8, 9),
+            (9, 7),
+        ];
+        let mut jitter = 0x9e37_79b9_7f4a_7c15_u64;
+        (0..n)
+            .map(|i| {
+                let conn = i / 10;
+                let (old, new) = states[(i % 10) as usize];
+                let mut ev = event(AF_INET, &[127, 0, 0, 1], &[127, 1, 0, 1], old, new);
+                jitter = jitter
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                ev.ts_ns = 5_000_000_000 + i * 10_000 + (jitter >> 50);
+                ev.cookie = 1 << 20 | conn;
+                ev.sport = 30_000 + (conn % 28_000) as u16;
+                ev.dport = 971;
+                (ev.pid, ev.tid) = if i % 2 == 0 {
+                    (4242, 4243)
+                } else {
+                    (4250, 4251)
+                };
+                bytes(&ev)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_records_past_a_chunk_are_deflated_and_come_out_in_order() {
+        let records = churn_records(60_000);
+        let raw: usize = records.iter().map(|r| r.len() + 4).sum();
+        let mut held = Held::default();
+        let mut seen = Vec::new();
+        // Pushes and replays interleave, as a seed's hold is replayed while the ring still
+        // delivers: the order is the push order across chunks, inflated or not.
+        for (i, r) in records.iter().enumerate() {
+            held.push(r);
+            if i == 30_000 {
+                held.take(1_000, |r| seen.push(r.to_vec()));
+            }
+        }
+        let packed: usize = held.packed.iter().map(|(_, len)| len).sum();
+        assert!(packed > 3 * HELD_CHUNK, "{raw} bytes make deflated chunks");
+        assert!(
+            held.packed_bytes < packed / 4,
+            "a churn's records deflate to {} bytes of {packed}",
+            held.packed_bytes
+        );
+        assert!(held.resident_bytes() < held.packed_bytes + 2 * HELD_CHUNK + 64 * 1024);
+        while !held.is_empty() {
+            held.take(REPLAY_BATCH, |r| seen.push(r.to_vec()));
+        }
+        assert_eq!(seen.len(), records.len());
+        assert!(seen == records, "every record, byte for byte, in order");
+        assert_eq!(held.resident_bytes(), 0, "the memory is given back");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `cargo xtask soak --minutes N` (root, not in CI): `netmon agent` and `netmon watch` under a
 //! mixed, bounded load for N minutes, sampled over time: RSS and fds of both, transitions seen
-//! against the load's own count, losses reported, snapshot latency.
+//! against the load's own count, losses reported, snapshot latency. The agent's RSS is also
+//! read every 20 ms for its floor between samples and its profile over the clients' round:
+//! a sample alone lands in or between requests, and swings by what one holds.
 //!
 //! The load, all on loopback in namespaces the soak creates:
 //! - churn: connect+close at a fixed rate ([`churn`], a hidden subcommand run in the churn
@@ -31,6 +33,9 @@ use anyhow::{Context, Result, bail};
 use crate::bench::sys::{self, Netns, Proc};
 
 const NETNS_PREFIX: &str = "netmon-soak-";
+/// How often the agent's RSS is read between two samples, for its floor: well under the
+/// shortest gap between two requests (the clients each ask once a second).
+const FLOOR_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
@@ -53,6 +58,12 @@ pub struct SoakArgs {
 struct Sample {
     at_s: f64,
     agent_rss_kib: u64,
+    /// The agent's lowest RSS since the previous sample (read every [`FLOOR_EVERY`]): what it
+    /// holds between requests, where a sample of RSS alone falls anywhere between this and the
+    /// peak, depending on where it lands in the clients' one-second cycle.
+    agent_floor_kib: u64,
+    /// Where the sample of RSS fell: ms since the misbehaving client's latest round began.
+    round_ms: f64,
     /// The agent's peak RSS since the previous sample (VmHWM, reset at each sample): what a
     /// sample of RSS alone can miss, or catch, by its timing.
     agent_peak_kib: u64,
@@ -77,6 +88,87 @@ struct Sample {
 struct Scraped {
     table: [u64; 3],
     unread_bytes: u64,
+}
+
+/// When a loop's latest round began, in ns since [`Round::t0`].
+#[derive(Debug)]
+struct Round {
+    t0: Instant,
+    at_ns: AtomicU64,
+}
+
+impl Default for Round {
+    fn default() -> Self {
+        Self {
+            t0: Instant::now(),
+            at_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Round {
+    fn mark(&self) {
+        let now = u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the latest round began (0 before the first).
+    fn since_ms(&self) -> f64 {
+        let at = self.at_ns.load(Ordering::Relaxed);
+        if at == u64::MAX {
+            return 0.0;
+        }
+        let now = u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now.saturating_sub(at) as f64 / 1e6
+    }
+}
+
+/// The agent's RSS by where its readings fell in the misbehaving client's round (bins of
+/// [`Profile::BIN_MS`]): how much a sample of RSS depends on when it is taken.
+#[derive(Debug, Default)]
+struct Profile {
+    /// (sum KiB, readings, min KiB, max KiB) per bin; the last bin takes the rest.
+    bins: [(u64, u64, u64, u64); Profile::BINS],
+}
+
+impl Profile {
+    const BIN_MS: f64 = 100.0;
+    const BINS: usize = 11;
+
+    fn add(&mut self, since_ms: f64, kib: u64) {
+        let i = ((since_ms / Self::BIN_MS) as usize).min(Self::BINS - 1);
+        let b = &mut self.bins[i];
+        b.2 = if b.1 == 0 { kib } else { b.2.min(kib) };
+        b.3 = b.3.max(kib);
+        b.0 += kib;
+        b.1 += 1;
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!(
+            "agent RSS by ms since the misbehaving client's round began (read every {} ms \
+             after minute 2): mean (min-max) MB\n",
+            FLOOR_EVERY.as_millis()
+        );
+        for (i, &(sum, n, lo, hi)) in self.bins.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let from = i as f64 * Self::BIN_MS;
+            let range = if i + 1 == Self::BINS {
+                format!("{from:.0}+")
+            } else {
+                format!("{from:.0}-{:.0}", from + Self::BIN_MS - 1.0)
+            };
+            out.push_str(&format!(
+                "  {range:>9} ms: {:.1} ({:.1}-{:.1}), {n} readings\n",
+                sum as f64 / n as f64 / 1024.0,
+                lo as f64 / 1024.0,
+                hi as f64 / 1024.0
+            ));
+        }
+        out
+    }
 }
 
 /// What the reader of `watch`'s output counted.
@@ -168,6 +260,27 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    // When the misbehaving client's latest round began: each round asks for a whole
+    // `--all-netns` snapshot, so where a sample falls in the round tells what is in flight.
+    let round = Arc::new(Round::default());
+    let floor = Arc::new(AtomicU64::new(u64::MAX));
+    let profile = Arc::new(Mutex::new(Profile::default()));
+    let floors = {
+        let (stop, floor, pid) = (stop.clone(), floor.clone(), agent.pid());
+        let (round, profile) = (round.clone(), profile.clone());
+        let from = Instant::now() + Duration::from_secs(120);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(kib) = sys::vm_kib(pid, "VmRSS") {
+                    floor.fetch_min(kib, Ordering::Relaxed);
+                    if Instant::now() >= from {
+                        profile.lock().unwrap().add(round.since_ms(), kib);
+                    }
+                }
+                std::thread::sleep(FLOOR_EVERY);
+            }
+        })
+    };
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let failures = Arc::new(AtomicU64::new(0));
     let (held_ns, churn_ns) = (Arc::new(held_ns), Arc::new(churn_ns));
@@ -187,7 +300,8 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     };
     let misbehaving = {
         let (stop, socket, netmon) = (stop.clone(), socket.clone(), netmon.to_owned());
-        std::thread::spawn(move || misbehave(&netmon, &socket, &stop))
+        let round = round.clone();
+        std::thread::spawn(move || misbehave(&netmon, &socket, &stop, &round))
     };
 
     println!(
@@ -214,9 +328,13 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
         let scraped = scrape(metrics);
         let agent_peak_kib = sys::vm_kib(agent.pid(), "VmHWM")?;
         sys::reset_hwm(agent.pid())?;
+        let agent_rss_kib = sys::vm_kib(agent.pid(), "VmRSS")?;
+        let round_ms = round.since_ms();
         let s = Sample {
             at_s: started.elapsed().as_secs_f64(),
-            agent_rss_kib: sys::vm_kib(agent.pid(), "VmRSS")?,
+            agent_rss_kib,
+            round_ms,
+            agent_floor_kib: floor.swap(u64::MAX, Ordering::Relaxed).min(agent_rss_kib),
             agent_peak_kib,
             unread_bytes: scraped.unread_bytes,
             agent_fds: fds(agent.pid()),
@@ -243,6 +361,7 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     }
     let _ = clients.join();
     let _ = misbehaving.join();
+    let _ = floors.join();
     // Every churn connection ends within a few ms; then watch has drained (it reads at least
     // every 50 ms) and flushes on SIGINT.
     std::thread::sleep(Duration::from_secs(2));
@@ -257,7 +376,8 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
     let expected = made.connections * 10 + made.listeners * 2;
     let seen = counts.transitions.load(Ordering::Relaxed);
     let lost = counts.lost.load(Ordering::Relaxed);
-    let report = verdict(&samples, expected, seen, lost);
+    let mut report = verdict(&samples, expected, seen, lost);
+    report.push_str(&profile.lock().unwrap().render());
     println!("\n{report}");
     println!(
         "exits: watch {watch_status}, agent {agent_status}; churn made {} connections ({} errors)",
@@ -277,9 +397,11 @@ pub fn soak(args: &SoakArgs, netmon: &Path, target: &Path) -> Result<()> {
 
 fn header() -> String {
     format!(
-        "{:>6} {:>10} {:>8} {:>9} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
+        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8} {:>6}",
         "min",
         "agent_MB",
+        "round_ms",
+        "floor_MB",
         "peak_MB",
         "unread_MB",
         "fds",
@@ -299,9 +421,11 @@ fn header() -> String {
 
 fn row(s: &Sample) -> String {
     format!(
-        "{:>6.1} {:>10.1} {:>8.1} {:>9.1} {:>6} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
+        "{:>6.1} {:>10.1} {:>8.0} {:>8.1} {:>8.1} {:>9.1} {:>6} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>10} {:>11} {:>8} {:>6} {:>8.1} {:>6}",
         s.at_s / 60.0,
         s.agent_rss_kib as f64 / 1024.0,
+        s.round_ms,
+        s.agent_floor_kib as f64 / 1024.0,
         s.agent_peak_kib as f64 / 1024.0,
         s.unread_bytes as f64 / (1 << 20) as f64,
         s.agent_fds,
@@ -323,18 +447,22 @@ fn row(s: &Sample) -> String {
 fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
     let mut out = String::new();
     let after2: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= 120.0).collect();
-    for (name, rss) in [
-        (
-            "agent",
-            &(|s: &Sample| s.agent_rss_kib) as &dyn Fn(&Sample) -> u64,
-        ),
-        ("watch", &|s: &Sample| s.watch_rss_kib),
-    ] {
+    // A sample of RSS lands anywhere in the clients' one-second cycle of requests, so the
+    // samples alone swing by what a request holds while it runs; the floor (between
+    // requests) and the peak (with them) show whether memory is held over time.
+    type Field = fn(&Sample) -> u64;
+    let bands: [(&str, Field); 4] = [
+        ("agent RSS", |s| s.agent_rss_kib),
+        ("agent RSS floor between samples", |s| s.agent_floor_kib),
+        ("agent peak RSS between samples", |s| s.agent_peak_kib),
+        ("watch RSS", |s| s.watch_rss_kib),
+    ];
+    for (name, rss) in bands {
         match spread(&after2.iter().map(|s| rss(s)).collect::<Vec<_>>()) {
             Some((lo, hi)) => {
                 let growth = (hi as f64 / lo as f64 - 1.0) * 100.0;
                 out.push_str(&format!(
-                    "{name} RSS after minute 2: {:.1}-{:.1} MB, spread {growth:.1} % ({})\n",
+                    "{name} after minute 2: {:.1}-{:.1} MB, spread {growth:.1} % ({})\n",
                     lo as f64 / 1024.0,
                     hi as f64 / 1024.0,
                     if growth <= 10.0 {
@@ -345,16 +473,9 @@ fn verdict(samples: &[Sample], expected: u64, seen: u64, lost: u64) -> String {
                 ));
             }
             None => out.push_str(&format!(
-                "{name} RSS after minute 2: no samples (run longer than 2 minutes)\n"
+                "{name} after minute 2: no samples (run longer than 2 minutes)\n"
             )),
         }
-    }
-    if let Some((lo, hi)) = spread(&after2.iter().map(|s| s.agent_peak_kib).collect::<Vec<_>>()) {
-        out.push_str(&format!(
-            "agent peak RSS between samples after minute 2: {:.1}-{:.1} MB\n",
-            lo as f64 / 1024.0,
-            hi as f64 / 1024.0
-        ));
     }
     // Exact or loud: every transition the load made is shown or counted as lost. The lost
     // count may exceed what this namespace missed: a fire the kernel ran no program for
@@ -548,12 +669,13 @@ impl Clients<'_> {
 /// and left hanging, garbage, a `snapshot --all-netns` whose output nobody reads (so it stops
 /// reading its reply) stopped after 10 s, and 20 idle connections held for 10 s every 10 s.
 /// Bounded: about 60 connections and 10 processes at once at most.
-fn misbehave(netmon: &Path, socket: &Path, stop: &AtomicBool) {
+fn misbehave(netmon: &Path, socket: &Path, stop: &AtomicBool, began: &Round) {
     let mut idle: Vec<(Instant, UnixStream)> = Vec::new();
     let mut stuck: Vec<(Instant, Proc)> = Vec::new();
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
         round += 1;
+        began.mark();
         idle.retain(|(since, _)| since.elapsed() < Duration::from_secs(10));
         // Dropping a Proc stops it (SIGTERM, by pid).
         stuck.retain(|(since, _)| since.elapsed() < Duration::from_secs(10));
@@ -661,6 +783,62 @@ mod tests {
             v.contains("agent RSS after minute 2: 100.0-105.0 MB, spread 5.0 % (flat: met)"),
             "{v}"
         );
+    }
+
+    #[test]
+    fn samples_that_swing_with_requests_are_told_apart_from_memory_held() {
+        // The samples land in or between requests; floor and peak stay where they were.
+        let samples: Vec<Sample> = [72, 81, 72, 80, 72]
+            .iter()
+            .enumerate()
+            .map(|(i, &mb)| Sample {
+                agent_floor_kib: 71 * 1024,
+                agent_peak_kib: 84 * 1024,
+                ..sample(180.0 + 60.0 * i as f64, mb, 36)
+            })
+            .collect();
+        let v = verdict(&samples, 0, 0, 0);
+        assert!(
+            v.contains("agent RSS after minute 2: 72.0-81.0 MB, spread 12.5 % (NOT met)"),
+            "{v}"
+        );
+        assert!(
+            v.contains(
+                "agent RSS floor between samples after minute 2: 71.0-71.0 MB, spread 0.0 % \
+                 (flat: met)"
+            ),
+            "{v}"
+        );
+        assert!(
+            v.contains(
+                "agent peak RSS between samples after minute 2: 84.0-84.0 MB, spread 0.0 % \
+                 (flat: met)"
+            ),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn readings_are_profiled_by_where_they_fall_in_the_round() {
+        let mut p = Profile::default();
+        p.add(10.0, 70 * 1024);
+        p.add(50.0, 72 * 1024);
+        p.add(450.0, 80 * 1024);
+        p.add(2500.0, 71 * 1024);
+        let r = p.render();
+        assert!(
+            r.contains("      0-99 ms: 71.0 (70.0-72.0), 2 readings"),
+            "{r}"
+        );
+        assert!(
+            r.contains("   400-499 ms: 80.0 (80.0-80.0), 1 readings"),
+            "{r}"
+        );
+        assert!(
+            r.contains("     1000+ ms: 71.0 (71.0-71.0), 1 readings"),
+            "{r}"
+        );
+        assert!(!r.contains("100-199"), "empty bins are left out: {r}");
     }
 
     #[test]
