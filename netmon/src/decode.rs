@@ -31,6 +31,11 @@ impl Task {
     pub fn comm(&self) -> &str {
         comm_str(&self.comm)
     }
+
+    /// The comm as the kernel gave it (NUL-padded), for comparing without UTF-8 checks.
+    pub fn comm_bytes(&self) -> &[u8; 16] {
+        &self.comm
+    }
 }
 
 fn comm_str(raw: &[u8; 16]) -> &str {

@@ -348,16 +348,27 @@ fn otlp_receiver_gets_one_record_per_connection_end_with_its_attributes() {
             Some(i64::from(std::process::id())),
             "the client is this test: {r:?}"
         );
-        assert_eq!(
-            text(attr(r, "network.peer.address")),
-            Some(server.ip().to_string().as_str())
-        );
     }
-    for r in &inbound {
+    for r in outbound.iter().chain(&inbound) {
+        // The client's address is its socket's, whichever end the record is of.
+        let client = clients
+            .iter()
+            .find(|c| int(attr(r, "source.port")) == Some(i64::from(c.port())));
         assert_eq!(
-            text(attr(r, "network.local.address")),
-            Some(server.ip().to_string().as_str())
+            text(attr(r, "source.address")),
+            client.map(|c| c.ip().to_string()).as_deref(),
+            "{r:?}"
         );
+        // With a known direction, source/destination are the record's addresses: no
+        // network.local/peer copies of them, and no body (an event's details are attributes).
+        for key in [
+            "network.local.address",
+            "network.peer.address",
+            "network.peer.port",
+        ] {
+            assert_eq!(attr(r, key), None, "{key}: {r:?}");
+        }
+        assert_eq!(r.body, None, "{r:?}");
     }
     drop(agent);
 }

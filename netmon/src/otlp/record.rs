@@ -58,18 +58,23 @@ pub fn log_record(
         "network.type",
         AnyValue::string(FAMILIES[family_index(&c.local)]),
     ));
-    endpoint(&mut attrs, "network.local", &c.local);
-    endpoint(&mut attrs, "network.peer", &c.remote);
     // source = the side that connected, destination = the side that accepted; both ends of
-    // a connection on one host then agree, and a collector can join them.
-    let (source, destination) = match direction {
-        Direction::Outbound => (Some(&c.local), Some(&c.remote)),
-        Direction::Inbound => (Some(&c.remote), Some(&c.local)),
-        Direction::Unknown => (None, None),
-    };
-    if let (Some(s), Some(d)) = (source, destination) {
-        endpoint(&mut attrs, "source", s);
-        endpoint(&mut attrs, "destination", d);
+    // a connection on one host then agree, and a collector can join them. The local and peer
+    // ends follow from them and `netmon.direction`, so `network.local.*`/`network.peer.*`
+    // are only written when the direction is unknown.
+    match direction {
+        Direction::Outbound => {
+            endpoint(&mut attrs, "source", &c.local);
+            endpoint(&mut attrs, "destination", &c.remote);
+        }
+        Direction::Inbound => {
+            endpoint(&mut attrs, "source", &c.remote);
+            endpoint(&mut attrs, "destination", &c.local);
+        }
+        Direction::Unknown => {
+            endpoint(&mut attrs, "network.local", &c.local);
+            endpoint(&mut attrs, "network.peer", &c.remote);
+        }
     }
     if let Some(o) = &c.owner {
         attrs.push(KeyValue::new("process.pid", int(u64::from(o.task.pid))));
@@ -131,13 +136,8 @@ pub fn log_record(
         observed_time_unix_nano: unix_ns(observed),
         severity_number,
         severity_text: severity_text.to_owned(),
-        body: Some(AnyValue::string(format!(
-            "{} TCP connection {} -> {} ended: {}",
-            direction.word(),
-            c.local,
-            c.remote,
-            c.end.name()
-        ))),
+        // Events carry their details in attributes, not a body (semantic conventions).
+        body: None,
         attributes: attrs,
         dropped_attributes_count: 0,
         flags: 0,
