@@ -240,21 +240,42 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr, text: &mut String) {
     }
 }
 
-/// An address as text, formatted again only when the address changes: the records of a host
-/// repeat a few addresses, and formatting them led what was left of the encoding's profile.
+/// Texts of the last few addresses seen, each formatted once: the records of a host repeat a
+/// few addresses, and formatting them led what was left of the encoding's profile. Four,
+/// not one per end: the two records of a loopback connection swap the same two addresses
+/// between local and peer, and a storm brings a new peer address with each connection, so
+/// one text per end was formatted twice a record and four are formatted once a connection.
 #[derive(Debug, Default)]
-struct IpText {
-    of: Option<IpAddr>,
-    text: Vec<u8>,
+struct IpTexts {
+    entries: [(Option<IpAddr>, Vec<u8>); 4],
+    /// The entry the next new address replaces.
+    next: usize,
 }
 
-impl IpText {
-    fn set(&mut self, ip: IpAddr, scratch: &mut String) {
-        if self.of != Some(ip) {
-            self.text.clear();
-            put_ip(&mut self.text, ip, scratch);
-            self.of = Some(ip);
+impl IpTexts {
+    /// The index of `ip`'s text, formatted into an entry other than `keep` if it is new.
+    #[inline(always)]
+    fn find(&mut self, ip: IpAddr, keep: usize, scratch: &mut String) -> usize {
+        if let Some(i) = self.entries.iter().position(|(of, _)| *of == Some(ip)) {
+            return i;
         }
+        let mut i = self.next;
+        if i == keep {
+            i = (i + 1) % self.entries.len();
+        }
+        self.next = (i + 1) % self.entries.len();
+        let (of, text) = &mut self.entries[i];
+        text.clear();
+        put_ip(text, ip, scratch);
+        *of = Some(ip);
+        i
+    }
+
+    /// The texts of `local` and `peer`.
+    fn pair(&mut self, local: IpAddr, peer: IpAddr, scratch: &mut String) -> (&[u8], &[u8]) {
+        let l = self.find(local, usize::MAX, scratch);
+        let p = self.find(peer, l, scratch);
+        (&self.entries[l].1, &self.entries[p].1)
     }
 }
 
@@ -325,20 +346,22 @@ pub struct Body {
     resource: Vec<u8>,
     scope: Vec<u8>,
     records: usize,
-    /// Reused text: the local and peer addresses, IPv6 formatting.
-    local_ip: IpText,
-    peer_ip: IpText,
+    /// The local and peer addresses' texts; reused text for IPv6 formatting.
+    ips: IpTexts,
     text: String,
     /// `network.transport` and `network.type`, by family index.
     network: Segment<usize>,
+    /// The segments below are kept one for each direction (outbound, inbound, unknown): the
+    /// two ends of a loopback connection take turns, with different owners, ends and paths,
+    /// and a single segment was written anew for every record of a storm.
+    ///
     /// `process.*`, by what they say of the owner (pid, uid, comm as the kernel gave it; not
     /// the thread).
-    owner: Segment<Option<(u32, u32, [u8; 16])>>,
-    /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`, one for each direction:
-    /// the two ends of a loopback connection take turns.
+    owner: [Segment<Option<(u32, u32, [u8; 16])>>; 3],
+    /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`.
     ending: [Segment<(End, TcpState)>; 3],
     /// `netmon.states`, by the path's states (their count first).
-    states: Segment<[u8; PATH_CAP + 1]>,
+    states: [Segment<[u8; PATH_CAP + 1]>; 3],
 }
 
 const PATH_CAP: usize = crate::table::Path::CAP;
@@ -389,13 +412,12 @@ impl Body {
             resource,
             scope,
             records: 0,
-            local_ip: IpText::default(),
-            peer_ip: IpText::default(),
+            ips: IpTexts::default(),
             text: String::with_capacity(64),
             network: Segment::default(),
-            owner: Segment::default(),
+            owner: Default::default(),
             ending: Default::default(),
-            states: Segment::default(),
+            states: Default::default(),
         }
     }
 
@@ -419,9 +441,12 @@ impl Body {
         time_ns: u64,
         observed_ns: u64,
     ) {
-        self.local_ip.set(c.local.ip(), &mut self.text);
-        self.peer_ip.set(c.remote.ip(), &mut self.text);
-        let (local_ip, peer_ip) = (&self.local_ip.text, &self.peer_ip.text);
+        let (local_ip, peer_ip) = self.ips.pair(c.local.ip(), c.remote.ip(), &mut self.text);
+        let slot = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+            Direction::Unknown => 2,
+        };
 
         // The path once: its iterator works each entry's time out again, and was walked
         // five times a record.
@@ -502,7 +527,7 @@ impl Body {
         let owner = c
             .owner
             .map(|o| (o.task.pid, o.task.uid, *o.task.comm_bytes()));
-        buf.extend_from_slice(self.owner.get(owner, 256, |buf| {
+        buf.extend_from_slice(self.owner[slot].get(owner, 256, |buf| {
             if let Some(o) = &c.owner {
                 kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
                 kv_str(
@@ -524,12 +549,7 @@ impl Body {
                 kv_str(buf, key!("netmon.systemd.unit"), unit.as_bytes());
             }
         }
-        let ending = match direction {
-            Direction::Outbound => &mut self.ending[0],
-            Direction::Inbound => &mut self.ending[1],
-            Direction::Unknown => &mut self.ending[2],
-        };
-        buf.extend_from_slice(ending.get((c.end, c.last), 256, |buf| {
+        buf.extend_from_slice(self.ending[slot].get((c.end, c.last), 256, |buf| {
             kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
             kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
             kv_str(
@@ -548,7 +568,7 @@ impl Body {
             states[i + 1] = s.to_kernel();
         }
         let array_max = 64 + PATH_ENTRY_MAX * usize::from(states[0]);
-        buf.extend_from_slice(self.states.get(states, array_max, |buf| {
+        buf.extend_from_slice(self.states[slot].get(states, array_max, |buf| {
             kv_array(
                 buf,
                 key!("netmon.states"),
@@ -898,6 +918,43 @@ mod tests {
             (b, Outbound, None),
             (a, Inbound, None),
         ];
+        let (reference, ours) = both(&records);
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn address_texts_follow_more_addresses_than_are_kept() {
+        // Four texts are kept, replaced in turn but never the one the same record uses for
+        // its other end: six addresses in turn, each record swapping its ends with the last,
+        // some records with both ends the same, must still be prost's bytes.
+        let ips = [
+            "127.0.0.1",
+            "127.1.0.9",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ];
+        let at = |ip: &str, port: u16| match ip.contains(':') {
+            true => format!("[{ip}]:{port}"),
+            false => format!("{ip}:{port}"),
+        };
+        let mut records = Vec::new();
+        // Four texts taken by two records, then a third whose local address is the one the
+        // next new text would replace.
+        for (local, peer) in [(0, 1), (2, 3), (0, 4), (0, 4)] {
+            let c = closed(&at(ips[local], 1), &at(ips[peer], 2));
+            records.push((c, Direction::Outbound, None));
+        }
+        for i in 0..40 {
+            let (a, b) = (ips[i % 6], ips[(i * 5 + 1) % 6]);
+            let out = closed(&at(a, 40_000 + i as u16), &at(b, 80));
+            let back = closed(&at(b, 80), &at(a, 40_000 + i as u16));
+            records.push((out, Direction::Outbound, None));
+            records.push((back, Direction::Inbound, None));
+            let same = closed(&at(a, 1), &at(a, 2));
+            records.push((same, Direction::Unknown, None));
+        }
         let (reference, ours) = both(&records);
         assert_eq!(ours, reference);
     }
