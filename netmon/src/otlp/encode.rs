@@ -155,25 +155,103 @@ macro_rules! key {
     }};
 }
 
+/// An int attribute's bytes before its value, built at compile time: `LogRecord.attributes`'
+/// key and length, the `KeyValue.key` field, `KeyValue.value`'s key and length, and
+/// `AnyValue.int_value`'s key. The two lengths depend only on the value's varint length and
+/// are patched in; one fixed-size copy instead of six writes.
+const fn int_prefix<const N: usize>(key: &str) -> [u8; N] {
+    let name = key.as_bytes();
+    // Both lengths stay below 128 (one byte) for any 10-byte value.
+    assert!(N == name.len() + 7 && name.len() + 5 + 10 < 128);
+    let mut out = [0; N];
+    out[0] = LOG_ATTRIBUTE;
+    out[2] = F1_LEN;
+    out[3] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        out[4 + i] = name[i];
+        i += 1;
+    }
+    out[N - 3] = F2_LEN;
+    out[N - 1] = ANY_INT;
+    out
+}
+
+/// The same for a string attribute: ... `KeyValue.value`'s key and length, then
+/// `AnyValue.string_value`'s key and length, the three lengths patched in.
+const fn str_prefix<const N: usize>(key: &str) -> [u8; N] {
+    let name = key.as_bytes();
+    assert!(N == name.len() + 8 && name.len() < 100);
+    let mut out = [0; N];
+    out[0] = LOG_ATTRIBUTE;
+    out[2] = F1_LEN;
+    out[3] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        out[4 + i] = name[i];
+        i += 1;
+    }
+    out[N - 4] = F2_LEN;
+    out[N - 2] = F1_LEN;
+    out
+}
+
+/// The encoded prefix of an int attribute, as a `&'static [u8; N]`.
+macro_rules! int_key {
+    ($name:literal) => {{
+        const PREFIX: [u8; $name.len() + 7] = int_prefix($name);
+        &PREFIX
+    }};
+}
+
+/// The encoded prefix of a string attribute, as a `&'static [u8; N]`.
+macro_rules! str_key {
+    ($name:literal) => {{
+        const PREFIX: [u8; $name.len() + 8] = str_prefix($name);
+        &PREFIX
+    }};
+}
+
+/// An int attribute from its [`int_prefix`].
 #[inline(always)]
-fn kv_str<const N: usize>(buf: &mut W, key: &[u8; N], value: &[u8]) {
+fn put_int<const N: usize>(buf: &mut W, prefix: &[u8; N], value: u64) {
+    let value = clamp(value);
+    let n = varint_len(value);
+    let at = buf.pos;
+    buf.extend_from_slice(prefix);
+    // KeyValue: the key field (N - 5 bytes) and the value field (3 + n); AnyValue: 1 + n.
+    buf.out[at + 1] = (N - 2 + n) as u8;
+    buf.out[at + N - 2] = (1 + n) as u8;
+    put_varint(buf, value);
+}
+
+/// A string attribute whose lengths take more than a byte: `key` is the encoded key field.
+#[cold]
+#[inline(never)]
+fn put_long_str(buf: &mut W, key: &[u8], value: &[u8]) {
     let any = field_len(value.len());
-    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
+    put_len(buf, LOG_ATTRIBUTE, key.len() + field_len(any));
     buf.extend_from_slice(key);
     put_len(buf, F2_LEN, any);
     put_len(buf, F1_LEN, value.len());
-    buf.extend_short(value);
+    buf.extend_from_slice(value);
 }
 
+/// A string attribute from its [`str_prefix`].
 #[inline(always)]
-fn kv_int<const N: usize>(buf: &mut W, key: &[u8; N], value: u64) {
-    let value = clamp(value);
-    let any = 1 + varint_len(value);
-    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
-    buf.extend_from_slice(key);
-    put_len(buf, F2_LEN, any);
-    buf.push(ANY_INT);
-    put_varint(buf, value);
+fn put_str<const N: usize>(buf: &mut W, prefix: &[u8; N], value: &[u8]) {
+    let n = value.len();
+    // All three lengths in one byte each; longer texts (labels) take the general path.
+    if N - 2 + n >= 128 {
+        put_long_str(buf, &prefix[2..N - 4], value);
+        return;
+    }
+    let at = buf.pos;
+    buf.extend_from_slice(prefix);
+    buf.out[at + 1] = (N - 2 + n) as u8;
+    buf.out[at + N - 3] = (2 + n) as u8;
+    buf.out[at + N - 1] = n as u8;
+    buf.extend_short(value);
 }
 
 /// An array attribute whose values take `lens` bytes each as `AnyValue`s, written by `put`.
@@ -499,8 +577,8 @@ impl Body {
 
         let family = family_index(&c.local);
         buf.extend_from_slice(self.network.get(family, 128, |buf| {
-            kv_str(buf, key!("network.transport"), b"tcp");
-            kv_str(buf, key!("network.type"), FAMILIES[family].as_bytes());
+            put_str(buf, str_key!("network.transport"), b"tcp");
+            put_str(buf, str_key!("network.type"), FAMILIES[family].as_bytes());
         }));
         let local_port = u64::from(c.local.port());
         let peer_port = u64::from(c.remote.port());
@@ -514,52 +592,56 @@ impl Body {
             Direction::Unknown => None,
         };
         if let Some(((s_ip, s_port), (d_ip, d_port))) = ends {
-            kv_str(buf, key!("source.address"), s_ip);
-            kv_int(buf, key!("source.port"), s_port);
-            kv_str(buf, key!("destination.address"), d_ip);
-            kv_int(buf, key!("destination.port"), d_port);
+            put_str(buf, str_key!("source.address"), s_ip);
+            put_int(buf, int_key!("source.port"), s_port);
+            put_str(buf, str_key!("destination.address"), d_ip);
+            put_int(buf, int_key!("destination.port"), d_port);
         } else {
-            kv_str(buf, key!("network.local.address"), local_ip);
-            kv_int(buf, key!("network.local.port"), local_port);
-            kv_str(buf, key!("network.peer.address"), peer_ip);
-            kv_int(buf, key!("network.peer.port"), peer_port);
+            put_str(buf, str_key!("network.local.address"), local_ip);
+            put_int(buf, int_key!("network.local.port"), local_port);
+            put_str(buf, str_key!("network.peer.address"), peer_ip);
+            put_int(buf, int_key!("network.peer.port"), peer_port);
         }
         let owner = c
             .owner
             .map(|o| (o.task.pid, o.task.uid, *o.task.comm_bytes()));
         buf.extend_from_slice(self.owner[slot].get(owner, 256, |buf| {
             if let Some(o) = &c.owner {
-                kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
-                kv_str(
+                put_int(buf, int_key!("process.pid"), u64::from(o.task.pid));
+                put_str(
                     buf,
-                    key!("process.executable.name"),
+                    str_key!("process.executable.name"),
                     o.task.comm().as_bytes(),
                 );
-                kv_int(buf, key!("process.user.id"), u64::from(o.task.uid));
+                put_int(buf, int_key!("process.user.id"), u64::from(o.task.uid));
             }
         }));
         if let Some(l) = labels {
             if let Some(id) = &l.container_id {
-                kv_str(buf, key!("container.id"), id.as_bytes());
+                put_str(buf, str_key!("container.id"), id.as_bytes());
             }
             if let Some(uid) = &l.pod_uid {
-                kv_str(buf, key!("k8s.pod.uid"), uid.as_bytes());
+                put_str(buf, str_key!("k8s.pod.uid"), uid.as_bytes());
             }
             if let Some(unit) = &l.unit {
-                kv_str(buf, key!("netmon.systemd.unit"), unit.as_bytes());
+                put_str(buf, str_key!("netmon.systemd.unit"), unit.as_bytes());
             }
         }
         buf.extend_from_slice(self.ending[slot].get((c.end, c.last), 256, |buf| {
-            kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
-            kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
-            kv_str(
+            put_str(
                 buf,
-                key!("netmon.last_state"),
+                str_key!("netmon.direction"),
+                direction.word().as_bytes(),
+            );
+            put_str(buf, str_key!("netmon.end_reason"), c.end.name().as_bytes());
+            put_str(
+                buf,
+                str_key!("netmon.last_state"),
                 state_name(c.last).as_bytes(),
             );
         }));
         if let Some(ns) = c.lifespan_ns() {
-            kv_int(buf, key!("netmon.lifespan_ns"), ns);
+            put_int(buf, int_key!("netmon.lifespan_ns"), ns);
         }
         let path = || steps.iter().copied();
         let mut states = [0u8; PATH_CAP + 1];
@@ -596,10 +678,10 @@ impl Body {
                 }
             },
         );
-        kv_int(buf, key!("netmon.bytes_sent"), c.bytes_acked);
-        kv_int(buf, key!("netmon.bytes_received"), c.bytes_received);
-        kv_int(buf, key!("netmon.netns"), u64::from(c.netns));
-        kv_int(buf, key!("netmon.socket.cookie"), c.cookie);
+        put_int(buf, int_key!("netmon.bytes_sent"), c.bytes_acked);
+        put_int(buf, int_key!("netmon.bytes_received"), c.bytes_received);
+        put_int(buf, int_key!("netmon.netns"), u64::from(c.netns));
+        put_int(buf, int_key!("netmon.socket.cookie"), c.cookie);
         if observed_ns != 0 {
             buf.push(LOG_OBSERVED_TIME);
             buf.extend_from_slice(&observed_ns.to_le_bytes());
