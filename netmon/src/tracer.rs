@@ -956,11 +956,14 @@ impl<R: Ring> Tracer<R> {
                         self.pipeline.resyncs.merged(started);
                     }
                     // `{:#}` walks the sources: the failed step, then the errno.
-                    Err(e) => eprintln!(
-                        "netmon: dumping sockets of netns {}: {:#}",
-                        r.netns(),
-                        anyhow::Error::new(e)
-                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "netmon: dumping sockets of netns {}: {:#}",
+                            r.netns(),
+                            anyhow::Error::new(e)
+                        );
+                        self.pipeline.table.reconcile_abort(r);
+                    }
                 }
             }
         }
