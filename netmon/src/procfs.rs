@@ -118,28 +118,79 @@ fn scan(owners: &mut SocketOwners, entries: fs::ReadDir) {
             continue;
         };
         let dir = entry.path();
-        // Processes come and go during the walk: skip any that vanish.
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
         let mut task = None;
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(target.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            let Some(fd_num) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
+        // Processes come and go during the walk: one that vanishes yields nothing.
+        each_socket_fd(&dir.join("fd"), |fd_num, inode| {
             let task = match task {
                 Some(t) => t,
                 None => *task.insert(owners.add_task(read_task(&dir, pid))),
             };
             owners.by_inode.push((inode, task, fd_num));
+        });
+    }
+}
+
+/// Calls `f(fd, inode)` for each socket among the fds listed in `fd_dir` (a /proc/PID/fd).
+///
+/// Why not `fs::read_dir` + `fs::read_link`: the scan reads one link per socket on the machine
+/// (a million at scale, the seed's longest part), and `read_link` of a full path makes the
+/// kernel walk /proc/PID/fd/N from the root each time, with two path buffers allocated per
+/// fd; `readlinkat` on the directory's own descriptor resolves one component into a stack
+/// buffer.
+fn each_socket_fd(fd_dir: &Path, mut f: impl FnMut(u32, u32)) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(fd_dir.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` is an open directory descriptor; on success the stream owns it (closedir
+    // closes it), on failure it is still ours to close.
+    let dir = unsafe { libc::fdopendir(fd) };
+    if dir.is_null() {
+        // SAFETY: `fd` is open and owned here.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    let mut link = [0u8; 64];
+    loop {
+        // SAFETY: `dir` is an open stream; the entry stays valid until the next readdir.
+        let entry = unsafe { libc::readdir64(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: `d_name` of a returned entry is a NUL-terminated name inside it.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let Some(fd_num) = std::str::from_utf8(name.to_bytes())
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue; // "." and ".."
+        };
+        // SAFETY: `fd` stays open while `dir` is; `name` is NUL-terminated; `link` has the
+        // room given.
+        let n =
+            unsafe { libc::readlinkat(fd, name.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+        let Ok(n) = usize::try_from(n) else {
+            continue; // closed meanwhile
+        };
+        // A target as long as the buffer may be cut: no socket link is ("socket:[4294967295]").
+        if n < link.len()
+            && let Some(inode) = socket_inode(&link[..n])
+        {
+            f(fd_num, inode);
         }
     }
+    // SAFETY: `dir` is open and closed once.
+    unsafe { libc::closedir(dir) };
 }
 
 /// `socket:[12345]` -> 12345.
