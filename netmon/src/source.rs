@@ -65,6 +65,34 @@ pub trait SocketSource {
     /// attributes to ask for (bits of [`crate::diag_ext::want`]). Once `each` returns false,
     /// the dump stops and `each` is not called again.
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool);
+
+    /// As [`SocketSource::parts`], the kernel sending only the sockets that `bytecode` (a
+    /// sock_diag filter program, [`sock_diag::port_bytecode`]) accepts: such dumps are not
+    /// full, so no table reconciles with them. A source that cannot filter lists every socket
+    /// in full dumps (the caller's filter still selects the rows).
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        let _ = bytecode;
+        self.parts(scope, ext, each)
+    }
+}
+
+/// A source whose dumps the kernel narrows to a filter's port ranges
+/// ([`SocketSource::parts_in_ports`]).
+pub struct InPorts<'a, S: ?Sized> {
+    pub source: &'a S,
+    pub bytecode: Vec<u8>,
+}
+
+impl<S: SocketSource + ?Sized> SocketSource for InPorts<'_, S> {
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        self.source.parts_in_ports(scope, ext, &self.bytecode, each)
+    }
 }
 
 /// The kernel, over sock_diag; dumps stop once `cancel` is set (the client left), and what
@@ -142,17 +170,19 @@ fn unopened(
 
 impl LiveSource {
     /// One namespace over sock_diag, a part at a time.
+    /// `bytecode` empty: every socket, a full dump.
     fn dump(
         &self,
         ns: &Netns,
         ext: u8,
+        bytecode: &[u8],
         note: Option<String>,
         each: &mut dyn FnMut(Part) -> bool,
     ) -> bool {
         let begin = Part::Begin {
             netns: ns.inum,
             t0_ns: Clock::mono_now_ns(),
-            full: true,
+            full: bytecode.is_empty(),
         };
         if !each(begin) {
             return false;
@@ -161,7 +191,7 @@ impl LiveSource {
         let ended = bridged(
             |tx| {
                 let emit = Box::new(move |part| tx.send(part).is_ok());
-                ns.dump_batched(ext, &self.cancel, PART, emit)
+                ns.dump_batched(ext, bytecode, &self.cancel, PART, emit)
             },
             &mut |part| {
                 go_on = each(Part::Sockets(part));
@@ -180,20 +210,31 @@ impl LiveSource {
 
 impl SocketSource for LiveSource {
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        self.parts_in_ports(scope, ext, &[], each)
+    }
+
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        let full = bytecode.is_empty();
         each_netns(scope, |inum, ns| match ns {
             // Each dump checks too; this spares the setns thread of the rest.
             _ if self.cancel.is_cancelled() => {
                 each(Part::Begin {
                     netns: inum,
                     t0_ns: Clock::mono_now_ns(),
-                    full: true,
+                    full,
                 }) && each(Part::End {
                     ended: Err(DiagError::Cancelled),
                     note: None,
                 })
             }
-            Ok(ns) => self.dump(ns, ext, None, each),
-            Err(source) => unopened(inum, source, true, each),
+            Ok(ns) => self.dump(ns, ext, bytecode, None, each),
+            Err(source) => unopened(inum, source, full, each),
         })
     }
 }
@@ -251,7 +292,7 @@ impl IterSource<'_> {
                 let live = LiveSource {
                     cancel: self.cancel.clone(),
                 };
-                return live.dump(ns, ext, Some(note), each);
+                return live.dump(ns, ext, &[], Some(note), each);
             }
             Err(e) => Err(DiagError::Io {
                 call: "reading the socket iterator",
@@ -274,6 +315,16 @@ impl SocketSource for IterSource<'_> {
 impl SocketSource for Box<dyn SocketSource + Send> {
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
         (**self).parts(scope, ext, each)
+    }
+
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        (**self).parts_in_ports(scope, ext, bytecode, each)
     }
 }
 

@@ -512,7 +512,7 @@ fn dump_scope_in_parts(netns: Option<u32>, tx: &mpsc::Sender<Part>) {
             }
             let parts = tx.clone();
             let emit = Box::new(move |sockets| parts.blocking_send(Part::Sockets(sockets)).is_ok());
-            let ended = ns.dump_batched(0, &Cancel::default(), RECONCILE_PART, emit);
+            let ended = ns.dump_batched(0, &[], &Cancel::default(), RECONCILE_PART, emit);
             let _ = tx.blocking_send(Part::End(ended));
         }
         Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
