@@ -868,8 +868,12 @@ mod tests {
     fn a_dump_of_many_parts_is_rendered_holding_a_part_at_a_time() {
         let me = Netns::current().unwrap();
         const PARTS: usize = 40;
+        // Parts of 4,096: 160k rows, past two of ss's text batches, so that what a table holds
+        // from one part to the next is a batch's cells, whatever the rows.
+        const PART: usize = 4096;
         let inner = ReplaySource {
             namespaces: BTreeMap::from([(me.inum, many((PARTS * PART) as u64))]),
+            part: PART,
             ..Default::default()
         };
         let held = std::cell::RefCell::new(Vec::with_capacity(PARTS + 1));
@@ -893,9 +897,9 @@ mod tests {
             assert!(notes.is_empty(), "{notes:?}");
             let held = held.borrow();
             assert_eq!(held.len(), PARTS, "{words:?}");
-            // What stays from one part to the next: the table's current batch of text (ss's
-            // ~4 MiB, its index growing until the first batch is printed), the counts'
-            // groups; never the rows of the parts before.
+            // What stays from one part to the next: the table's current batch of cells
+            // (coded, less than ss's ~4 MiB of text), the counts' groups; never the rows of
+            // the parts before.
             let part_rows = PART * size_of::<Row>();
             let most = held.iter().max().unwrap() - held[0];
             assert!(
