@@ -22,9 +22,12 @@ use crate::{
 };
 
 /// Sockets in a part of a dump, about (sock_diag hands whole datagrams, the iterator whole
-/// reads): ~0.6 MB of [`DiagSock`]s and ~1 MB of rows, against a snapshot's 350 bytes a
-/// socket when a whole dump was held while it rendered.
-pub const PART: usize = 4096;
+/// reads): ~150 KB of [`DiagSock`]s and ~230 KB of rows, against a snapshot's 350 bytes a
+/// socket when a whole dump was held while it rendered. At 4,096 a part (~1.5 MB with its
+/// rows) was the largest thing a 64k-socket reply held once its table's cells were coded
+/// (`a_64k_socket_all_netns_reply_...`); a part is handed between two threads, a rendezvous
+/// that costs microseconds.
+pub const PART: usize = 1024;
 
 /// Closed connections in a part of a reply's history.
 pub const CLOSED_PART: usize = 4096;
@@ -916,8 +919,12 @@ mod tests {
     fn a_dump_of_many_parts_is_rendered_holding_a_part_at_a_time() {
         let me = Netns::current().unwrap();
         const PARTS: usize = 40;
+        // Parts of 4,096: 160k rows, past two of ss's text batches, so that what a table holds
+        // from one part to the next is a batch's cells, whatever the rows.
+        const PART: usize = 4096;
         let inner = ReplaySource {
             namespaces: BTreeMap::from([(me.inum, many((PARTS * PART) as u64))]),
+            part: PART,
             ..Default::default()
         };
         let held = std::cell::RefCell::new(Vec::with_capacity(PARTS + 1));
@@ -941,9 +948,9 @@ mod tests {
             assert!(notes.is_empty(), "{notes:?}");
             let held = held.borrow();
             assert_eq!(held.len(), PARTS, "{words:?}");
-            // What stays from one part to the next: the table's current batch of text (ss's
-            // ~4 MiB, its index growing until the first batch is printed), the counts'
-            // groups; never the rows of the parts before.
+            // What stays from one part to the next: the table's current batch of cells
+            // (coded, less than ss's ~4 MiB of text), the counts' groups; never the rows of
+            // the parts before.
             let part_rows = PART * size_of::<Row>();
             let most = held.iter().max().unwrap() - held[0];
             assert!(
@@ -967,6 +974,95 @@ mod tests {
                 heap.peak
             );
         }
+    }
+
+    /// Sockets like the soak's namespaces: TIME-WAIT from 127.1.x.y (a few established) to
+    /// one listener.
+    fn soak_like(n: u64, first_cookie: u64) -> Vec<DiagSock> {
+        (0..n)
+            .map(|k| {
+                let local = format!(
+                    "127.1.{}.{}:{}",
+                    k % 1000 / 250,
+                    k % 250 + 1,
+                    30_000 + k % 30_000
+                );
+                let state = if k % 16 == 0 {
+                    TcpState::Established
+                } else {
+                    TcpState::TimeWait
+                };
+                diag(first_cookie + k, state, &local, "127.0.0.1:41234")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_64k_socket_all_netns_reply_to_a_client_that_stopped_reading_holds_under_2_5_mb() {
+        use crate::{
+            budget::Budget,
+            reply::{Frame, FrameWriter},
+        };
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([
+                (4_026_531_840, soak_like(60_000, 1)),
+                (4_026_532_000, soak_like(4_000, 100_000)),
+            ]),
+            ..Default::default()
+        };
+        let words = ["-tan", "--all-netns"];
+        let mut whole = Vec::new();
+        snap(
+            &source,
+            &Scope::All,
+            &mut ProcOwners(None),
+            &words,
+            &mut whole,
+        )
+        .unwrap();
+        assert_eq!(whole.iter().filter(|&&b| b == b'\n').count(), 64_001);
+        // The client never reads: every frame stays queued, past the window deflated.
+        let budget = Budget::new(256 << 20, 64 << 20);
+        let (mut out, mut rx) = FrameWriter::new(budget.clone(), 0, Cancel::default());
+        let ((), heap) = crate::heap::measure(|| {
+            snap(
+                &source,
+                &Scope::All,
+                &mut ProcOwners(None),
+                &words,
+                &mut out,
+            )
+            .unwrap();
+        });
+        drop(out);
+        let mut frames = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            frames.push(f);
+        }
+        let held: usize = frames.iter().map(Frame::held_len).sum();
+        assert_eq!(budget.held(0), (held, held));
+        // In flight, all along: the table's cells of the whole reply (one ss batch: ~4.6 MB
+        // of text), a part of sockets and rows, the frames queued (~0.6 MB) and a deflater's
+        // state. Measured 2.03 MB; 11.7 MB with the cells held as text and an end offset
+        // each, parts of 4,096 and frames that kept their deflater's 32 KiB output buffer.
+        assert!(
+            heap.peak < 2_500_000,
+            "peak {} bytes for a reply of {} ({held} held in frames)",
+            heap.peak,
+            whole.len()
+        );
+        // What stays is the frames: what the budget counts, not more.
+        assert!(
+            heap.retained < (held + held / 8) as isize,
+            "{} bytes retained, {held} counted by the budget",
+            heap.retained
+        );
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.wire().unwrap()).collect();
+        let mut plain = bytes::BytesMut::new();
+        for chunk in whole.chunks(crate::reply::CHUNK) {
+            crate::wire::put_frame(&mut plain, crate::wire::FRAME_DATA, chunk);
+        }
+        assert_eq!(wire, plain);
     }
 
     #[test]
