@@ -36,9 +36,12 @@
 //!   second (replacing the probe array each time) during storms produced no shortfall.
 //!
 //! Every path of `__bpf_trace_run()` either runs the program (run_cnt) or counts a miss, so
-//! these fires never reached it for any of the three links; the kernel mechanism is not
-//! identified yet. They cannot be recovered here; userspace counts them with its own perf
-//! counters (netmon/src/fires.rs) and reports them as the `not_run` loss kind.
+//! these fires never reached it for any of the three links. They are the fires whose current
+//! task is a thread of PID 1 (measured 2026-12-03, docs/kernel-notes.md): this machine kind's
+//! sandbox runs its `process_api` there, and its kernel runs no tracing program and writes no
+//! perf sample while one of those threads is on a CPU (perf's counting events still count).
+//! They cannot be recovered here; userspace counts them with its own perf counters
+//! (netmon/src/fires.rs) and reports them as the `not_run` loss kind.
 //!
 //! Hints (not transitions): the owner of a socket is known only from events that run in its
 //! process. `sock_send_length`/`sock_recv_length` fire in the process doing I/O; an LRU map

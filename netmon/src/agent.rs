@@ -653,6 +653,18 @@ pub fn serve(
     }
     // This runs off the thread that drains the ring, so -r may wait on the resolver.
     let mut renderer = Renderer::new(&args, &filter, services, clock, prepared.show_mark, out);
+    // A filter on ports: sock_diag with the ranges as the kernel's filter program, as ss does
+    // (the kernel copies only the matches; the iterator's walk costs about twice ss's, see
+    // `sock_diag::port_bytecode`). Not for a `--max-age` request answered by a walk: that
+    // walk must be full, to refresh the table.
+    let bytecode = crate::sock_diag::port_bytecode(&filter.kernel_filter());
+    if !bytecode.is_empty() && stale.is_none() {
+        let narrowed = source::InPorts { source, bytecode };
+        let missing = source::stream(&narrowed, &prepared.scope, table, what, &mut renderer)?;
+        let mut notes = renderer.finish()?;
+        notes.extend(missing);
+        return Ok(notes);
+    }
     let missing = match iter.filter(|_| args.iter_serves() && stale.is_none()) {
         Some((iter, cancel)) => {
             let source = IterSource {

@@ -74,12 +74,14 @@ impl Netns {
     pub fn dump_batched(
         &self,
         ext: u8,
+        bytecode: &[u8],
         cancel: &Cancel,
         size: usize,
         emit: sock_diag::Emit,
     ) -> Result<(), DiagError> {
         let (families, states) = (Families::ALL, sock_diag::SS_STATES);
-        let dump = || sock_diag::dump_tcp_batched(families, states, ext, cancel, size, emit);
+        let dump =
+            || sock_diag::dump_tcp_batched(families, states, ext, bytecode, cancel, size, emit);
         if current_inum().ok() == Some(self.inum) {
             dump()
         } else {

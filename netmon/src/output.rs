@@ -184,7 +184,8 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    pub fn loss(&mut self, kind: LossKind, count: u64, total: u64) -> io::Result<()> {
+    /// A loss record; `seen_ns` is when netmon noticed it (CLOCK_MONOTONIC).
+    pub fn loss(&mut self, kind: LossKind, count: u64, total: u64, seen_ns: u64) -> io::Result<()> {
         match self.format {
             Format::Text => writeln!(
                 self.out,
@@ -194,6 +195,8 @@ impl<W: Write> Printer<W> {
             Format::Json => {
                 let rec = JsonLoss {
                     r#type: "loss",
+                    time: humantime::format_rfc3339_micros(self.clock.wall(seen_ns)).to_string(),
+                    mono_ns: seen_ns,
                     kind,
                     count,
                     total,
@@ -613,6 +616,8 @@ pub fn duration(ns: u64) -> String {
 #[derive(Serialize)]
 struct JsonLoss {
     r#type: &'static str,
+    time: String,
+    mono_ns: u64,
     kind: LossKind,
     count: u64,
     total: u64,
@@ -689,7 +694,7 @@ mod tests {
         let labels = Labels::parse("/system.slice/a\\x2db.service");
         let out = render(Format::Json, |p| {
             p.transition(&t, None, None, Ok(&labels)).unwrap();
-            p.loss(LossKind::RingFull, 5, 9).unwrap();
+            p.loss(LossKind::RingFull, 5, 9, 1_500_000).unwrap();
             p.transition(&t, None, None, Err(Unknown::NotFound))
                 .unwrap();
         });
@@ -719,7 +724,8 @@ mod tests {
         assert_eq!(r["cgroup_unknown"], serde_json::Value::Null);
         assert_eq!(
             recs[1],
-            serde_json::json!({"type":"loss","kind":"ring_full","count":5,"total":9})
+            serde_json::json!({"type":"loss","time":"2026-11-30T00:00:00.001500Z",
+                "mono_ns":1_500_000,"kind":"ring_full","count":5,"total":9})
         );
         assert_eq!(recs[2]["cgroup"], serde_json::Value::Null);
         assert_eq!(recs[2]["cgroup_id"], 77);
@@ -758,7 +764,9 @@ mod tests {
 
     #[test]
     fn text_loss_record_says_what_to_do() {
-        let out = render(Format::Text, |p| p.loss(LossKind::RingFull, 3, 3).unwrap());
+        let out = render(Format::Text, |p| {
+            p.loss(LossKind::RingFull, 3, 3, 0).unwrap()
+        });
         assert_eq!(
             out,
             "-- lost 3 transitions (ring buffer full; raise --ring-size), 3 since start\n"

@@ -3,27 +3,40 @@
 
 use std::{fs, path::Path};
 
-use rustc_hash::FxHashMap;
-
 use crate::{decode::Task, table::Owner};
 
 /// Socket inode -> owner (the first process found holding it, with that fd), packed: an
-/// entry is the fd and the index of its process, whose task is kept once. A machine with a
-/// million sockets has a million entries and a few hundred processes, held through a seed:
-/// this takes under a third of a map with the owner in each entry (measured at 100k in
-/// `owners_take_a_third_of_a_map_of_whole_owners`).
+/// entry is (inode, index of its process, fd), whose task is kept once, in a vector sorted
+/// by inode. A machine with a million sockets has a million entries and a few hundred
+/// processes, held through a seed: 12 bytes an entry, where a hash map of the same entries
+/// took 27 MB at a million (its table doubles to 2^21 buckets of 13 bytes past 917k entries).
+/// Lookups go through a table of where each range of inodes starts (socket inodes come from
+/// one counter, so they are dense): a short binary search, not one over the million.
 #[derive(Debug, Default)]
 pub struct SocketOwners {
-    by_inode: FxHashMap<u32, (u32, u32)>,
+    /// (inode, task, fd), sorted by inode once [`SocketOwners::sealed`].
+    by_inode: Vec<(u32, u32, u32)>,
     tasks: Vec<Task>,
+    /// The first inode and the shift that maps an inode to its range.
+    lo: u32,
+    shift: u32,
+    /// `starts[r]`: the first entry of range `r`; one more than the ranges.
+    starts: Vec<u32>,
 }
 
 /// The fd of an owner found without one.
 const NO_FD: u32 = u32::MAX;
 
+/// At most this many ranges (256 KiB of starts): ~16 entries a range at a million.
+const RANGES: u64 = 1 << 16;
+
 impl SocketOwners {
     pub fn get(&self, inode: u32) -> Option<Owner> {
-        let &(task, fd) = self.by_inode.get(&inode)?;
+        let r = (inode.checked_sub(self.lo)? >> self.shift) as usize;
+        let (&from, &to) = (self.starts.get(r)?, self.starts.get(r + 1)?);
+        let range = &self.by_inode[from as usize..to as usize];
+        let at = range.binary_search_by_key(&inode, |e| e.0).ok()?;
+        let (_, task, fd) = range[at];
         Some(Owner {
             task: self.tasks[task as usize],
             fd: (fd != NO_FD).then_some(fd),
@@ -42,6 +55,32 @@ impl SocketOwners {
         self.tasks.push(task);
         u32::try_from(self.tasks.len() - 1).unwrap_or(u32::MAX)
     }
+
+    /// Sorts what was found and indexes it: an inode held by several processes (a socket
+    /// passed or inherited) keeps the first process found, with its lowest fd.
+    fn sealed(mut self) -> Self {
+        self.by_inode.sort_unstable();
+        self.by_inode.dedup_by_key(|e| e.0);
+        self.by_inode.shrink_to_fit();
+        let (Some(first), Some(last)) = (self.by_inode.first(), self.by_inode.last()) else {
+            return self;
+        };
+        self.lo = first.0;
+        let span = u64::from(last.0 - first.0) + 1;
+        while (span >> self.shift) >= RANGES {
+            self.shift += 1;
+        }
+        let ranges = ((span - 1) >> self.shift) as usize + 1;
+        self.starts = Vec::with_capacity(ranges + 1);
+        for (i, e) in self.by_inode.iter().enumerate() {
+            let r = ((e.0 - self.lo) >> self.shift) as usize;
+            while self.starts.len() <= r {
+                self.starts.push(i as u32);
+            }
+        }
+        self.starts.push(self.by_inode.len() as u32);
+        self
+    }
 }
 
 impl FromIterator<(u32, Owner)> for SocketOwners {
@@ -49,12 +88,9 @@ impl FromIterator<(u32, Owner)> for SocketOwners {
         let mut owners = Self::default();
         for (inode, o) in iter {
             let task = owners.add_task(o.task);
-            owners
-                .by_inode
-                .entry(inode)
-                .or_insert((task, o.fd.unwrap_or(NO_FD)));
+            owners.by_inode.push((inode, task, o.fd.unwrap_or(NO_FD)));
         }
-        owners
+        owners.sealed()
     }
 }
 
@@ -68,6 +104,11 @@ fn socket_owners_in(proc: &Path) -> SocketOwners {
     let Ok(entries) = fs::read_dir(proc) else {
         return owners;
     };
+    scan(&mut owners, entries);
+    owners.sealed()
+}
+
+fn scan(owners: &mut SocketOwners, entries: fs::ReadDir) {
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -77,29 +118,79 @@ fn socket_owners_in(proc: &Path) -> SocketOwners {
             continue;
         };
         let dir = entry.path();
-        // Processes come and go during the walk: skip any that vanish.
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
         let mut task = None;
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(target.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            let Some(fd_num) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
+        // Processes come and go during the walk: one that vanishes yields nothing.
+        each_socket_fd(&dir.join("fd"), |fd_num, inode| {
             let task = match task {
                 Some(t) => t,
                 None => *task.insert(owners.add_task(read_task(&dir, pid))),
             };
-            owners.by_inode.entry(inode).or_insert((task, fd_num));
+            owners.by_inode.push((inode, task, fd_num));
+        });
+    }
+}
+
+/// Calls `f(fd, inode)` for each socket among the fds listed in `fd_dir` (a /proc/PID/fd).
+///
+/// Why not `fs::read_dir` + `fs::read_link`: the scan reads one link per socket on the machine
+/// (a million at scale, the seed's longest part), and `read_link` of a full path makes the
+/// kernel walk /proc/PID/fd/N from the root each time, with two path buffers allocated per
+/// fd; `readlinkat` on the directory's own descriptor resolves one component into a stack
+/// buffer.
+fn each_socket_fd(fd_dir: &Path, mut f: impl FnMut(u32, u32)) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(fd_dir.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` is an open directory descriptor; on success the stream owns it (closedir
+    // closes it), on failure it is still ours to close.
+    let dir = unsafe { libc::fdopendir(fd) };
+    if dir.is_null() {
+        // SAFETY: `fd` is open and owned here.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    let mut link = [0u8; 64];
+    loop {
+        // SAFETY: `dir` is an open stream; the entry stays valid until the next readdir.
+        let entry = unsafe { libc::readdir64(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: `d_name` of a returned entry is a NUL-terminated name inside it.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let Some(fd_num) = std::str::from_utf8(name.to_bytes())
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue; // "." and ".."
+        };
+        // SAFETY: `fd` stays open while `dir` is; `name` is NUL-terminated; `link` has the
+        // room given.
+        let n =
+            unsafe { libc::readlinkat(fd, name.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+        let Ok(n) = usize::try_from(n) else {
+            continue; // closed meanwhile
+        };
+        // A target as long as the buffer may be cut: no socket link is ("socket:[4294967295]").
+        if n < link.len()
+            && let Some(inode) = socket_inode(&link[..n])
+        {
+            f(fd_num, inode);
         }
     }
-    owners
+    // SAFETY: `dir` is open and closed once.
+    unsafe { libc::closedir(dir) };
 }
 
 /// `socket:[12345]` -> 12345.
@@ -136,27 +227,77 @@ mod tests {
     /// The scan's map at a million sockets is held through a seed: an entry per socket, the
     /// task once per process.
     #[test]
-    fn owners_take_a_third_of_a_map_of_whole_owners() {
+    fn owners_take_12_bytes_a_socket_and_half_a_hash_map_of_the_same_entries() {
         let owner = |i: u32| Owner {
             task: Task::new(1000 + i % 200, 1000 + i % 200, 0, "holder"),
             fd: Some(3 + i),
         };
+        // Inodes as a machine hands them out: from one counter, other files' in between.
+        let inode = |i: u32| 40_000 + i * 3 + i % 7;
+        let n = 1_000_000;
         let (packed, heap) = crate::heap::measure(|| {
             let mut o = SocketOwners::default();
             let tasks: Vec<u32> = (0..200).map(|i| o.add_task(owner(i).task)).collect();
-            for i in 0..100_000 {
-                o.by_inode.insert(i, (tasks[(i % 200) as usize], 3 + i));
+            // The scan finds them process by process, not in inode order.
+            for i in (0..n).map(|i| (i % 200) * (n / 200) + i / 200) {
+                o.by_inode
+                    .push((inode(i), tasks[(i % 200) as usize], 3 + i));
             }
-            o
+            o.sealed()
         });
-        let (_, whole) = crate::heap::measure(|| {
-            (0..100_000)
-                .map(|i| (i, owner(i)))
-                .collect::<std::collections::HashMap<u32, Owner>>()
+        let (_, map) = crate::heap::measure(|| {
+            (0..n)
+                .map(|i| (inode(i), (i % 200, 3 + i)))
+                .collect::<rustc_hash::FxHashMap<u32, (u32, u32)>>()
         });
-        assert_eq!(packed.get(777), Some(owner(777)));
-        assert!(heap.retained * 3 <= whole.retained, "{heap:?} vs {whole:?}");
-        assert!(heap.retained / 100_000 <= 24, "{heap:?}");
+        for i in [0, 1, 777, 65_536, n - 1] {
+            assert_eq!(packed.get(inode(i)), Some(owner(i)), "{i}");
+            assert_eq!(packed.get(inode(i) + 1), None);
+        }
+        assert_eq!(packed.get(0), None);
+        assert_eq!(packed.get(u32::MAX), None);
+        assert!(heap.retained * 2 <= map.retained, "{heap:?} vs {map:?}");
+        assert!(
+            heap.retained <= 12 * 1_000_000 + (1 << 18) + 200 * 64,
+            "{heap:?}"
+        );
+    }
+
+    #[test]
+    fn a_socket_held_twice_is_the_first_process_s_with_its_lowest_fd() {
+        let task = |pid| Task::new(pid, pid, 0, "p");
+        let o: SocketOwners = [
+            (9, Owner::new(task(1))),
+            (
+                5,
+                Owner {
+                    task: task(1),
+                    fd: Some(7),
+                },
+            ),
+            (
+                5,
+                Owner {
+                    task: task(2),
+                    fd: Some(3),
+                },
+            ),
+            (
+                5,
+                Owner {
+                    task: task(1),
+                    fd: Some(4),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.get(9), Some(Owner::new(task(1))));
+        // FromIterator adds a task per entry: the first, task(1) with fd 7, comes first.
+        assert_eq!(o.get(5).map(|w| (w.task.pid, w.fd)), Some((1, Some(7))));
+        assert_eq!(o.get(6), None);
+        assert!(SocketOwners::default().get(5).is_none());
     }
 
     #[test]

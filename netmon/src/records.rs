@@ -13,6 +13,7 @@
 use std::{
     hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use netmon_common::{CgroupSource, TcpState};
@@ -166,6 +167,53 @@ impl<T: Copy> Slab<T> {
     }
 }
 
+/// The slots of the slab an open reconcile found, a bit a slot: 128 KiB at a million
+/// sockets where a set of their cookies took ~19 MB, held while the reconcile's dump streams
+/// (the agent's highest moment under churn with reconciling snapshots). A bit is only
+/// meaningful while its slot keeps its record, so [`Records`] clears it when the slot is
+/// freed and does not compact the slab while any reconcile is marking.
+#[derive(Debug, Default)]
+pub struct SlotMarks {
+    bits: Vec<u64>,
+}
+
+impl SlotMarks {
+    fn set(&mut self, slot: u32) {
+        let (word, bit) = (slot as usize / 64, slot % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << bit;
+    }
+
+    fn clear(&mut self, slot: u32) {
+        if let Some(w) = self.bits.get_mut(slot as usize / 64) {
+            *w &= !(1 << (slot % 64));
+        }
+    }
+
+    pub fn get(&self, slot: u32) -> bool {
+        self.bits
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bits.capacity() * 8
+    }
+}
+
+/// The marks of one reconcile, named by the reconcile's id.
+#[derive(Debug)]
+struct Marking {
+    id: u64,
+    marks: SlotMarks,
+    /// When a part last marked: a reconcile whose client went away never ends, and its marks
+    /// must not hold back compaction for good (see [`Records::drop_stale_marks`]).
+    touched: Instant,
+}
+
 /// Flag bits of a packed record.
 const SINCE_EXACT: u8 = 1;
 const RESET_SENT: u8 = 2;
@@ -311,6 +359,8 @@ pub struct Records {
     closed: Vec<ClosedRec>,
     closed_cap: usize,
     head: usize,
+    /// Open reconciles' marks: as many as reconciles run at once (one or two).
+    marking: Vec<Marking>,
 }
 
 impl Records {
@@ -325,6 +375,7 @@ impl Records {
             closed: Vec::with_capacity(closed_capacity),
             closed_cap: closed_capacity,
             head: 0,
+            marking: Vec::new(),
         }
     }
 
@@ -603,29 +654,82 @@ impl Records {
 
     pub fn remove(&mut self, cookie: u64) -> Option<Sock> {
         let i = self.index.remove(&cookie)?;
-        let r = self.socks.remove(i);
-        self.socks.items[i as usize].state = FREE;
+        let r = self.free_slot(i);
         let s = self.decode(&r);
         self.release(&r, false);
         Some(s)
     }
 
-    /// Keeps the live sockets for which `keep(cookie, netns, since_ns)` holds.
-    pub fn retain(&mut self, mut keep: impl FnMut(u64, u32, u64) -> bool) {
+    /// Frees slot `i` and returns its record: no open reconcile's mark stays on it, or the
+    /// next socket given the slot would count as found.
+    fn free_slot(&mut self, i: u32) -> SockRec {
+        let r = self.socks.remove(i);
+        self.socks.items[i as usize].state = FREE;
+        for m in &mut self.marking {
+            m.marks.clear(i);
+        }
+        r
+    }
+
+    /// Keeps the live sockets for which `keep(cookie, slot, netns, since_ns)` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, u32, u32, u64) -> bool) {
         let mut gone = Vec::new();
         self.index.retain(|&cookie, &mut i| {
             let r = &self.socks.items[i as usize];
-            let k = keep(cookie, r.netns, r.since_ns);
+            let k = keep(cookie, i, r.netns, r.since_ns);
             if !k {
                 gone.push(i);
             }
             k
         });
         for i in gone {
-            let r = self.socks.remove(i);
-            self.socks.items[i as usize].state = FREE;
+            let r = self.free_slot(i);
             self.release(&r, false);
         }
+    }
+
+    /// Opens the marks of reconcile `id` (see [`SlotMarks`]).
+    pub fn marks_begin(&mut self, id: u64) {
+        self.marking.push(Marking {
+            id,
+            marks: SlotMarks::default(),
+            touched: Instant::now(),
+        });
+    }
+
+    /// Marks the live socket `cookie` as found by reconcile `id`; false if that reconcile's
+    /// marks are gone (dropped as stale), so that what it found is no longer known.
+    pub fn mark(&mut self, id: u64, cookie: u64) -> bool {
+        let Some(m) = self.marking.iter_mut().find(|m| m.id == id) else {
+            return false;
+        };
+        if let Some(&i) = self.index.get(&cookie) {
+            m.marks.set(i);
+        }
+        true
+    }
+
+    /// Notes that reconcile `id` merged a part now (a part may find no live socket).
+    pub fn marks_touch(&mut self, id: u64) -> bool {
+        match self.marking.iter_mut().find(|m| m.id == id) {
+            Some(m) => {
+                m.touched = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the marks of reconcile `id` and hands them over (`None` if dropped as stale).
+    pub fn marks_end(&mut self, id: u64) -> Option<SlotMarks> {
+        let at = self.marking.iter().position(|m| m.id == id)?;
+        Some(self.marking.swap_remove(at).marks)
+    }
+
+    /// Drops the marks of reconciles that merged no part for `idle` (their client went away,
+    /// or their dump failed where nobody ends them), so that the slab can be compacted again.
+    pub fn drop_stale_marks(&mut self, idle: Duration) {
+        self.marking.retain(|m| m.touched.elapsed() < idle);
     }
 
     pub fn len(&self) -> usize {
@@ -646,7 +750,9 @@ impl Records {
     /// vector never shrink by themselves (see `Table::expire`).
     pub fn shrink(&mut self) {
         shrink_map(&mut self.index);
-        if self.socks.sparse() {
+        // Compaction moves records to other slots, which would void open reconciles' marks:
+        // it waits for the next shrink once they are closed.
+        if self.socks.sparse() && self.marking.is_empty() {
             let index = &mut self.index;
             self.socks.compact(|f| index.values_mut().for_each(f));
         }
@@ -879,7 +985,7 @@ mod tests {
             );
         }
         // Most go (the slab is compacted), a few come back into freed slots.
-        r.retain(|cookie, _, _| cookie % 100 == 0);
+        r.retain(|cookie, _, _, _| cookie % 100 == 0);
         for i in 0..10u32 {
             r.remove(u64::from(i) * 100);
         }
@@ -968,13 +1074,43 @@ mod tests {
     }
 
     #[test]
+    fn slot_marks_hold_a_bit_a_slot() {
+        let mut m = SlotMarks::default();
+        for slot in [0, 63, 64, 1000, 999_999] {
+            m.set(slot);
+        }
+        m.clear(1000);
+        m.clear(5_000_000); // past the end: nothing to clear
+        let set: Vec<u32> = (0..1_000_000).filter(|&s| m.get(s)).collect();
+        assert_eq!(set, [0, 63, 64, 999_999]);
+        assert!(!m.get(u32::MAX));
+        // A million slots in 122 KiB (a set of cookies: ~19 MB).
+        assert!(m.bytes() <= 1_000_000 / 8 + 64, "{}", m.bytes());
+    }
+
+    #[test]
+    fn a_freed_slot_loses_its_marks() {
+        let mut r = Records::new(0);
+        r.insert(1, &sock(1, false, None));
+        r.marks_begin(5);
+        assert!(r.mark(5, 1));
+        let slot = r.index[&1];
+        r.remove(1);
+        r.insert(2, &sock(2, false, None));
+        assert_eq!(r.index[&2], slot, "the freed slot is reused");
+        let marks = r.marks_end(5).unwrap();
+        assert!(!marks.get(slot));
+        assert!(!r.mark(5, 2), "ended marks are gone");
+    }
+
+    #[test]
     fn shrinking_moves_records_and_keeps_every_one() {
         let mut r = Records::new(0);
         for i in 0..40_000 {
             r.insert(u64::from(i), &sock(i, false, Some(i % 8)));
         }
         let kept: Vec<u32> = (0..40_000).filter(|i| i % 97 == 0).collect();
-        r.retain(|c, _, _| c % 97 == 0);
+        r.retain(|c, _, _, _| c % 97 == 0);
         r.shrink();
         assert!(
             r.socks.items.capacity() <= 8192,

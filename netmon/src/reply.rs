@@ -22,8 +22,10 @@ use crate::{
 /// Rendered output goes to the client in frames of this size.
 pub const CHUNK: usize = 64 * 1024;
 /// Unsent bytes (as sent) one reply queues before its next frames are held deflated: a
-/// client that reads keeps its reply under this, and pays nothing for it.
-pub const WINDOW: usize = 1 << 20;
+/// client that reads keeps its reply under this, and pays nothing for it. Four frames, plus
+/// what the socket's own buffer holds: at 1 MiB, a client that stopped reading kept 1 MiB of
+/// plain frames for the rest of its deadline, more than its whole deflated 64k-socket reply.
+pub const WINDOW: usize = 256 << 10;
 /// How long, in all, one renderer may wait for its client to get back under the window
 /// before it deflates: a client that reads as fast as the renderer writes only lags by
 /// moments, while one that stopped reading would otherwise hold its slot and thread.
@@ -150,7 +152,11 @@ impl FrameWriter {
         self.buf.clear();
         let len = frame.len();
         let (held, inflated_len) = if self.behind() {
-            let deflated = miniz_oxide::deflate::compress_to_vec(&frame, LEVEL);
+            let mut deflated = miniz_oxide::deflate::compress_to_vec(&frame, LEVEL);
+            // The output starts with room for half the input: a 64 KiB frame of table text
+            // deflates to ~5 KiB, and without this each held frame kept 32 KiB (the budget
+            // counted the 5).
+            deflated.shrink_to_fit();
             (Bytes::from(deflated), Some(len))
         } else {
             (frame.freeze(), None)
@@ -232,8 +238,10 @@ mod tests {
         let budget = Budget::new(256 << 20, 64 << 20);
         let (mut w, mut rx) = FrameWriter::new(budget.clone(), 1000, Cancel::default());
         let text = table_text(100_000);
-        w.write_all(&text).unwrap();
-        w.flush().unwrap();
+        let ((), heap) = crate::heap::measure(|| {
+            w.write_all(&text).unwrap();
+            w.flush().unwrap();
+        });
         // The renderer waited for the client once, within its patience, not per frame (~2,300
         // frames). Measured around the waits only: deflating takes seconds in a debug build
         // on a loaded machine, and is not waiting. One 2 ms poll may overshoot its patience.
@@ -249,6 +257,12 @@ mod tests {
         }
         let held: usize = frames.iter().map(Frame::held_len).sum();
         assert_eq!(budget.held(1000), (held, held));
+        // The frames hold what the budget counts, not their deflater's output buffers.
+        assert!(
+            heap.retained < (held + held / 8) as isize,
+            "{} bytes retained, {held} counted",
+            heap.retained
+        );
         // The window goes as it is; the rest a fraction of its size.
         let plain = frames.iter().filter(|f| f.inflated_len.is_none()).count();
         assert_eq!(plain, WINDOW.div_ceil(CHUNK + wire::FRAME_HEADER));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
-use netmon_common::TcpState;
+use netmon_common::{KernelFilter, TcpState};
 
 use crate::diag_ext::Attrs;
 
@@ -338,6 +338,48 @@ const INET_DIAG_REQ_V2_LEN: usize = 56;
 /// states, dbs.
 const INET_DIAG_REQ_LEN: usize = 60;
 
+/// `INET_DIAG_REQ_BYTECODE`: a request's attribute holding a filter program the kernel runs
+/// on each socket of the dump, sending only those it accepts (what `ss` does with a filter).
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `inet_diag_bc_op` codes: local (`S`) and remote (`D`) port at least / at most the port in
+/// the next op's `no`.
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+const INET_DIAG_BC_D_GE: u8 = 4;
+const INET_DIAG_BC_D_LE: u8 = 5;
+
+/// The port ranges of `k` as an inet_diag filter program; empty when they accept every port.
+///
+/// Why: the kernel walks every socket of the namespace whatever the filter, but a dump with
+/// this program copies only the matches to us, where the socket iterator pays its own
+/// per-socket work for each (at 108k sockets, `ss` with its program took 67-77 ms of system
+/// time, the iterator 152-157 ms). Each comparison is two 4-byte ops (`code, yes, no` then
+/// the port in `no`); a comparison that holds goes on to the next (`yes` = 8), one that fails
+/// jumps 4 bytes past the end, which rejects the socket; reaching the end accepts it.
+pub fn port_bytecode(k: &KernelFilter) -> Vec<u8> {
+    let mut tests = Vec::new();
+    for (code, port, trivial) in [
+        (INET_DIAG_BC_S_GE, k.sport_min, 0),
+        (INET_DIAG_BC_S_LE, k.sport_max, u16::MAX),
+        (INET_DIAG_BC_D_GE, k.dport_min, 0),
+        (INET_DIAG_BC_D_LE, k.dport_max, u16::MAX),
+    ] {
+        if port != trivial {
+            tests.push((code, port));
+        }
+    }
+    let len = tests.len() * 8;
+    let mut bc = Vec::with_capacity(len);
+    for (i, (code, port)) in tests.into_iter().enumerate() {
+        let reject = u16::try_from(len - i * 8 + 4).unwrap_or(u16::MAX);
+        bc.extend_from_slice(&[code, 8]);
+        bc.extend_from_slice(&reject.to_ne_bytes());
+        bc.extend_from_slice(&[0, 0]);
+        bc.extend_from_slice(&port.to_ne_bytes());
+    }
+    bc
+}
+
 /// One dump request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dump {
@@ -404,16 +446,20 @@ pub type Emit = Box<dyn FnMut(Vec<DiagSock>) -> bool + Send>;
 /// batch goes once it holds `size` sockets or more (whole datagrams), the last one with what
 /// is left (none if nothing is). A caller merging them never holds the whole dump, and `emit`
 /// may wait: the kernel keeps the rest.
+///
+/// `bytecode` ([`port_bytecode`], empty for none): the kernel sends only the sockets it accepts.
 pub fn dump_tcp_batched(
     families: Families,
     states: u32,
     ext: u8,
+    bytecode: &[u8],
     cancel: &Cancel,
     size: usize,
     emit: Emit,
 ) -> Result<(), DiagError> {
     let mut d = Dumper::new()?;
     d.ext = ext;
+    d.bytecode = bytecode.to_vec();
     d.cancel = cancel.clone();
     d.batches = Some((size.max(1), emit));
     d.run(families, states)?;
@@ -604,6 +650,8 @@ struct Dumper {
     buf: Vec<u8>,
     /// `idiag_ext` of the requests.
     ext: u8,
+    /// The requests' filter program ([`port_bytecode`]); empty for none.
+    bytecode: Vec<u8>,
     out: Vec<DiagSock>,
     /// The socket messages received, as they came ([`record_tcp`]).
     record: Option<Vec<u8>>,
@@ -635,6 +683,7 @@ impl Dumper {
             sock,
             buf: vec![0u8; RECV_BUF],
             ext: 0,
+            bytecode: Vec::new(),
             out: Vec::new(),
             record: None,
             budget: Budget::new(MAX_RECORDS, MAX_DUMP_TIME),
@@ -671,6 +720,13 @@ impl Dumper {
         let seq = next_seq();
         let mut req = [0u8; NLMSG_HDR_LEN + INET_DIAG_REQ_LEN];
         let req = request(&mut req, what, states, self.ext, seq);
+        let with_bytecode;
+        let req = if self.bytecode.is_empty() {
+            req
+        } else {
+            with_bytecode = with_attr(req, INET_DIAG_REQ_BYTECODE, &self.bytecode);
+            &with_bytecode[..]
+        };
         loop {
             match self.sock.send(req, 0) {
                 Ok(n) if n == req.len() => break,
@@ -793,6 +849,20 @@ fn request(
         }
     }
     &buf[..len]
+}
+
+/// `req` (a whole netlink message) with an attribute appended, its length updated.
+fn with_attr(req: &[u8], ty: u16, payload: &[u8]) -> Vec<u8> {
+    let attr_len = 4 + payload.len();
+    let mut out = Vec::with_capacity(req.len() + attr_len.next_multiple_of(4));
+    out.extend_from_slice(req);
+    out.extend_from_slice(&u16::try_from(attr_len).unwrap_or(u16::MAX).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(req.len() + attr_len.next_multiple_of(4), 0);
+    let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    out[0..4].copy_from_slice(&len.to_ne_bytes());
+    out
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1372,7 +1442,16 @@ mod tests {
                 true
             })
         };
-        dump_tcp_batched(Families::ALL, SS_STATES, 0, &Cancel::default(), 7, emit).unwrap();
+        dump_tcp_batched(
+            Families::ALL,
+            SS_STATES,
+            0,
+            &[],
+            &Cancel::default(),
+            7,
+            emit,
+        )
+        .unwrap();
         let batches = std::mem::take(&mut *batches.lock().unwrap());
         assert!(batches.iter().all(|b| !b.is_empty()));
         let all: Vec<DiagSock> = batches.into_iter().flatten().collect();
@@ -1383,12 +1462,126 @@ mod tests {
             Families::ALL,
             SS_STATES,
             0,
+            &[],
             &Cancel::default(),
             1,
             Box::new(|_| false),
         )
         .unwrap_err();
         assert!(matches!(e, DiagError::Cancelled), "{e}");
+    }
+
+    #[test]
+    fn port_ranges_become_comparisons_that_jump_past_the_end_when_they_fail() {
+        assert!(port_bytecode(&KernelFilter::ALL).is_empty());
+        let k = KernelFilter {
+            dport_min: 80,
+            dport_max: 80,
+            ..KernelFilter::ALL
+        };
+        let mut want = vec![INET_DIAG_BC_D_GE, 8];
+        want.extend_from_slice(&20u16.to_ne_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&80u16.to_ne_bytes());
+        want.extend_from_slice(&[INET_DIAG_BC_D_LE, 8]);
+        want.extend_from_slice(&12u16.to_ne_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&80u16.to_ne_bytes());
+        assert_eq!(port_bytecode(&k), want);
+        let k = KernelFilter {
+            sport_min: 1024,
+            sport_max: 2000,
+            dport_max: 7,
+            ..KernelFilter::ALL
+        };
+        let bc = port_bytecode(&k);
+        let codes: Vec<(u8, u8, u16)> = bc
+            .chunks(8)
+            .map(|op| (op[0], op[1], u16::from_ne_bytes([op[2], op[3]])))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (INET_DIAG_BC_S_GE, 8, 28),
+                (INET_DIAG_BC_S_LE, 8, 20),
+                (INET_DIAG_BC_D_LE, 8, 12)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_kernel_sends_only_the_sockets_a_port_program_accepts() {
+        let listeners: Vec<std::net::TcpListener> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        ports.sort_unstable();
+        // A client of the second listener: its remote port is that listener's.
+        let _client = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
+        let dump = |k: KernelFilter| {
+            let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let emit: Emit = {
+                let out = out.clone();
+                Box::new(move |b| {
+                    out.lock().unwrap().extend(b);
+                    true
+                })
+            };
+            let bc = port_bytecode(&k);
+            dump_tcp_batched(
+                Families::ALL,
+                SS_STATES,
+                0,
+                &bc,
+                &Cancel::default(),
+                64,
+                emit,
+            )
+            .unwrap();
+            let mut got: Vec<(TcpState, u16, u16)> = std::mem::take(&mut *out.lock().unwrap())
+                .into_iter()
+                .map(|s| (s.state, s.local.port(), s.remote.port()))
+                .collect();
+            got.sort_unstable();
+            got
+        };
+        let local = dump(KernelFilter {
+            sport_min: ports[2],
+            sport_max: ports[4],
+            ..KernelFilter::ALL
+        });
+        // Other processes' sockets may fall in the range too: only ours are known.
+        assert!(
+            local.iter().all(|s| (ports[2]..=ports[4]).contains(&s.1)),
+            "{local:?}"
+        );
+        for (i, port) in ports.iter().enumerate() {
+            let listed = local.contains(&(TcpState::Listen, *port, 0));
+            assert_eq!(
+                listed,
+                (2..=4).contains(&i),
+                "listener {i} on {port}: {local:?}"
+            );
+        }
+        let remote = dump(KernelFilter {
+            dport_min: ports[1],
+            dport_max: ports[1],
+            ..KernelFilter::ALL
+        });
+        assert!(remote.iter().all(|s| s.2 == ports[1]), "{remote:?}");
+        assert!(
+            remote.iter().any(|s| s.0 == TcpState::Established),
+            "the client: {remote:?}"
+        );
+        let none = dump(KernelFilter {
+            sport_min: 2,
+            sport_max: 1,
+            ..KernelFilter::ALL
+        });
+        assert!(none.is_empty(), "an empty range passes nothing: {none:?}");
     }
 
     #[test]

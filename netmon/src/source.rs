@@ -22,9 +22,12 @@ use crate::{
 };
 
 /// Sockets in a part of a dump, about (sock_diag hands whole datagrams, the iterator whole
-/// reads): ~0.6 MB of [`DiagSock`]s and ~1 MB of rows, against a snapshot's 350 bytes a
-/// socket when a whole dump was held while it rendered.
-pub const PART: usize = 4096;
+/// reads): ~150 KB of [`DiagSock`]s and ~230 KB of rows, against a snapshot's 350 bytes a
+/// socket when a whole dump was held while it rendered. At 4,096 a part (~1.5 MB with its
+/// rows) was the largest thing a 64k-socket reply held once its table's cells were coded
+/// (`a_64k_socket_all_netns_reply_...`); a part is handed between two threads, a rendezvous
+/// that costs microseconds.
+pub const PART: usize = 1024;
 
 /// Closed connections in a part of a reply's history.
 pub const CLOSED_PART: usize = 4096;
@@ -65,6 +68,34 @@ pub trait SocketSource {
     /// attributes to ask for (bits of [`crate::diag_ext::want`]). Once `each` returns false,
     /// the dump stops and `each` is not called again.
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool);
+
+    /// As [`SocketSource::parts`], the kernel sending only the sockets that `bytecode` (a
+    /// sock_diag filter program, [`sock_diag::port_bytecode`]) accepts: such dumps are not
+    /// full, so no table reconciles with them. A source that cannot filter lists every socket
+    /// in full dumps (the caller's filter still selects the rows).
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        let _ = bytecode;
+        self.parts(scope, ext, each)
+    }
+}
+
+/// A source whose dumps the kernel narrows to a filter's port ranges
+/// ([`SocketSource::parts_in_ports`]).
+pub struct InPorts<'a, S: ?Sized> {
+    pub source: &'a S,
+    pub bytecode: Vec<u8>,
+}
+
+impl<S: SocketSource + ?Sized> SocketSource for InPorts<'_, S> {
+    fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        self.source.parts_in_ports(scope, ext, &self.bytecode, each)
+    }
 }
 
 /// The kernel, over sock_diag; dumps stop once `cancel` is set (the client left), and what
@@ -142,17 +173,19 @@ fn unopened(
 
 impl LiveSource {
     /// One namespace over sock_diag, a part at a time.
+    /// `bytecode` empty: every socket, a full dump.
     fn dump(
         &self,
         ns: &Netns,
         ext: u8,
+        bytecode: &[u8],
         note: Option<String>,
         each: &mut dyn FnMut(Part) -> bool,
     ) -> bool {
         let begin = Part::Begin {
             netns: ns.inum,
             t0_ns: Clock::mono_now_ns(),
-            full: true,
+            full: bytecode.is_empty(),
         };
         if !each(begin) {
             return false;
@@ -161,7 +194,7 @@ impl LiveSource {
         let ended = bridged(
             |tx| {
                 let emit = Box::new(move |part| tx.send(part).is_ok());
-                ns.dump_batched(ext, &self.cancel, PART, emit)
+                ns.dump_batched(ext, bytecode, &self.cancel, PART, emit)
             },
             &mut |part| {
                 go_on = each(Part::Sockets(part));
@@ -180,20 +213,31 @@ impl LiveSource {
 
 impl SocketSource for LiveSource {
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
+        self.parts_in_ports(scope, ext, &[], each)
+    }
+
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        let full = bytecode.is_empty();
         each_netns(scope, |inum, ns| match ns {
             // Each dump checks too; this spares the setns thread of the rest.
             _ if self.cancel.is_cancelled() => {
                 each(Part::Begin {
                     netns: inum,
                     t0_ns: Clock::mono_now_ns(),
-                    full: true,
+                    full,
                 }) && each(Part::End {
                     ended: Err(DiagError::Cancelled),
                     note: None,
                 })
             }
-            Ok(ns) => self.dump(ns, ext, None, each),
-            Err(source) => unopened(inum, source, true, each),
+            Ok(ns) => self.dump(ns, ext, bytecode, None, each),
+            Err(source) => unopened(inum, source, full, each),
         })
     }
 }
@@ -251,7 +295,7 @@ impl IterSource<'_> {
                 let live = LiveSource {
                     cancel: self.cancel.clone(),
                 };
-                return live.dump(ns, ext, Some(note), each);
+                return live.dump(ns, ext, &[], Some(note), each);
             }
             Err(e) => Err(DiagError::Io {
                 call: "reading the socket iterator",
@@ -274,6 +318,16 @@ impl SocketSource for IterSource<'_> {
 impl SocketSource for Box<dyn SocketSource + Send> {
     fn parts(&self, scope: &Scope, ext: u8, each: &mut dyn FnMut(Part) -> bool) {
         (**self).parts(scope, ext, each)
+    }
+
+    fn parts_in_ports(
+        &self,
+        scope: &Scope,
+        ext: u8,
+        bytecode: &[u8],
+        each: &mut dyn FnMut(Part) -> bool,
+    ) {
+        (**self).parts_in_ports(scope, ext, bytecode, each)
     }
 }
 
@@ -865,8 +919,12 @@ mod tests {
     fn a_dump_of_many_parts_is_rendered_holding_a_part_at_a_time() {
         let me = Netns::current().unwrap();
         const PARTS: usize = 40;
+        // Parts of 4,096: 160k rows, past two of ss's text batches, so that what a table holds
+        // from one part to the next is a batch's cells, whatever the rows.
+        const PART: usize = 4096;
         let inner = ReplaySource {
             namespaces: BTreeMap::from([(me.inum, many((PARTS * PART) as u64))]),
+            part: PART,
             ..Default::default()
         };
         let held = std::cell::RefCell::new(Vec::with_capacity(PARTS + 1));
@@ -890,9 +948,9 @@ mod tests {
             assert!(notes.is_empty(), "{notes:?}");
             let held = held.borrow();
             assert_eq!(held.len(), PARTS, "{words:?}");
-            // What stays from one part to the next: the table's current batch of text (ss's
-            // ~4 MiB, its index growing until the first batch is printed), the counts'
-            // groups; never the rows of the parts before.
+            // What stays from one part to the next: the table's current batch of cells
+            // (coded, less than ss's ~4 MiB of text), the counts' groups; never the rows of
+            // the parts before.
             let part_rows = PART * size_of::<Row>();
             let most = held.iter().max().unwrap() - held[0];
             assert!(
@@ -916,6 +974,95 @@ mod tests {
                 heap.peak
             );
         }
+    }
+
+    /// Sockets like the soak's namespaces: TIME-WAIT from 127.1.x.y (a few established) to
+    /// one listener.
+    fn soak_like(n: u64, first_cookie: u64) -> Vec<DiagSock> {
+        (0..n)
+            .map(|k| {
+                let local = format!(
+                    "127.1.{}.{}:{}",
+                    k % 1000 / 250,
+                    k % 250 + 1,
+                    30_000 + k % 30_000
+                );
+                let state = if k % 16 == 0 {
+                    TcpState::Established
+                } else {
+                    TcpState::TimeWait
+                };
+                diag(first_cookie + k, state, &local, "127.0.0.1:41234")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_64k_socket_all_netns_reply_to_a_client_that_stopped_reading_holds_under_2_5_mb() {
+        use crate::{
+            budget::Budget,
+            reply::{Frame, FrameWriter},
+        };
+        let source = ReplaySource {
+            namespaces: BTreeMap::from([
+                (4_026_531_840, soak_like(60_000, 1)),
+                (4_026_532_000, soak_like(4_000, 100_000)),
+            ]),
+            ..Default::default()
+        };
+        let words = ["-tan", "--all-netns"];
+        let mut whole = Vec::new();
+        snap(
+            &source,
+            &Scope::All,
+            &mut ProcOwners(None),
+            &words,
+            &mut whole,
+        )
+        .unwrap();
+        assert_eq!(whole.iter().filter(|&&b| b == b'\n').count(), 64_001);
+        // The client never reads: every frame stays queued, past the window deflated.
+        let budget = Budget::new(256 << 20, 64 << 20);
+        let (mut out, mut rx) = FrameWriter::new(budget.clone(), 0, Cancel::default());
+        let ((), heap) = crate::heap::measure(|| {
+            snap(
+                &source,
+                &Scope::All,
+                &mut ProcOwners(None),
+                &words,
+                &mut out,
+            )
+            .unwrap();
+        });
+        drop(out);
+        let mut frames = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            frames.push(f);
+        }
+        let held: usize = frames.iter().map(Frame::held_len).sum();
+        assert_eq!(budget.held(0), (held, held));
+        // In flight, all along: the table's cells of the whole reply (one ss batch: ~4.6 MB
+        // of text), a part of sockets and rows, the frames queued (~0.6 MB) and a deflater's
+        // state. Measured 2.03 MB; 11.7 MB with the cells held as text and an end offset
+        // each, parts of 4,096 and frames that kept their deflater's 32 KiB output buffer.
+        assert!(
+            heap.peak < 2_500_000,
+            "peak {} bytes for a reply of {} ({held} held in frames)",
+            heap.peak,
+            whole.len()
+        );
+        // What stays is the frames: what the budget counts, not more.
+        assert!(
+            heap.retained < (held + held / 8) as isize,
+            "{} bytes retained, {held} counted by the budget",
+            heap.retained
+        );
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.wire().unwrap()).collect();
+        let mut plain = bytes::BytesMut::new();
+        for chunk in whole.chunks(crate::reply::CHUNK) {
+            crate::wire::put_frame(&mut plain, crate::wire::FRAME_DATA, chunk);
+        }
+        assert_eq!(wire, plain);
     }
 
     #[test]

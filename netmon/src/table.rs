@@ -21,7 +21,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     decode::{Event, Hint, HintKind, Task, Transition},
     procfs::SocketOwners,
-    records::{Glance, PackedAddr, PushClosed, Records, shrink_map},
+    records::{Glance, PackedAddr, PushClosed, Records, SlotMarks, shrink_map},
     sock_diag::DiagSock,
 };
 
@@ -343,27 +343,53 @@ pub struct Applied {
 }
 
 /// A reconcile of one namespace with a dump merged a part at a time ([`Table::reconcile_batch`]):
-/// the cookies found so far (8 bytes a socket, not the dump's 144).
+/// which live sockets were found so far is a bit per slot of the table's records
+/// ([`crate::records::SlotMarks`], a bit a socket, where a set of cookies took 19 bytes), kept
+/// by the table under this reconcile's id; the TIME-WAIT sockets found, by cookie.
 #[derive(Debug)]
 pub struct Reconcile {
     netns: u32,
     t0_ns: u64,
     /// `None` while seeding: see [`Reconcile::seeding`].
-    found: Option<FxHashSet<u64>>,
+    found: Option<Found>,
 }
+
+#[derive(Debug)]
+struct Found {
+    /// Names this reconcile's marks in the table (several reconciles may run at once, of
+    /// the same namespace too).
+    id: u64,
+    /// Whether a part was merged, so that the table holds marks under `id`.
+    begun: bool,
+    /// A part found the marks gone (dropped as stale): what was found is no longer known.
+    lost: bool,
+    time_wait: FxHashSet<u64>,
+}
+
+/// Reconciles' ids, unique in the process.
+static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A reconcile's marks that merged no part for this long are dropped ([`Table::expire`]):
+/// a part of a million-socket dump follows the previous one within milliseconds.
+const MARKS_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Reconcile {
     pub fn new(netns: u32, t0_ns: u64) -> Self {
         Self {
             netns,
             t0_ns,
-            found: Some(FxHashSet::default()),
+            found: Some(Found {
+                id: RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                begun: false,
+                lost: false,
+                time_wait: FxHashSet::default(),
+            }),
         }
     }
 
     /// The seed's merge of a namespace into a table that has nothing of it yet (the events
-    /// read meanwhile are held, not applied): there is nothing for the end to drop, so the
-    /// cookies found are not kept (~19 MB at a million sockets, held at the seed's peak).
+    /// read meanwhile are held, not applied): there is nothing for the end to drop, so what
+    /// was found is not kept.
     pub fn seeding(netns: u32, t0_ns: u64) -> Self {
         Self {
             found: None,
@@ -735,7 +761,12 @@ impl Table {
     pub fn reconcile_batch(&mut self, r: &mut Reconcile, dump: &[DiagSock]) {
         let (netns, t0_ns) = (r.netns, r.t0_ns);
         if let Some(found) = r.found.as_mut() {
-            found.extend(dump.iter().map(|d| d.cookie));
+            if !found.begun {
+                self.records.marks_begin(found.id);
+                found.begun = true;
+            } else if !self.records.marks_touch(found.id) {
+                found.lost = true;
+            }
         }
         for d in dump {
             // Cookies are unique on the machine and a socket never changes namespace: a record
@@ -751,6 +782,9 @@ impl Table {
                 continue;
             }
             if d.state == TcpState::TimeWait {
+                if let Some(found) = r.found.as_mut() {
+                    found.time_wait.insert(d.cookie);
+                }
                 self.records.remove(d.cookie);
                 if !self.time_wait.contains_key(&d.cookie) {
                     let tw = TimeWait::new(
@@ -792,6 +826,9 @@ impl Table {
                 self.records.insert(d.cookie, &entry);
             }
             self.records.set_walked(d.cookie, &Walked::of(d));
+            if let Some(found) = r.found.as_mut() {
+                found.lost |= !self.records.mark(found.id, d.cookie);
+            }
         }
     }
 
@@ -803,19 +840,42 @@ impl Table {
             t0_ns,
             found,
         } = r;
+        let marks = match found {
+            None => None,
+            Some(f) => {
+                let marks = if f.begun {
+                    self.records.marks_end(f.id)
+                } else {
+                    Some(SlotMarks::default())
+                };
+                match marks {
+                    Some(m) if !f.lost => Some((m, f.time_wait)),
+                    // Marks dropped as stale: nothing is dropped, and the walk does not
+                    // count as complete.
+                    _ => return,
+                }
+            }
+        };
         // Only a complete walk makes the namespace's rows servable (see `freshness`); an
         // older walk merged late does not move the time back. The seed's counts too.
         let walk = self.walks.entry(netns).or_insert(t0_ns);
         *walk = (*walk).max(t0_ns);
-        let Some(found) = found else {
+        let Some((marks, time_wait)) = marks else {
             return;
         };
-        self.records.retain(|cookie, ns, since_ns| {
-            ns != netns || found.contains(&cookie) || since_ns > t0_ns
-        });
+        self.records
+            .retain(|_, slot, ns, since_ns| ns != netns || marks.get(slot) || since_ns > t0_ns);
         self.retain_time_wait(|cookie, s| {
-            s.netns != netns || found.contains(&cookie) || s.since_ns > t0_ns
+            s.netns != netns || time_wait.contains(&cookie) || s.since_ns > t0_ns
         });
+    }
+
+    /// Drops a [`Reconcile`] whose dump failed: its marks go at once, not after
+    /// [`MARKS_IDLE`] (meanwhile they hold back compaction).
+    pub fn reconcile_abort(&mut self, r: Reconcile) {
+        if let Some(f) = r.found {
+            self.records.marks_end(f.id);
+        }
     }
 
     fn retain_time_wait(&mut self, mut keep: impl FnMut(u64, &TimeWait) -> bool) {
@@ -907,6 +967,7 @@ impl Table {
     /// Drops TIME-WAIT entries older than the kernel keeps them.
     pub fn expire(&mut self, now_ns: u64) {
         self.retain_time_wait(|_, s| now_ns.saturating_sub(s.since_ns) < TIME_WAIT_NS);
+        self.records.drop_stale_marks(MARKS_IDLE);
         self.records.shrink();
         shrink_map(&mut self.time_wait);
         shrink_map(&mut self.listeners);
@@ -1534,12 +1595,122 @@ mod tests {
         };
         assert_eq!(cookies(&seeded), cookies(&reconciled));
         assert_eq!(seeded.len(), 50_000);
-        // The set of 50k cookies: at least 8 bytes each, held at the end of the merge.
+        // What a reconcile keeps of what it found: a bit a socket, up to twice that as its
+        // vector grows with the table (8 KiB here; a set of the cookies took at least 8 bytes
+        // a socket, 391 KiB), and a few words of bookkeeping.
         assert!(
-            kept.peak - seeding.peak >= 50_000 * 8,
-            "peak {} with the set, {} without",
+            kept.peak - seeding.peak <= 2 * 50_000 / 8 + 1024,
+            "peak {} with the marks, {} without",
             kept.peak,
             seeding.peak
         );
+    }
+
+    fn established(since_ns: u64) -> Sock {
+        Sock::new(
+            7,
+            TcpState::Established,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            since_ns,
+        )
+    }
+
+    #[test]
+    fn reconciles_of_one_namespace_at_once_each_keep_what_they_found() {
+        let mut table = Table::new();
+        for c in 1..=6 {
+            table.records.insert(c, &established(10));
+        }
+        let (mut a, mut b) = (Reconcile::new(7, 100), Reconcile::new(7, 100));
+        // Their parts interleave, as two clients' snapshots do: a finds 1-3, b 3-5.
+        table.reconcile_batch(&mut a, &[diag(1, TcpState::Established)]);
+        table.reconcile_batch(&mut b, &[diag(3, TcpState::Established)]);
+        table.reconcile_batch(
+            &mut a,
+            &[
+                diag(2, TcpState::Established),
+                diag(3, TcpState::Established),
+            ],
+        );
+        table.reconcile_batch(
+            &mut b,
+            &[
+                diag(4, TcpState::Established),
+                diag(5, TcpState::Established),
+            ],
+        );
+        table.reconcile_end(a);
+        let mut live: Vec<u64> = table.live().map(|(c, _)| c).collect();
+        live.sort_unstable();
+        assert_eq!(
+            live,
+            [1, 2, 3],
+            "a drops what it did not find, b's 4 and 5 too"
+        );
+        table.reconcile_end(b);
+        let live: Vec<u64> = table.live().map(|(c, _)| c).collect();
+        assert_eq!(live, [3], "b found only 3 of what a left");
+    }
+
+    #[test]
+    fn a_socket_given_a_found_sockets_slot_is_not_found() {
+        let mut table = Table::new();
+        table.records.insert(1, &established(10));
+        let mut r = Reconcile::new(7, 100);
+        table.reconcile_batch(&mut r, &[diag(1, TcpState::Established)]);
+        // 1 closes (its slot is freed) and 2, from before the dump, takes the slot: the dump
+        // ended without it, so it is gone.
+        table.records.remove(1);
+        table.records.insert(2, &established(50));
+        table.reconcile_end(r);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn the_slab_is_compacted_only_once_no_reconcile_marks() {
+        let mut table = Table::new();
+        for c in 1..=20_000 {
+            table.records.insert(c, &established(10));
+        }
+        let mut r = Reconcile::new(7, 100);
+        let kept: Vec<DiagSock> = (19_991..=20_000)
+            .map(|c| diag(c, TcpState::Established))
+            .collect();
+        // A reconcile that drops most sockets, and another one still marking meanwhile.
+        let mut other = Reconcile::new(7, 100);
+        table.reconcile_batch(&mut other, &kept[..5]);
+        table.reconcile_batch(&mut r, &kept);
+        table.reconcile_end(r);
+        assert_eq!(table.len(), 10);
+        let room = table.records.room();
+        table.expire(0);
+        assert!(
+            table.records.room() >= room,
+            "not compacted while other marks"
+        );
+        table.reconcile_batch(&mut other, &kept[5..]);
+        table.reconcile_end(other);
+        assert_eq!(
+            table.len(),
+            10,
+            "the slots other marked still held its sockets"
+        );
+        table.expire(0);
+        assert!(table.records.room() <= 8192, "{}", table.records.room());
+    }
+
+    #[test]
+    fn a_reconcile_whose_marks_went_stale_drops_nothing_and_is_no_walk() {
+        let mut table = Table::new();
+        table.records.insert(1, &established(10));
+        table.records.insert(2, &established(10));
+        let mut r = Reconcile::new(7, 100);
+        table.reconcile_batch(&mut r, &[diag(1, TcpState::Established)]);
+        table.records.drop_stale_marks(std::time::Duration::ZERO);
+        table.reconcile_batch(&mut r, &[]);
+        table.reconcile_end(r);
+        assert_eq!(table.len(), 2, "2 was not found, yet what was is not known");
+        assert_eq!(table.freshness(7, 100, 1_000), Err(Stale::NeverWalked));
     }
 }

@@ -193,6 +193,10 @@ pub struct Loss {
     pub kind: LossKind,
     pub count: u64,
     pub total: u64,
+    /// When netmon noticed it (CLOCK_MONOTONIC ns): the kernel's counters are read every
+    /// 250 ms (`not_run` is confirmed by a second reading), so the loss happened within about
+    /// half a second before.
+    pub seen_ns: u64,
 }
 
 /// Everything lost or unreadable since start, as told to clients.
@@ -395,6 +399,7 @@ impl Pipeline {
         sink: &mut impl Sink,
     ) -> io::Result<Vec<Loss>> {
         let mut out = Vec::new();
+        let seen_ns = Clock::mono_now_ns();
         self.fire_count = now.not_run.is_some();
         let totals = [
             (LossKind::RingFull, now.ring_full),
@@ -413,6 +418,7 @@ impl Pipeline {
                     kind,
                     count: total - before,
                     total,
+                    seen_ns,
                 };
                 sink.loss(&loss)?;
                 out.push(loss);
@@ -421,7 +427,7 @@ impl Pipeline {
         }
         if !out.is_empty() {
             // The table no longer answers alone (`snapshot --max-age`) until a walk after this.
-            self.table.lost_at(Clock::mono_now_ns());
+            self.table.lost_at(seen_ns);
         }
         Ok(out)
     }
@@ -512,7 +518,7 @@ fn dump_scope_in_parts(netns: Option<u32>, tx: &mpsc::Sender<Part>) {
             }
             let parts = tx.clone();
             let emit = Box::new(move |sockets| parts.blocking_send(Part::Sockets(sockets)).is_ok());
-            let ended = ns.dump_batched(0, &Cancel::default(), RECONCILE_PART, emit);
+            let ended = ns.dump_batched(0, &[], &Cancel::default(), RECONCILE_PART, emit);
             let _ = tx.blocking_send(Part::End(ended));
         }
         Err(e) => eprintln!("netmon: cannot open netns {inum} to reconcile it: {e}"),
@@ -956,11 +962,14 @@ impl<R: Ring> Tracer<R> {
                         self.pipeline.resyncs.merged(started);
                     }
                     // `{:#}` walks the sources: the failed step, then the errno.
-                    Err(e) => eprintln!(
-                        "netmon: dumping sockets of netns {}: {:#}",
-                        r.netns(),
-                        anyhow::Error::new(e)
-                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "netmon: dumping sockets of netns {}: {:#}",
+                            r.netns(),
+                            anyhow::Error::new(e)
+                        );
+                        self.pipeline.table.reconcile_abort(r);
+                    }
                 }
             }
         }

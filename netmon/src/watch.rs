@@ -118,8 +118,13 @@ impl<W: Write> Sink for Watcher<W> {
     }
 
     fn loss(&mut self, loss: &Loss) -> io::Result<()> {
-        self.printer.loss(loss.kind, loss.count, loss.total)?;
-        let Loss { kind, count, total } = loss;
+        let Loss {
+            kind,
+            count,
+            total,
+            seen_ns,
+        } = loss;
+        self.printer.loss(*kind, *count, *total, *seen_ns)?;
         if *kind == LossKind::HintsRingFull {
             eprintln!("netmon: dropped {count} owner/reset hints (ring full), {total} since start");
         } else {

@@ -118,6 +118,7 @@ fn watch_reports_losses_in_the_stream_and_on_stderr() {
             connect_and_close(&listener);
         }
     });
+    let resumed_ns = mono_ns();
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -128,6 +129,13 @@ fn watch_reports_losses_in_the_stream_and_on_stderr() {
             if v["type"] == "loss" {
                 assert_eq!(v["kind"], "ring_full", "{v}");
                 lost += v["count"].as_u64().unwrap();
+                // Noticed at the first counter reading after the reader resumed.
+                let seen = v["mono_ns"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no mono_ns: {v}"));
+                assert!(resumed_ns <= seen && seen <= mono_ns(), "{v}");
+                let time = v["time"].as_str().unwrap_or_else(|| panic!("no time: {v}"));
+                assert!(time.len() == 27 && time.ends_with('Z'), "{v}");
             }
         }
     }
@@ -299,4 +307,15 @@ fn ctrl_c_ends_watch_whose_reader_stopped_reading() {
         "the loop gets its grace first ({:?})",
         stopped.elapsed()
     );
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of netmon's `mono_ns` fields.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
