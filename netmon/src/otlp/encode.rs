@@ -435,7 +435,7 @@ pub struct Body {
     ///
     /// `process.*`, by what they say of the owner (pid, uid, comm as the kernel gave it; not
     /// the thread).
-    owner: [Segment<Option<(u32, u32, [u8; 16])>>; 3],
+    owner: [Segment<Option<OwnerKey>>; 3],
     /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`.
     ending: [Segment<(End, TcpState)>; 3],
     /// `netmon.states`, by the path's states (their count first).
@@ -443,6 +443,9 @@ pub struct Body {
 }
 
 const PATH_CAP: usize = crate::table::Path::CAP;
+
+/// What `process.*` say of an owner: pid, uid and comm as the kernel gave it.
+type OwnerKey = (u32, u32, [u8; 16]);
 
 impl Body {
     /// An empty request from this `host`, with room for `records` records of the usual size.
