@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netmon::clock::Clock;
 use netmon_tests::{
     TestNetns, agent_socket_path, connect_and_close, connect_and_close_many, interrupt, lines,
     netmon_bin, require_root, spawn_agent, spawn_watch, stderr_of, wait_attached,
@@ -118,7 +119,7 @@ fn watch_reports_losses_in_the_stream_and_on_stderr() {
             connect_and_close(&listener);
         }
     });
-    let resumed_ns = mono_ns();
+    let resumed_ns = Clock::mono_now_ns();
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -133,7 +134,7 @@ fn watch_reports_losses_in_the_stream_and_on_stderr() {
                 let seen = v["mono_ns"]
                     .as_u64()
                     .unwrap_or_else(|| panic!("no mono_ns: {v}"));
-                assert!(resumed_ns <= seen && seen <= mono_ns(), "{v}");
+                assert!(resumed_ns <= seen && seen <= Clock::mono_now_ns(), "{v}");
                 let time = v["time"].as_str().unwrap_or_else(|| panic!("no time: {v}"));
                 assert!(time.len() == 27 && time.ends_with('Z'), "{v}");
             }
@@ -307,15 +308,4 @@ fn ctrl_c_ends_watch_whose_reader_stopped_reading() {
         "the loop gets its grace first ({:?})",
         stopped.elapsed()
     );
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of netmon's `mono_ns` fields.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -155,25 +155,103 @@ macro_rules! key {
     }};
 }
 
+/// An int attribute's bytes before its value, built at compile time: `LogRecord.attributes`'
+/// key and length, the `KeyValue.key` field, `KeyValue.value`'s key and length, and
+/// `AnyValue.int_value`'s key. The two lengths depend only on the value's varint length and
+/// are patched in; one fixed-size copy instead of six writes.
+const fn int_prefix<const N: usize>(key: &str) -> [u8; N] {
+    let name = key.as_bytes();
+    // Both lengths stay below 128 (one byte) for any 10-byte value.
+    assert!(N == name.len() + 7 && name.len() + 5 + 10 < 128);
+    let mut out = [0; N];
+    out[0] = LOG_ATTRIBUTE;
+    out[2] = F1_LEN;
+    out[3] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        out[4 + i] = name[i];
+        i += 1;
+    }
+    out[N - 3] = F2_LEN;
+    out[N - 1] = ANY_INT;
+    out
+}
+
+/// The same for a string attribute: ... `KeyValue.value`'s key and length, then
+/// `AnyValue.string_value`'s key and length, the three lengths patched in.
+const fn str_prefix<const N: usize>(key: &str) -> [u8; N] {
+    let name = key.as_bytes();
+    assert!(N == name.len() + 8 && name.len() < 100);
+    let mut out = [0; N];
+    out[0] = LOG_ATTRIBUTE;
+    out[2] = F1_LEN;
+    out[3] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        out[4 + i] = name[i];
+        i += 1;
+    }
+    out[N - 4] = F2_LEN;
+    out[N - 2] = F1_LEN;
+    out
+}
+
+/// The encoded prefix of an int attribute, as a `&'static [u8; N]`.
+macro_rules! int_key {
+    ($name:literal) => {{
+        const PREFIX: [u8; $name.len() + 7] = int_prefix($name);
+        &PREFIX
+    }};
+}
+
+/// The encoded prefix of a string attribute, as a `&'static [u8; N]`.
+macro_rules! str_key {
+    ($name:literal) => {{
+        const PREFIX: [u8; $name.len() + 8] = str_prefix($name);
+        &PREFIX
+    }};
+}
+
+/// An int attribute from its [`int_prefix`].
 #[inline(always)]
-fn kv_str<const N: usize>(buf: &mut W, key: &[u8; N], value: &[u8]) {
+fn put_int<const N: usize>(buf: &mut W, prefix: &[u8; N], value: u64) {
+    let value = clamp(value);
+    let n = varint_len(value);
+    let at = buf.pos;
+    buf.extend_from_slice(prefix);
+    // KeyValue: the key field (N - 5 bytes) and the value field (3 + n); AnyValue: 1 + n.
+    buf.out[at + 1] = (N - 2 + n) as u8;
+    buf.out[at + N - 2] = (1 + n) as u8;
+    put_varint(buf, value);
+}
+
+/// A string attribute whose lengths take more than a byte: `key` is the encoded key field.
+#[cold]
+#[inline(never)]
+fn put_long_str(buf: &mut W, key: &[u8], value: &[u8]) {
     let any = field_len(value.len());
-    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
+    put_len(buf, LOG_ATTRIBUTE, key.len() + field_len(any));
     buf.extend_from_slice(key);
     put_len(buf, F2_LEN, any);
     put_len(buf, F1_LEN, value.len());
-    buf.extend_short(value);
+    buf.extend_from_slice(value);
 }
 
+/// A string attribute from its [`str_prefix`].
 #[inline(always)]
-fn kv_int<const N: usize>(buf: &mut W, key: &[u8; N], value: u64) {
-    let value = clamp(value);
-    let any = 1 + varint_len(value);
-    put_len(buf, LOG_ATTRIBUTE, N + field_len(any));
-    buf.extend_from_slice(key);
-    put_len(buf, F2_LEN, any);
-    buf.push(ANY_INT);
-    put_varint(buf, value);
+fn put_str<const N: usize>(buf: &mut W, prefix: &[u8; N], value: &[u8]) {
+    let n = value.len();
+    // All three lengths in one byte each; longer texts (labels) take the general path.
+    if N - 2 + n >= 128 {
+        put_long_str(buf, &prefix[2..N - 4], value);
+        return;
+    }
+    let at = buf.pos;
+    buf.extend_from_slice(prefix);
+    buf.out[at + 1] = (N - 2 + n) as u8;
+    buf.out[at + N - 3] = (2 + n) as u8;
+    buf.out[at + N - 1] = n as u8;
+    buf.extend_short(value);
 }
 
 /// An array attribute whose values take `lens` bytes each as `AnyValue`s, written by `put`.
@@ -240,21 +318,42 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr, text: &mut String) {
     }
 }
 
-/// An address as text, formatted again only when the address changes: the records of a host
-/// repeat a few addresses, and formatting them led what was left of the encoding's profile.
+/// Texts of the last few addresses seen, each formatted once: the records of a host repeat a
+/// few addresses, and formatting them led what was left of the encoding's profile. Four,
+/// not one per end: the two records of a loopback connection swap the same two addresses
+/// between local and peer, and a storm brings a new peer address with each connection, so
+/// one text per end was formatted twice a record and four are formatted once a connection.
 #[derive(Debug, Default)]
-struct IpText {
-    of: Option<IpAddr>,
-    text: Vec<u8>,
+struct IpTexts {
+    entries: [(Option<IpAddr>, Vec<u8>); 4],
+    /// The entry the next new address replaces.
+    next: usize,
 }
 
-impl IpText {
-    fn set(&mut self, ip: IpAddr, scratch: &mut String) {
-        if self.of != Some(ip) {
-            self.text.clear();
-            put_ip(&mut self.text, ip, scratch);
-            self.of = Some(ip);
+impl IpTexts {
+    /// The index of `ip`'s text, formatted into an entry other than `keep` if it is new.
+    #[inline(always)]
+    fn find(&mut self, ip: IpAddr, keep: usize, scratch: &mut String) -> usize {
+        if let Some(i) = self.entries.iter().position(|(of, _)| *of == Some(ip)) {
+            return i;
         }
+        let mut i = self.next;
+        if i == keep {
+            i = (i + 1) % self.entries.len();
+        }
+        self.next = (i + 1) % self.entries.len();
+        let (of, text) = &mut self.entries[i];
+        text.clear();
+        put_ip(text, ip, scratch);
+        *of = Some(ip);
+        i
+    }
+
+    /// The texts of `local` and `peer`.
+    fn pair(&mut self, local: IpAddr, peer: IpAddr, scratch: &mut String) -> (&[u8], &[u8]) {
+        let l = self.find(local, usize::MAX, scratch);
+        let p = self.find(peer, l, scratch);
+        (&self.entries[l].1, &self.entries[p].1)
     }
 }
 
@@ -325,23 +424,28 @@ pub struct Body {
     resource: Vec<u8>,
     scope: Vec<u8>,
     records: usize,
-    /// Reused text: the local and peer addresses, IPv6 formatting.
-    local_ip: IpText,
-    peer_ip: IpText,
+    /// The local and peer addresses' texts; reused text for IPv6 formatting.
+    ips: IpTexts,
     text: String,
     /// `network.transport` and `network.type`, by family index.
     network: Segment<usize>,
+    /// The segments below are kept one for each direction (outbound, inbound, unknown): the
+    /// two ends of a loopback connection take turns, with different owners, ends and paths,
+    /// and a single segment was written anew for every record of a storm.
+    ///
     /// `process.*`, by what they say of the owner (pid, uid, comm as the kernel gave it; not
     /// the thread).
-    owner: Segment<Option<(u32, u32, [u8; 16])>>,
-    /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`, one for each direction:
-    /// the two ends of a loopback connection take turns.
+    owner: [Segment<Option<OwnerKey>>; 3],
+    /// `netmon.direction`, `netmon.end_reason`, `netmon.last_state`.
     ending: [Segment<(End, TcpState)>; 3],
     /// `netmon.states`, by the path's states (their count first).
-    states: Segment<[u8; PATH_CAP + 1]>,
+    states: [Segment<[u8; PATH_CAP + 1]>; 3],
 }
 
 const PATH_CAP: usize = crate::table::Path::CAP;
+
+/// What `process.*` say of an owner: pid, uid and comm as the kernel gave it.
+type OwnerKey = (u32, u32, [u8; 16]);
 
 impl Body {
     /// An empty request from this `host`, with room for `records` records of the usual size.
@@ -389,13 +493,12 @@ impl Body {
             resource,
             scope,
             records: 0,
-            local_ip: IpText::default(),
-            peer_ip: IpText::default(),
+            ips: IpTexts::default(),
             text: String::with_capacity(64),
             network: Segment::default(),
-            owner: Segment::default(),
+            owner: Default::default(),
             ending: Default::default(),
-            states: Segment::default(),
+            states: Default::default(),
         }
     }
 
@@ -419,9 +522,12 @@ impl Body {
         time_ns: u64,
         observed_ns: u64,
     ) {
-        self.local_ip.set(c.local.ip(), &mut self.text);
-        self.peer_ip.set(c.remote.ip(), &mut self.text);
-        let (local_ip, peer_ip) = (&self.local_ip.text, &self.peer_ip.text);
+        let (local_ip, peer_ip) = self.ips.pair(c.local.ip(), c.remote.ip(), &mut self.text);
+        let slot = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+            Direction::Unknown => 2,
+        };
 
         // The path once: its iterator works each entry's time out again, and was walked
         // five times a record.
@@ -474,8 +580,8 @@ impl Body {
 
         let family = family_index(&c.local);
         buf.extend_from_slice(self.network.get(family, 128, |buf| {
-            kv_str(buf, key!("network.transport"), b"tcp");
-            kv_str(buf, key!("network.type"), FAMILIES[family].as_bytes());
+            put_str(buf, str_key!("network.transport"), b"tcp");
+            put_str(buf, str_key!("network.type"), FAMILIES[family].as_bytes());
         }));
         let local_port = u64::from(c.local.port());
         let peer_port = u64::from(c.remote.port());
@@ -489,57 +595,56 @@ impl Body {
             Direction::Unknown => None,
         };
         if let Some(((s_ip, s_port), (d_ip, d_port))) = ends {
-            kv_str(buf, key!("source.address"), s_ip);
-            kv_int(buf, key!("source.port"), s_port);
-            kv_str(buf, key!("destination.address"), d_ip);
-            kv_int(buf, key!("destination.port"), d_port);
+            put_str(buf, str_key!("source.address"), s_ip);
+            put_int(buf, int_key!("source.port"), s_port);
+            put_str(buf, str_key!("destination.address"), d_ip);
+            put_int(buf, int_key!("destination.port"), d_port);
         } else {
-            kv_str(buf, key!("network.local.address"), local_ip);
-            kv_int(buf, key!("network.local.port"), local_port);
-            kv_str(buf, key!("network.peer.address"), peer_ip);
-            kv_int(buf, key!("network.peer.port"), peer_port);
+            put_str(buf, str_key!("network.local.address"), local_ip);
+            put_int(buf, int_key!("network.local.port"), local_port);
+            put_str(buf, str_key!("network.peer.address"), peer_ip);
+            put_int(buf, int_key!("network.peer.port"), peer_port);
         }
         let owner = c
             .owner
             .map(|o| (o.task.pid, o.task.uid, *o.task.comm_bytes()));
-        buf.extend_from_slice(self.owner.get(owner, 256, |buf| {
+        buf.extend_from_slice(self.owner[slot].get(owner, 256, |buf| {
             if let Some(o) = &c.owner {
-                kv_int(buf, key!("process.pid"), u64::from(o.task.pid));
-                kv_str(
+                put_int(buf, int_key!("process.pid"), u64::from(o.task.pid));
+                put_str(
                     buf,
-                    key!("process.executable.name"),
+                    str_key!("process.executable.name"),
                     o.task.comm().as_bytes(),
                 );
-                kv_int(buf, key!("process.user.id"), u64::from(o.task.uid));
+                put_int(buf, int_key!("process.user.id"), u64::from(o.task.uid));
             }
         }));
         if let Some(l) = labels {
             if let Some(id) = &l.container_id {
-                kv_str(buf, key!("container.id"), id.as_bytes());
+                put_str(buf, str_key!("container.id"), id.as_bytes());
             }
             if let Some(uid) = &l.pod_uid {
-                kv_str(buf, key!("k8s.pod.uid"), uid.as_bytes());
+                put_str(buf, str_key!("k8s.pod.uid"), uid.as_bytes());
             }
             if let Some(unit) = &l.unit {
-                kv_str(buf, key!("netmon.systemd.unit"), unit.as_bytes());
+                put_str(buf, str_key!("netmon.systemd.unit"), unit.as_bytes());
             }
         }
-        let ending = match direction {
-            Direction::Outbound => &mut self.ending[0],
-            Direction::Inbound => &mut self.ending[1],
-            Direction::Unknown => &mut self.ending[2],
-        };
-        buf.extend_from_slice(ending.get((c.end, c.last), 256, |buf| {
-            kv_str(buf, key!("netmon.direction"), direction.word().as_bytes());
-            kv_str(buf, key!("netmon.end_reason"), c.end.name().as_bytes());
-            kv_str(
+        buf.extend_from_slice(self.ending[slot].get((c.end, c.last), 256, |buf| {
+            put_str(
                 buf,
-                key!("netmon.last_state"),
+                str_key!("netmon.direction"),
+                direction.word().as_bytes(),
+            );
+            put_str(buf, str_key!("netmon.end_reason"), c.end.name().as_bytes());
+            put_str(
+                buf,
+                str_key!("netmon.last_state"),
                 state_name(c.last).as_bytes(),
             );
         }));
         if let Some(ns) = c.lifespan_ns() {
-            kv_int(buf, key!("netmon.lifespan_ns"), ns);
+            put_int(buf, int_key!("netmon.lifespan_ns"), ns);
         }
         let path = || steps.iter().copied();
         let mut states = [0u8; PATH_CAP + 1];
@@ -548,7 +653,7 @@ impl Body {
             states[i + 1] = s.to_kernel();
         }
         let array_max = 64 + PATH_ENTRY_MAX * usize::from(states[0]);
-        buf.extend_from_slice(self.states.get(states, array_max, |buf| {
+        buf.extend_from_slice(self.states[slot].get(states, array_max, |buf| {
             kv_array(
                 buf,
                 key!("netmon.states"),
@@ -576,10 +681,10 @@ impl Body {
                 }
             },
         );
-        kv_int(buf, key!("netmon.bytes_sent"), c.bytes_acked);
-        kv_int(buf, key!("netmon.bytes_received"), c.bytes_received);
-        kv_int(buf, key!("netmon.netns"), u64::from(c.netns));
-        kv_int(buf, key!("netmon.socket.cookie"), c.cookie);
+        put_int(buf, int_key!("netmon.bytes_sent"), c.bytes_acked);
+        put_int(buf, int_key!("netmon.bytes_received"), c.bytes_received);
+        put_int(buf, int_key!("netmon.netns"), u64::from(c.netns));
+        put_int(buf, int_key!("netmon.socket.cookie"), c.cookie);
         if observed_ns != 0 {
             buf.push(LOG_OBSERVED_TIME);
             buf.extend_from_slice(&observed_ns.to_le_bytes());
@@ -898,6 +1003,43 @@ mod tests {
             (b, Outbound, None),
             (a, Inbound, None),
         ];
+        let (reference, ours) = both(&records);
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn address_texts_follow_more_addresses_than_are_kept() {
+        // Four texts are kept, replaced in turn but never the one the same record uses for
+        // its other end: six addresses in turn, each record swapping its ends with the last,
+        // some records with both ends the same, must still be prost's bytes.
+        let ips = [
+            "127.0.0.1",
+            "127.1.0.9",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ];
+        let at = |ip: &str, port: u16| match ip.contains(':') {
+            true => format!("[{ip}]:{port}"),
+            false => format!("{ip}:{port}"),
+        };
+        let mut records = Vec::new();
+        // Four texts taken by two records, then a third whose local address is the one the
+        // next new text would replace.
+        for (local, peer) in [(0, 1), (2, 3), (0, 4), (0, 4)] {
+            let c = closed(&at(ips[local], 1), &at(ips[peer], 2));
+            records.push((c, Direction::Outbound, None));
+        }
+        for i in 0..40 {
+            let (a, b) = (ips[i % 6], ips[(i * 5 + 1) % 6]);
+            let out = closed(&at(a, 40_000 + i as u16), &at(b, 80));
+            let back = closed(&at(b, 80), &at(a, 40_000 + i as u16));
+            records.push((out, Direction::Outbound, None));
+            records.push((back, Direction::Inbound, None));
+            let same = closed(&at(a, 1), &at(a, 2));
+            records.push((same, Direction::Unknown, None));
+        }
         let (reference, ours) = both(&records);
         assert_eq!(ours, reference);
     }
