@@ -346,9 +346,9 @@ fn one_users_unread_replies_leave_another_user_its_share() {
             "--admin-group",
             "staff",
             "--max-unread-bytes",
-            &(6 * MIB).to_string(),
+            &(2 * MIB).to_string(),
             "--max-unread-bytes-per-user",
-            &(3 * MIB).to_string(),
+            &MIB.to_string(),
         ],
     );
     let (a, b) = (As::Nobody(vec![users]), As::Uid(1, vec![users]));
@@ -358,7 +358,8 @@ fn one_users_unread_replies_leave_another_user_its_share() {
     assert!(size >= 3000, "{size} rows");
 
     // A's clients that never read: each holds what the agent rendered beyond the socket's
-    // buffers. Eight of them would hold far more than the 6 MiB of the whole agent.
+    // buffers: at most a 256 KiB window of plain frames, the rest deflated. Eight of them
+    // would hold more than the 2 MiB of the whole agent.
     let mut stuck = Vec::new();
     let mut refused = None;
     for _ in 0..8 {
