@@ -163,15 +163,7 @@ const fn int_prefix<const N: usize>(key: &str) -> [u8; N] {
     let name = key.as_bytes();
     // Both lengths stay below 128 (one byte) for any 10-byte value.
     assert!(N == name.len() + 7 && name.len() + 5 + 10 < 128);
-    let mut out = [0; N];
-    out[0] = LOG_ATTRIBUTE;
-    out[2] = F1_LEN;
-    out[3] = name.len() as u8;
-    let mut i = 0;
-    while i < name.len() {
-        out[4 + i] = name[i];
-        i += 1;
-    }
+    let mut out = key_head::<N>(name);
     out[N - 3] = F2_LEN;
     out[N - 1] = ANY_INT;
     out
@@ -182,6 +174,15 @@ const fn int_prefix<const N: usize>(key: &str) -> [u8; N] {
 const fn str_prefix<const N: usize>(key: &str) -> [u8; N] {
     let name = key.as_bytes();
     assert!(N == name.len() + 8 && name.len() < 100);
+    let mut out = key_head::<N>(name);
+    out[N - 4] = F2_LEN;
+    out[N - 2] = F1_LEN;
+    out
+}
+
+/// What both prefixes start with: the attribute's tag (its length patched in later), then
+/// `KeyValue.key` with its length and bytes.
+const fn key_head<const N: usize>(name: &[u8]) -> [u8; N] {
     let mut out = [0; N];
     out[0] = LOG_ATTRIBUTE;
     out[2] = F1_LEN;
@@ -191,8 +192,6 @@ const fn str_prefix<const N: usize>(key: &str) -> [u8; N] {
         out[4 + i] = name[i];
         i += 1;
     }
-    out[N - 4] = F2_LEN;
-    out[N - 2] = F1_LEN;
     out
 }
 
