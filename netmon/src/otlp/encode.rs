@@ -137,14 +137,19 @@ const fn key_field<const N: usize>(key: &str) -> [u8; N] {
     let name = key.as_bytes();
     assert!(name.len() < 128 && N == name.len() + 2);
     let mut out = [0; N];
-    out[0] = F1_LEN;
-    out[1] = name.len() as u8;
+    put_key(&mut out, 0, name);
+    out
+}
+
+/// Writes `KeyValue.key` (its tag, one-byte length and bytes) into `out` at `at`.
+const fn put_key(out: &mut [u8], at: usize, name: &[u8]) {
+    out[at] = F1_LEN;
+    out[at + 1] = name.len() as u8;
     let mut i = 0;
     while i < name.len() {
-        out[2 + i] = name[i];
+        out[at + 2 + i] = name[i];
         i += 1;
     }
-    out
 }
 
 /// The encoded key of an attribute name, as a `&'static [u8; N]`.
@@ -185,13 +190,7 @@ const fn str_prefix<const N: usize>(key: &str) -> [u8; N] {
 const fn key_head<const N: usize>(name: &[u8]) -> [u8; N] {
     let mut out = [0; N];
     out[0] = LOG_ATTRIBUTE;
-    out[2] = F1_LEN;
-    out[3] = name.len() as u8;
-    let mut i = 0;
-    while i < name.len() {
-        out[4 + i] = name[i];
-        i += 1;
-    }
+    put_key(&mut out, 2, name);
     out
 }
 
