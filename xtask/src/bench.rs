@@ -64,7 +64,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SECS")]
     pub storm_secs: Option<f64>,
     /// Traced runs per mode, each round between two baseline runs [default: 3, --quick: 1;
-    /// at most 100].
+    /// at most 100]. Whether an export stays within 0.02 of the agent (issue 13) takes many
+    /// paired rounds: `--no-snapshot --modes agent,agent-otlp --rounds 60 --storm-secs 2
+    /// --capture-runs 0` (181 runs, about 9 minutes at a quiet machine's 2.85 s a run); a
+    /// `cannot tell` row says about how many rounds its mean and spread would need.
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
     /// Client threads of the storm, each with an accepting thread of its own.
