@@ -510,10 +510,12 @@ pub fn wait_idle(max: Duration) -> f64 {
     busy
 }
 
-/// CPU time of every user process but this one and its descendants, by pid, in clock ticks
-/// (/proc/PID/stat utime + stime; kernel threads, children of kthreadd, left out: they also do
-/// the storm's own softirq and socket work). Two of these around a storm tell how much of the
-/// machine other people's work took from it ([`foreign_cpu_since`]).
+/// CPU time of every process and kernel thread by pid, with its parent, in clock ticks:
+/// /proc/PID/stat utime + stime, and cutime + cstime, the children it has reaped (a test
+/// run's short-lived binaries end between two readings; their parent shows them). The
+/// `ksoftirqd` threads are left out: they run the storm's own loopback traffic when softirqs
+/// pile up. Two of these around a storm tell how much of the machine other work took from it
+/// ([`foreign_cpu_since`]).
 pub struct ProcessCpu(std::collections::HashMap<u32, (u32, u64)>);
 
 pub fn process_cpu() -> ProcessCpu {
@@ -532,22 +534,27 @@ pub fn process_cpu() -> ProcessCpu {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
+        let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
+        if head.contains("(ksoftirqd/") {
+            continue;
+        }
         let f: Vec<&str> = rest.split_whitespace().collect();
-        // fields[1] is field 4 (ppid); utime and stime are fields 14 and 15.
+        // fields[1] is field 4 (ppid); utime, stime, cutime and cstime are fields 14-17.
         let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
-        if let (Some(ppid), Some(user), Some(system)) = (num(1), num(11), num(12)) {
-            all.insert(pid, (ppid as u32, user + system));
+        if let Some(ppid) = num(1) {
+            let ticks = (11..=14).filter_map(num).sum();
+            all.insert(pid, (ppid as u32, ticks));
         }
     }
     ProcessCpu(all)
 }
 
-/// The share of the CPUs (0..1) that processes other than this one, its descendants,
-/// `helpers` and theirs, and the kernel's threads used since `before`, over `secs` of wall
-/// time. Processes that started and ended in between are not seen.
+/// The share of the CPUs (0..1) that processes and kernel threads other than this one, its
+/// descendants, `helpers` and theirs used since `before`, over `secs` of wall time.
+/// Processes that started and ended in between are seen only through a parent that is
+/// still there, and a reaped child's time from before `before` counts again.
 pub fn foreign_cpu_since(before: &ProcessCpu, secs: f64, helpers: &[u32]) -> f64 {
     let ticks = foreign_ticks(before, &process_cpu(), std::process::id(), helpers);
     // SAFETY: sysconf has no preconditions.
@@ -556,8 +563,8 @@ pub fn foreign_cpu_since(before: &ProcessCpu, secs: f64, helpers: &[u32]) -> f64
     ticks as f64 / hz / (secs.max(1e-3) * cpus)
 }
 
-/// Ticks used between `before` and `now` by processes that are neither `me`, `helpers`, a
-/// descendant of one of them, nor a kernel thread (pid 2 and its children).
+/// Ticks used between `before` and `now` by processes that are neither `me`, `helpers`, nor
+/// a descendant of one of them.
 fn foreign_ticks(before: &ProcessCpu, now: &ProcessCpu, me: u32, helpers: &[u32]) -> u64 {
     let ours = |mut pid: u32| {
         // Bounded: a parent chain is short, and a cycle cannot happen in /proc.
@@ -566,7 +573,7 @@ fn foreign_ticks(before: &ProcessCpu, now: &ProcessCpu, me: u32, helpers: &[u32]
                 return true;
             }
             if pid <= 2 {
-                return pid == 2;
+                return false;
             }
             match now.0.get(&pid).or_else(|| before.0.get(&pid)) {
                 Some(&(ppid, _)) => pid = ppid,
@@ -643,9 +650,12 @@ mod tests {
             ]
             .into(),
         );
-        // init 1 + build 20 + its child 5 + the new one 4.
-        assert_eq!(foreign_ticks(&before, &now, 10, &[20]), 1 + 20 + 5 + 4);
+        // init 1 + the kernel's worker 300 + build 20 + its child 5 + the new one 4.
+        assert_eq!(
+            foreign_ticks(&before, &now, 10, &[20]),
+            1 + 300 + 20 + 5 + 4
+        );
         // Without the helper, tmux and its child count too.
-        assert_eq!(foreign_ticks(&before, &now, 10, &[]), 30 + 10 + 30);
+        assert_eq!(foreign_ticks(&before, &now, 10, &[]), 330 + 10 + 30);
     }
 }
