@@ -113,12 +113,12 @@ pub struct Grid {
 pub const SS_BATCH_BYTES: usize = 4 << 20;
 
 /// A cell's code: what it shares with the column's previous cell (`prefix` bytes) and the
-/// length of the rest, in one byte when both are short (`prefix` < 16, `rest` < 15), else
-/// 0xFF and both as LEB128; then the rest's bytes.
+/// length of the rest, in one byte when both are short (`prefix` < 16 in the high nibble,
+/// `rest` < 15 in the low one), else 0xFF and both as LEB128; then the rest's bytes.
 #[inline]
 fn put_cell(coded: &mut Vec<u8>, prefix: usize, rest: &[u8]) {
     if prefix < 16 && rest.len() < 15 {
-        coded.push((prefix * 15 + rest.len()) as u8);
+        coded.push((prefix << 4 | rest.len()) as u8);
     } else {
         coded.push(0xFF);
         put_leb128(coded, prefix);
@@ -160,31 +160,36 @@ fn take_cell<'a>(coded: &'a [u8], at: &mut usize) -> (usize, &'a [u8]) {
         let prefix = leb128(coded, at);
         (prefix, leb128(coded, at))
     } else {
-        (usize::from(b / 15), usize::from(b % 15))
+        (usize::from(b >> 4), usize::from(b & 15))
     };
     let rest = &coded[*at..*at + rest];
     *at += rest.len();
     (prefix, rest)
 }
 
-/// How many bytes `a` and `b` start with in common, eight at a time.
+/// How many of their first `n` bytes `a` and `b` have in common, eight at a time while both
+/// have eight more: `a` and `b` run on past the two cells compared (to the ends of their
+/// rows), so that short cells are compared in one step too.
 #[inline]
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
+fn common_prefix(a: &[u8], b: &[u8], n: usize) -> usize {
     let mut i = 0;
-    while i + 8 <= n {
+    while i < n && i + 8 <= a.len() && i + 8 <= b.len() {
         let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
         let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
         if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+            return (i + ((x ^ y).trailing_zeros() / 8) as usize).min(n);
         }
         i += 8;
     }
     while i < n && a[i] == b[i] {
         i += 1;
     }
-    i
+    i.min(n)
 }
+
+/// Bytes kept after the previous row's text, so that its cells compare eight bytes at a time
+/// up to their ends.
+const SLACK: [u8; 8] = [0; 8];
 
 /// Where a column's cell goes when printed: padded at a fixed place of the line (`at`: after
 /// its delimiter; `width`), or, hidden or free, kept aside.
@@ -230,6 +235,7 @@ impl Grid {
     }
 
     /// Ends the current cell (and the row, after its last column).
+    #[inline]
     pub fn end_cell(&mut self) {
         self.ends.push(self.row.len());
         if self.ends.len() >= self.columns.len() {
@@ -247,7 +253,8 @@ impl Grid {
             let cell = &row[start..end];
             // The batch's first row is coded against empty cells.
             let prev_end = self.prev_ends.get(c).copied().unwrap_or(prev_start);
-            let prefix = common_prefix(&self.prev[prev_start..prev_end], cell);
+            let n = cell.len().min(prev_end - prev_start);
+            let prefix = common_prefix(&row[start..], &self.prev[prev_start..], n);
             put_cell(&mut self.coded, prefix, &cell[prefix..]);
             // Where the columns are empty (no columns): nothing to measure or hold.
             if let Some(width) = self.width.get_mut(c) {
@@ -259,6 +266,7 @@ impl Grid {
         self.held += 1;
         self.prev.clear();
         self.prev.extend_from_slice(row);
+        self.prev.extend_from_slice(&SLACK);
         self.prev_ends.clone_from(&self.ends);
         self.row.clear();
         self.ends.clear();
@@ -389,6 +397,10 @@ impl Grid {
             for (c, place) in places.iter().enumerate() {
                 let (prefix, rest) = take_cell(&self.coded, &mut at);
                 let new = prefix + rest.len();
+                if new == len[c] && rest.is_empty() {
+                    // The cell above, where it is.
+                    continue;
+                }
                 match *place {
                     Place::Aside => {
                         aside[c].truncate(prefix);
