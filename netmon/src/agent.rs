@@ -222,7 +222,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_fire_count: bool,
     /// Bytes of rendered replies the agent holds for clients that read slowly, in all (past
-    /// a reply's first MiB, held deflated); a reply that would pass it fails with an error
+    /// a reply's first 256 KiB, held deflated); a reply that would pass it fails with an error
     /// (try again) rather than wait.
     #[arg(long, default_value_t = Limits::default().bytes_in_flight, value_name = "BYTES")]
     pub max_unread_bytes: usize,

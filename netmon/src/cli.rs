@@ -448,7 +448,7 @@ fn loss_notes(l: &crate::tracer::LossTotals) -> Vec<String> {
 /// Below this many TCP sockets in the namespace, a snapshot without the agent dumps over
 /// sock_diag: loading the iterator (two parses of the kernel's BTF, the verifier) costs a
 /// fixed 0.3-0.5 s on the loaded 2-vCPU development machine, more than sock_diag's extra
-/// per-socket time saves below about this count (see README, "At scale").
+/// per-socket time saves below about this count (docs/performance.md, "At scale").
 const FALLBACK_ITER_MIN_SOCKETS: i64 = 100_000;
 
 /// The socket iterator for a snapshot without the agent, where it can serve the options, the

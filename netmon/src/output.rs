@@ -27,7 +27,8 @@ pub enum Format {
     /// Columns like ss and tcpstates.
     #[default]
     Text,
-    /// JSON Lines, one object per transition (schema: docs/json.md).
+    /// JSON Lines, one object per record: transition, connection, socket, count, loss (schema:
+    /// docs/json.md, installed as /usr/share/doc/netmon/json.md).
     Json,
 }
 

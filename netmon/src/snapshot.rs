@@ -125,8 +125,8 @@ pub struct SnapshotArgs {
     /// states, addresses and owners are current (from the event stream); Recv-Q and Send-Q
     /// are from that walk (`-` for a socket opened since). A line before the header (a note
     /// with -H or --count) says how old. Otherwise the agent walks, exactly as without it.
-    /// Served for the options the socket iterator serves (no -o, -e, -m, -i, --cgroup, JSON)
-    /// and one namespace (not --all-netns).
+    /// Served for the options the socket iterator serves (no -o, -e, -m, -i, --cgroup, JSON,
+    /// unit or container) and one namespace (not --all-netns).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           conflicts_with_all = ["closed", "dump_to", "from_dump"])]
     pub max_age: Option<Duration>,

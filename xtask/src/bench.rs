@@ -1263,7 +1263,7 @@ fn paired_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
 /// is the agent's CPU above the plain agent's plus the sink's (for OTLP; the other modes'
 /// helpers, tmux or the scraper, are not measured). Cache effects are not in it; it is an
 /// estimate whose spread is that of the CPU figures, far steadier than the rates' (README,
-/// "OTLP").
+/// "Performance"; the runs that showed it in docs/performance.md).
 fn cpu_estimate_row(runs: &[StormRun], mode: Mode, tolerance: f64) -> Option<Row> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let per_conn = |r: &StormRun, cpu: Option<Duration>| {

@@ -39,7 +39,9 @@ files="/usr/bin/netmon
 /usr/share/fish/vendor_completions.d/netmon.fish
 /usr/lib/systemd/system/netmon-agent.service
 /usr/lib/systemd/system/netmon-agent.socket
-/etc/netmon/agent.toml"
+/etc/netmon/agent.toml
+/usr/share/doc/netmon/README.md
+/usr/share/doc/netmon/json.md"
 for f in $files; do
     [ -f "$root$f" ] || fail "$f is not installed"
 done

@@ -304,7 +304,7 @@ impl Collector for TableCollector {
         ConstGauge::new(view.held_bytes as i64).encode(held)?;
         let unread = encoder.encode_descriptor(
             "netmon_unread_replies",
-            "Memory holding snapshot replies not yet read by their clients (frames past a reply's first MiB held deflated), within --max-unread-bytes",
+            "Memory holding snapshot replies not yet read by their clients (frames past a reply's first 256 KiB held deflated), within --max-unread-bytes",
             Some(&Unit::Bytes),
             MetricType::Gauge,
         )?;
