@@ -510,6 +510,78 @@ pub fn wait_idle(max: Duration) -> f64 {
     busy
 }
 
+/// CPU time of every user process but this one and its descendants, by pid, in clock ticks
+/// (/proc/PID/stat utime + stime; kernel threads, children of kthreadd, left out: they also do
+/// the storm's own softirq and socket work). Two of these around a storm tell how much of the
+/// machine other people's work took from it ([`foreign_cpu_since`]).
+pub struct ProcessCpu(std::collections::HashMap<u32, (u32, u64)>);
+
+pub fn process_cpu() -> ProcessCpu {
+    let mut all = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return ProcessCpu(all);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // fields[1] is field 4 (ppid); utime and stime are fields 14 and 15.
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+        if let (Some(ppid), Some(user), Some(system)) = (num(1), num(11), num(12)) {
+            all.insert(pid, (ppid as u32, user + system));
+        }
+    }
+    ProcessCpu(all)
+}
+
+/// The share of the CPUs (0..1) that processes other than this one, its descendants,
+/// `helpers` and theirs, and the kernel's threads used since `before`, over `secs` of wall
+/// time. Processes that started and ended in between are not seen.
+pub fn foreign_cpu_since(before: &ProcessCpu, secs: f64, helpers: &[u32]) -> f64 {
+    let ticks = foreign_ticks(before, &process_cpu(), std::process::id(), helpers);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    ticks as f64 / hz / (secs.max(1e-3) * cpus)
+}
+
+/// Ticks used between `before` and `now` by processes that are neither `me`, `helpers`, a
+/// descendant of one of them, nor a kernel thread (pid 2 and its children).
+fn foreign_ticks(before: &ProcessCpu, now: &ProcessCpu, me: u32, helpers: &[u32]) -> u64 {
+    let ours = |mut pid: u32| {
+        // Bounded: a parent chain is short, and a cycle cannot happen in /proc.
+        for _ in 0..64 {
+            if pid == me || helpers.contains(&pid) {
+                return true;
+            }
+            if pid <= 2 {
+                return pid == 2;
+            }
+            match now.0.get(&pid).or_else(|| before.0.get(&pid)) {
+                Some(&(ppid, _)) => pid = ppid,
+                None => return false,
+            }
+        }
+        false
+    };
+    now.0
+        .iter()
+        .filter(|&(&pid, _)| !ours(pid))
+        .map(|(pid, &(_, t))| t.saturating_sub(before.0.get(pid).map_or(0, |&(_, t0)| t0)))
+        .sum()
+}
+
 /// Kernel, CPU count and CPU model, for the report's header.
 pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -528,4 +600,52 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("Linux {}, nproc {cpus}, {model}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_other_peoples_processes_count_as_foreign() {
+        // pid -> (ppid, ticks): 1 init; 2 kthreadd and its worker 3; 10 the bench, its
+        // storm 11 and the storm's child 12; 20 a tmux server (a helper, detached under
+        // init) with its child 21; 30 someone's build and its child 31; 40 started during
+        // the run.
+        let before = ProcessCpu(
+            [
+                (1, (0, 5)),
+                (2, (0, 0)),
+                (3, (2, 100)),
+                (10, (1, 7)),
+                (11, (10, 0)),
+                (12, (11, 0)),
+                (20, (1, 3)),
+                (21, (20, 3)),
+                (30, (1, 50)),
+                (31, (30, 10)),
+            ]
+            .into(),
+        );
+        let now = ProcessCpu(
+            [
+                (1, (0, 6)),
+                (2, (0, 0)),
+                (3, (2, 400)),
+                (10, (1, 9)),
+                (11, (10, 300)),
+                (12, (11, 50)),
+                (20, (1, 13)),
+                (21, (20, 33)),
+                (30, (1, 70)),
+                (31, (30, 15)),
+                (40, (30, 4)),
+            ]
+            .into(),
+        );
+        // init 1 + build 20 + its child 5 + the new one 4.
+        assert_eq!(foreign_ticks(&before, &now, 10, &[20]), 1 + 20 + 5 + 4);
+        // Without the helper, tmux and its child count too.
+        assert_eq!(foreign_ticks(&before, &now, 10, &[]), 30 + 10 + 30);
+    }
 }
