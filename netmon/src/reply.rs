@@ -4,7 +4,7 @@
 use std::{
     io::{self, Write},
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -30,12 +30,13 @@ pub const WINDOW: usize = 256 << 10;
 /// before it deflates: a client that reads as fast as the renderer writes only lags by
 /// moments, while one that stopped reading would otherwise hold its slot and thread.
 const PATIENCE: Duration = Duration::from_millis(250);
-/// How often a waiting renderer looks whether the client caught up.
-const PATIENCE_POLL: Duration = Duration::from_millis(2);
 /// Deflate level. On a real `ss -tan` text of 100k sockets (7 MB, frames of 64 KiB, release
 /// build) levels 1, 2, 3 and 6 made it 4.2x, 5.4x, 6.1x and 7.1x smaller in 31, 40, 56 and
 /// 118 ms: 2 takes most of the gain at 175 MB/s, paid only for clients that stopped reading.
 const LEVEL: u8 = 2;
+/// How often a renderer waiting for its client looks whether the reply was cancelled (sent
+/// frames wake it at once).
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 /// A frame of a reply and the share of the in-flight budget it holds until it is dropped
 /// (sent, or given up with its reply).
@@ -65,16 +66,41 @@ impl Frame {
     }
 }
 
+/// Wire bytes a reply has queued and not yet sent, and the renderer waiting for them to get
+/// back under [`WINDOW`].
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    /// Taken by a waiting renderer around its check, and by a sent frame that brings the
+    /// queue under the window around its wake-up, so that the wake-up is not lost between the
+    /// check and the wait.
+    lock: Mutex<()>,
+    under_window: Condvar,
+}
+
+impl Queue {
+    fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// One frame's wire length counted in its reply's queue until the frame is dropped.
 #[derive(Debug)]
 struct Queued {
-    queue: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     len: usize,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.queue.fetch_sub(self.len, Ordering::Relaxed);
+        let before = self.queue.bytes.fetch_sub(self.len, Ordering::Relaxed);
+        // The renderer is woken as soon as the client takes the queue under the window: a
+        // client reads a 64 KiB frame in far less than a 2 ms poll, which kept the renderer
+        // of a 100k-socket reply asleep 12 times (~24 ms) while the client waited for it.
+        if before >= WINDOW && before - self.len < WINDOW {
+            let _held = self.queue.lock.lock();
+            self.queue.under_window.notify_one();
+        }
     }
 }
 
@@ -90,7 +116,7 @@ pub struct FrameWriter {
     uid: u32,
     cancel: Cancel,
     /// Wire bytes queued and not yet sent.
-    queue: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     patience: Duration,
     /// Time spent waiting for the client, all frames together.
     waited: Duration,
@@ -118,7 +144,7 @@ impl FrameWriter {
     }
 
     fn queued(&self) -> usize {
-        self.queue.load(Ordering::Relaxed)
+        self.queue.bytes()
     }
 
     /// Whether the client is behind by the window, after waiting for it within what is left
@@ -128,12 +154,23 @@ impl FrameWriter {
             return false;
         }
         let started = Instant::now();
-        while self.queued() >= WINDOW
-            && started.elapsed() < self.patience
-            && !self.cancel.is_cancelled()
-        {
-            std::thread::sleep(PATIENCE_POLL);
+        let deadline = started + self.patience;
+        let mut held = self.queue.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.queue.bytes() >= WINDOW && !self.cancel.is_cancelled() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // A cancel (the client hung up) sends nothing: seen within a few milliseconds.
+            let nap = (deadline - now).min(CANCEL_POLL);
+            held = self
+                .queue
+                .under_window
+                .wait_timeout(held, nap)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        drop(held);
         let waited = started.elapsed();
         self.waited += waited;
         self.patience = self.patience.saturating_sub(waited);
@@ -165,7 +202,7 @@ impl FrameWriter {
             .budget
             .take(self.uid, held.len())
             .map_err(io::Error::other)?;
-        self.queue.fetch_add(len, Ordering::Relaxed);
+        self.queue.bytes.fetch_add(len, Ordering::Relaxed);
         let frame = Frame {
             held,
             inflated_len,

@@ -510,12 +510,7 @@ fn write_host(
     }
     match a {
         SocketAddr::V4(v) => {
-            for (i, octet) in v.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push('.');
-                }
-                push_decimal(buf, octet.into());
-            }
+            push_ipv4(buf, v.ip().octets());
             Ok(())
         }
         SocketAddr::V6(v) if v.ip().is_unspecified() && !v6only => buf.write_str("*"),
@@ -535,6 +530,41 @@ fn write_port(port: u16, numeric: bool, services: &Services, buf: &mut String) {
         (p, _) => push_decimal(buf, p.into()),
     }
 }
+
+/// An IPv4 address in dotted decimal, put together on the stack and pushed at once: a
+/// snapshot of 100k sockets prints 200k addresses, and four decimal conversions and seven
+/// pushes each were a tenth of its rendering.
+fn push_ipv4(buf: &mut String, octets: [u8; 4]) {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let (digits, n) = OCTETS[usize::from(octet)];
+        text[len..len + 3].copy_from_slice(&digits);
+        len += usize::from(n);
+    }
+    // Digits and dots: ASCII.
+    buf.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
+}
+
+/// Each byte's decimal digits (left-aligned in three bytes) and how many there are.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0; 3], 0); 256];
+    let mut n = 0;
+    while n < 256 {
+        let (h, t, u) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+        table[n] = match n {
+            0..=9 => ([b'0' + u, 0, 0], 1),
+            10..=99 => ([b'0' + t, b'0' + u, 0], 2),
+            _ => ([b'0' + h, b'0' + t, b'0' + u], 3),
+        };
+        n += 1;
+    }
+    table
+};
 
 /// `n` in decimal without the formatting machinery: a snapshot of a million sockets prints
 /// ten numbers a row, and `write!` was a tenth of its rendering.
@@ -859,6 +889,25 @@ pub(crate) mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
+
+    #[test]
+    fn ipv4_addresses_print_as_display_does() {
+        // Every byte value in every position, and the widest and narrowest addresses.
+        for n in 0..=255u8 {
+            for octets in [
+                [n, 0, 0, 0],
+                [0, n, 0, 0],
+                [0, 0, n, 0],
+                [0, 0, 0, n],
+                [n, n, n, n],
+                [255, 255, 255, n],
+            ] {
+                let mut buf = String::from("x");
+                push_ipv4(&mut buf, octets);
+                assert_eq!(buf, format!("x{}", std::net::Ipv4Addr::from(octets)));
+            }
+        }
+    }
 
     #[test]
     fn decimals_print_as_display_does() {

@@ -450,6 +450,35 @@ pub trait Enrich {
         let _ = (netns, cookies, now_ns);
         Ok(Vec::new())
     }
+
+    /// Asks for the rows of a part of [`Served::cookies`] and returns what gets them: a
+    /// table on another thread (the agent's tracer) makes them while the caller renders the
+    /// part before.
+    fn served_rows_ahead(
+        &mut self,
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+    ) -> Result<RowsAhead, TracerStopped> {
+        self.served_rows(netns, cookies, now_ns)
+            .map(RowsAhead::Made)
+    }
+}
+
+/// Rows asked for ahead ([`Enrich::served_rows_ahead`]).
+pub enum RowsAhead {
+    Made(Vec<Row>),
+    Asked(tokio::sync::oneshot::Receiver<Vec<Row>>),
+}
+
+impl RowsAhead {
+    /// The rows, once made (blocking: not from the runtime's tasks).
+    pub fn rows(self) -> Result<Vec<Row>, TracerStopped> {
+        match self {
+            Self::Made(rows) => Ok(rows),
+            Self::Asked(rx) => rx.blocking_recv().map_err(|_| TracerStopped),
+        }
+    }
 }
 
 impl Enrich for Table {

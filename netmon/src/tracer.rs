@@ -26,7 +26,7 @@ use crate::{
     served::{self, Served},
     snapshot::Row,
     sock_diag::{Cancel, DiagError, DiagSock},
-    source::{self, Enrich, TracerStopped},
+    source::{self, Enrich, RowsAhead, TracerStopped},
     table::{Closed, ClosedCursor, ClosedPart, Owner, Reconcile, Stale, Table},
 };
 
@@ -722,6 +722,24 @@ impl Enrich for TracerHandle {
             now_ns,
             reply,
         })
+    }
+
+    fn served_rows_ahead(
+        &mut self,
+        netns: u32,
+        cookies: Vec<served::Key>,
+        now_ns: u64,
+    ) -> Result<RowsAhead, TracerStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .blocking_send(Query::ServedRows {
+                netns,
+                cookies,
+                now_ns,
+                reply,
+            })
+            .map_err(|_| TracerStopped)?;
+        Ok(RowsAhead::Asked(rx))
     }
 }
 
