@@ -156,6 +156,18 @@ impl Churn {
             .saturating_sub(self.transitions)
             .saturating_sub(covered)
     }
+
+    /// Fires that landed off PID 1's threads and did not reach the agent: what seeding and
+    /// reconciling could have cost. The fires on PID 1's threads run no BPF program on this
+    /// machine kind (README, "Exact or loud"), so no tracer could have received them.
+    fn missed_off_pid1(&self) -> Option<u64> {
+        let on_pid1 = self.fired_on_pid1?;
+        Some(
+            self.fired
+                .saturating_sub(on_pid1)
+                .saturating_sub(self.transitions),
+        )
+    }
 }
 
 pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Vec<Row>, String)> {
@@ -806,6 +818,17 @@ fn rows(r: &SizeRun) -> Vec<Row> {
         "0",
         Some(c.lost_total() == 0 && unaccounted == 0 && c.fired > 0),
     ));
+    if let (Some(missed), Some(on_pid1)) = (c.missed_off_pid1(), c.fired_on_pid1) {
+        rows.push(Row::new(
+            format!("scale {n}: of those, fires off PID 1's threads the agent did not get"),
+            format!(
+                "{missed} of {} (the {on_pid1} on PID 1's threads run no BPF program here)",
+                c.fired.saturating_sub(on_pid1)
+            ),
+            "0",
+            Some(missed == 0 && unaccounted == 0 && c.fired > 0),
+        ));
+    }
     if let Some(first) = c.failed.first() {
         rows.push(Row::new(
             format!("scale {n}: snapshots that failed during the churn"),
@@ -972,5 +995,23 @@ mod tests {
             churn(60, &[("ring_full", 30), ("not_run", 5)]).unaccounted(),
             5
         );
+    }
+
+    #[test]
+    fn fires_on_pid_1s_threads_are_told_apart_from_what_seeding_missed() {
+        let churn = |transitions, on_pid1| Churn {
+            connections: 10,
+            fired: 100,
+            fired_on_pid1: on_pid1,
+            transitions,
+            lost: vec![("not_run".into(), 100 - transitions)],
+            reconciles: 0,
+            failed: Vec::new(),
+            longest_merge_ms: 0.0,
+        };
+        assert_eq!(churn(95, Some(5)).missed_off_pid1(), Some(0));
+        assert_eq!(churn(93, Some(5)).missed_off_pid1(), Some(2));
+        assert_eq!(churn(100, Some(0)).missed_off_pid1(), Some(0));
+        assert_eq!(churn(95, None).missed_off_pid1(), None);
     }
 }
