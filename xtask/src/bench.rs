@@ -1191,8 +1191,15 @@ fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
         .filter(|r| r.out.errors > 0 || r.out.unaccepted > 0 || r.unfinished.1 > 0)
         .map(|r| {
             format!(
-                "{} errors, {} unaccepted, {} never closed",
-                r.out.errors, r.out.unaccepted, r.unfinished.1
+                "{}: {} errors, {} unaccepted, {} never closed",
+                if r.mode == Mode::Baseline {
+                    "no tracer"
+                } else {
+                    r.mode.short()
+                },
+                r.out.errors,
+                r.out.unaccepted,
+                r.unfinished.1
             )
         })
         .collect();
@@ -1201,10 +1208,32 @@ fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
             "storm connect errors / connections never accepted / sockets never closed",
             odd.join("; "),
             "none",
-            Some(false),
+            odd_verdict(
+                &runs
+                    .iter()
+                    .map(|r| (r.mode, r.out.errors + r.out.unaccepted, r.unfinished.1))
+                    .collect::<Vec<_>>(),
+            ),
         ));
     }
     rows
+}
+
+/// Whether the storm's odd runs ((mode, connect errors + unaccepted, sockets never closed))
+/// fail the bench: errors always do; a socket left open 10 s after the storm only when no run
+/// without a tracer left one too. Without any tracer such a socket is the storm's own TCP
+/// (2026-12-03: 6 of 136 runs of a quiet bench still had one 10 s after the storm, 3 of
+/// them without a tracer; right after a storm such sockets were server ends in LAST-ACK
+/// retransmitting their FIN to a peer already a FIN-WAIT-2 timewait socket), not something
+/// netmon did; the row still shows every one.
+fn odd_verdict(runs: &[(Mode, u64, usize)]) -> Option<bool> {
+    if runs.iter().any(|&(_, errors, _)| errors > 0) {
+        return Some(false);
+    }
+    let baseline_too = runs
+        .iter()
+        .any(|&(mode, _, unclosed)| mode == Mode::Baseline && unclosed > 0);
+    if baseline_too { None } else { Some(false) }
 }
 
 /// Mean, median and the half-width of a 95 % confidence interval of the mean (Student's t)
@@ -2308,5 +2337,17 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(short_count(99_999), "100k");
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn sockets_left_open_fail_the_bench_only_when_no_baseline_left_one_too() {
+        let tracer = Mode::Agent;
+        assert_eq!(odd_verdict(&[(tracer, 1, 0)]), Some(false));
+        assert_eq!(odd_verdict(&[(tracer, 0, 1)]), Some(false));
+        assert_eq!(odd_verdict(&[(tracer, 0, 1), (Mode::Baseline, 0, 1)]), None);
+        assert_eq!(
+            odd_verdict(&[(tracer, 2, 1), (Mode::Baseline, 0, 1)]),
+            Some(false)
+        );
     }
 }
