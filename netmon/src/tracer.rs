@@ -615,11 +615,21 @@ impl TracerHandle {
     }
 
     fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, TracerStopped> {
+        self.ask_ahead(make)?
+            .blocking_recv()
+            .map_err(|_| TracerStopped)
+    }
+
+    /// Sends a query and returns where its answer will come, without waiting for it.
+    fn ask_ahead<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Result<oneshot::Receiver<T>, TracerStopped> {
         let (tx, rx) = oneshot::channel();
         self.queries
             .blocking_send(make(tx))
             .map_err(|_| TracerStopped)?;
-        rx.blocking_recv().map_err(|_| TracerStopped)
+        Ok(rx)
     }
 
     /// The table's view for a metrics scrape (async: from the runtime's tasks).
@@ -730,16 +740,13 @@ impl Enrich for TracerHandle {
         cookies: Vec<served::Key>,
         now_ns: u64,
     ) -> Result<RowsAhead, TracerStopped> {
-        let (reply, rx) = oneshot::channel();
-        self.queries
-            .blocking_send(Query::ServedRows {
-                netns,
-                cookies,
-                now_ns,
-                reply,
-            })
-            .map_err(|_| TracerStopped)?;
-        Ok(RowsAhead::Asked(rx))
+        self.ask_ahead(|reply| Query::ServedRows {
+            netns,
+            cookies,
+            now_ns,
+            reply,
+        })
+        .map(RowsAhead::Asked)
     }
 }
 
