@@ -68,11 +68,11 @@ pub struct BenchArgs {
     pub storm_secs: Option<f64>,
     /// Traced runs per mode, each round between two baseline runs [default: 3, --quick: 1;
     /// at most 300]. Whether an export stays within 0.02 of the agent (issue 13) takes many
-    /// paired rounds: `--no-snapshot --modes agent,agent-otlp --rounds 45 --storm-secs 4
-    /// --capture-runs 0` (about 13 minutes on a quiet machine, 16.9 s a round; 2026-12-03 its
-    /// rounds differed by 0.032 (sd), 1 and 2 s storms' by 0.068 and 0.056 at 6.2 and 9.3 s a
-    /// round: ±0.01 in about 12 minutes against 19); a `cannot tell` row says about how many
-    /// rounds its mean and spread would need.
+    /// paired rounds: `--no-snapshot --modes agent,agent-otlp --rounds 260 --storm-secs 4
+    /// --capture-runs 0` (75 minutes on a quiet machine, 17.3 s a round; 2026-12-03 its
+    /// rounds differed by 0.052 (sd), for ±0.006; 4 s storms give the narrowest interval a
+    /// minute, against 1, 2 and 8 s); a `cannot tell` row says about how many rounds its mean
+    /// and spread would need.
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
     /// Client threads of the storm, each with an accepting thread of its own.
