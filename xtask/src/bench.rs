@@ -47,8 +47,8 @@ const HISTORY_FILL_CONNS: u64 = 60_000;
 /// Count bound of a storm run, per second of it: well above what 2 cores reach (~45k/s).
 const STORM_MAX_PER_SEC: f64 = 150_000.0;
 
-/// Enough rounds for a paired difference to narrow to ±0.005 on this machine, whose paired
-/// rounds differ by ~0.045 (sd) because its vCPUs' speed drifts by ~5 % over seconds even
+/// Enough rounds for a paired difference to narrow to ±0.006 on this machine, whose paired
+/// rounds differ by ~0.05 (sd) because its vCPUs' speed drifts by 3-5 % over seconds even
 /// with nothing running (docs/performance.md): 300 rounds of 4 s storms are ~90 minutes.
 const MAX_ROUNDS: usize = 300;
 
