@@ -1194,11 +1194,7 @@ fn storm_rows(runs: &[StormRun], modes: &[Mode]) -> Vec<Row> {
         .map(|r| {
             format!(
                 "{}: {} errors, {} unaccepted, {} never closed",
-                if r.mode == Mode::Baseline {
-                    "no tracer"
-                } else {
-                    r.mode.short()
-                },
+                r.mode.short(),
                 r.out.errors,
                 r.out.unaccepted,
                 r.unfinished.1
